@@ -1,0 +1,84 @@
+"""CPU shim, per-rank seeding, launcher environment parsing and the multi-rank test helper."""
+
+import pytest
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import get_cuda_rng_tracker
+from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+from megatron_rcm.parallel import ParallelConfig, cpu_shim_active, launch_env, parallel_context
+from megatron_rcm.testing import DistributedTestError, run_distributed
+
+
+def _seeding(tp):
+    with parallel_context(ParallelConfig(tensor_model_parallel_size=tp), seed=77):
+        assert cpu_shim_active() and torch.cuda.current_device() == torch.device("cpu")
+        outer = torch.get_rng_state()
+        with get_cuda_rng_tracker().fork():
+            model_parallel = torch.rand(4)
+        with get_cuda_rng_tracker().fork("data-parallel-rng"):
+            data_parallel = torch.rand(4)
+        # forking leaves the default generator where it was, and advances the forked one
+        assert torch.equal(outer, torch.get_rng_state())
+        with get_cuda_rng_tracker().fork():
+            assert not torch.equal(torch.rand(4), model_parallel)
+        default = torch.rand(4)
+        # a sequence-parallel gather allocates on torch.cuda.current_device(): the shim's CPU device
+        gathered = gather_from_sequence_parallel_region(torch.full((1, 2), float(dist.get_rank() + 1)))
+        return model_parallel, data_parallel, default, gathered
+
+
+def test_rng_tracker_and_cuda_allocations_on_cpu():
+    (mp0, dp0, d0, g0), (mp1, dp1, d1, g1) = run_distributed(_seeding, world_size=2, args=(2,))
+    assert not torch.equal(mp0, mp1), "model-parallel RNG must differ across TP ranks"
+    assert torch.equal(dp0, dp1) and torch.equal(d0, d1), "data-parallel RNG is shared inside a TP group"
+    assert torch.equal(g0, torch.tensor([[1.0, 1.0], [2.0, 2.0]])) and torch.equal(g0, g1)
+    assert not cpu_shim_active(), "the shim is only active inside the parallel context"
+
+
+def _data_parallel_seeds():
+    with parallel_context(ParallelConfig(), seed=5):
+        return torch.rand(3)
+
+
+def test_data_parallel_ranks_share_the_seed():
+    a, b = run_distributed(_data_parallel_seeds, world_size=2)
+    assert torch.equal(a, b)
+
+
+def test_launch_env_torchrun_and_slurm():
+    env = launch_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (3, 8, 1, "n1", 1234)
+    env = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5",
+                      "SLURM_JOB_NODELIST": "gpu[003-005,010],cpu1", "SLURM_JOB_ID": "123456"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr) == (5, 16, 5, "gpu003")
+    assert env.master_port == 20000 + 123456 % 20000
+    assert launch_env({}).world_size == 1
+    with pytest.raises(ValueError, match="MASTER_PORT is not set"):
+        launch_env({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="outside the world size"):
+        launch_env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
+
+
+def _fails_on_rank_one():
+    if int(__import__("os").environ["RANK"]) == 1:
+        raise RuntimeError("deliberate failure on rank one")
+    with parallel_context(ParallelConfig()):
+        dist.barrier()  # would hang: rank 1 never joins
+
+
+def _hangs():
+    import time
+
+    time.sleep(60)
+
+
+def test_helper_reports_the_failing_rank_without_hanging():
+    with pytest.raises(DistributedTestError, match=r"(?s)failed on rank 1 of 2.*deliberate failure on rank one"):
+        run_distributed(_fails_on_rank_one, world_size=2, timeout=60)
+
+
+def test_helper_times_out():
+    with pytest.raises(DistributedTestError, match=r"ranks \[0, 1\] of 2 did not finish within 3 s"):
+        run_distributed(_hangs, world_size=2, timeout=3)
