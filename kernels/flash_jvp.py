@@ -1,0 +1,309 @@
+"""FlashAttention-2 forward + JVP in Triton (rcm-math.md section 7).
+
+One program owns BLOCK_M query rows of one (batch, head) and streams the keys in
+blocks of BLOCK_N, keeping the online-softmax state (m, l) together with
+O~ = P~ V, T~ = P~ dV + (P~ * dS) V and r~ = rowsum(P~ * dS), all rescaled by
+the same factor. Six GEMMs per tile: S, dS (two), P V, P dV, (P * dS) V.
+"""
+import functools
+import inspect
+import math
+import os
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Under TRITON_INTERPRET=1 one config runs: BLOCK_N=16 makes tiny test shapes cross
+# several key blocks and a partial last block.
+_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
+
+_SHARED_MEMORY_BYTES = 227 * 1024  # H100/H200 per-block opt-in limit
+
+
+class AttentionJVPOutput(NamedTuple):
+    out: torch.Tensor
+    out_t: torch.Tensor
+    lse: torch.Tensor
+    lse_t: torch.Tensor
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+@triton.jit
+def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    if UPCAST_BF16:
+        # Triton's interpreter (3.9) multiplies bf16 bit patterns as integers. A product
+        # of two bf16 values is exact in fp32, so the upcast dot computes the same thing.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
+                      k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs, offs_n, seqlen_k,
+                      qk_scale, softmax_scale,
+                      BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                      UPCAST_BF16: tl.constexpr):
+    if BOUNDS:
+        in_range = offs_n < seqlen_k
+        k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
+        k_t = tl.load(k_t_ptrs, mask=in_range[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
+        v_t = tl.load(v_t_ptrs, mask=in_range[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        k_t = tl.load(k_t_ptrs)
+        v = tl.load(v_ptrs)
+        v_t = tl.load(v_t_ptrs)
+
+    # s is in log2 units (log2(e) folded into qk_scale); ds in natural units.
+    zero = tl.zeros([q.shape[0], k.shape[0]], dtype=acc.dtype)
+    s = _mma(q, tl.trans(k), zero, PRECISION, UPCAST_BF16) * qk_scale
+    if HAS_MASK:
+        if BOUNDS:
+            attend = tl.load(mask_ptrs, mask=in_range, other=0) != 0
+        else:
+            attend = tl.load(mask_ptrs) != 0
+        s = tl.where(attend[None, :], s, float("-inf"))
+    elif BOUNDS:
+        s = tl.where(in_range[None, :], s, float("-inf"))
+    ds = _mma(q_t, tl.trans(k), zero, PRECISION, UPCAST_BF16)
+    ds = _mma(q, tl.trans(k_t), ds, PRECISION, UPCAST_BF16) * softmax_scale
+
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if HAS_MASK:
+        # A row with no attended key so far keeps m = -inf; shifting by 0 instead
+        # makes p = 0 and alpha = 0 rather than NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_shift = m_new
+    alpha = tl.exp2(m_i - m_shift)
+    p = tl.exp2(s - m_shift[:, None])
+    p_ds = p * ds
+    l_i = l_i * alpha + tl.sum(p, 1)
+    r_i = r_i * alpha + tl.sum(p_ds, 1)
+
+    acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], PRECISION, UPCAST_BF16)
+    acc_t = _mma(p.to(v.dtype), v_t, acc_t * alpha[:, None], PRECISION, UPCAST_BF16)
+    acc_t = _mma(p_ds.to(v.dtype), v, acc_t, PRECISION, UPCAST_BF16)
+    return acc, acc_t, m_new, l_i, r_i
+
+
+@triton.jit
+def _flash_jvp_kernel(
+    Q, K, V, QT, KT, VT, Out, OutT, Lse, LseT, Mask, Consts,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_qtb, stride_qth, stride_qtm,
+    stride_ktb, stride_kth, stride_ktn, stride_vtb, stride_vth, stride_vtn,
+    stride_maskb, stride_maskn,
+    num_heads, seqlen_q, seqlen_k,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // num_heads).to(tl.int64)
+    off_h = (pid_bh % num_heads).to(tl.int64)
+
+    # Scales are read from a tensor of the accumulator dtype: a scalar argument
+    # would be rounded to float32 and break float64 exactness.
+    softmax_scale = tl.load(Consts)
+    qk_scale = tl.load(Consts + 1)
+    ln2 = tl.load(Consts + 2)
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen_q
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    qt_ptrs = QT + off_b * stride_qtb + off_h * stride_qth + offs_m[:, None] * stride_qtm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    q_t = tl.load(qt_ptrs, mask=row_ok[:, None], other=0.0)
+
+    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    kt_ptrs = KT + off_b * stride_ktb + off_h * stride_kth + offs_n[:, None] * stride_ktn + offs_d[None, :]
+    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    vt_ptrs = VT + off_b * stride_vtb + off_h * stride_vth + offs_n[:, None] * stride_vtn + offs_d[None, :]
+    mask_ptrs = Mask + off_b * stride_maskb + offs_n * stride_maskn
+
+    acc_dtype = softmax_scale.dtype
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=acc_dtype)
+    l_i = tl.zeros([BLOCK_M], dtype=acc_dtype)
+    r_i = tl.zeros([BLOCK_M], dtype=acc_dtype)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=acc_dtype)
+    acc_t = tl.zeros([BLOCK_M, HEAD_DIM], dtype=acc_dtype)
+
+    # Full key blocks skip the bounds checks; only the last, partial one pays for them.
+    full_end = (seqlen_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, full_end, BLOCK_N):
+        acc, acc_t, m_i, l_i, r_i = _attend_key_block(
+            acc, acc_t, m_i, l_i, r_i, q, q_t,
+            k_ptrs + start_n * stride_kn, kt_ptrs + start_n * stride_ktn,
+            v_ptrs + start_n * stride_vn, vt_ptrs + start_n * stride_vtn,
+            mask_ptrs + start_n * stride_maskn, start_n + offs_n, seqlen_k,
+            qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16)
+    if full_end < seqlen_k:
+        acc, acc_t, m_i, l_i, r_i = _attend_key_block(
+            acc, acc_t, m_i, l_i, r_i, q, q_t,
+            k_ptrs + full_end * stride_kn, kt_ptrs + full_end * stride_ktn,
+            v_ptrs + full_end * stride_vn, vt_ptrs + full_end * stride_vtn,
+            mask_ptrs + full_end * stride_maskn, full_end + offs_n, seqlen_k,
+            qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16)
+
+    # Fully masked rows end with l = r = 0 and acc = acc_t = 0: out = out_t = 0,
+    # lse = -inf, lse_t = 0.
+    l_div = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_div[:, None]
+    lse_t = r_i / l_div
+    out_t = acc_t / l_div[:, None] - lse_t[:, None] * out
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_div)) * ln2)
+
+    row_base = pid_bh.to(tl.int64) * seqlen_q
+    o_ptrs = row_base * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(Out + o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(OutT + o_ptrs, out_t.to(OutT.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(Lse + row_base + offs_m, lse, mask=row_ok)
+    tl.store(LseT + row_base + offs_m, lse_t, mask=row_ok)
+
+
+def _shared_memory_estimate(block_m, block_n, head_dim, num_stages, element_size):
+    # Q and dQ resident, K, dK, V, dV staged num_stages deep.
+    return (2 * block_m + 4 * block_n * num_stages) * head_dim * element_size
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    head_dim = kwargs["HEAD_DIM"]
+    element_size = named_args["Q"].element_size()
+    fitting = [c for c in configs
+               if _shared_memory_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim,
+                                          c.num_stages, element_size) <= _SHARED_MEMORY_BYTES]
+    # Two [BLOCK_M, HEAD_DIM] fp32 accumulators live in registers: at head dim 128,
+    # BLOCK_M = 128 needs eight warps.
+    if head_dim >= 128:
+        fitting = [c for c in fitting if c.kwargs["BLOCK_M"] == 64 or c.num_warps == 8]
+    return fitting or configs[:1]
+
+
+_CONFIGS = [
+    triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+    for block_m, block_n, warps, stages in [
+        (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2),
+        (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 32, 4, 4),
+    ]
+]
+
+
+def _autotune_kwargs():
+    # cache_results keeps the winners on disk, in Triton's cache keyed by the GPU
+    # target (architecture) and the kernel source.
+    kwargs = dict(configs=_CONFIGS, key=["HEAD_DIM", "HAS_MASK"],
+                  prune_configs_by={"early_config_prune": _prune_configs})
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kwargs["cache_results"] = True
+    return kwargs
+
+
+_flash_jvp_tuned = triton.autotune(**_autotune_kwargs())(_flash_jvp_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _constants(softmax_scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor([softmax_scale, softmax_scale * math.log2(math.e), math.log(2.0)],
+                        dtype=dtype, device=device)
+
+
+def _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask):
+    named = dict(q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape [B, H, S, D], got {tuple(t.shape)}")
+    batch, heads, seqlen_q, head_dim = q.shape
+    seqlen_k = k.shape[2]
+    expected = dict(q=q.shape, k=(batch, heads, seqlen_k, head_dim), v=(batch, heads, seqlen_k, head_dim))
+    for name, t in named.items():
+        want = tuple(expected[name.removesuffix("_t")])
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want} (from q and k)")
+    if seqlen_q == 0 or seqlen_k == 0 or batch * heads == 0:
+        raise ValueError(f"q and k must be non-empty, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"q has head dim {head_dim}; supported head dims are {SUPPORTED_HEAD_DIMS}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"q has dtype {q.dtype}; supported dtypes are {SUPPORTED_DTYPES}")
+    for name, t in named.items():
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}; all inputs must share one dtype")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride(-1)}); "
+                             f"call .contiguous() on it")
+    if q.device.type == "cpu" and not interpreter_enabled():
+        raise ValueError("q is a CPU tensor: CPU tensors need TRITON_INTERPRET=1 (set before importing triton)")
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"q is on {q.device}; only CUDA (or CPU under TRITON_INTERPRET=1) is supported")
+    if q.dtype == torch.float64 and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 0):
+        raise ValueError("q is float64: float64 tl.dot needs a GPU of compute capability 8.0 or newer")
+    if softmax_scale is not None and not math.isfinite(softmax_scale):
+        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            raise ValueError("key_padding_mask must be a bool tensor (True = attend)")
+        if tuple(key_padding_mask.shape) != (batch, seqlen_k):
+            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, "
+                             f"expected [B, Sk] = {(batch, seqlen_k)}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
+
+
+def flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale: Optional[float] = None,
+                        key_padding_mask: Optional[torch.Tensor] = None) -> AttentionJVPOutput:
+    """Attention out = softmax(scale q k^T) v and its tangent along (q_t, k_t, v_t).
+
+    Layout [B, H, S, D]. Returns out and out_t in the input dtype, lse and lse_t
+    [B, H, Sq] (natural log) in float32, or float64 for float64 inputs. Rows whose
+    keys are all masked give out = out_t = 0, lse = -inf, lse_t = 0.
+    """
+    _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask)
+    batch, heads, seqlen_q, head_dim = q.shape
+    seqlen_k = k.shape[2]
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+
+    out = torch.empty((batch, heads, seqlen_q, head_dim), dtype=q.dtype, device=q.device)
+    out_t = torch.empty_like(out)
+    lse = torch.empty((batch, heads, seqlen_q), dtype=acc_dtype, device=q.device)
+    lse_t = torch.empty_like(lse)
+    has_mask = key_padding_mask is not None
+    # Without a mask the pointer is never read; q stands in for it.
+    mask = key_padding_mask.view(torch.uint8) if has_mask else q
+    mask_strides = (mask.stride(0), mask.stride(1)) if has_mask else (0, 0)
+
+    args = (q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t, mask,
+            _constants(float(softmax_scale), acc_dtype, q.device),
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3],
+            *mask_strides, heads, seqlen_q, seqlen_k)
+    # fp32 must not drop to tf32; 16-bit inputs ignore the setting.
+    precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
+    meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,
+                UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    if q.device.type == "cpu":
+        grid = (triton.cdiv(seqlen_q, _INTERPRETER_CONFIG["BLOCK_M"]), batch * heads)
+        _flash_jvp_kernel[grid](*args, **meta, **_INTERPRETER_CONFIG)
+    else:
+        with torch.cuda.device(q.device):
+            grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
+            _flash_jvp_tuned[grid](*args, **meta)
+    return AttentionJVPOutput(out, out_t, lse, lse_t)
