@@ -1,4 +1,6 @@
 """Triton attention kernels (forward + JVP), imported as megatron_rcm.kernels."""
+from .attention import attention
 from .flash_jvp import AttentionJVPOutput, flash_attention_jvp
+from .merge import merge_attention_jvp
 
-__all__ = ["AttentionJVPOutput", "flash_attention_jvp"]
+__all__ = ["AttentionJVPOutput", "attention", "flash_attention_jvp", "merge_attention_jvp"]

@@ -9,7 +9,7 @@ import functools
 import inspect
 import math
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -266,32 +266,23 @@ def _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask):
             raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
 
 
-def flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale: Optional[float] = None,
-                        key_padding_mask: Optional[torch.Tensor] = None) -> AttentionJVPOutput:
-    """Attention out = softmax(scale q k^T) v and its tangent along (q_t, k_t, v_t).
-
-    Layout [B, H, S, D]. Returns out and out_t in the input dtype, lse and lse_t
-    [B, H, Sq] (natural log) in float32, or float64 for float64 inputs. Rows whose
-    keys are all masked give out = out_t = 0, lse = -inf, lse_t = 0.
-    """
-    _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask)
+# A custom op, so that torch.func transforms and torch.compile hand the launcher
+# plain tensors (an autograd.Function's jvp sees functorch wrappers otherwise).
+@torch.library.custom_op("megatron_rcm::flash_attention_jvp", mutates_args=())
+def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_t: torch.Tensor,
+                            k_t: torch.Tensor, v_t: torch.Tensor, softmax_scale: float,
+                            key_padding_mask: Optional[torch.Tensor]
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, out_t, lse, lse_t = _empty_outputs(q, k)
     batch, heads, seqlen_q, head_dim = q.shape
     seqlen_k = k.shape[2]
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(head_dim)
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-
-    out = torch.empty((batch, heads, seqlen_q, head_dim), dtype=q.dtype, device=q.device)
-    out_t = torch.empty_like(out)
-    lse = torch.empty((batch, heads, seqlen_q), dtype=acc_dtype, device=q.device)
-    lse_t = torch.empty_like(lse)
     has_mask = key_padding_mask is not None
     # Without a mask the pointer is never read; q stands in for it.
     mask = key_padding_mask.view(torch.uint8) if has_mask else q
     mask_strides = (mask.stride(0), mask.stride(1)) if has_mask else (0, 0)
 
     args = (q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t, mask,
-            _constants(float(softmax_scale), acc_dtype, q.device),
+            _constants(softmax_scale, lse.dtype, q.device),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3],
             *mask_strides, heads, seqlen_q, seqlen_k)
@@ -306,4 +297,32 @@ def flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale: Optional[float] =
         with torch.cuda.device(q.device):
             grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
             _flash_jvp_tuned[grid](*args, **meta)
-    return AttentionJVPOutput(out, out_t, lse, lse_t)
+    return out, out_t, lse, lse_t
+
+
+def _empty_outputs(q, k):
+    batch, heads, seqlen_q, head_dim = q.shape
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = q.new_empty((batch, heads, seqlen_q, head_dim))
+    lse = q.new_empty((batch, heads, seqlen_q), dtype=lse_dtype)
+    return out, torch.empty_like(out), lse, torch.empty_like(lse)
+
+
+@_flash_attention_jvp_op.register_fake
+def _(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask):
+    return _empty_outputs(q, k)
+
+
+def flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale: Optional[float] = None,
+                        key_padding_mask: Optional[torch.Tensor] = None) -> AttentionJVPOutput:
+    """Attention out = softmax(scale q k^T) v and its tangent along (q_t, k_t, v_t).
+
+    Layout [B, H, S, D]. Returns out and out_t in the input dtype, lse and lse_t
+    [B, H, Sq] (natural log) in float32, or float64 for float64 inputs. Rows whose
+    keys are all masked give out = out_t = 0, lse = -inf, lse_t = 0.
+    """
+    _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    return AttentionJVPOutput(*_flash_attention_jvp_op(q, k, v, q_t, k_t, v_t, float(softmax_scale),
+                                                       key_padding_mask))
