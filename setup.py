@@ -23,7 +23,7 @@ setup(
         "packaging",
     ],
     extras_require={
-        "hf": ["diffusers>=0.33", "transformers", "safetensors", "sentencepiece"],
+        "hf": ["diffusers>=0.33", "accelerate", "transformers", "safetensors", "sentencepiece", "tqdm"],
         "data": ["webdataset", "imageio", "scikit-learn"],
         "dev": ["pytest", "pytest-timeout"],
     },

@@ -1,0 +1,1 @@
+"""Checkpoint formats: Wan native, diffusers, Megatron distributed checkpoints."""

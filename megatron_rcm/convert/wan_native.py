@@ -1,0 +1,211 @@
+"""Wan2.1 T2V checkpoints: Wan's native release layout <-> a diffusers ``WanTransformer3DModel`` folder.
+
+Both directions stream tensor by tensor (bounded host memory), check every key against the
+mapping tables of ``wan_keys`` and every shape against the config, and write the output folder
+atomically. Native checkpoints come as a folder (``config.json`` + safetensors, as released), a
+single ``.safetensors``, or a ``.pt``/``.pth`` state dict (as the rCM reference exports students;
+a common prefix such as ``net.`` or ``_orig_mod.`` is stripped).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..fs import atomic_output_dir
+from . import wan_keys
+from .tensor_files import CheckpointFileError, TensorInfo, TensorReader, write_safetensors_shards
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+_STRIPPABLE_PREFIXES = ("_orig_mod.", "module.", "net.", "model.")
+
+
+class ConfigMismatchError(ValueError):
+    """Tensor shapes that disagree with the model config."""
+
+
+def native_config_to_diffusers(native: dict) -> dict:
+    dim, heads = native["dim"], native["num_heads"]
+    if dim % heads:
+        raise ConfigMismatchError(f"native config: dim {dim} is not divisible by num_heads {heads}")
+    return {
+        "_class_name": "WanTransformer3DModel",
+        "patch_size": list(native.get("patch_size", (1, 2, 2))),
+        "num_attention_heads": heads,
+        "attention_head_dim": dim // heads,
+        "in_channels": native["in_dim"],
+        "out_channels": native["out_dim"],
+        "text_dim": native.get("text_dim", 4096),
+        "freq_dim": native["freq_dim"],
+        "ffn_dim": native["ffn_dim"],
+        "num_layers": native["num_layers"],
+        "cross_attn_norm": native.get("cross_attn_norm", True),
+        "qk_norm": "rms_norm_across_heads",
+        "eps": native["eps"],
+        "image_dim": None,
+        "added_kv_proj_dim": None,
+        "rope_max_seq_len": 1024,
+    }
+
+
+def diffusers_config_to_native(cfg: dict) -> dict:
+    if cfg.get("image_dim") or cfg.get("added_kv_proj_dim"):
+        raise ConfigMismatchError("only Wan2.1 text-to-video models convert (this config has an image branch)")
+    return {
+        "_class_name": "WanModel",
+        "model_type": "t2v",
+        "patch_size": list(cfg["patch_size"]),
+        "dim": cfg["num_attention_heads"] * cfg["attention_head_dim"],
+        "num_heads": cfg["num_attention_heads"],
+        "in_dim": cfg["in_channels"],
+        "out_dim": cfg["out_channels"],
+        "text_dim": cfg["text_dim"],
+        "freq_dim": cfg["freq_dim"],
+        "ffn_dim": cfg["ffn_dim"],
+        "num_layers": cfg["num_layers"],
+        "cross_attn_norm": cfg["cross_attn_norm"],
+        "eps": cfg["eps"],
+        "text_len": 512,
+    }
+
+
+def expected_diffusers_shapes(cfg: dict) -> dict:
+    """Every parameter of a diffusers Wan2.1 T2V model and its shape, from the config alone."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    pt, ph, pw = cfg["patch_size"]
+    ffn, text, freq = cfg["ffn_dim"], cfg["text_dim"], cfg["freq_dim"]
+    shapes = {
+        "scale_shift_table": (1, 2, d),
+        "patch_embedding.weight": (d, cfg["in_channels"], pt, ph, pw),
+        "patch_embedding.bias": (d,),
+        "condition_embedder.time_embedder.linear_1.weight": (d, freq),
+        "condition_embedder.time_embedder.linear_2.weight": (d, d),
+        "condition_embedder.time_proj.weight": (6 * d, d),
+        "condition_embedder.time_proj.bias": (6 * d,),
+        "condition_embedder.text_embedder.linear_1.weight": (d, text),
+        "condition_embedder.text_embedder.linear_2.weight": (d, d),
+        "proj_out.weight": (cfg["out_channels"] * pt * ph * pw, d),
+        "proj_out.bias": (cfg["out_channels"] * pt * ph * pw,),
+    }
+    for name in ("time_embedder.linear_1", "time_embedder.linear_2", "text_embedder.linear_1", "text_embedder.linear_2"):
+        shapes[f"condition_embedder.{name}.bias"] = (d,)
+    for i in range(cfg["num_layers"]):
+        b = f"blocks.{i}."
+        shapes[b + "scale_shift_table"] = (1, 6, d)
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                shapes[f"{b}{attn}.{proj}.weight"] = (d, d)
+                shapes[f"{b}{attn}.{proj}.bias"] = (d,)
+            shapes[f"{b}{attn}.norm_q.weight"] = (d,)
+            shapes[f"{b}{attn}.norm_k.weight"] = (d,)
+        if cfg["cross_attn_norm"]:
+            shapes[b + "norm2.weight"] = (d,)
+            shapes[b + "norm2.bias"] = (d,)
+        shapes[b + "ffn.net.0.proj.weight"] = (ffn, d)
+        shapes[b + "ffn.net.0.proj.bias"] = (ffn,)
+        shapes[b + "ffn.net.2.weight"] = (d, ffn)
+        shapes[b + "ffn.net.2.bias"] = (d,)
+    return shapes
+
+
+def check_keys_and_shapes(infos: dict, expected: dict, source: str):
+    """Raise listing missing/unexpected keys and shape disagreements (diffusers names)."""
+    missing = sorted(set(expected) - set(infos))
+    unexpected = sorted(set(infos) - set(expected))
+    if missing or unexpected:
+        raise CheckpointFileError(f"{source}: missing keys {missing}; unexpected keys {unexpected}")
+    wrong = [f"{k}: {infos[k].shape} != {tuple(expected[k])}" for k in expected if infos[k].shape != tuple(expected[k])]
+    if wrong:
+        raise ConfigMismatchError(f"{source}: shapes disagree with the config: {wrong}")
+
+
+def _strip_prefix(keys):
+    for prefix in _STRIPPABLE_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            return prefix
+    return ""
+
+
+def read_native(path):
+    """(reader, {diffusers key: stored key}, native config) for a native checkpoint file or folder."""
+    path = Path(path)
+    reader = TensorReader(path)
+    prefix = _strip_prefix(reader.keys())
+    names = {k[len(prefix):]: k for k in reader.keys()}
+    source = {d: names[n] for n, d in wan_keys.native_to_diffusers(names).items()}
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+    else:
+        config = infer_native_config(names, reader)
+    return reader, source, config
+
+
+def infer_native_config(names, reader, head_dim=128):
+    """Native config from tensor shapes; the head count assumes Wan's head dim of 128."""
+    shape = lambda k: reader.info(names[k]).shape
+    dim, in_dim = shape("patch_embedding.weight")[:2]
+    if dim % head_dim:
+        raise CheckpointFileError(
+            f"no config.json beside the checkpoint and dim {dim} is not a multiple of {head_dim}: "
+            "put Wan's config.json (dim, num_heads, ...) next to it"
+        )
+    patch = tuple(shape("patch_embedding.weight")[2:])
+    blocks = {int(k.split(".")[1]) for k in names if k.startswith("blocks.")}
+    return {
+        "dim": dim, "num_heads": dim // head_dim, "in_dim": in_dim, "patch_size": patch,
+        "out_dim": shape("head.head.weight")[0] // (patch[0] * patch[1] * patch[2]),
+        "text_dim": shape("text_embedding.0.weight")[1], "freq_dim": shape("time_embedding.0.weight")[1],
+        "ffn_dim": shape("blocks.0.ffn.0.weight")[0], "num_layers": len(blocks),
+        "cross_attn_norm": "blocks.0.norm3.weight" in names, "eps": 1e-6,
+    }
+
+
+def _cast_info(info, dtype):
+    return TensorInfo(info.shape, dtype if dtype is not None and info.dtype.is_floating_point else info.dtype)
+
+
+def _write_folder(reader, source, cfg, output_path, dtype, overwrite, progress, desc):
+    """Stream ``reader``'s tensors into a folder: {output key: stored key} ``source``, ``cfg`` as config.json."""
+    infos = {out: _cast_info(reader.info(stored), dtype) for out, stored in source.items()}
+    bar = tqdm(total=len(infos), desc=desc, disable=not progress, unit="tensor")
+
+    def produce(key):
+        bar.update()
+        t = reader.get(source[key])
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+    with atomic_output_dir(output_path, overwrite=overwrite) as tmp:
+        write_safetensors_shards(tmp, DIFFUSERS_WEIGHTS, infos, produce)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    bar.close()
+
+
+def convert_native_to_diffusers(input_path, output_path, dtype=None, overwrite=False, progress=True):
+    """Wan native checkpoint -> diffusers folder (config.json + safetensors). Returns the diffusers config."""
+    reader, source, native_cfg = read_native(input_path)
+    cfg = native_config_to_diffusers(native_cfg)
+    check_keys_and_shapes({d: reader.info(k) for d, k in source.items()}, expected_diffusers_shapes(cfg), str(input_path))
+    _write_folder(reader, source, cfg, output_path, dtype, overwrite, progress, "wan -> diffusers")
+    return cfg
+
+
+def read_diffusers(path):
+    """(reader, diffusers config) for a diffusers model folder, keys and shapes checked."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise CheckpointFileError(f"{path}: not a diffusers model folder (no config.json)")
+    cfg = json.loads((path / "config.json").read_text())
+    reader = TensorReader(path)
+    check_keys_and_shapes({k: reader.info(k) for k in reader.keys()}, expected_diffusers_shapes(cfg), str(path))
+    return reader, cfg
+
+
+def convert_diffusers_to_native(input_path, output_path, dtype=None, overwrite=False, progress=True):
+    """diffusers folder -> Wan native folder (config.json + safetensors). Returns the native config."""
+    reader, cfg = read_diffusers(input_path)
+    source = {n: d for d, n in wan_keys.diffusers_to_native(reader.keys()).items()}
+    native_cfg = diffusers_config_to_native(cfg)
+    _write_folder(reader, source, native_cfg, output_path, dtype, overwrite, progress, "diffusers -> wan")
+    return native_cfg

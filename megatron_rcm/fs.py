@@ -1,0 +1,56 @@
+"""Atomic folder output: a crash mid-write never leaves a folder that looks complete."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class OutputExistsError(FileExistsError):
+    """The output path exists and replacing it was not asked for."""
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path, overwrite=False):
+    """Yield a temporary sibling folder of ``path``; rename it to ``path`` when the block succeeds.
+
+    On error the temporary folder is removed and ``path`` is untouched. With ``overwrite`` an
+    existing ``path`` is replaced only after the new folder is complete (moved aside, renamed in,
+    then deleted), so at every moment one complete version exists on disk.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; choose another output path or remove it first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.rename(path, old)
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder):
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(root)
