@@ -169,17 +169,16 @@ def _cast_info(info, dtype):
 def _write_folder(reader, source, cfg, output_path, dtype, overwrite, progress, desc):
     """Stream ``reader``'s tensors into a folder: {output key: stored key} ``source``, ``cfg`` as config.json."""
     infos = {out: _cast_info(reader.info(stored), dtype) for out, stored in source.items()}
-    bar = tqdm(total=len(infos), desc=desc, disable=not progress, unit="tensor")
+    with atomic_output_dir(output_path, overwrite=overwrite) as tmp, \
+            tqdm(total=len(infos), desc=desc, disable=not progress, unit="tensor") as bar:
 
-    def produce(key):
-        bar.update()
-        t = reader.get(source[key])
-        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        def produce(key):
+            bar.update()
+            t = reader.get(source[key])
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
-    with atomic_output_dir(output_path, overwrite=overwrite) as tmp:
         write_safetensors_shards(tmp, DIFFUSERS_WEIGHTS, infos, produce)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    bar.close()
 
 
 def convert_native_to_diffusers(input_path, output_path, dtype=None, overwrite=False, progress=True):
