@@ -1,0 +1,1 @@
+"""Training data: webdataset latent shards, a resumable data-parallel sampler, synthetic shards."""
