@@ -54,10 +54,10 @@ def dmd_loss(G: torch.Tensor, t_D: torch.Tensor, eps_D: torch.Tensor, text: torc
     per_sample = (G.double() - target).pow(2).flatten(1).sum(dim=1)
     loss = torch.where(finite, per_sample, 0.0).mean()
     diagnostics = {
-        "dmd/direction_norm": d.flatten(1).norm(dim=1).mean().item(),
-        "dmd/nonfinite_direction": int((~finite).sum()),
-        "dmd/mean_t": t_D.double().mean().item(),
-        "dmd/rollout_norm": G.detach().double().flatten(1).norm(dim=1).mean().item(),
+        "dmd/direction_norm": d.flatten(1).norm(dim=1).mean(),
+        "dmd/nonfinite_direction": (~finite).sum(),
+        "dmd/mean_t": t_D.double().mean(),
+        "dmd/rollout_norm": G.detach().double().flatten(1).norm(dim=1).mean(),
     }
     return loss, diagnostics
 
@@ -73,7 +73,7 @@ def fake_score_loss(G: torch.Tensor, t_D: torch.Tensor, eps_D: torch.Tensor, tex
     x0_fake = fake_score.x0(_noised(G, t_D, eps_D), t_D, text)
     per_sample = (G - x0_fake).double().pow(2).flatten(1).sum(dim=1) / torch.sin(t_D).double() ** 2
     diagnostics = {
-        "fake_score/mean_t": t_D.double().mean().item(),
-        "fake_score/nonfinite": int((~torch.isfinite(per_sample)).sum()),
+        "fake_score/mean_t": t_D.double().mean(),
+        "fake_score/nonfinite": (~torch.isfinite(per_sample)).sum(),
     }
     return per_sample.mean(), diagnostics

@@ -42,8 +42,11 @@ def scm_loss(student, teacher, x0: torch.Tensor, eps: torch.Tensor, t: torch.Ten
     student, teacher: TrigFlowDenoisers (the teacher around ClassifierFreeGuidance); t ~ p_G [B].
     The teacher pass and the student JVP run without grad (theta^- = sg(theta)); g is built and
     normalised in float64. Its gradient is -2 g dF_theta/dtheta, i.e. descent pushes F_theta along g.
-    Samples whose g or F_theta is non-finite contribute zero and are counted in the diagnostics.
-    Returns (loss, diagnostics).
+    A sample whose g or F_theta is non-finite contributes zero and is counted in the diagnostics.
+    F_theta equals the F^- of the no-grad JVP pass, so such samples are known before the grad pass
+    and left out of it: masking after a non-finite forward would still put NaN into the gradients.
+    If no sample is finite the loss has no graph: the trainer should skip that step.
+    Returns (loss, diagnostics): detached 0-dim tensors, so the trainer can reduce them across ranks.
     """
     cos, sin = expand_like(torch.cos(t), x0), expand_like(torch.sin(t), x0)
     x_t = cos * x0 + sin * eps
@@ -54,25 +57,27 @@ def scm_loss(student, teacher, x0: torch.Tensor, eps: torch.Tensor, t: torch.Ten
         g = scm_tangent(x_t.double(), t.double(), jvp.F.double(), jvp.F_tangent.double(),
                         F_teacher.double(), ratio)
         g_finite = _finite_per_sample(g)
+        F_finite = _finite_per_sample(jvp.F)
+        keep = g_finite & F_finite
         tangent_norm = g.flatten(1).norm(dim=1)
-        g = normalize_per_sample(torch.where(expand_like(g_finite, g).bool(), g, 0.0))
+        g = normalize_per_sample(g[keep])
 
-    F_student = student.predict(x_t, t, text).F
-    F_finite = _finite_per_sample(F_student.detach())
-    keep = g_finite & F_finite
-    F_diff = torch.where(expand_like(keep, F_student).bool(), F_student - F_student.detach(), 0.0)
-    per_sample = (F_diff.double() - g).pow(2).flatten(1).sum(dim=1)
-    per_sample = torch.where(keep, per_sample, 0.0)
-    loss = per_sample.mean()
+    def kept_mean_norm(x):
+        return x[keep].double().flatten(1).norm(dim=1).mean()
 
-    kept_norm = tangent_norm[keep]
     diagnostics = {
-        "scm/tangent_norm": kept_norm.mean().item() if kept_norm.numel() else float("nan"),
-        "scm/nonfinite_tangent": int((~g_finite).sum()),
-        "scm/nonfinite_F": int((~F_finite).sum()),
-        "scm/mean_t": t.double().mean().item(),
-        "scm/teacher_F_norm": F_teacher.double().flatten(1).norm(dim=1).mean().item(),
-        "scm/F_tangent_norm": jvp.F_tangent.double().flatten(1).norm(dim=1).mean().item(),
+        "scm/tangent_norm": tangent_norm[keep].mean(),
+        "scm/nonfinite_tangent": (~g_finite).sum(),
+        "scm/nonfinite_F": (~F_finite).sum(),
+        "scm/mean_t": t.double().mean(),
+        "scm/teacher_F_norm": kept_mean_norm(F_teacher),
+        "scm/F_tangent_norm": kept_mean_norm(jvp.F_tangent),
         "scm/warmup_ratio": ratio,
     }
+    if not keep.any():
+        return torch.zeros((), dtype=torch.float64), diagnostics
+    F_student = student.predict(x_t[keep], t[keep], text[keep]).F
+    per_sample = (F_student.double() - F_student.detach().double() - g).pow(2).flatten(1).sum(dim=1)
+    loss = per_sample.sum() / x0.shape[0]
+
     return loss, diagnostics
