@@ -1,0 +1,111 @@
+"""flash_attention_jvp against the float64 reference differentiated by torch.func.jvp."""
+import math
+
+import pytest
+import torch
+
+from megatron_rcm.kernels import AttentionJVPOutput, flash_attention_jvp
+
+from .helpers import max_rel_error, random_inputs, reference_jvp
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def padding_mask(batch, seqlen_k, seed=1):
+    """Random keys masked; the last batch element has every key masked."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, seqlen_k, generator=gen) > 0.3
+    mask[-1] = False
+    return mask
+
+
+def check_against_reference(inputs, dtype, softmax_scale=None, key_padding_mask=None):
+    result = flash_attention_jvp(*inputs, softmax_scale=softmax_scale, key_padding_mask=key_padding_mask)
+    expected = reference_jvp(inputs, softmax_scale, key_padding_mask)
+    for name, actual, want in zip(AttentionJVPOutput._fields, result, expected):
+        error = max_rel_error(actual, want)
+        assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.2e}"
+    return result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("head_dim", [16, 32, 64])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(48, 48), (37, 53)], ids=["self", "cross"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_matches_reference(dtype, head_dim, seqlen_q, seqlen_k, masked):
+    inputs = random_inputs(2, 2, seqlen_q, seqlen_k, head_dim, dtype)
+    mask = padding_mask(2, seqlen_k) if masked else None
+    result = check_against_reference(inputs, dtype, key_padding_mask=mask)
+    assert result.out.dtype == dtype and result.out_t.dtype == dtype
+    lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert result.lse.dtype == lse_dtype and result.lse_t.dtype == lse_dtype
+    assert result.lse.shape == (2, 2, seqlen_q)
+
+
+def test_float16_and_head_dim_128():
+    check_against_reference(random_inputs(1, 2, 33, 40, 128, torch.float16), torch.float16)
+
+
+def test_custom_scale_and_strided_inputs():
+    """[B, S, H, D] tensors viewed as [B, H, S, D] (strided, last dim contiguous)."""
+    tensors = random_inputs(2, 3, 29, 29, 32, torch.float64)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in tensors]
+    assert not strided[0].is_contiguous()
+    check_against_reference(strided, torch.float64, softmax_scale=0.3)
+
+
+def test_fully_masked_rows_are_zero_with_minus_inf_lse():
+    inputs = random_inputs(2, 2, 19, 37, 16, torch.float32)
+    mask = padding_mask(2, 37)
+    out, out_t, lse, lse_t = flash_attention_jvp(*inputs, key_padding_mask=mask)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    assert torch.equal(out_t[-1], torch.zeros_like(out_t[-1]))
+    assert torch.equal(lse_t[-1], torch.zeros_like(lse_t[-1]))
+    assert torch.isneginf(lse[-1]).all()
+    assert torch.isfinite(lse[0]).all() and torch.isfinite(out).all() and torch.isfinite(out_t).all()
+
+
+def test_tangent_is_a_directional_derivative():
+    """Independent of the reference: out_t matches a central finite difference of the kernel."""
+    q, k, v, q_t, k_t, v_t = random_inputs(1, 2, 21, 34, 16, torch.float64)
+    eps = 1e-6
+    plus = flash_attention_jvp(q + eps * q_t, k + eps * k_t, v + eps * v_t, q_t, k_t, v_t)
+    minus = flash_attention_jvp(q - eps * q_t, k - eps * k_t, v - eps * v_t, q_t, k_t, v_t)
+    result = flash_attention_jvp(q, k, v, q_t, k_t, v_t)
+    assert max_rel_error(result.out_t, (plus.out - minus.out) / (2 * eps)) < 1e-8
+    assert max_rel_error(result.lse_t, (plus.lse - minus.lse) / (2 * eps)) < 1e-8
+
+
+def _valid():
+    q, k, v, q_t, k_t, v_t = random_inputs(2, 2, 16, 24, 16, torch.float32)
+    return dict(q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
+
+
+INVALID = {
+    "k_wrong_shape": (lambda a: a.update(k=a["k"][:, :1]), "k"),
+    "v_wrong_length": (lambda a: a.update(v=a["v"][:, :, :20]), "v"),
+    "q_t_wrong_shape": (lambda a: a.update(q_t=a["q_t"][..., :8]), "q_t"),
+    "q_3d": (lambda a: a.update(q=a["q"][0]), "q"),
+    "v_t_dtype": (lambda a: a.update(v_t=a["v_t"].double()), "v_t"),
+    "k_last_dim_strided": (lambda a: a.update(k=a["k"].transpose(2, 3).contiguous().transpose(2, 3)), "k"),
+    "head_dim_24": (lambda a: a.update({n: torch.randn(*t.shape[:3], 24) for n, t in a.items()}), "head dim"),
+    "int_dtype": (lambda a: a.update({n: t.to(torch.int32) for n, t in a.items()}), "dtype"),
+    "mask_shape": (lambda a: a.update(key_padding_mask=torch.ones(2, 16, dtype=torch.bool)), "key_padding_mask"),
+    "mask_dtype": (lambda a: a.update(key_padding_mask=torch.ones(2, 24)), "key_padding_mask"),
+    "scale_nan": (lambda a: a.update(softmax_scale=math.nan), "softmax_scale"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID, ids=list(INVALID))
+def test_invalid_inputs_raise_value_error_naming_the_argument(case):
+    mutate, name = INVALID[case]
+    args = _valid()
+    mutate(args)
+    with pytest.raises(ValueError, match=name):
+        flash_attention_jvp(**args)
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        flash_attention_jvp(**_valid())

@@ -1,0 +1,53 @@
+"""Compiled-kernel checks on a CUDA GPU (run without TRITON_INTERPRET: pytest -m gpu tests/kernels)."""
+import pytest
+import torch
+
+from megatron_rcm.kernels import flash_attention_jvp
+
+from .helpers import max_rel_error, random_inputs, reference_jvp
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_compiled_kernel_matches_reference(dtype, tolerance, head_dim):
+    inputs = random_inputs(2, 3, 300, 517, head_dim, dtype, device="cuda")
+    mask = torch.rand(2, 517, device="cuda") > 0.3
+    mask[1] = False
+    result = flash_attention_jvp(*inputs, key_padding_mask=mask)
+    for got, want in zip(result, reference_jvp(inputs, key_padding_mask=mask)):
+        assert max_rel_error(got, want) <= tolerance
+
+
+def test_wan_shape_bf16_tangent_error_on_a_row_slice():
+    """B1 H12 S32760 D128: relative (Frobenius) error of out_t on 256 query rows <= 5e-3."""
+    inputs = random_inputs(1, 12, 32760, 32760, 128, torch.bfloat16, device="cuda")
+    out_t = flash_attention_jvp(*inputs).out_t
+    rows = torch.cat([torch.arange(128), torch.arange(32760 - 128, 32760)]).cuda()
+    sliced = [t[:, :, rows] if i in (0, 3) else t for i, t in enumerate(inputs)]
+    want_t = reference_jvp(sliced)[1]
+    error = ((out_t[:, :, rows].double() - want_t).norm() / want_t.norm()).item()
+    assert error <= 5e-3
+
+
+def test_memory_is_linear_in_sequence_length():
+    extra = {}
+    for seqlen in (4096, 8192):
+        inputs = random_inputs(1, 4, seqlen, seqlen, 128, torch.bfloat16, device="cuda")
+        torch.cuda.synchronize()
+        flash_attention_jvp(*inputs)  # compile and tune outside the measurement
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = flash_attention_jvp(*inputs)
+        torch.cuda.synchronize()
+        extra[seqlen] = torch.cuda.max_memory_allocated() - base
+        output_bytes = sum(t.numel() * t.element_size() for t in result)
+        assert extra[seqlen] <= output_bytes + (1 << 20)
+        del inputs, result
+    assert extra[8192] <= 2.1 * extra[4096]
+
+
+def test_float64_on_cuda_is_refused():
+    with pytest.raises(ValueError, match="float64"):
+        flash_attention_jvp(*random_inputs(1, 1, 16, 16, 16, torch.float64, device="cuda"))
