@@ -1,0 +1,62 @@
+"""One code path for a model's forward and its exact JVP: primal and tangent stacked on the batch dim.
+
+Activations are sequence-first, [S, B, ...] (Megatron's layout), and per-sample vectors are
+[1, B, ...], so the batch is always dim 1. In tangent mode a tensor holds the primal in its
+first half and the tangent in its second half along that dim ([S, 2B, ...]). Then
+  * every linear map without a bias (reshapes, RoPE, residual adds, collectives: gathers,
+    scatters, all-reduces, all-to-alls) applies to the stacked tensor as it is, in one call;
+  * a linear layer runs one GEMM on the stacked tensor and adds its bias to the primal half only;
+  * a nonlinear pointwise piece (norms, activations, modulation) is differentiated locally with
+    ``torch.func.jvp`` on the small function;
+  * attention goes through the JVP kernel (see ``megatron_rcm.models.attention``).
+With ``tangent=False`` every helper is the plain op, so autograd sees the ordinary forward.
+"""
+
+import torch
+import torch.nn.functional as F
+
+BATCH_DIM = 1
+
+
+def halves(x, tangent):
+    """(primal, tangent) of a stacked tensor; (x, None) outside tangent mode."""
+    return x.chunk(2, dim=BATCH_DIM) if tangent else (x, None)
+
+
+def stack(primal, tangent_value):
+    return torch.cat([primal, tangent_value], dim=BATCH_DIM)
+
+
+def pointwise(fn, *xs, tangent):
+    """fn(*xs), and in tangent mode its JVP: every x is stacked; fn sees primal halves."""
+    if not tangent:
+        return fn(*xs)
+    primals, tangents = zip(*(x.chunk(2, dim=BATCH_DIM) for x in xs))
+    out, out_t = torch.func.jvp(fn, primals, tangents)
+    return stack(out, out_t)
+
+
+def add_bias(y, bias, tangent):
+    if bias is None:
+        return y
+    if not tangent:
+        return y + bias
+    primal, tangent_value = halves(y, True)
+    return stack(primal + bias, tangent_value)
+
+
+def linear(layer, x, tangent):
+    """A torch ``nn.Linear`` or a Megatron parallel linear built with ``skip_bias_add=True``."""
+    if isinstance(layer, torch.nn.Linear):
+        return add_bias(F.linear(x, layer.weight), layer.bias, tangent)
+    out, bias = layer(x)
+    return add_bias(out, bias, tangent)
+
+
+def compute_dtype(dtype):
+    """Where diffusers upcasts with ``.float()``: float32, or float64 for a float64 model."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def upcast(x):
+    return x.to(compute_dtype(x.dtype))

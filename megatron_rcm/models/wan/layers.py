@@ -1,0 +1,239 @@
+"""Wan2.1 DiT layers on megatron-core, each with one ``forward(..., tangent)`` for forward and JVP.
+
+Activations are sequence-first [S, B, C]; under sequence parallelism the token stream outside
+the tensor-parallel regions is split over the TP ranks. Conventions of
+``megatron_rcm.models.tangent`` apply (``tangent=True``: primal and tangent stacked on dim 1).
+The math is diffusers' ``WanTransformer3DModel`` (Wan2.1 T2V), including where it computes in
+float32 (``upcast``: float32, or float64 for a float64 model).
+
+Replicated parameters that see only this rank's share of the tokens under sequence parallelism
+carry ``sequence_parallel = config.sequence_parallel``: as in Megatron, their gradients are
+summed over the TP group after the backward (``finalize_model_grads``). Under context
+parallelism every gradient is a per-rank partial sum, reduced with the data-parallel gradients
+over Megatron's data+context group.
+"""
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel.mappings import (
+    copy_to_tensor_model_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+)
+from megatron.core.transformer.module import MegatronModule
+
+from ..attention import cross_attention, self_attention
+from ..tangent import compute_dtype, linear, pointwise, upcast
+
+
+def param_device(config):
+    return torch.device("cpu") if config.use_cpu_initialization else torch.device("cuda", torch.cuda.current_device())
+
+
+def replicated_linear(config, in_features, out_features, sequence_parallel):
+    layer = torch.nn.Linear(in_features, out_features, device=param_device(config), dtype=config.params_dtype)
+    for p in layer.parameters():
+        p.sequence_parallel = sequence_parallel
+    return layer
+
+
+def _parallel_linear_classes(config):
+    if config.transformer_impl == "local":
+        return ColumnParallelLinear, RowParallelLinear
+    from megatron.core.extensions import transformer_engine as te
+
+    if not te.HAVE_TE:
+        raise ImportError("transformer_impl='transformer_engine' needs Transformer Engine installed; "
+                          "use transformer_impl='local'")
+    return te.TEColumnParallelLinear, te.TERowParallelLinear
+
+
+def column_linear(config, in_features, out_features):
+    column, _ = _parallel_linear_classes(config)
+    return column(in_features, out_features, config=config, init_method=config.init_method, bias=True,
+                  gather_output=False, skip_bias_add=True, is_expert=False)
+
+
+def row_linear(config, in_features, out_features):
+    _, row = _parallel_linear_classes(config)
+    return row(in_features, out_features, config=config, init_method=config.output_layer_init_method, bias=True,
+               input_is_parallel=True, skip_bias_add=True, is_expert=False)
+
+
+def layer_norm(x, eps, weight=None, bias=None):
+    """diffusers' FP32LayerNorm: normalise in float32 (float64 for float64), return the input dtype."""
+    return F.layer_norm(upcast(x), (x.shape[-1],), weight, bias, eps).to(x.dtype)
+
+
+def timestep_sinusoid(timestep, dim, dtype):
+    """diffusers' ``get_timestep_embedding(flip_sin_to_cos=True, downscale_freq_shift=0)`` in ``dtype``."""
+    half = dim // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=dtype, device=timestep.device) / half
+    angles = timestep.to(dtype)[..., None] * torch.exp(exponent)
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class ConditionEmbedder(MegatronModule):
+    """Timestep -> (temb, 6-way modulation); text -> context. Names follow diffusers."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        dim, sp = config.hidden_size, config.sequence_parallel
+        self.time_embedder = torch.nn.Module()
+        self.time_embedder.linear_1 = replicated_linear(config, config.freq_dim, dim, sp)
+        self.time_embedder.linear_2 = replicated_linear(config, dim, dim, sp)
+        self.time_proj = replicated_linear(config, dim, 6 * dim, sp)
+        self.text_embedder = torch.nn.Module()
+        # the text embedding feeds only the (non-sequence-parallel) text key/value projections
+        self.text_embedder.linear_1 = replicated_linear(config, config.text_dim, dim, False)
+        self.text_embedder.linear_2 = replicated_linear(config, dim, dim, False)
+
+    def time(self, timestep, tangent):
+        """timestep [1, B] (stacked) -> temb [1, B, dim], modulation [1, B, 6, dim]."""
+        dtype = self.time_embedder.linear_1.weight.dtype
+        emb = pointwise(lambda t: timestep_sinusoid(t, self.config.freq_dim, compute_dtype(dtype)).to(dtype),
+                        timestep, tangent=tangent)
+        emb = linear(self.time_embedder.linear_1, emb, tangent)
+        emb = pointwise(F.silu, emb, tangent=tangent)
+        temb = linear(self.time_embedder.linear_2, emb, tangent)
+        modulation = linear(self.time_proj, pointwise(F.silu, temb, tangent=tangent), tangent)
+        return temb, modulation.unflatten(-1, (6, -1))
+
+    def text(self, text):
+        """text [L, B, text_dim] -> context [L, B, dim] (text has no tangent)."""
+        h = F.gelu(self.text_embedder.linear_1(text), approximate="tanh")
+        return self.text_embedder.linear_2(h)
+
+
+class HeadsRMSNorm(torch.nn.Module):
+    """RMSNorm over all heads (diffusers' ``rms_norm_across_heads``) of a TP-sharded projection.
+
+    The sum of squares of the local channels is all-reduced over the TP group, forward and
+    backward alike (every rank's channels use the total); in tangent mode the stacked
+    (sum x^2, sum 2 x dx) pair shares that one all-reduce.
+    """
+
+    def __init__(self, config, local_dim):
+        super().__init__()
+        self.full_dim, self.eps = config.hidden_size, config.layernorm_epsilon
+        self.weight = torch.nn.Parameter(torch.ones(local_dim, device=param_device(config), dtype=config.params_dtype))
+        self.tp_size = config.tensor_model_parallel_size
+
+    def forward(self, x, tangent):
+        squares = pointwise(lambda a: upcast(a).pow(2).sum(-1, keepdim=True), x, tangent=tangent)
+        if self.tp_size > 1:
+            squares = reduce_from_tensor_model_parallel_region(copy_to_tensor_model_parallel_region(squares))
+
+        def normalise(a, total):
+            return (upcast(a) * torch.rsqrt(total / self.full_dim + self.eps) * upcast(self.weight)).to(a.dtype)
+
+        return pointwise(normalise, x, squares, tangent=tangent)
+
+
+def apply_rope(x, rope):
+    """Rotate channel pairs of x [S, B, H, D] by angles with (cos, sin) [S, 1, 1, D/2]; linear in x."""
+    cos, sin = rope
+    x1, x2 = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+class SelfAttention(MegatronModule):
+    def __init__(self, config):
+        super().__init__(config)
+        dim, tp = config.hidden_size, config.tensor_model_parallel_size
+        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
+        # fused projection; per rank its output is [q, k, v] of the rank's heads
+        self.qkv = column_linear(config, dim, 3 * dim)
+        self.norm_q = HeadsRMSNorm(config, dim // tp)
+        self.norm_k = HeadsRMSNorm(config, dim // tp)
+        self.proj = row_linear(config, dim, dim)
+
+    def forward(self, x, rope, layout, tangent):
+        q, k, v = linear(self.qkv, x, tangent).chunk(3, dim=-1)
+        q, k = self.norm_q(q, tangent), self.norm_k(k, tangent)
+        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)) for t in (q, k, v))
+        out = self_attention(apply_rope(q, rope), apply_rope(k, rope), v, layout, tangent, self.head_dim**-0.5)
+        return linear(self.proj, out.flatten(-2), tangent)
+
+
+class CrossAttention(MegatronModule):
+    def __init__(self, config):
+        super().__init__(config)
+        dim, tp = config.hidden_size, config.tensor_model_parallel_size
+        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
+        self.q = column_linear(config, dim, dim)
+        # the text is replicated on every rank: its projection gathers no sequence
+        self.kv = column_linear(dataclasses.replace(config, sequence_parallel=False), dim, 2 * dim)
+        self.norm_q = HeadsRMSNorm(config, dim // tp)
+        self.norm_k = HeadsRMSNorm(config, dim // tp)
+        self.proj = row_linear(config, dim, dim)
+
+    def forward(self, x, context, tangent):
+        q = self.norm_q(linear(self.q, x, tangent), tangent)
+        k, v = linear(self.kv, context, False).chunk(2, dim=-1)
+        k = self.norm_k(k, False)
+        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)) for t in (q, k, v))
+        out = cross_attention(q, k, v, tangent, self.head_dim**-0.5)
+        return linear(self.proj, out.flatten(-2), tangent)
+
+
+class FeedForward(MegatronModule):
+    def __init__(self, config):
+        super().__init__(config)
+        self.fc1 = column_linear(config, config.hidden_size, config.ffn_hidden_size)
+        self.fc2 = row_linear(config, config.ffn_hidden_size, config.hidden_size)
+
+    def forward(self, x, tangent):
+        h = pointwise(lambda a: F.gelu(a, approximate="tanh"), linear(self.fc1, x, tangent), tangent=tangent)
+        return linear(self.fc2, h, tangent)
+
+
+def modulate(x, shift, scale, eps):
+    """adaLN: the affine-free float32 LayerNorm of x, scaled and shifted per sample."""
+    return (F.layer_norm(upcast(x), (x.shape[-1],), eps=eps) * (1 + scale) + shift).to(x.dtype)
+
+
+def _gated_residual(x, update, gate):
+    return (upcast(x) + upcast(update) * gate).to(x.dtype)
+
+
+class WanBlock(MegatronModule):
+    """adaLN-modulated self-attention, cross-attention to the text, GELU-tanh FFN (diffusers' WanTransformerBlock)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        dim, eps = config.hidden_size, config.layernorm_epsilon
+        self.eps = eps
+        self.attn1 = SelfAttention(config)
+        self.attn2 = CrossAttention(config)
+        self.ffn = FeedForward(config)
+        self.norm2 = None
+        if config.cross_attn_norm:
+            self.norm2 = torch.nn.LayerNorm(dim, eps, device=param_device(config), dtype=config.params_dtype)
+            for p in self.norm2.parameters():
+                p.sequence_parallel = config.sequence_parallel
+        self.scale_shift_table = torch.nn.Parameter(
+            torch.randn(1, 6, dim, device=param_device(config), dtype=config.params_dtype) / dim**0.5)
+        self.scale_shift_table.sequence_parallel = config.sequence_parallel
+
+    def forward(self, x, context, modulation, rope, layout, tangent):
+        table = self.scale_shift_table
+        mod = pointwise(lambda m: table + upcast(m), modulation, tangent=tangent)
+        shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(2)
+
+        h = pointwise(lambda a, sh, sc: modulate(a, sh, sc, self.eps), x, shift, scale, tangent=tangent)
+        x = pointwise(_gated_residual, x, self.attn1(h, rope, layout, tangent), gate, tangent=tangent)
+
+        if self.norm2 is not None:
+            h = pointwise(lambda a: layer_norm(a, self.eps, upcast(self.norm2.weight), upcast(self.norm2.bias)),
+                          x, tangent=tangent)
+        else:
+            h = x
+        x = x + self.attn2(h, context, tangent)
+
+        h = pointwise(lambda a, sh, sc: modulate(a, sh, sc, self.eps), x, c_shift, c_scale, tangent=tangent)
+        return pointwise(_gated_residual, x, self.ffn(h, tangent), c_gate, tangent=tangent)
