@@ -41,7 +41,7 @@ class TrigFlowDenoiser:
         self.net = net
 
     @staticmethod
-    def _coefficients(t: torch.Tensor, x_t: torch.Tensor):
+    def _coefficients(t: torch.Tensor):
         check_trigflow_time(t)
         cos, sin = torch.cos(t), torch.sin(t)
         c = cos + sin
@@ -49,7 +49,7 @@ class TrigFlowDenoiser:
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> TrigFlowPrediction:
         """x0_hat and F_hat at TrigFlow time t [B] (eq. 2.1); gradients flow into the network."""
-        cos, sin, c, c_noise = self._coefficients(t, x_t)
+        cos, sin, c, c_noise = self._coefficients(t)
         velocity = self.net(x_t / expand_like(c, x_t), c_noise.to(x_t.dtype), text)
         cos, sin, c = (expand_like(a, x_t) for a in (cos, sin, c))
         x0 = (x_t - sin * velocity) / c
@@ -76,7 +76,7 @@ class TrigFlowDenoiser:
             dF = ((cos t - sin t) dx_t - c x_t dt + dv - F dc) / c.
         Used with the tangents of eq. 3.1 by the sCM term.
         """
-        cos, sin, c, c_noise = self._coefficients(t, x_t)
+        cos, sin, c, c_noise = self._coefficients(t)
         c_noise_tangent = 1000 * t_tangent / c**2
         cos, sin, c, dt = (expand_like(a, x_t) for a in (cos, sin, c, t_tangent))
         dc = (cos - sin) * dt
