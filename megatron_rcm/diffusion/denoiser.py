@@ -47,10 +47,15 @@ class TrigFlowDenoiser:
         c = cos + sin
         return cos, sin, c, 1000 * sin / c
 
+    @staticmethod
+    def _timestep_dtype(x_t):
+        # Never below float32: 1000 s in bfloat16 keeps only about three significant digits.
+        return torch.promote_types(x_t.dtype, torch.float32)
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> TrigFlowPrediction:
         """x0_hat and F_hat at TrigFlow time t [B] (eq. 2.1); gradients flow into the network."""
         cos, sin, c, c_noise = self._coefficients(t)
-        velocity = self.net(x_t / expand_like(c, x_t), c_noise.to(x_t.dtype), text)
+        velocity = self.net(x_t / expand_like(c, x_t), c_noise.to(self._timestep_dtype(x_t)), text)
         cos, sin, c = (expand_like(a, x_t) for a in (cos, sin, c))
         x0 = (x_t - sin * velocity) / c
         F = ((cos - sin) * x_t + velocity) / c
@@ -83,7 +88,8 @@ class TrigFlowDenoiser:
         net_input = x_t / c
         net_input_tangent = x_t_tangent / c - x_t * dc / c**2
         velocity, velocity_tangent = self.net.jvp(
-            net_input, c_noise.to(x_t.dtype), text, net_input_tangent, c_noise_tangent.to(x_t.dtype)
+            net_input, c_noise.to(self._timestep_dtype(x_t)), text, net_input_tangent,
+            c_noise_tangent.to(self._timestep_dtype(x_t)),
         )
         x0 = (x_t - sin * velocity) / c
         x0_tangent = (x_t_tangent - sin * velocity_tangent - cos * velocity * dt - x0 * dc) / c
