@@ -124,6 +124,8 @@ class HeadsRMSNorm(torch.nn.Module):
         self.tp_size = config.tensor_model_parallel_size
 
     def forward(self, x, tangent):
+        if self.tp_size == 1 and not tangent:
+            return F.rms_norm(x, (self.full_dim,), self.weight, self.eps)
         squares = pointwise(lambda a: upcast(a).pow(2).sum(-1, keepdim=True), x, tangent=tangent)
         if self.tp_size > 1:
             squares = reduce_from_tensor_model_parallel_region(copy_to_tensor_model_parallel_region(squares))

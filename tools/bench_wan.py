@@ -1,0 +1,205 @@
+"""Benchmark the Megatron Wan model against diffusers' WanTransformer3DModel (same config, same run).
+
+One GPU:   python tools/bench_wan.py [--frames 81] [--layers 30] [--json out.json]
+TP=2:      torchrun --nproc-per-node 2 tools/bench_wan.py --tp 2 --sp
+CP=2:      torchrun --nproc-per-node 2 tools/bench_wan.py --cp 2 --cp-mode a2a   (or --cp-mode p2p, ring)
+CPU check: TRITON_INTERPRET=1 python tools/bench_wan.py --cpu-smoke
+
+Random weights (a random diffusers model, loaded into ours), bf16, 480p (latent 60 x 104),
+text length 512. Ours: forward, jvp, forward+backward with and without per-block recompute;
+diffusers: forward, forward+backward with gradient checkpointing (and without, usually out
+of memory). Also the bf16 error of our forward and jvp against a float32 run of our model.
+Times are medians of CUDA-event timings after a warm-up; memory is the peak allocated during
+the measurement. Only rank 0 prints; every rank runs diffusers on its own GPU.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+
+def _parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b")
+    p.add_argument("--frames", type=int, default=81, help="video frames (latent frames = (frames - 1) / 4 + 1)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--layers", type=int, default=None, help="fewer blocks for quick runs")
+    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--cp", type=int, default=1)
+    p.add_argument("--cp-mode", choices=("a2a", "p2p"), default="a2a")
+    p.add_argument("--sp", action="store_true", help="sequence parallelism (needs --tp > 1)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-diffusers", action="store_true")
+    p.add_argument("--skip-error", action="store_true", help="skip the bf16-vs-float32 error runs")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU (needs TRITON_INTERPRET=1)")
+    return p.parse_args()
+
+
+class Timer:
+    def __init__(self, device, repeats):
+        self.device, self.repeats = device, repeats
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def __call__(self, fn):
+        """(median seconds, peak GiB) of fn(), or ('OOM', None)."""
+        try:
+            fn()
+            self._sync()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(self.repeats):
+                self._sync()
+                start = time.perf_counter()
+                fn()
+                self._sync()
+                times.append(time.perf_counter() - start)
+        except torch.OutOfMemoryError:
+            return "OOM", None
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
+        return statistics.median(times), peak
+
+
+def model_flops(cfg, tokens, text_len):
+    """Forward FLOPs: per layer 8Nd^2 + 4N^2d (self), 4Nd^2 + 4NLd (cross), 4N d ffn (FFN)."""
+    n, d = tokens, cfg.hidden_size
+    per_layer = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * n * text_len * d + 4 * n * d * cfg.ffn_hidden_size
+    return per_layer * cfg.num_layers
+
+
+def _diffusers_model(cfg, device, dtype):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.kv_channels,
+        in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_hidden_size, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm,
+        eps=cfg.layernorm_epsilon,
+    ).to(device=device, dtype=dtype)
+
+
+def _relative_error(actual, expected):
+    return float((actual.float() - expected.float()).norm() / expected.float().norm())
+
+
+def main():
+    args = _parse()
+    from megatron_rcm.models.wan import WanModel, load_diffusers_weights, wan_config
+    from megatron_rcm.parallel import ParallelConfig, current_device, initialize_parallel, destroy_parallel
+
+    if args.cpu_smoke:
+        args.preset, args.frames, args.height, args.width, args.text_len, args.repeats = "tiny-b", 5, 16, 24, 8, 1
+    initialize_parallel(ParallelConfig(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp,
+                                       sequence_parallel=args.sp))
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    device = current_device()
+    dtype = torch.bfloat16
+    overrides = dict(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp, sequence_parallel=args.sp,
+                     cp_comm_type=args.cp_mode, use_cpu_initialization=device.type == "cpu")
+    if args.layers is not None:
+        overrides["num_layers"] = args.layers
+    cfg = wan_config(args.preset, params_dtype=dtype, bf16=True, **overrides)
+    latent = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    tokens = math.prod(s // p for s, p in zip(latent, cfg.patch_size))
+
+    torch.manual_seed(0)  # the same random weights and inputs on every rank
+    reference = _diffusers_model(cfg, device, dtype)
+    ours = load_diffusers_weights(WanModel(cfg), reference)
+    x = torch.randn(1, cfg.in_channels, *latent, device=device, dtype=dtype)
+    t = torch.tensor([700.0], device=device)
+    text = torch.randn(1, args.text_len, cfg.text_dim, device=device, dtype=dtype)
+    x_t, t_t = torch.randn_like(x), torch.tensor([1.0], device=device)
+    timer = Timer(device, args.repeats)
+    flops = model_flops(cfg, tokens, args.text_len)
+    rows = []
+
+    def record(model, what, result, flop=None):
+        seconds, peak = result
+        tflops = flop / seconds / 1e12 / (args.tp * args.cp) if flop and seconds != "OOM" else None
+        rows.append(dict(model=model, measurement=what, seconds=seconds, peak_gib=peak, tflops_per_gpu=tflops))
+        if rank0:
+            print(f"{model} {what}: {seconds} s, peak {peak} GiB", flush=True)
+
+    def train_step(model, call):
+        model.zero_grad(set_to_none=True)
+        call().float().square().mean().backward()
+
+    def set_recompute(on):
+        cfg.recompute_granularity, cfg.recompute_method, cfg.recompute_num_layers = (
+            ("full", "uniform", 1) if on else (None, None, None))
+
+    with torch.no_grad():
+        record("ours", "forward", timer(lambda: ours(x, t, text)), flops)
+        record("ours", "jvp", timer(lambda: ours.jvp(x, t, text, x_t, t_t)))
+    set_recompute(False)
+    record("ours", "forward+backward", timer(lambda: train_step(ours, lambda: ours(x, t, text))), 3 * flops)
+    set_recompute(True)
+    record("ours", "forward+backward, recompute", timer(lambda: train_step(ours, lambda: ours(x, t, text))),
+           3 * flops)
+    set_recompute(False)
+
+    if not args.skip_diffusers:
+        call = lambda: reference(x, t, text).sample
+        with torch.no_grad():
+            record("diffusers", "forward", timer(call), flops)
+        reference.enable_gradient_checkpointing()
+        record("diffusers", "forward+backward, checkpointing", timer(lambda: train_step(reference, call)), 3 * flops)
+        reference.disable_gradient_checkpointing()
+        record("diffusers", "forward+backward", timer(lambda: train_step(reference, call)), 3 * flops)
+    del reference
+
+    errors = {}
+    if not args.skip_error:
+        with torch.no_grad():
+            out, out_t = ours.jvp(x, t, text, x_t, t_t)
+            ours.float()
+            ref, ref_t = ours.jvp(x.float(), t, text.float(), x_t.float(), t_t)
+        errors = dict(forward_bf16_vs_fp32=_relative_error(out, ref), jvp_bf16_vs_fp32=_relative_error(out_t, ref_t))
+
+    if rank0:
+        result = dict(preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,
+                      tp=args.tp, cp=args.cp, cp_mode=args.cp_mode, sp=args.sp, device=str(
+                          torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
+                      rows=rows, errors=errors)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        print(_markdown(result))
+    destroy_parallel()
+
+
+def _markdown(result):
+    fmt = lambda v, spec: "-" if v is None else (v if isinstance(v, str) else format(v, spec))
+    forward = {r["model"]: r["seconds"] for r in result["rows"] if r["measurement"] == "forward"}
+    lines = [f"Wan {result['preset']} x {result['layers']} layers, latent {result['latent']} = {result['tokens']} "
+             f"tokens, text {result['text_len']}, TP={result['tp']} CP={result['cp']} ({result['cp_mode']}) "
+             f"SP={result['sp']}, {result['device']}, bf16",
+             "",
+             "| model | measurement | time (s) | x own forward | peak (GiB) | model TFLOP/s per GPU |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        base = forward.get(r["model"])
+        ratio = r["seconds"] / base if isinstance(r["seconds"], float) and isinstance(base, float) else None
+        lines.append(f"| {r['model']} | {r['measurement']} | {fmt(r['seconds'], '.3f')} | {fmt(ratio, '.2f')} | "
+                     f"{fmt(r['peak_gib'], '.1f')} | {fmt(r['tflops_per_gpu'], '.0f')} |")
+    for name, value in result["errors"].items():
+        lines.append(f"\n{name} (relative L2): {value:.2e}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
