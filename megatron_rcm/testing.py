@@ -79,7 +79,7 @@ def run_distributed(fn, world_size, args=(), kwargs=None, timeout=300.0):
         ctx.Process(
             target=_rank_main,
             args=(fn, rank, world_size, port, results, tuple(args), dict(kwargs or {}), threads),
-            daemon=True,
+            daemon=False,  # ranks may start processes of their own (checkpoint writers, data workers)
         )
         for rank in range(world_size)
     ]

@@ -1,0 +1,103 @@
+"""Resumable sharded checkpoints: megatron-core distributed checkpoints, written atomically.
+
+Layout under ``save_dir``::
+
+    iter_0000100/        a megatron.core.dist_checkpointing checkpoint (loads at any TP/CP/DP size)
+    iter_0000200/
+    latest_checkpointed_iteration.txt
+
+Every rank writes into ``.iter_XXXXXXX.tmp``; only after all ranks finished does rank 0 rename
+it, then replace the tracker file (write + ``os.replace``), then delete the oldest checkpoints
+beyond ``keep_last``. A crash at any point leaves the previous checkpoint and a tracker that
+names a complete checkpoint.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No usable checkpoint where one was asked for."""
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _is_rank0():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+class CheckpointManager:
+    def __init__(self, save_dir, keep_last: int = 3):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        self.save_dir = Path(save_dir)
+        self.keep_last = keep_last
+
+    def save(self, iteration: int, sharded_state_dict: dict) -> Path:
+        """Collective: every rank passes its sharded state dict (plain values are saved once, by rank 0)."""
+        final = self.save_dir / checkpoint_name(iteration)
+        tmp = self.save_dir / f".{checkpoint_name(iteration)}.tmp"
+        if _is_rank0():
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+            tmp.mkdir()
+        _barrier()
+        dist_checkpointing.save(sharded_state_dict, str(tmp))
+        _barrier()
+        if _is_rank0():
+            if final.exists():  # saving the same iteration again (e.g. a signal right after a save)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            tracker_tmp = self.save_dir / f".{TRACKER}.tmp"
+            tracker_tmp.write_text(str(iteration))
+            os.replace(tracker_tmp, self.save_dir / TRACKER)
+            for old in self.iterations()[:-self.keep_last]:
+                shutil.rmtree(self.save_dir / checkpoint_name(old))
+        _barrier()
+        return final
+
+    def iterations(self):
+        """Iterations of the complete checkpoints on disk, oldest first."""
+        if not self.save_dir.exists():
+            return []
+        found = []
+        for p in self.save_dir.iterdir():
+            if p.is_dir() and p.name.startswith("iter_") and (p / "metadata.json").exists():
+                found.append(int(p.name[len("iter_"):]))
+        return sorted(found)
+
+    def latest_iteration(self):
+        """The tracker's iteration, or None when nothing was saved yet."""
+        tracker = self.save_dir / TRACKER
+        if not tracker.exists():
+            return None
+        iteration = int(tracker.read_text().strip())
+        if not (self.save_dir / checkpoint_name(iteration) / "metadata.json").exists():
+            raise CheckpointNotFoundError(
+                f"{tracker} names iteration {iteration}, but {checkpoint_name(iteration)} is missing or incomplete"
+            )
+        return iteration
+
+    def load(self, sharded_state_dict: dict, iteration=None) -> dict:
+        """Collective: load into the layout of ``sharded_state_dict`` (this run's TP/CP/DP sizes)."""
+        if iteration is None:
+            iteration = self.latest_iteration()
+            if iteration is None:
+                raise CheckpointNotFoundError(f"no checkpoint in {self.save_dir} (no {TRACKER})")
+        path = self.save_dir / checkpoint_name(iteration)
+        if not (path / "metadata.json").exists():
+            raise CheckpointNotFoundError(f"{path} is not a complete checkpoint")
+        return dist_checkpointing.load(sharded_state_dict, str(path))

@@ -1,0 +1,99 @@
+"""Sharded checkpoints: TP=2 save loads at TP=1, old ones pruned, a crash mid-save loses nothing."""
+
+import os
+import signal
+
+import pytest
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_rcm.parallel import ParallelConfig, parallel_context
+from megatron_rcm.testing import run_distributed
+from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, CheckpointNotFoundError
+from megatron_rcm.training.signals import PreemptionHandler
+
+
+class _Net(MegatronModule):
+    def __init__(self, tp):
+        cfg = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=2, tensor_model_parallel_size=tp,
+                                use_cpu_initialization=True, params_dtype=torch.float64)
+        super().__init__(cfg)
+        self.up = ColumnParallelLinear(8, 12, config=cfg, init_method=torch.nn.init.normal_, bias=True,
+                                       gather_output=False)
+        self.down = RowParallelLinear(12, 8, config=cfg, init_method=torch.nn.init.normal_, bias=True,
+                                      input_is_parallel=True, skip_bias_add=False)
+
+    def forward(self, x):
+        return self.down(self.up(x)[0])[0]
+
+
+def _save_then_crash(path, tp):
+    with parallel_context(ParallelConfig(tensor_model_parallel_size=tp)):
+        torch.manual_seed(100 + dist.get_rank())
+        net = _Net(tp)
+        manager = CheckpointManager(path, keep_last=2)
+        # the same input on both TP ranks (their default generators differ on purpose)
+        x = torch.randn(3, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        outputs = {}
+        for it in (1, 2, 3):
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(0.1 * it)
+            outputs[it] = net(x)
+            manager.save(it, {**net.sharded_state_dict(prefix="net."), "iteration": it})
+        assert manager.iterations() == [2, 3]
+
+        def crash(*args, **kwargs):
+            raise RuntimeError("disk full")
+
+        original, dist_checkpointing.save = dist_checkpointing.save, crash
+        try:
+            with pytest.raises(RuntimeError, match="disk full"):
+                manager.save(4, net.sharded_state_dict(prefix="net."))
+        finally:
+            dist_checkpointing.save = original
+        return x, outputs[3]
+
+
+def _load_and_run(path, x):
+    with parallel_context(ParallelConfig()):
+        net = _Net(1)
+        manager = CheckpointManager(path)
+        assert manager.latest_iteration() == 3
+        state = manager.load({**net.sharded_state_dict(prefix="net."), "iteration": None})
+        net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+        with torch.no_grad():
+            return state["iteration"], net(x)
+
+
+def test_save_at_tp2_load_at_tp1_and_survive_a_crash(tmp_path):
+    (x, y), _ = run_distributed(_save_then_crash, world_size=2, args=(tmp_path, 2))
+    assert sorted(os.listdir(tmp_path)) == sorted([".iter_0000004.tmp", "iter_0000002", "iter_0000003", TRACKER])
+    assert (tmp_path / TRACKER).read_text() == "3"
+    iteration, net = run_distributed(_load_and_run, world_size=1, args=(tmp_path, x))[0]
+    assert iteration == 3
+    torch.testing.assert_close(net, y, rtol=1e-13, atol=1e-13)
+
+
+def test_missing_checkpoint_is_reported(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    assert manager.latest_iteration() is None
+    (tmp_path / TRACKER).write_text("7")
+    with pytest.raises(CheckpointNotFoundError, match="names iteration 7, but iter_0000007 is missing"):
+        manager.latest_iteration()
+
+
+def _signal_on_rank_one():
+    with parallel_context(ParallelConfig()), PreemptionHandler() as handler:
+        first = handler.should_stop()
+        if dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return first, handler.should_stop()
+
+
+def test_a_signal_on_one_rank_stops_all():
+    assert run_distributed(_signal_on_rank_one, world_size=2) == [(False, True), (False, True)]
