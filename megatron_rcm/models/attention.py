@@ -45,7 +45,8 @@ class SequenceLayout:
 
 
 def _bhsd(x):
-    return x.permute(1, 2, 0, 3).contiguous()
+    # a strided view: SDPA and the JVP kernel need only the head dim contiguous
+    return x.permute(1, 2, 0, 3)
 
 
 def _sbhd(x):

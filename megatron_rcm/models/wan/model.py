@@ -13,6 +13,7 @@ same loss on every rank input gradients come out whole and parameter gradients a
 partial sums in Megatron's convention (see ``layers``).
 """
 
+import functools
 import math
 
 import torch
@@ -46,6 +47,14 @@ def rope_angles(grid, head_dim, theta):
         shape[axis] = size
         parts.append(angles.view(shape).expand(*grid, dim // 2))
     return torch.cat(parts, dim=-1).reshape(math.prod(grid), head_dim // 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _rope_table(grid, head_dim, theta, padded_len, start, length, device, dtype):
+    """(cos, sin) [length, 1, 1, head_dim/2] of padded positions start..start+length (padding: angle 0)."""
+    angles = F.pad(rope_angles(grid, head_dim, theta), (0, 0, 0, padded_len - math.prod(grid)))
+    angles = angles[start:start + length].to(device)[:, None, None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class WanModel(MegatronModule):
@@ -140,11 +149,9 @@ class WanModel(MegatronModule):
         return tokens[: layout.valid_len]
 
     def _rope(self, grid, layout, device, dtype):
-        angles = rope_angles(grid, self.config.head_dim, self.config.rope_theta)
-        angles = F.pad(angles, (0, 0, 0, layout.padded_len - layout.valid_len))
-        angles = angles[layout.cp_rank * layout.chunk_len:(layout.cp_rank + 1) * layout.chunk_len]
-        angles = angles.to(device)[:, None, None, :]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        c = self.config
+        return _rope_table(grid, c.head_dim, c.rope_theta, layout.padded_len, layout.cp_rank * layout.chunk_len,
+                           layout.chunk_len, device, dtype)
 
     def _blocks(self, x, context, modulation, rope, layout, tangent):
         c = self.config
