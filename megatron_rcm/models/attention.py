@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core.tensor_parallel.mappings import all_to_all
 
+from megatron_rcm.kernels import attention, flash_attention_jvp
 from megatron_rcm.parallel.ring_attention import chunk_key_mask, ring_attention, ring_attention_jvp
 
 CP_MODES = ("a2a", "p2p")
@@ -56,8 +57,6 @@ def _sbhd(x):
 def _attend(q, k, v, tangent, scale, mask):
     """Attention of [B, H, S, D] tensors. In tangent mode q is stacked on the batch dim, and so are
     k and v unless they are shared constants (text keys/values, which have no tangent)."""
-    from megatron_rcm.kernels import attention, flash_attention_jvp
-
     if not tangent:
         return attention(q, k, v, softmax_scale=scale, key_padding_mask=mask)
     qp, qt = q.chunk(2, dim=0)

@@ -21,6 +21,8 @@ holds from the chunk's index, so masks never travel.
 import torch
 import torch.distributed as dist
 
+from megatron_rcm.kernels import flash_attention_jvp, merge_attention_jvp
+
 
 class _RingExchange:
     """Send a tensor to the next rank of ``group`` and receive the previous rank's, asynchronously."""
@@ -139,8 +141,6 @@ def ring_attention(q, k, v, softmax_scale, valid_len, group):
 @torch.no_grad()
 def ring_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale, valid_len, group):
     """(out, out_t) of ``ring_attention`` with tangents (q_t, k_t, v_t), through the JVP kernel."""
-    from megatron_rcm.kernels import flash_attention_jvp, merge_attention_jvp
-
     ring = _RingExchange(group)
     travelling = torch.stack([k, v, k_t, v_t])
     batch, chunk = q.shape[0], k.shape[2]
