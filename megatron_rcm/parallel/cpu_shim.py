@@ -4,9 +4,11 @@ megatron-core assumes CUDA in three places that the CPU path reaches:
   * buffers for sequence-parallel gathers / reduce-scatters and the global memory buffer are
     allocated on ``torch.cuda.current_device()``;
   * ``dist_checkpointing`` calls ``torch.cuda.synchronize()``;
-  * the model-parallel RNG tracker saves and restores CUDA generator states.
-The shim redirects the first to the CPU device, makes the second a no-op and replaces the
-tracker by one that forks the CPU generator. It is active only while CUDA is absent: on a
+  * the model-parallel RNG tracker and activation recomputation (``tensor_parallel.checkpoint``)
+    save and restore CUDA generator states.
+The shim redirects the first to the CPU device, makes the second a no-op, replaces the tracker
+by one that forks the CPU generator and points megatron's CUDA RNG-state getter and setter at
+the CPU generator (recomputation then replays the same CPU random numbers). It is active only while CUDA is absent: on a
 machine with a GPU ``enable_cpu_shim`` does nothing, so GPU runs use megatron-core unchanged.
 """
 
@@ -59,7 +61,11 @@ def enable_cpu_shim() -> bool:
         _saved["synchronize"] = torch.cuda.synchronize
         _saved["tracker"] = mcore_random._CUDA_RNG_STATE_TRACKER
         _saved["tracker_initialized"] = mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED
+        _saved["get_rng_state"] = mcore_random._get_cuda_rng_state
+        _saved["set_rng_state"] = mcore_random._set_cuda_rng_state
         torch.cuda.current_device = lambda: torch.device("cpu")
+        mcore_random._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
+        mcore_random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
         torch.cuda.synchronize = lambda device=None: None
         mcore_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
@@ -74,3 +80,5 @@ def disable_cpu_shim() -> None:
     torch.cuda.synchronize = _saved.pop("synchronize")
     mcore_random._CUDA_RNG_STATE_TRACKER = _saved.pop("tracker")
     mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = _saved.pop("tracker_initialized")
+    mcore_random._get_cuda_rng_state = _saved.pop("get_rng_state")
+    mcore_random._set_cuda_rng_state = _saved.pop("set_rng_state")

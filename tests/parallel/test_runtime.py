@@ -82,3 +82,27 @@ def test_helper_reports_the_failing_rank_without_hanging():
 def test_helper_times_out():
     with pytest.raises(DistributedTestError, match=r"ranks \[0, 1\] of 2 did not finish within 3 s"):
         run_distributed(_hangs, world_size=2, timeout=3)
+
+
+def _recompute_replays_random_numbers():
+    from megatron.core import tensor_parallel
+
+    with parallel_context(ParallelConfig(), seed=11):
+        x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+
+        def noisy(a):  # dropout draws from the generator: recomputation must replay the same mask
+            return torch.nn.functional.dropout(a.sin(), 0.5, training=True) * a
+
+        state = torch.get_rng_state()
+        y_ref = noisy(x)
+        y_ref.sum().backward()
+        g_ref, x.grad = x.grad, None
+        torch.set_rng_state(state)
+        y = tensor_parallel.checkpoint(noisy, False, x)  # reentrant: needs .backward(), not autograd.grad
+        y.sum().backward()
+        return torch.equal(y, y_ref), torch.equal(x.grad, g_ref), bool((y_ref == 0).any())
+
+
+def test_megatron_recomputation_runs_on_cpu():
+    same_output, same_grad, dropped_some = run_distributed(_recompute_replays_random_numbers, world_size=1)[0]
+    assert dropped_some and same_output and same_grad

@@ -24,10 +24,10 @@ from megatron.core.tensor_parallel.mappings import (
     scatter_to_sequence_parallel_region,
 )
 from megatron.core.transformer.module import MegatronModule
-from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ..attention import SequenceLayout
 from ..tangent import compute_dtype, linear, pointwise, stack, upcast
+from . import weight_map
 from .config import WanConfig
 from .layers import ConditionEmbedder, WanBlock, modulate, param_device, replicated_linear
 
@@ -92,6 +92,10 @@ class WanModel(MegatronModule):
             )
         out = self._run(hidden_states, timestep, encoder_hidden_states, hidden_states_t, timestep_t)
         return out.chunk(2, dim=0)
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        """megatron-core distributed-checkpoint state: the same global tensors at every TP/CP size."""
+        return weight_map.sharded_state_dict(self, prefix, sharded_offsets, metadata)
 
     # ---- internals ----------------------------------------------------------------------------
     def _check_inputs(self, x, t, text):
@@ -167,11 +171,7 @@ class WanModel(MegatronModule):
                     x = block(x, context, modulation, rope, layout, False)
                 return x
 
-            if torch.cuda.is_available():
-                x = tensor_parallel.checkpoint(run, False, x, context, modulation)
-            else:
-                # megatron's checkpoint saves CUDA RNG states, which do not exist on a CPU-only build
-                x = torch_checkpoint(run, x, context, modulation, use_reentrant=False)
+            x = tensor_parallel.checkpoint(run, False, x, context, modulation)
         return x
 
     def _run(self, x, t, text, x_t, t_t):
