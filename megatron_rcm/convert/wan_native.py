@@ -8,12 +8,15 @@ a common prefix such as ``net.`` or ``_orig_mod.`` is stripped).
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from ..fs import atomic_output_dir
+from ..models.wan import config_from_diffusers, diffusers_shapes
 from . import wan_keys
 from .tensor_files import CheckpointFileError, TensorInfo, TensorReader, write_safetensors_shards
 
@@ -72,41 +75,11 @@ def diffusers_config_to_native(cfg: dict) -> dict:
 
 def expected_diffusers_shapes(cfg: dict) -> dict:
     """Every parameter of a diffusers Wan2.1 T2V model and its shape, from the config alone."""
-    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    pt, ph, pw = cfg["patch_size"]
-    ffn, text, freq = cfg["ffn_dim"], cfg["text_dim"], cfg["freq_dim"]
-    shapes = {
-        "scale_shift_table": (1, 2, d),
-        "patch_embedding.weight": (d, cfg["in_channels"], pt, ph, pw),
-        "patch_embedding.bias": (d,),
-        "condition_embedder.time_embedder.linear_1.weight": (d, freq),
-        "condition_embedder.time_embedder.linear_2.weight": (d, d),
-        "condition_embedder.time_proj.weight": (6 * d, d),
-        "condition_embedder.time_proj.bias": (6 * d,),
-        "condition_embedder.text_embedder.linear_1.weight": (d, text),
-        "condition_embedder.text_embedder.linear_2.weight": (d, d),
-        "proj_out.weight": (cfg["out_channels"] * pt * ph * pw, d),
-        "proj_out.bias": (cfg["out_channels"] * pt * ph * pw,),
-    }
-    for name in ("time_embedder.linear_1", "time_embedder.linear_2", "text_embedder.linear_1", "text_embedder.linear_2"):
-        shapes[f"condition_embedder.{name}.bias"] = (d,)
-    for i in range(cfg["num_layers"]):
-        b = f"blocks.{i}."
-        shapes[b + "scale_shift_table"] = (1, 6, d)
-        for attn in ("attn1", "attn2"):
-            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-                shapes[f"{b}{attn}.{proj}.weight"] = (d, d)
-                shapes[f"{b}{attn}.{proj}.bias"] = (d,)
-            shapes[f"{b}{attn}.norm_q.weight"] = (d,)
-            shapes[f"{b}{attn}.norm_k.weight"] = (d,)
-        if cfg["cross_attn_norm"]:
-            shapes[b + "norm2.weight"] = (d,)
-            shapes[b + "norm2.bias"] = (d,)
-        shapes[b + "ffn.net.0.proj.weight"] = (ffn, d)
-        shapes[b + "ffn.net.0.proj.bias"] = (ffn,)
-        shapes[b + "ffn.net.2.weight"] = (d, ffn)
-        shapes[b + "ffn.net.2.bias"] = (d,)
-    return shapes
+    try:
+        config = config_from_diffusers(cfg, use_cpu_initialization=True)
+    except ValueError as e:
+        raise ConfigMismatchError(f"unsupported diffusers config: {e}") from e
+    return diffusers_shapes(config)
 
 
 def check_keys_and_shapes(infos: dict, expected: dict, source: str):
@@ -162,49 +135,81 @@ def infer_native_config(names, reader, head_dim=128):
     }
 
 
-def _cast_info(info, dtype):
-    return TensorInfo(info.shape, dtype if dtype is not None and info.dtype.is_floating_point else info.dtype)
+@dataclass(frozen=True)
+class DiffusersTensors:
+    """A Wan2.1 T2V checkpoint seen under diffusers names: its diffusers ``config.json`` dict, every
+    tensor's shape and dtype, and ``get(key)`` reading one tensor when it is needed."""
+
+    config: dict
+    infos: dict
+    get: Callable
 
 
-def _write_folder(reader, source, cfg, output_path, dtype, overwrite, progress, desc):
-    """Stream ``reader``'s tensors into a folder: {output key: stored key} ``source``, ``cfg`` as config.json."""
-    infos = {out: _cast_info(reader.info(stored), dtype) for out, stored in source.items()}
-    with atomic_output_dir(output_path, overwrite=overwrite) as tmp, \
-            tqdm(total=len(infos), desc=desc, disable=not progress, unit="tensor") as bar:
-
-        def produce(key):
-            bar.update()
-            t = reader.get(source[key])
-            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-        write_safetensors_shards(tmp, DIFFUSERS_WEIGHTS, infos, produce)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-
-
-def convert_native_to_diffusers(input_path, output_path, dtype=None, overwrite=False, progress=True):
-    """Wan native checkpoint -> diffusers folder (config.json + safetensors). Returns the diffusers config."""
-    reader, source, native_cfg = read_native(input_path)
+def native_tensors(path) -> DiffusersTensors:
+    """A Wan native checkpoint file or folder under diffusers names, keys and shapes checked."""
+    reader, source, native_cfg = read_native(path)
     cfg = native_config_to_diffusers(native_cfg)
-    check_keys_and_shapes({d: reader.info(k) for d, k in source.items()}, expected_diffusers_shapes(cfg), str(input_path))
-    _write_folder(reader, source, cfg, output_path, dtype, overwrite, progress, "wan -> diffusers")
-    return cfg
+    infos = {d: reader.info(k) for d, k in source.items()}
+    check_keys_and_shapes(infos, expected_diffusers_shapes(cfg), str(path))
+    return DiffusersTensors(cfg, infos, lambda key: reader.get(source[key]))
 
 
-def read_diffusers(path):
-    """(reader, diffusers config) for a diffusers model folder, keys and shapes checked."""
+def diffusers_tensors(path) -> DiffusersTensors:
+    """A diffusers model folder, keys and shapes checked."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointFileError(f"{path}: not a diffusers model folder (no config.json)")
     cfg = json.loads((path / "config.json").read_text())
     reader = TensorReader(path)
-    check_keys_and_shapes({k: reader.info(k) for k in reader.keys()}, expected_diffusers_shapes(cfg), str(path))
-    return reader, cfg
+    infos = {k: reader.info(k) for k in reader.keys()}
+    check_keys_and_shapes(infos, expected_diffusers_shapes(cfg), str(path))
+    return DiffusersTensors(cfg, infos, reader.get)
+
+
+def cast_to(tensor, dtype):
+    """``tensor`` in ``dtype`` if it is floating point and a dtype is given."""
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def _cast_info(info, dtype):
+    return TensorInfo(info.shape, dtype if dtype is not None and info.dtype.is_floating_point else info.dtype)
+
+
+def _write_folder(tensors, names, cfg, output_path, dtype, overwrite, progress, desc):
+    """Stream ``tensors`` into a safetensors folder under ``names`` ({diffusers key: output key}), ``cfg`` as config.json."""
+    infos = {names[k]: _cast_info(info, dtype) for k, info in tensors.infos.items()}
+    source = {out: k for k, out in names.items()}
+    with atomic_output_dir(output_path, overwrite=overwrite) as tmp, \
+            tqdm(total=len(infos), desc=desc, disable=not progress, unit="tensor") as bar:
+
+        def produce(key):
+            bar.update()
+            return cast_to(tensors.get(source[key]), dtype)
+
+        write_safetensors_shards(tmp, DIFFUSERS_WEIGHTS, infos, produce)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def write_diffusers(tensors: DiffusersTensors, output_path, dtype=None, overwrite=False, progress=True, desc=None):
+    """A diffusers model folder (config.json + safetensors) that ``WanTransformer3DModel.from_pretrained`` loads."""
+    _write_folder(tensors, {k: k for k in tensors.infos}, tensors.config, output_path, dtype, overwrite, progress,
+                  desc or "-> diffusers")
+    return tensors.config
+
+
+def write_native(tensors: DiffusersTensors, output_path, dtype=None, overwrite=False, progress=True, desc=None):
+    """A Wan native folder (config.json + safetensors in the official repository's key names)."""
+    native_cfg = diffusers_config_to_native(tensors.config)
+    _write_folder(tensors, wan_keys.diffusers_to_native(tensors.infos), native_cfg, output_path, dtype, overwrite,
+                  progress, desc or "-> wan")
+    return native_cfg
+
+
+def convert_native_to_diffusers(input_path, output_path, dtype=None, overwrite=False, progress=True):
+    """Wan native checkpoint -> diffusers folder (config.json + safetensors). Returns the diffusers config."""
+    return write_diffusers(native_tensors(input_path), output_path, dtype, overwrite, progress, "wan -> diffusers")
 
 
 def convert_diffusers_to_native(input_path, output_path, dtype=None, overwrite=False, progress=True):
     """diffusers folder -> Wan native folder (config.json + safetensors). Returns the native config."""
-    reader, cfg = read_diffusers(input_path)
-    source = {n: d for d, n in wan_keys.diffusers_to_native(reader.keys()).items()}
-    native_cfg = diffusers_config_to_native(cfg)
-    _write_folder(reader, source, native_cfg, output_path, dtype, overwrite, progress, "diffusers -> wan")
-    return native_cfg
+    return write_native(diffusers_tensors(input_path), output_path, dtype, overwrite, progress, "diffusers -> wan")

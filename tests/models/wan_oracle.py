@@ -1,48 +1,10 @@
-"""diffusers' WanTransformer3DModel as a float64 oracle for the Megatron Wan model.
-
-diffusers computes some pieces in float32 even in a float64 model: ``.float()`` upcasts
-(FP32LayerNorm, modulation, residuals, the RoPE tables) and ``get_timestep_embedding`` (a
-float32 ``arange`` and ``timesteps.float()``). Those alone differ by ~1e-6 from float64, so
-``float64_exact()`` makes ``Tensor.float()`` leave float64 tensors alone and computes the
-timestep embedding in float64, for building and running the oracle. Nothing else changes.
-"""
-
-import contextlib
-import math
+"""diffusers' WanTransformer3DModel as a float64 oracle for the Megatron Wan model (see ``diffusers_float64``)."""
 
 import torch
 from diffusers import WanTransformer3DModel
-from diffusers.models import embeddings as diffusers_embeddings
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from megatron_rcm.models.wan import WanModel, load_diffusers_weights, wan_config
-
-DTYPE = torch.float64
-
-
-def _timestep_embedding_float64(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1,
-                                scale=1, max_period=10000):
-    half = embedding_dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=DTYPE, device=timesteps.device)
-    emb = timesteps[:, None].to(DTYPE) * torch.exp(exponent / (half - downscale_freq_shift))[None, :]
-    emb = torch.cat([torch.sin(scale * emb), torch.cos(scale * emb)], dim=-1)
-    if flip_sin_to_cos:
-        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
-    return torch.nn.functional.pad(emb, (0, embedding_dim % 2))
-
-
-@contextlib.contextmanager
-def float64_exact():
-    original_float = torch.Tensor.float
-    original_embedding = diffusers_embeddings.get_timestep_embedding
-    torch.Tensor.float = lambda self, *a, **k: self if self.dtype == DTYPE else original_float(self, *a, **k)
-    diffusers_embeddings.get_timestep_embedding = _timestep_embedding_float64
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.Tensor.float = original_float
-        diffusers_embeddings.get_timestep_embedding = original_embedding
+from megatron_rcm.models.wan.diffusers_float64 import DTYPE, float64_exact
 
 
 def diffusers_model(config, seed):

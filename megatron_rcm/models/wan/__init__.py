@@ -1,21 +1,29 @@
 """Wan2.1 text-to-video DiT on megatron-core (TP, SP, CP; forward and exact JVP)."""
 
-from .config import PRESETS, WanConfig, wan_config
+from .config import PRESETS, WanConfig, architecture, config_from_architecture, wan_config
 from .diffusers_weights import (
     config_from_diffusers,
     convert_diffusers_state_dict,
+    diffusers_config,
     load_diffusers_weights,
     read_diffusers_folder,
 )
 from .model import WanModel
+from .weight_map import WanParameter, diffusers_shapes, wan_parameters
 
 __all__ = [
     "PRESETS",
     "WanConfig",
     "WanModel",
+    "WanParameter",
+    "architecture",
+    "config_from_architecture",
     "config_from_diffusers",
     "convert_diffusers_state_dict",
+    "diffusers_config",
+    "diffusers_shapes",
     "load_diffusers_weights",
     "read_diffusers_folder",
     "wan_config",
+    "wan_parameters",
 ]

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import torch
+
 from megatron.core.transformer import TransformerConfig
 
 from ..attention import CP_MODES
@@ -83,6 +85,26 @@ PRESETS = {
                    in_channels=3, out_channels=5, patch_size=(2, 1, 1), text_dim=20, freq_dim=10,
                    layernorm_epsilon=1e-5, cross_attn_norm=False),
 }
+
+
+ARCHITECTURE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "kv_channels", "ffn_hidden_size",
+                       "in_channels", "out_channels", "patch_size", "text_dim", "freq_dim", "cross_attn_norm",
+                       "layernorm_epsilon", "rope_max_seq_len", "rope_theta")
+
+
+def architecture(config: WanConfig) -> dict:
+    """The fields that define the weights and the math (not parallelism, dtype or recompute), JSON-ready."""
+    fields = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+    fields["patch_size"] = list(fields["patch_size"])
+    return fields
+
+
+def config_from_architecture(fields: dict, **overrides) -> WanConfig:
+    """A ``WanConfig`` from ``architecture()`` fields; ``overrides`` set parallel sizes, dtype, etc."""
+    unknown = set(fields) - set(ARCHITECTURE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown Wan architecture fields {sorted(unknown)}")
+    return WanConfig(**{"use_cpu_initialization": not torch.cuda.is_available(), **fields, **overrides})
 
 
 def wan_config(name, **overrides):

@@ -1,10 +1,7 @@
 """diffusers ``WanTransformer3DModel`` <-> this model: config and weights, sliced for any TP rank.
 
-Only Wan2.1 text-to-video is supported (no image branch). Names follow diffusers except where
-layers are fused or parallel: self-attention Q/K/V -> ``attn1.qkv`` (per TP rank [q, k, v] of
-the rank's heads), cross-attention K/V -> ``attn2.kv``, ``to_out.0`` -> ``proj``, the FFN's
-``net.0.proj`` / ``net.2`` -> ``fc1`` / ``fc2``, the Conv3d patch embedding -> a linear layer over
-flattened patches.
+Only Wan2.1 text-to-video is supported (no image branch). Which diffusers tensor feeds which
+parameter, and how it is split over TP ranks, is ``weight_map``'s table.
 """
 
 import glob
@@ -13,7 +10,8 @@ import os
 
 import torch
 
-from .config import WanConfig
+from .config import WanConfig, config_from_architecture
+from .weight_map import wan_parameters
 
 _T2V_ONLY = {"image_dim": None, "added_kv_proj_dim": None, "pos_embed_seq_len": None,
              "qk_norm": "rms_norm_across_heads"}
@@ -33,9 +31,20 @@ def config_from_diffusers(cfg: dict, **overrides) -> WanConfig:
         patch_size=tuple(cfg.get("patch_size", (1, 2, 2))), text_dim=cfg.get("text_dim", 4096),
         freq_dim=cfg.get("freq_dim", 256), cross_attn_norm=cfg.get("cross_attn_norm", True),
         layernorm_epsilon=cfg.get("eps", 1e-6), rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
-        use_cpu_initialization=not torch.cuda.is_available(),
     )
-    return WanConfig(**{**fields, **overrides})
+    return config_from_architecture(fields, **overrides)
+
+
+def diffusers_config(config: WanConfig) -> dict:
+    """The diffusers ``config.json`` dict of the model ``config`` describes (inverse of ``config_from_diffusers``)."""
+    return {
+        "_class_name": "WanTransformer3DModel", "patch_size": list(config.patch_size),
+        "num_attention_heads": config.num_attention_heads, "attention_head_dim": config.kv_channels,
+        "in_channels": config.in_channels, "out_channels": config.out_channels, "text_dim": config.text_dim,
+        "freq_dim": config.freq_dim, "ffn_dim": config.ffn_hidden_size, "num_layers": config.num_layers,
+        "cross_attn_norm": config.cross_attn_norm, "qk_norm": "rms_norm_across_heads", "eps": config.layernorm_epsilon,
+        "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": config.rope_max_seq_len,
+    }
 
 
 def read_diffusers_folder(path):
@@ -57,60 +66,22 @@ def read_diffusers_folder(path):
 
 def convert_diffusers_state_dict(state, config: WanConfig, tp_rank: int = 0) -> dict:
     """This TP rank's state dict of ``WanModel`` from a diffusers state dict; lists missing/unknown keys."""
-    tp = config.tensor_model_parallel_size
-    remaining, missing, out = dict(state), [], {}
-
-    def take(key):
-        if key not in remaining:
-            missing.append(key)
-            return None
-        return remaining.pop(key)
-
-    def rows(key):
-        w = take(key)
-        return None if w is None else w.chunk(tp, dim=0)[tp_rank]
-
-    def cols(key):
-        w = take(key)
-        return None if w is None else w.chunk(tp, dim=1)[tp_rank]
-
-    def fused(*keys):
-        parts = [rows(k) for k in keys]
-        return None if any(p is None for p in parts) else torch.cat(parts, dim=0)
-
-    patch = take("patch_embedding.weight")
-    out["patch_embedding.weight"] = None if patch is None else patch.flatten(1)
-    replicated = ["patch_embedding.bias", "scale_shift_table", "proj_out.weight", "proj_out.bias"]
-    for name in ("time_embedder.linear_1", "time_embedder.linear_2", "time_proj",
-                 "text_embedder.linear_1", "text_embedder.linear_2"):
-        replicated += [f"condition_embedder.{name}.weight", f"condition_embedder.{name}.bias"]
-    for i in range(config.num_layers):
-        d, o = f"blocks.{i}.", f"blocks.{i}."
-        replicated.append(d + "scale_shift_table")
-        if config.cross_attn_norm:
-            replicated += [d + "norm2.weight", d + "norm2.bias"]
-        for p in ("weight", "bias"):
-            out[o + f"attn1.qkv.{p}"] = fused(*(d + f"attn1.to_{x}.{p}" for x in "qkv"))
-            out[o + f"attn2.q.{p}"] = rows(d + f"attn2.to_q.{p}")
-            out[o + f"attn2.kv.{p}"] = fused(d + f"attn2.to_k.{p}", d + f"attn2.to_v.{p}")
-            out[o + f"ffn.fc1.{p}"] = rows(d + f"ffn.net.0.proj.{p}")
-        for a in ("attn1", "attn2"):
-            for n in ("norm_q", "norm_k"):
-                out[o + f"{a}.{n}.weight"] = rows(d + f"{a}.{n}.weight")
-            out[o + f"{a}.proj.weight"] = cols(d + f"{a}.to_out.0.weight")
-            out[o + f"{a}.proj.bias"] = take(d + f"{a}.to_out.0.bias")
-        out[o + "ffn.fc2.weight"] = cols(d + "ffn.net.2.weight")
-        out[o + "ffn.fc2.bias"] = take(d + "ffn.net.2.bias")
-    for key in replicated:
-        out[key] = take(key)
+    table = wan_parameters(config)
+    expected = {key for p in table.values() for key in p.sources}
+    missing, unknown = sorted(expected - state.keys()), sorted(state.keys() - expected)
     problems = []
     if missing:
         problems.append(f"missing from the diffusers weights: {missing}")
-    if remaining:
-        problems.append(f"unknown diffusers weights (Wan2.1 T2V has none of these): {sorted(remaining)}")
+    if unknown:
+        problems.append(f"unknown diffusers weights (Wan2.1 T2V has none of these): {unknown}")
     if problems:
         raise KeyError("; ".join(problems))
-    return out
+    wrong = [f"{k}: {tuple(state[k].shape)} != {p.source_shape}" for p in table.values() for k in p.sources
+             if tuple(state[k].shape) != p.source_shape]
+    if wrong:
+        raise ValueError(f"diffusers weights disagree with the config's shapes: {wrong}")
+    return {name: p.tp_slice(p.to_global([state[k] for k in p.sources]), config.tensor_model_parallel_size, tp_rank)
+            for name, p in table.items()}
 
 
 def load_diffusers_weights(model, source):
