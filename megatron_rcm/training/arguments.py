@@ -1,0 +1,174 @@
+"""Command line of ``examples/pretrain_rcm.py``: Megatron-LM-style flags, a YAML config, checks.
+
+Precedence: built-in defaults < ``--config file.yaml`` < flags on the command line. YAML keys are
+the flag names with or without dashes (``tensor_model_parallel_size`` or
+``tensor-model-parallel-size``); an unknown key is an error. ``validate`` checks sizes and
+combinations against the world size and the teacher's config before any model is built.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+import yaml
+
+from ..losses.schedule import RCMSchedule
+from ..parallel import ParallelConfig, ParallelSizeError, launch_env
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, found before anything is built."""
+
+
+def _parser():
+    p = argparse.ArgumentParser(description="rCM distillation of a Wan2.1 teacher on Megatron-core",
+                                allow_abbrev=False)
+    p.add_argument("--config", help="YAML file of defaults; command-line flags override it")
+    flag = argparse.BooleanOptionalAction
+
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--sequence-parallel", action=flag, default=False)
+    g.add_argument("--cp-comm-type", choices=["a2a", "p2p"], default="a2a",
+                   help="context parallelism: all-to-all (a2a) or ring (p2p)")
+    g.add_argument("--recompute-granularity", choices=["full"], default=None)
+    g.add_argument("--recompute-method", choices=["uniform"], default="uniform")
+    g.add_argument("--recompute-num-layers", type=int, default=1)
+
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help="micro batch x data-parallel size (the default; gradient accumulation is not supported)")
+    g.add_argument("--train-iters", type=int, default=None)
+    g.add_argument("--lr", type=float, default=2e-6, help="student learning rate")
+    g.add_argument("--fake-score-lr", type=float, default=4e-7)
+    g.add_argument("--lr-warmup-iters", type=int, default=100,
+                   help="linear warm-up, counted in each network's own updates")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.0)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=0.0, help="gradient-norm clipping; 0 = off")
+    g.add_argument("--bf16", action=flag, default=False,
+                   help="bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise")
+    g.add_argument("--seed", type=int, default=1234)
+
+    g = p.add_argument_group("rCM")
+    g.add_argument("--teacher", help="teacher checkpoint (diffusers folder, or what megatron_rcm.load_model reads)")
+    g.add_argument("--negative-prompt-embedding", help=".pt tensor [L, text_dim] for the unconditional branch")
+    g.add_argument("--guidance-scale", type=float, default=5.0)
+    g.add_argument("--student-update-freq", type=int, default=5)
+    g.add_argument("--tangent-warmup", type=int, default=1000)
+    g.add_argument("--scm-weight", type=float, default=100.0)
+    g.add_argument("--dmd-weight", type=float, default=1.0)
+    g.add_argument("--p-mean", type=float, default=0.7)
+    g.add_argument("--p-std", type=float, default=1.6)
+    g.add_argument("--dmd-shift", type=float, default=5.0)
+    g.add_argument("--mid-times", type=float, nargs="+", default=[1.5, 1.4, 1.0],
+                   help="TrigFlow times of the student rollout after pi/2")
+    g.add_argument("--sigma-max", type=float, default=80.0,
+                   help="the few-step sampler's starting noise level, recorded with the EMA export")
+    g.add_argument("--ema-std", type=float, default=0.1, help="power-EMA relative std")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", help="webdataset shards: a folder, a glob or 'shard-{000..009}.tar'")
+    g.add_argument("--num-workers", type=int, default=2)
+
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--save", help="checkpoint folder")
+    g.add_argument("--load", help="resume from the latest checkpoint here (default: --save, if it has one)")
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--keep-last", type=int, default=3)
+    g.add_argument("--log-interval", type=int, default=1, help="iterations between progress lines")
+    g.add_argument("--log-jsonl", help="per-iteration JSON lines")
+    g.add_argument("--tensorboard-dir")
+    return p
+
+
+def _read_yaml(path, known):
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}")
+    return values
+
+
+def parse_args(argv=None):
+    """Defaults, then the YAML file, then the command line; returns an argparse Namespace."""
+    parser = _parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        known = {a.dest for a in parser._actions} - {"help", "config"}
+        parser.set_defaults(**_read_yaml(first.config, known))
+    return parser.parse_args(argv)
+
+
+def _teacher_config_json(path):
+    for candidate in (os.path.join(path, "transformer", "config.json"), os.path.join(path, "config.json")):
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return json.load(f)
+    return None
+
+
+def _check_teacher_shape(args):
+    cfg = _teacher_config_json(args.teacher)
+    if cfg is None or cfg.get("_class_name") != "WanTransformer3DModel":
+        return  # another format: load_model checks it when the model is built
+    from ..models.wan import config_from_diffusers
+
+    try:
+        config_from_diffusers(cfg, tensor_model_parallel_size=args.tensor_model_parallel_size,
+                              context_parallel_size=args.context_parallel_size, cp_comm_type=args.cp_comm_type,
+                              use_cpu_initialization=True)
+    except ValueError as e:
+        raise ConfigError(f"teacher {args.teacher}: {e}") from e
+
+
+def validate(args, world_size=None):
+    """Raise ConfigError for anything that cannot run; fills in global_batch_size. Needs no process group."""
+    for name in ("teacher", "data_path", "train_iters"):
+        if getattr(args, name) is None:
+            raise ConfigError(f"--{name.replace('_', '-')} is required")
+    if not os.path.exists(args.teacher):
+        raise ConfigError(f"teacher checkpoint {args.teacher} does not exist")
+    world_size = launch_env().world_size if world_size is None else world_size
+    try:
+        parallel = ParallelConfig(args.tensor_model_parallel_size, args.context_parallel_size,
+                                  sequence_parallel=args.sequence_parallel)
+        dp = parallel.data_parallel_size(world_size)
+    except ParallelSizeError as e:
+        raise ConfigError(str(e)) from e
+    if args.micro_batch_size < 1 or args.train_iters < 1:
+        raise ConfigError("--micro-batch-size and --train-iters must be positive")
+    expected = args.micro_batch_size * dp
+    if args.global_batch_size is None:
+        args.global_batch_size = expected
+    if args.global_batch_size != expected:
+        raise ConfigError(f"--global-batch-size {args.global_batch_size} must equal micro batch "
+                          f"{args.micro_batch_size} x data-parallel size {dp} = {expected} "
+                          f"(gradient accumulation is not supported)")
+    try:
+        RCMSchedule(args.student_update_freq, args.tangent_warmup, args.scm_weight, args.dmd_weight)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if args.scm_weight < 0 or args.dmd_weight < 0 or args.scm_weight + args.dmd_weight == 0:
+        raise ConfigError("loss weights must be >= 0 and not both 0")
+    if args.guidance_scale != 1.0 and not args.negative_prompt_embedding:
+        raise ConfigError("--guidance-scale other than 1 needs --negative-prompt-embedding")
+    if args.save_interval is not None and (args.save_interval < 1 or not args.save):
+        raise ConfigError("--save-interval needs --save and must be positive")
+    if args.bf16 and not torch.cuda.is_available():
+        raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
+    if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0:
+        raise ConfigError("--lr-warmup-iters, --clip-grad and --num-workers must be >= 0")
+    if len(args.mid_times) < 3:
+        raise ConfigError("--mid-times needs three times (the rollout takes up to 4 steps)")
+    _check_teacher_shape(args)
+    return args

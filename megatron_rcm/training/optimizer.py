@@ -1,0 +1,111 @@
+"""Optimizers and learning-rate schedules for the student and the fake score.
+
+GPU: megatron-core's ``get_megatron_optimizer`` (AdamW; with ``--bf16`` the DistributedOptimizer
+over bf16 params with fp32 master weights, sharded over data-parallel ranks). A constant loss
+scale of 1 turns on megatron's non-finite gradient check (``prepare_grads``) without scaling.
+
+CPU: megatron's optimizer allocates on ``'cuda'``, so ``CpuFP32Optimizer`` stands in: megatron's
+``FP32Optimizer`` (same interface, same sharded checkpoint format: Adam state keyed like the
+parameters) with the norm, clipping and non-finite check done on CPU tensors. Both take the
+gradients megatron's DDP reduced into ``param.main_grad``.
+"""
+
+import torch
+import torch.distributed as dist
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.optimizer import FP32Optimizer, MegatronOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+
+def optimizer_config(args, lr):
+    return OptimizerConfig(
+        optimizer="adam", lr=lr, min_lr=lr, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16,
+        params_dtype=torch.bfloat16 if args.bf16 else torch.float32,
+        use_distributed_optimizer=torch.cuda.is_available(), clip_grad=args.clip_grad,
+        loss_scale=1.0 if torch.cuda.is_available() else None,
+    )
+
+
+def _param_groups(module):
+    """Megatron's default groups: no weight decay on biases and 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith(".bias") or p.dim() == 1 else decay).append(p)
+    return [dict(params=decay, wd_mult=1.0), dict(params=no_decay, wd_mult=0.0)]
+
+
+class CpuFP32Optimizer(FP32Optimizer):
+    """megatron's FP32Optimizer (AdamW on ``param.main_grad``) without its CUDA tensors."""
+
+    def __init__(self, module, config: OptimizerConfig):
+        optimizer = torch.optim.AdamW(_param_groups(module), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                      eps=config.adam_eps, weight_decay=config.weight_decay)
+        MegatronOptimizer.__init__(self, optimizer, config, init_state_fn=_init_adam_state)
+        self._scale = torch.ones(1)
+        self.is_stub_optimizer = False
+
+    def prepare_grads(self) -> bool:
+        """main_grad -> grad; True if any gradient on any model-parallel rank is non-finite."""
+        super().prepare_grads()
+        found = torch.zeros(1)
+        for p in self.get_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                found.fill_(1.0)
+        dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.get_grad_stats_parallel_group())
+        return bool(found.item())
+
+    @torch.no_grad()
+    def get_grad_norm(self):
+        total = torch.zeros((), dtype=torch.float64)
+        for g in self.get_main_grads_for_grad_norm():
+            total += g.double().pow(2).sum()
+        dist.all_reduce(total, group=self.get_grad_stats_parallel_group())
+        return total.sqrt().item()
+
+    @torch.no_grad()
+    def clip_grad_norm(self, clip_grad: float) -> float:
+        norm = self.get_grad_norm()
+        coefficient = clip_grad / (norm + 1.0e-6)  # megatron's clip_grad_by_total_norm_fp32
+        if coefficient < 1.0:
+            for p in self.get_parameters():
+                if p.grad is not None:
+                    p.grad.mul_(coefficient)
+        return norm
+
+
+def _init_adam_state(optimizer, config=None):
+    """Create Adam's state before a checkpoint is loaded into it (megatron's init_state_fn)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if len(optimizer.state[p]) == 0:
+                optimizer.state[p]["exp_avg"] = torch.zeros_like(p)
+                optimizer.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+                optimizer.state[p]["step"] = torch.zeros(())
+
+
+def build_optimizer(ddp_model, args, lr):
+    config = optimizer_config(args, lr)
+    if torch.cuda.is_available():
+        return get_megatron_optimizer(config, [ddp_model])
+    return CpuFP32Optimizer(ddp_model.module, config)
+
+
+def build_scheduler(optimizer, args, lr):
+    """Linear warm-up from 0 over --lr-warmup-iters updates, then constant (rcm-math.md section 5)."""
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=lr, min_lr=lr, lr_warmup_steps=args.lr_warmup_iters,
+        lr_decay_steps=max(args.train_iters, args.lr_warmup_iters + 1), lr_decay_style="constant",
+        start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters,
+        wd_incr_style="constant",
+    )
+
+
+def optimizer_step(optimizer, clip_grad):
+    """(updated, grad norm): skips the update, on every rank, when a gradient is non-finite."""
+    if optimizer.prepare_grads():
+        return False, float("nan")
+    grad_norm = optimizer.clip_grad_norm(clip_grad) if clip_grad > 0 else optimizer.get_grad_norm()
+    optimizer.step_with_ready_grads()
+    return True, float(grad_norm)

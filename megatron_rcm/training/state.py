@@ -1,0 +1,122 @@
+"""What a training checkpoint holds, as one sharded state dict, and how it is restored.
+
+    student.model.*      student weights              (sharded like the model: loads at any TP/CP/DP)
+    student.optimizer    Adam state (+ fp32 master weights on GPU), keyed like the weights
+    student.scheduler    learning-rate schedule       (plain values: saved once)
+    fake_score.*         the same for the fake-score network
+    ema.*                the student's fp32 power EMA, sharded like the weights
+    ema_updates, progress, layout, recipe   plain values: EMA count, iteration and counters,
+                         the parallel layout it was saved at, the settings that fix the noise
+    rng                  per-rank RNG states (a ShardedObject per rank), restored only at the
+                         same layout; elsewhere the ranks are reseeded. The training noise does
+                         not come from these (see ``noise``), so either way the run is exact.
+"""
+
+import random
+from pathlib import Path
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from ..models.wan.sharded_state import load_wan_state, strip_prefix, wan_sharded_state_dict
+from ..parallel import set_random_seed
+from .checkpointing import CheckpointManager, checkpoint_name
+
+EMA_EXPORT = "ema_student"
+OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
+# settings a resumed run must share with the saved one, or its noise and data would differ
+RECIPE_KEYS = ("seed", "global_batch_size", "p_mean", "p_std", "dmd_shift", "student_update_freq",
+               "tangent_warmup", "scm_weight", "dmd_weight", "guidance_scale", "mid_times")
+
+
+@dataclass
+class Progress:
+    iteration: int = 0  # iterations completed
+    student_updates: int = 0
+    critic_updates: int = 0
+    consumed_samples: int = 0
+
+
+def layout():
+    return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "cp": parallel_state.get_context_parallel_world_size(),
+            "dp": parallel_state.get_data_parallel_world_size(), "world": dist.get_world_size()}
+
+
+def _rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_object():
+    return ShardedObject("rng_state", _rng_state(), (dist.get_world_size(),), (dist.get_rank(),), replica_id=0)
+
+
+def sharded_state(nets, progress, args, is_loading=False, with_rng=True):
+    out = {}
+    for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
+        model = wan_sharded_state_dict(net.module, f"{name}.model.")
+        out[f"{name}.model"] = model
+        out[f"{name}.optimizer"] = net.optimizer.sharded_state_dict(model, is_loading=is_loading,
+                                                                   metadata=OPTIMIZER_FORMAT)
+        out[f"{name}.scheduler"] = net.scheduler.state_dict()
+    out["ema"] = wan_sharded_state_dict(nets.student.module, "ema.", tensors=nets.ema.shadow)
+    out["ema_updates"] = nets.ema.num_updates
+    out["progress"] = asdict(progress)
+    out["layout"] = layout()
+    out["recipe"] = {k: getattr(args, k) for k in RECIPE_KEYS}
+    if with_rng:
+        out["rng"] = _rng_object()
+    return out
+
+
+def _check_recipe(saved, args):
+    current = {k: getattr(args, k) for k in RECIPE_KEYS}
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if changed:
+        raise ValueError("the checkpoint was trained with other settings (saved, now): "
+                         + ", ".join(f"{k}={a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+def load_state(manager, nets, args):
+    """Restore everything from the manager's latest checkpoint; returns its Progress."""
+    iteration = manager.latest_iteration()
+    common = dist_checkpointing.load_common_state_dict(str(manager.save_dir / checkpoint_name(iteration)))
+    _check_recipe(common["recipe"], args)
+    same_layout = common["layout"] == layout()
+    loaded = manager.load(sharded_state(nets, Progress(), args, is_loading=True, with_rng=same_layout), iteration)
+    for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
+        load_wan_state(net.module, loaded[f"{name}.model"], f"{name}.model.")
+        net.optimizer.load_state_dict(loaded[f"{name}.optimizer"])
+        net.scheduler.load_state_dict(loaded[f"{name}.scheduler"])
+    nets.ema.shadow = {k: v.float().clone() for k, v in strip_prefix(loaded["ema"], "ema.").items()}
+    nets.ema.num_updates = loaded["ema_updates"]
+    if same_layout:
+        _set_rng_state(loaded["rng"])
+    else:
+        set_random_seed(args.seed + iteration)
+    return Progress(**loaded["progress"])
+
+
+def export_ema(nets, iteration, args):
+    """The EMA student alone, in the model's layout, under ``{save}/ema_student`` (collective)."""
+    state = wan_sharded_state_dict(nets.student.module, "", tensors=nets.ema.shadow)
+    state["teacher"] = args.teacher
+    state["sampler"] = {"sigma_max": args.sigma_max, "mid_times": list(args.mid_times)}
+    return CheckpointManager(Path(args.save) / EMA_EXPORT, keep_last=1).save(iteration, state)

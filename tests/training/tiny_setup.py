@@ -1,0 +1,70 @@
+"""A tiny random diffusers teacher, synthetic shards and a negative-prompt embedding, and a
+torchrun launcher for examples/pretrain_rcm.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from megatron_rcm.data.synthetic import write_synthetic_shards
+from megatron_rcm.models.wan import wan_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "pretrain_rcm.py"
+TINY_CONFIG = ROOT / "examples" / "configs" / "tiny_cpu.yaml"
+PRESET = "tiny-a"
+LATENT = (2, 4, 4)  # frames, height, width: 8 tokens at patch (1, 2, 2)
+TEXT_LEN = 3
+
+
+def make_inputs(folder, seed=0):
+    """Teacher folder, shard folder and negative embedding under ``folder``; returns flags for them."""
+    from diffusers import WanTransformer3DModel
+
+    folder = Path(folder)
+    cfg = wan_config(PRESET)
+    torch.manual_seed(seed)
+    teacher = WanTransformer3DModel(
+        patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.kv_channels,
+        in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_hidden_size, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm,
+        eps=cfg.layernorm_epsilon)
+    with torch.no_grad():  # diffusers starts some weights at zero or one: make every weight matter
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    teacher.save_pretrained(folder / "teacher")
+    write_synthetic_shards(folder / "data", num_samples=12, samples_per_shard=5, latent_shape=(cfg.in_channels, *LATENT),
+                           text_shape=(TEXT_LEN, cfg.text_dim), seed=seed + 1, dtype=torch.float32)
+    torch.save(torch.randn(TEXT_LEN, cfg.text_dim, generator=torch.Generator().manual_seed(seed + 2)),
+               folder / "negative.pt")
+    return ["--config", str(TINY_CONFIG), "--teacher", str(folder / "teacher"), "--data-path", str(folder / "data"),
+            "--negative-prompt-embedding", str(folder / "negative.pt")]
+
+
+def torchrun_command(nproc, flags):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(SCRIPT), *flags]
+
+
+def torchrun_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def torchrun(nproc, flags, timeout=240):
+    """Run the training script on ``nproc`` local ranks; raises with its output if it fails."""
+    result = subprocess.run(torchrun_command(nproc, flags), env=torchrun_env(), cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"training exited with {result.returncode}:\n{result.stdout[-5000:]}\n"
+                             f"{result.stderr[-8000:]}")
+    return result
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
