@@ -5,6 +5,8 @@ import os
 
 from megatron.core import parallel_state
 
+MODELS_KEY = "megatron_rcm_models"  # common-state key: {key prefix: {"class": ..., "config": architecture}}
+
 
 def _world_sizes():
     if not parallel_state.model_parallel_is_initialized():
@@ -21,13 +23,51 @@ def _folder_format(path):
     return None
 
 
-def load_model(path, **config_overrides):
-    """A ``WanModel`` with the weights of a diffusers ``WanTransformer3DModel`` folder (or pipeline folder).
+def checkpoint_models(models: dict) -> dict:
+    """The common-state entry that records the models of a distributed checkpoint: pass
+    ``{key prefix: WanConfig}`` (e.g. ``{"student.": cfg, "ema.": cfg}``) and merge the result into
+    the state dict given to ``dist_checkpointing.save``; ``load_model`` then needs nothing else."""
+    from .models.wan import architecture
+
+    return {MODELS_KEY: {prefix: {"class": "WanModel", "config": architecture(config)}
+                         for prefix, config in models.items()}}
+
+
+def _load_distributed(path, prefix, config_overrides):
+    from megatron.core import dist_checkpointing
+
+    from .models.wan import WanModel, config_from_architecture
+
+    if not parallel_state.model_parallel_is_initialized():
+        raise ValueError(f"{path} is a Megatron distributed checkpoint: load it inside "
+                         "megatron_rcm.parallel.parallel_context()")
+    records = dist_checkpointing.load_common_state_dict(str(path)).get(MODELS_KEY) or {}
+    if prefix is None and len(records) == 1:
+        (prefix,) = records
+    if prefix not in records:
+        raise ValueError(f"{path}: recorded models {sorted(records)}; pass one of them as model_prefix "
+                         f"(got {prefix!r})")
+    tp, cp = _world_sizes()
+    config = config_from_architecture(records[prefix]["config"], tensor_model_parallel_size=tp,
+                                      context_parallel_size=cp, **config_overrides)
+    model = WanModel(config)
+    sharded = model.sharded_state_dict(prefix=prefix)
+    state = dist_checkpointing.load(sharded, str(path))
+    model.load_state_dict({key[len(prefix):]: state[key] for key in sharded})
+    return model
+
+
+def load_model(path, model_prefix=None, **config_overrides):
+    """A ``WanModel`` from a diffusers ``WanTransformer3DModel`` folder (or pipeline folder) or a
+    Megatron distributed checkpoint that records its model config (``checkpoint_models``).
 
     Inside an initialised parallel context the model takes the groups' TP/CP sizes and loads this
-    rank's slice. ``config_overrides`` go to ``WanConfig`` (``params_dtype``, ``sequence_parallel``,
-    ``cp_comm_type``, recompute settings, ...).
+    rank's slice (a distributed checkpoint needs that context). ``model_prefix`` picks one of several
+    models recorded in a distributed checkpoint. ``config_overrides`` go to ``WanConfig``
+    (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
+    if os.path.isfile(os.path.join(path, "metadata.json")):
+        return _load_distributed(path, model_prefix, config_overrides)
     class_name = _folder_format(path)
     if class_name == "WanTransformer3DModel":
         from .models.wan import WanModel, config_from_diffusers, load_diffusers_weights, read_diffusers_folder
@@ -37,6 +77,5 @@ def load_model(path, **config_overrides):
         config = config_from_diffusers(cfg, tensor_model_parallel_size=tp, context_parallel_size=cp,
                                        **config_overrides)
         return load_diffusers_weights(WanModel(config), state)
-    # extension point: converted Megatron distributed checkpoints (issue 6) get their own branch here
-    raise ValueError(f"{path} is not a diffusers WanTransformer3DModel folder (config.json _class_name is "
-                     f"{class_name!r}); other checkpoint formats are not supported yet")
+    raise ValueError(f"{path} is neither a Megatron distributed checkpoint (metadata.json) nor a diffusers "
+                     f"WanTransformer3DModel folder (config.json _class_name is {class_name!r})")

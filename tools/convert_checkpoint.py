@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Convert Wan2.1 T2V checkpoints between Wan's native release layout and a diffusers folder.
+"""Convert Wan2.1 T2V checkpoints between a diffusers folder, Wan's native release and a Megatron
+distributed checkpoint (loadable at any tensor/context-parallel size).
 
-    python tools/convert_checkpoint.py --from wan --to diffusers --input Wan2.1-T2V-1.3B --output wan13b-diffusers
-    python tools/convert_checkpoint.py --from diffusers --to wan --input student-diffusers --output student-wan --dtype bf16
+    python tools/convert_checkpoint.py --from diffusers --to megatron --input Wan2.1-T2V-1.3B-Diffusers/transformer \\
+        --output wan13b-megatron --tensor-parallel-size 2
+    python tools/convert_checkpoint.py --from wan --to megatron --input Wan2.1-T2V-14B --output wan14b-megatron --dtype bf16
+    python tools/convert_checkpoint.py --from megatron --to diffusers --input runs/x/iter_0001000 --megatron-prefix ema. \\
+        --output student-diffusers --verify
 
-Streams tensor by tensor (host memory bounded by the largest tensor), checks every key and
-shape, and writes the output folder atomically. Exits non-zero with a one-line reason on bad input.
+Streams tensor by tensor (host memory bounded by a few tensors), checks every key and shape, and
+writes the output folder atomically. Exits non-zero with a one-line reason on bad input.
 """
 
 import argparse
@@ -13,33 +17,45 @@ import sys
 
 import torch
 
+from megatron_rcm.convert.api import FORMATS, ConversionRequestError, convert_checkpoint
 from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.wan_keys import UnknownKeyError
-from megatron_rcm.convert.wan_native import ConfigMismatchError, convert_diffusers_to_native, convert_native_to_diffusers
+from megatron_rcm.convert.wan_native import ConfigMismatchError
 from megatron_rcm.fs import OutputExistsError
 
-CONVERTERS = {("wan", "diffusers"): convert_native_to_diffusers, ("diffusers", "wan"): convert_diffusers_to_native}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+INPUT_ERRORS = (CheckpointFileError, ConfigMismatchError, ConversionRequestError, UnknownKeyError, OutputExistsError)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, choices=["wan", "diffusers"])
-    parser.add_argument("--to", dest="target", required=True, choices=["wan", "diffusers"])
+    parser.add_argument("--from", dest="source", required=True, choices=FORMATS)
+    parser.add_argument("--to", dest="target", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help="checkpoint folder, .safetensors, .pt or .pth")
     parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1,
+                        help="megatron output: chunk tensors as this many TP ranks hold them (loads at any size)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating-point tensors (default: keep)")
+    parser.add_argument("--megatron-prefix", help="megatron input recording several models: the one to export")
+    parser.add_argument("--verify", action="store_true",
+                        help="run the input and output models in float64 on a random input and report the difference")
+    parser.add_argument("--verify-layers", type=int, help="verify with only the first N blocks (large models)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder atomically")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if (args.source, args.target) not in CONVERTERS:
-        parser.error(f"no conversion from {args.source} to {args.target}")
     try:
-        CONVERTERS[args.source, args.target](args.input, args.output, dtype=DTYPES.get(args.dtype),
-                                             overwrite=args.overwrite)
-    except (CheckpointFileError, ConfigMismatchError, UnknownKeyError, OutputExistsError) as e:
+        convert_checkpoint(args.source, args.target, args.input, args.output, args.tensor_parallel_size,
+                           DTYPES.get(args.dtype), args.overwrite, not args.no_progress, args.megatron_prefix)
+    except INPUT_ERRORS as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}")
+    if args.verify or args.verify_layers:
+        from megatron_rcm.convert.verify import verify_conversion
+
+        error = verify_conversion(args.source, args.input, args.target, args.output, args.verify_layers,
+                                  args.megatron_prefix)
+        print(f"verify: max relative difference of the outputs {error:.3e}")
     return 0
 
 

@@ -76,5 +76,5 @@ def test_weights_of_another_shape_are_refused():
 
 def test_load_model_refuses_other_folders(tmp_path):
     (tmp_path / "config.json").write_text('{"_class_name": "CosmosTransformer3DModel"}')
-    with pytest.raises(ValueError, match="not a diffusers WanTransformer3DModel folder"):
+    with pytest.raises(ValueError, match="nor a diffusers WanTransformer3DModel folder"):
         load_model(str(tmp_path))

@@ -1,0 +1,176 @@
+"""Wan2.1 T2V as a Megatron distributed checkpoint (megatron-core's ``torch_dist`` format), streamed.
+
+The checkpoint is what ``dist_checkpointing.save(model.sharded_state_dict(prefix="model."))``
+writes, so ``dist_checkpointing.load`` reads it at any TP/CP size: a torch.distributed.checkpoint
+(DCP) folder (``__0_0.distcp`` + ``.metadata``) holding each parameter's *global* tensor
+(``models.wan.weight_map``), megatron's ``metadata.json``, and ``common.pt`` recording the model
+config (``megatron_rcm.loading.checkpoint_models``), so that ``load_model(path)`` needs nothing else.
+
+Memory: megatron-core's own save stages a rank's whole state dict in host memory. Here one
+process drives DCP's ``FileSystemWriter`` with a planner whose write items are declared up front
+(key, global shape, the chunk of each TP rank) and whose ``resolve_data`` builds each tensor only
+when the writer asks for it, in order. Host memory holds one global tensor (plus its diffusers
+parts and one chunk) at a time. Reading goes the other way: one global tensor per ``dcp.load``.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from megatron.core.dist_checkpointing.core import CheckpointingConfig, maybe_load_config, save_config
+from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
+    CachedMetadataFileSystemReader,
+)
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
+from tqdm import tqdm
+
+from ..fs import atomic_output_dir
+from ..loading import MODELS_KEY, checkpoint_models
+from ..models.wan import config_from_architecture, config_from_diffusers, diffusers_config, wan_parameters
+from .tensor_files import CheckpointFileError, TensorInfo
+from .wan_native import ConfigMismatchError, DiffusersTensors, cast_to
+
+MODEL_PREFIX = "model."
+
+
+class _StreamingSavePlanner(dcp.DefaultSavePlanner):
+    """A save plan given as write items; each item's tensor comes from ``produce(item)`` when written."""
+
+    def __init__(self, items, produce):
+        super().__init__(flatten_state_dict=False, dedup_save_to_lowest_rank=False)
+        self._items, self._produce = items, produce
+
+    def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=True):
+        self.state_dict, self.is_coordinator = {}, is_coordinator
+
+    def create_local_plan(self):
+        self.plan = SavePlan(self._items)
+        return self.plan
+
+    def resolve_data(self, write_item):
+        return self._produce(write_item)
+
+
+def _chunks(global_shape, tp_axis, tp_size):
+    """(offsets, sizes) of the pieces TP ranks hold (one piece for a replicated tensor)."""
+    if tp_axis is None:
+        return [((0,) * len(global_shape), tuple(global_shape))]
+    step = global_shape[tp_axis] // tp_size
+    return [(tuple(r * step if a == tp_axis else 0 for a in range(len(global_shape))),
+             tuple(step if a == tp_axis else s for a, s in enumerate(global_shape))) for r in range(tp_size)]
+
+
+def _check_tp_size(config, tp_size):
+    sizes = {"attention heads": config.num_attention_heads, "ffn_dim": config.ffn_hidden_size}
+    bad = [f"{name} {n}" for name, n in sizes.items() if n % tp_size]
+    if tp_size < 1 or bad:
+        raise ConfigMismatchError(f"tensor-parallel size {tp_size} must be >= 1 and divide {', '.join(bad) or 'the model'}")
+
+
+def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=1, dtype=None, overwrite=False,
+                   progress=True, desc=None):
+    """A Megatron distributed checkpoint of ``tensors``, chunked as TP ranks of ``tensor_parallel_size`` hold it."""
+    config = config_from_diffusers(tensors.config, use_cpu_initialization=True)
+    _check_tp_size(config, tensor_parallel_size)
+    table = wan_parameters(config)
+    items, keys = [], {}
+    for name, p in table.items():
+        key = MODEL_PREFIX + name
+        keys[key] = p
+        stored = tensors.infos[p.sources[0]].dtype
+        props = TensorProperties(dtype=dtype if dtype is not None and stored.is_floating_point else stored)
+        for offsets, sizes in _chunks(p.global_shape, p.tp_axis, tensor_parallel_size):
+            chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
+            items.append(WriteItem(index=MetadataIndex(key, torch.Size(offsets)), type=WriteItemType.SHARD,
+                                   tensor_data=TensorWriteData(chunk, props, torch.Size(p.global_shape))))
+    current = {}  # the one global tensor in memory: {key: tensor}
+    with atomic_output_dir(output_path, overwrite=overwrite) as tmp, \
+            tqdm(total=len(table), desc=desc or "-> megatron", disable=not progress, unit="tensor") as bar:
+
+        def produce(item):
+            key = item.index.fqn
+            if key not in current:
+                current.clear()
+                p = keys[key]
+                current[key] = cast_to(p.to_global([tensors.get(k) for k in p.sources]), dtype)
+                bar.update()
+            chunk = item.tensor_data.chunk
+            piece = current[key]
+            for axis, (start, size) in enumerate(zip(chunk.offsets, chunk.sizes)):
+                piece = piece.narrow(axis, start, size)
+            return piece
+
+        writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, thread_count=1, sync_files=True)
+        dcp.save({}, storage_writer=writer, planner=_StreamingSavePlanner(items, produce), no_dist=True)
+        current.clear()
+        torch.save(checkpoint_models({MODEL_PREFIX: config}), tmp / "common.pt")
+        save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(tmp))
+    return config
+
+
+def _records(path):
+    path = Path(path)
+    if maybe_load_config(str(path)) is None:
+        raise CheckpointFileError(f"{path}: not a Megatron distributed checkpoint (no metadata.json)")
+    try:
+        common = torch.load(path / "common.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for missing or damaged files
+        raise CheckpointFileError(f"{path}: unreadable common.pt ({e})") from e
+    records = common.get(MODELS_KEY) if isinstance(common, dict) else None
+    if not records:
+        raise CheckpointFileError(f"{path}: no model config recorded ({MODELS_KEY} in common.pt); "
+                                  "it was not written by megatron_rcm")
+    return records
+
+
+def megatron_tensors(path, prefix=None) -> DiffusersTensors:
+    """A Megatron distributed checkpoint under diffusers names, keys and shapes checked against its config.
+
+    ``prefix`` picks one model of a checkpoint that records several (e.g. a training run's ``ema.``).
+    """
+    path = Path(path)
+    records = _records(path)
+    if prefix is None:
+        if len(records) != 1:
+            raise CheckpointFileError(f"{path}: holds models {sorted(records)}; choose one with a prefix")
+        (prefix,) = records
+    if prefix not in records:
+        raise CheckpointFileError(f"{path}: no model with prefix {prefix!r} (recorded: {sorted(records)})")
+    config = config_from_architecture(records[prefix]["config"], use_cpu_initialization=True)
+    reader = CachedMetadataFileSystemReader(path)
+    try:
+        stored = {k: m for k, m in reader.read_metadata().state_dict_metadata.items()
+                  if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    except Exception as e:
+        raise CheckpointFileError(f"{path}: unreadable checkpoint metadata ({e})") from e
+    table = {prefix + name: p for name, p in wan_parameters(config).items()}
+    missing, unknown = sorted(table.keys() - stored.keys()), sorted(stored.keys() - table.keys())
+    if missing or unknown:
+        raise CheckpointFileError(f"{path}: missing keys {missing}; unexpected keys {unknown}")
+    wrong = [f"{k}: {tuple(stored[k].size)} != {p.global_shape}" for k, p in table.items()
+             if tuple(stored[k].size) != p.global_shape]
+    if wrong:
+        raise ConfigMismatchError(f"{path}: shapes disagree with the recorded config: {wrong}")
+    owner = {source: key for key, p in table.items() for source in p.sources}
+    infos = {source: TensorInfo(table[key].source_shape, stored[key].properties.dtype) for source, key in owner.items()}
+    current = {}
+
+    def get(source):
+        key = owner[source]
+        if key not in current:
+            current.clear()
+            target = {key: torch.empty(stored[key].size, dtype=stored[key].properties.dtype)}
+            try:
+                dcp.load(target, storage_reader=reader, no_dist=True)
+            except Exception as e:
+                raise CheckpointFileError(f"{path}: cannot read {key} ({e})") from e
+            current[key] = table[key].from_global(target[key])
+        return current[key][source]
+
+    return DiffusersTensors(diffusers_config(config), infos, get)
