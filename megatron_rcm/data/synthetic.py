@@ -13,22 +13,30 @@ def _tensor_bytes(t):
     return buffer.getvalue()
 
 
+def write_shards(folder, samples, samples_per_shard, prefix="shard"):
+    """Write (key, latent [C,T,H,W], embed [L,D], prompt) samples to ``{prefix}-000000.tar``, ...; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, sink = [], None
+    for i, (key, latent, embed, prompt) in enumerate(samples):
+        if i % samples_per_shard == 0:
+            if sink is not None:
+                sink.close()
+            paths.append(folder / f"{prefix}-{len(paths):06d}.tar")
+            sink = wds.TarWriter(str(paths[-1]))
+        sink.write({"__key__": key, "latent.pt": _tensor_bytes(latent), "embed.pt": _tensor_bytes(embed),
+                    "prompt.txt": prompt.encode()})
+    if sink is not None:
+        sink.close()
+    return paths
+
+
 def write_synthetic_shards(folder, num_samples, samples_per_shard, latent_shape, text_shape, seed=0,
                            dtype=torch.bfloat16):
     """Random latents [C,T,H,W] and embeddings [L,D] in tar shards ``shard-000000.tar``, ...; returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    paths = []
-    for start in range(0, num_samples, samples_per_shard):
-        path = folder / f"shard-{len(paths):06d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i in range(start, min(start + samples_per_shard, num_samples)):
-                sink.write({
-                    "__key__": f"sample{i:08d}",
-                    "latent.pt": _tensor_bytes(torch.randn(*latent_shape, generator=gen).to(dtype)),
-                    "embed.pt": _tensor_bytes(torch.randn(*text_shape, generator=gen).to(dtype)),
-                    "prompt.txt": f"synthetic sample {i}".encode(),
-                })
-        paths.append(path)
-    return paths
+    # the generator draws latent then embed per sample, in order (tests rely on it)
+    samples = ((f"sample{i:08d}", torch.randn(*latent_shape, generator=gen).to(dtype),
+                torch.randn(*text_shape, generator=gen).to(dtype), f"synthetic sample {i}")
+               for i in range(num_samples))
+    return write_shards(folder, samples, samples_per_shard)
