@@ -4,6 +4,7 @@ TensorBoard scalars, with a progress line every ``--log-interval`` iterations.""
 import json
 import math
 import sys
+from pathlib import Path
 
 import psutil
 import torch
@@ -36,7 +37,10 @@ class MetricsLogger:
     def __init__(self, jsonl_path=None, tensorboard_dir=None, log_interval=1):
         self.rank0 = dist.get_rank() == 0
         self.log_interval = log_interval
-        self.jsonl = open(jsonl_path, "a") if (jsonl_path and self.rank0) else None
+        self.jsonl = None
+        if jsonl_path and self.rank0:
+            Path(jsonl_path).parent.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(jsonl_path, "a")
         self.tensorboard = None
         if tensorboard_dir and self.rank0:
             from torch.utils.tensorboard import SummaryWriter

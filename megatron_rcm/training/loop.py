@@ -1,6 +1,7 @@
 """The rCM training loop: data, networks, resume, iterations, checkpoints, logging, preemption."""
 
 import math
+import signal
 import time
 
 import torch
@@ -21,6 +22,13 @@ from .state import Progress, export_ema, load_state, sharded_state
 from .step import fake_score_step, student_step
 
 
+def _ignore_preemption(worker_id):
+    # Slurm signals every process of the job: a data worker killed by it would abort the
+    # iteration that the trainer is finishing before it saves
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _collate(samples):
     return torch.stack([s["latent"] for s in samples]), torch.stack([s["embed"] for s in samples])
 
@@ -29,7 +37,8 @@ def data_loader(dataset, args, consumed_samples):
     sampler = ResumableDistributedSampler(
         len(dataset), args.micro_batch_size, parallel_state.get_data_parallel_rank(),
         parallel_state.get_data_parallel_world_size(), seed=args.seed, consumed_samples=consumed_samples)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, collate_fn=_collate)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, collate_fn=_collate,
+                      worker_init_fn=_ignore_preemption)
 
 
 def _resume(args, nets):

@@ -28,12 +28,14 @@ def optimizer_config(args, lr):
 
 
 def _param_groups(module):
-    """Megatron's default groups: no weight decay on biases and 1-D parameters."""
+    """Megatron's default groups (no weight decay on biases and 1-D parameters), with the keys its
+    checkpoint loading matches groups by."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if name.endswith(".bias") or p.dim() == 1 else decay).append(p)
-    return [dict(params=decay, wd_mult=1.0), dict(params=no_decay, wd_mult=0.0)]
+    same = dict(lr_mult=1.0, is_expert_parallel=False, is_decoupled_lr=False)
+    return [dict(params=decay, wd_mult=1.0, **same), dict(params=no_decay, wd_mult=0.0, **same)]
 
 
 class CpuFP32Optimizer(FP32Optimizer):

@@ -1,0 +1,128 @@
+"""examples/pretrain_rcm.py under torchrun on CPU: TP=2, CP=2, DP=2 runs equal the single-process
+run; 3 + resume + 3 iterations equal 6 straight (same layout: exactly; from TP=2 to TP=1: to
+rounding); SIGTERM mid-run leaves a checkpoint that resumes."""
+
+import math
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
+
+from .tiny_setup import ROOT, make_inputs, read_jsonl, torchrun, torchrun_command, torchrun_env
+
+ITERS = 6
+LOSSES = ("loss/student", "loss/scm", "loss/dmd", "loss/fake_score")
+# float32 through a different reduction order (TP splits, CP partial sums) for six iterations
+LAYOUT_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def _run(inputs, folder, nproc, *extra):
+    log = folder / "log.jsonl"
+    torchrun(nproc, [*inputs, "--save", str(folder / "ckpt"), "--log-jsonl", str(log), *extra])
+    return read_jsonl(log)
+
+
+def _losses(records):
+    return [{k: r[k] for k in LOSSES if k in r} for r in records]
+
+
+def _assert_close(records, reference, rtol):
+    assert [r["iteration"] for r in records] == [r["iteration"] for r in reference]
+    for got, want in zip(_losses(records), _losses(reference)):
+        assert got.keys() == want.keys()
+        for k in got:
+            assert math.isclose(got[k], want[k], rel_tol=rtol, abs_tol=0.0), (k, got[k], want[k])
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """Six iterations on one process (TP = CP = DP = 1)."""
+    folder = tmp_path_factory.mktemp("reference")
+    return folder, _run(inputs, folder, 1)
+
+
+def test_single_process_run_logs_every_iteration(reference):
+    folder, records = reference
+    assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
+    # tiny_cpu.yaml: warm-up of 1 iteration, then the student every 2nd iteration
+    assert [r["network"] for r in records] == ["student", "fake_score"] * 3
+    assert "loss/dmd" not in records[0] and "loss/dmd" in records[2]
+    for r in records:
+        for key in ("seconds", "tokens_per_second", "memory/host_rss_gib", f"{r['network']}/lr",
+                    f"{r['network']}/grad_norm"):
+            assert math.isfinite(r[key]) and r[key] >= 0, key
+        assert all(math.isfinite(v) for v in _losses([r])[0].values())
+        assert r[f"{r['network']}/skipped_nonfinite_loss"] == r[f"{r['network']}/skipped_nonfinite_grad"] == 0
+    assert records[1]["fake_score/lr"] == 0.0 and records[3]["fake_score/lr"] > 0  # linear warm-up from 0
+    assert CheckpointManager(folder / "ckpt").iterations() == [3, 6]
+    assert (folder / "ckpt" / "ema_student" / checkpoint_name(ITERS) / "metadata.json").exists()
+
+
+@pytest.mark.parametrize("layout", [["--tensor-model-parallel-size", "2"], ["--context-parallel-size", "2"]],
+                         ids=["tp2", "cp2"])
+def test_model_parallel_runs_equal_the_single_process_run(inputs, reference, tmp_path, layout):
+    _assert_close(_run(inputs, tmp_path, 2, *layout), reference[1], LAYOUT_RTOL)
+
+
+def test_data_parallel_run_equals_one_process_with_the_same_global_batch(inputs, reference, tmp_path):
+    dp2 = _run(inputs, tmp_path / "dp2", 2)
+    single = _run(inputs, tmp_path / "single", 1, "--micro-batch-size", "2")
+    assert dp2[0]["loss/student"] != pytest.approx(reference[1][0]["loss/student"])  # a batch of 2, not 1
+    _assert_close(dp2, single, LAYOUT_RTOL)
+
+
+def _checkpoint_at(source, iteration, target):
+    """A checkpoint folder whose latest (only) checkpoint is ``source``'s at ``iteration``."""
+    target.mkdir(parents=True)
+    shutil.copytree(source / checkpoint_name(iteration), target / checkpoint_name(iteration))
+    (target / TRACKER).write_text(str(iteration))
+
+
+def test_resume_at_the_same_layout_is_exact(inputs, reference, tmp_path):
+    folder, straight = reference
+    _checkpoint_at(folder / "ckpt", 3, tmp_path / "ckpt")
+    resumed = _run(inputs, tmp_path, 1)
+    assert [r["iteration"] for r in resumed] == [4, 5, 6]
+    assert _losses(resumed) == _losses(straight[3:])
+
+
+def test_resume_at_another_tensor_parallel_size(inputs, reference, tmp_path):
+    _, straight = reference
+    first = _run(inputs, tmp_path / "tp2", 2, "--tensor-model-parallel-size", "2", "--train-iters", "3")
+    _assert_close(first, straight[:3], LAYOUT_RTOL)
+    _checkpoint_at(tmp_path / "tp2" / "ckpt", 3, tmp_path / "tp1" / "ckpt")
+    resumed = _run(inputs, tmp_path / "tp1", 1)
+    _assert_close(resumed, straight[3:], LAYOUT_RTOL)
+
+
+def test_sigterm_mid_run_leaves_a_checkpoint_that_resumes(inputs, tmp_path):
+    log = tmp_path / "log.jsonl"
+    flags = [*inputs, "--save", str(tmp_path / "ckpt"), "--log-jsonl", str(log), "--train-iters", "1000",
+             "--save-interval", "1000"]
+    proc = subprocess.Popen(torchrun_command(2, flags), env=torchrun_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logged = read_jsonl(log)[-1]["iteration"]
+    manager = CheckpointManager(tmp_path / "ckpt")
+    assert manager.latest_iteration() == logged < 1000
+    # one process with the same global batch (2) as the two data-parallel ranks
+    resumed = _run(inputs, tmp_path, 1, "--train-iters", str(logged + 1), "--micro-batch-size", "2")
+    assert resumed[-1]["iteration"] == logged + 1
