@@ -21,6 +21,7 @@ from megatron.core.dist_checkpointing.core import CheckpointingConfig, maybe_loa
 from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
     CachedMetadataFileSystemReader,
 )
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     MetadataIndex,
@@ -89,7 +90,7 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
             chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
             items.append(WriteItem(index=MetadataIndex(key, torch.Size(offsets)), type=WriteItemType.SHARD,
                                    tensor_data=TensorWriteData(chunk, props, torch.Size(p.global_shape))))
-    current = {}  # the one global tensor in memory: {key: tensor}
+    current, failures = {}, []  # the one global tensor in memory: {key: tensor}; errors of the source
     with atomic_output_dir(output_path, overwrite=overwrite) as tmp, \
             tqdm(total=len(table), desc=desc or "-> megatron", disable=not progress, unit="tensor") as bar:
 
@@ -98,7 +99,11 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
             if key not in current:
                 current.clear()
                 p = keys[key]
-                current[key] = cast_to(p.to_global([tensors.get(k) for k in p.sources]), dtype)
+                try:
+                    current[key] = cast_to(p.to_global([tensors.get(k) for k in p.sources]), dtype)
+                except BaseException as e:
+                    failures.append(e)
+                    raise
                 bar.update()
             chunk = item.tensor_data.chunk
             piece = current[key]
@@ -107,11 +112,21 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
             return piece
 
         writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, thread_count=1, sync_files=True)
-        dcp.save({}, storage_writer=writer, planner=_StreamingSavePlanner(items, produce), no_dist=True)
+        try:
+            dcp.save({}, storage_writer=writer, planner=_StreamingSavePlanner(items, produce), no_dist=True)
+        except CheckpointException:
+            if failures:  # DCP wraps errors of the planner: raise the source's own (a bad file, an interrupt)
+                raise failures[0] from None
+            raise
         current.clear()
         torch.save(checkpoint_models({MODEL_PREFIX: config}), tmp / "common.pt")
         save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(tmp))
     return config
+
+
+def _reason(error):
+    """The last line of an error: DCP's CheckpointException carries each rank's whole traceback."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1]
 
 
 def _records(path):
@@ -148,7 +163,7 @@ def megatron_tensors(path, prefix=None) -> DiffusersTensors:
         stored = {k: m for k, m in reader.read_metadata().state_dict_metadata.items()
                   if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
     except Exception as e:
-        raise CheckpointFileError(f"{path}: unreadable checkpoint metadata ({e})") from e
+        raise CheckpointFileError(f"{path}: unreadable checkpoint metadata ({_reason(e)})") from e
     table = {prefix + name: p for name, p in wan_parameters(config).items()}
     missing, unknown = sorted(table.keys() - stored.keys()), sorted(stored.keys() - table.keys())
     if missing or unknown:
@@ -168,8 +183,8 @@ def megatron_tensors(path, prefix=None) -> DiffusersTensors:
             target = {key: torch.empty(stored[key].size, dtype=stored[key].properties.dtype)}
             try:
                 dcp.load(target, storage_reader=reader, no_dist=True)
-            except Exception as e:
-                raise CheckpointFileError(f"{path}: cannot read {key} ({e})") from e
+            except (CheckpointException, Exception) as e:
+                raise CheckpointFileError(f"{path}: cannot read {key} ({_reason(e)})") from e
             current[key] = table[key].from_global(target[key])
         return current[key][source]
 

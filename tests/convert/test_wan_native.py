@@ -17,29 +17,7 @@ from megatron_rcm.convert.wan_native import (
 )
 from megatron_rcm.fs import OutputExistsError
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
-            text_dim=12, freq_dim=16, ffn_dim=24, num_layers=2)
-
-
-def _random_diffusers(tmp_path, seed=0):
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(**TINY)
-    with torch.no_grad():  # norms start at 1 and tables at 0: draw every parameter fresh
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    folder = tmp_path / "diffusers"
-    model.save_pretrained(folder)
-    return model, folder
-
-
-def _tensors(folder):
-    reader = TensorReader(folder)
-    return {k: reader.get(k) for k in reader.keys()}
-
-
-def _leftovers(parent):
-    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-
+from .checkpoints import TINY, leftovers as _leftovers, random_diffusers as _random_diffusers, tensors as _tensors
 
 def test_expected_shapes_cover_the_real_model(tmp_path):
     model = WanTransformer3DModel(**TINY)
