@@ -27,7 +27,7 @@ def inputs(tmp_path_factory):
 
 def _run(inputs, folder, nproc, *extra):
     log = folder / "log.jsonl"
-    torchrun(nproc, [*inputs, "--save", str(folder / "ckpt"), "--log-jsonl", str(log), *extra])
+    torchrun(nproc, [*inputs, "--save", str(folder / "ckpt"), "--save-interval", "3", "--log-jsonl", str(log), *extra])
     return read_jsonl(log)
 
 

@@ -1,0 +1,90 @@
+"""Config errors before any model is built; the non-finite gradient guard of the CPU optimizer."""
+
+import argparse
+
+import pytest
+import torch
+import yaml
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+from megatron_rcm.parallel import parallel_context
+from megatron_rcm.testing import run_distributed
+from megatron_rcm.training.arguments import ConfigError, parse_args, validate
+from megatron_rcm.training.optimizer import build_optimizer, optimizer_step
+
+from .tiny_setup import make_inputs
+
+
+@pytest.fixture(scope="module")
+def flags(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def test_command_line_overrides_yaml_and_yaml_overrides_defaults(flags):
+    args = parse_args([*flags, "--lr", "0.5"])
+    assert args.lr == 0.5  # tiny_cpu.yaml says 1e-3
+    assert args.student_update_freq == 2 and args.fake_score_lr == 1e-3  # from the YAML
+    assert args.p_std == 1.6  # default
+    assert parse_args([*flags, "--no-sequence-parallel"]).sequence_parallel is False
+
+
+def test_unknown_yaml_key_is_an_error(flags, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"lr": 1e-3, "learning_rate": 1e-3}))
+    with pytest.raises(ConfigError, match=r"unknown keys \['learning_rate'\]"):
+        parse_args([*flags, "--config", str(bad)])
+
+
+@pytest.mark.parametrize("extra, world, message", [
+    (["--tensor-model-parallel-size", "3"], 2, "not divisible by tensor"),
+    (["--global-batch-size", "3"], 2, "must equal micro batch 1 x data-parallel size 2"),
+    (["--tensor-model-parallel-size", "4"], 4, "num_attention_heads \\(2\\) is not divisible"),
+    (["--context-parallel-size", "4"], 4, "divisible by the context-parallel size"),
+    (["--sequence-parallel"], 2, "sequence_parallel needs tensor_model_parallel_size > 1"),
+    (["--bf16"], 1, "--bf16 needs CUDA"),
+    (["--save-interval", "5"], 1, "--save-interval needs --save"),
+    (["--student-update-freq", "0"], 1, "student_update_freq must be >= 1"),
+])
+def test_inconsistent_settings_are_reported_before_building(flags, extra, world, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(parse_args([*flags, *extra]), world_size=world)
+
+
+def test_missing_negative_embedding_with_guidance(flags):
+    i = flags.index("--negative-prompt-embedding")
+    without = flags[:i] + flags[i + 2:]
+    with pytest.raises(ConfigError, match="needs --negative-prompt-embedding"):
+        validate(parse_args(without), world_size=1)
+
+
+def _nonfinite_gradient_is_skipped():
+    with parallel_context():
+        from megatron_rcm.models.wan import WanModel, wan_config
+
+        config = wan_config("tiny-a", use_cpu_initialization=True)
+        model = WanModel(config)
+        ddp = DistributedDataParallel(config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+        args = argparse.Namespace(weight_decay=0.01, adam_beta1=0.0, adam_beta2=0.999, adam_eps=1e-8, bf16=False,
+                                  clip_grad=0.5)
+        optimizer = build_optimizer(ddp, args, lr=1e-2)
+        g = torch.Generator().manual_seed(0)
+        x, t, text = torch.randn(1, 4, 2, 4, 4, generator=g), torch.rand(1, generator=g) * 1000, torch.randn(1, 3, 24)
+        results = []
+        for poison in (True, False):
+            before = [p.detach().clone() for p in model.parameters()]
+            ddp.zero_grad_buffer()
+            model(x, t, text).square().sum().backward()
+            if poison:
+                next(model.parameters()).main_grad.view(-1)[0] = float("nan")
+            updated, norm = optimizer_step(optimizer, args.clip_grad)
+            clipped = torch.sqrt(sum(p.grad.double().square().sum() for p in model.parameters())).item()
+            changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+            results.append((updated, norm, changed, clipped))
+        return results
+
+
+def test_cpu_optimizer_skips_a_nonfinite_gradient_and_clips():
+    (skipped, nan_norm, changed_after_nan, _), (updated, norm, changed, clipped) = run_distributed(
+        _nonfinite_gradient_is_skipped, world_size=1)[0]
+    assert not skipped and nan_norm != nan_norm and not changed_after_nan
+    assert updated and changed and norm > 0.5 and clipped == pytest.approx(0.5, rel=1e-5)
