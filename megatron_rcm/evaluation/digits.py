@@ -1,0 +1,102 @@
+"""Moving Digits metrics from a small digit/direction classifier: prompt accuracy, Frechet distance, diversity.
+
+The classifier is a 3-D CNN trained on real train-split videos (``tools/train_digits_classifier.py``;
+weights in ``assets/moving_digits/classifier.safetensors``). Its pooled features (``FEATURE_DIM``)
+are the space for the Frechet distance (as FID uses Inception's) and for diversity.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS
+
+FEATURE_DIM = 64
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "moving_digits" / "classifier.safetensors"
+
+
+class DigitsClassifier(torch.nn.Module):
+    """[N, 1, T, H, W] videos -> (digit logits [N, 10], direction logits [N, 8]); ``features`` [N, 64]."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList([
+            torch.nn.Conv3d(1, 16, 3, padding=1),
+            torch.nn.Conv3d(16, 32, 3, stride=(1, 2, 2), padding=1),
+            torch.nn.Conv3d(32, FEATURE_DIM, 3, stride=2, padding=1),
+            torch.nn.Conv3d(FEATURE_DIM, FEATURE_DIM, 3, padding=1),
+        ])
+        self.digit_head = torch.nn.Linear(FEATURE_DIM, NUM_DIGITS)
+        self.direction_head = torch.nn.Linear(FEATURE_DIM, len(DIRECTIONS))
+
+    def features(self, videos):
+        x = videos
+        for conv in self.convs:
+            x = F.gelu(conv(x))
+        return x.mean(dim=(2, 3, 4))
+
+    def forward(self, videos):
+        f = self.features(videos)
+        return self.digit_head(f), self.direction_head(f)
+
+
+def load_classifier(path=DEFAULT_WEIGHTS) -> DigitsClassifier:
+    from safetensors.torch import load_file
+
+    model = DigitsClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def classify(classifier, videos, batch_size=256):
+    """(features [N, 64], digit predictions [N], direction predictions [N]) in float32."""
+    outputs = []
+    for chunk in videos.float().split(batch_size):
+        f = classifier.features(chunk)
+        outputs.append((f, classifier.digit_head(f).argmax(1), classifier.direction_head(f).argmax(1)))
+    return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
+def prompt_accuracy(digit_pred, direction_pred, digits, directions) -> dict:
+    """Fractions of videos whose digit, direction, and both, match their prompt."""
+    digit_ok, direction_ok = digit_pred == digits, direction_pred == directions
+    return {"digit_acc": digit_ok.double().mean().item(), "direction_acc": direction_ok.double().mean().item(),
+            "joint_acc": (digit_ok & direction_ok).double().mean().item()}
+
+
+def _sqrtm_psd(m):
+    vals, vecs = torch.linalg.eigh(m)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2) of Gaussians fitted to two sets, in float64."""
+    a, b = features_a.double(), features_b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    root_a = _sqrtm_psd(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+
+
+def diversity(features, groups) -> float:
+    """Mean over groups (e.g. prompts) of the mean pairwise L2 distance between the group's features."""
+    per_group = []
+    for g in groups.unique():
+        f = features[groups == g].double()
+        if len(f) < 2:
+            raise ValueError(f"group {int(g)} has {len(f)} sample(s); diversity needs at least 2 per group")
+        d = torch.cdist(f, f)
+        per_group.append(d.sum() / (len(f) * (len(f) - 1)))
+    return torch.stack(per_group).mean().item()
+
+
+def video_metrics(classifier, videos, digits, directions, reference_features) -> dict:
+    """Accuracy against the prompts, FD against ``reference_features`` (real held-out videos), and
+    diversity across the videos of each (digit, direction) prompt."""
+    features, digit_pred, direction_pred = classify(classifier, videos)
+    return {**prompt_accuracy(digit_pred, direction_pred, digits, directions),
+            "fd": frechet_distance(features, reference_features),
+            "diversity": diversity(features, digits * len(DIRECTIONS) + directions)}
