@@ -13,6 +13,7 @@ when the writer asks for it, in order. Host memory holds one global tensor (plus
 parts and one chunk) at a time. Reading goes the other way: one global tensor per ``dcp.load``.
 """
 
+import ctypes
 from pathlib import Path
 
 import torch
@@ -38,6 +39,10 @@ from .tensor_files import CheckpointFileError, TensorInfo
 from .wan_native import ConfigMismatchError, DiffusersTensors, cast_to
 
 MODEL_PREFIX = "model."
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
 
 
 class _StreamingSavePlanner(dcp.DefaultSavePlanner):
@@ -56,6 +61,13 @@ class _StreamingSavePlanner(dcp.DefaultSavePlanner):
 
     def resolve_data(self, write_item):
         return self._produce(write_item)
+
+
+def _return_freed_memory():
+    """glibc keeps freed tensor buffers of up to 32 MB in its heap (its mmap threshold rises after large
+    frees), so a stream of such tensors grows the process by hundreds of MB; hand them back."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _chunks(global_shape, tp_axis, tp_size):
@@ -90,14 +102,20 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
             chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
             items.append(WriteItem(index=MetadataIndex(key, torch.Size(offsets)), type=WriteItemType.SHARD,
                                    tensor_data=TensorWriteData(chunk, props, torch.Size(p.global_shape))))
-    current, failures = {}, []  # the one global tensor in memory: {key: tensor}; errors of the source
+    current, handed_out, failures = {}, [], []  # the global tensor in memory {key: tensor}; the last chunk; errors
     with atomic_output_dir(output_path, overwrite=overwrite) as tmp, \
             tqdm(total=len(table), desc=desc or "-> megatron", disable=not progress, unit="tensor") as bar:
 
         def produce(item):
+            # FileSystemWriter keeps a reference to every tensor it wrote until the file is done;
+            # the previous chunk is on disk by now, so its bytes are released here
+            for done in handed_out:
+                done.untyped_storage().resize_(0)
+            handed_out.clear()
             key = item.index.fqn
             if key not in current:
                 current.clear()
+                _return_freed_memory()
                 p = keys[key]
                 try:
                     current[key] = cast_to(p.to_global([tensors.get(k) for k in p.sources]), dtype)
@@ -109,7 +127,8 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
             piece = current[key]
             for axis, (start, size) in enumerate(zip(chunk.offsets, chunk.sizes)):
                 piece = piece.narrow(axis, start, size)
-            return piece
+            handed_out.append(piece.clone(memory_format=torch.contiguous_format))
+            return handed_out[-1]
 
         writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, thread_count=1, sync_files=True)
         try:
