@@ -13,7 +13,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[hf,data,dev]' torch==2.13.0
+	$(PY) -m pip install -q -e '.[hf,data,train,dev]' torch==2.13.0
 	touch $(STAMP)
 
 # Triton kernels run on CPU tensors through the interpreter (no GPU needed).

@@ -25,6 +25,7 @@ setup(
     extras_require={
         "hf": ["diffusers>=0.33", "accelerate", "transformers", "safetensors", "sentencepiece", "tqdm"],
         "data": ["webdataset", "imageio", "scikit-learn"],
+        "train": ["tensorboard"],
         "dev": ["pytest", "pytest-timeout"],
     },
 )
