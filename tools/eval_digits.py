@@ -1,0 +1,130 @@
+"""Evaluate a Moving Digits generator: prompt accuracy, Frechet distance and diversity, over seeds.
+
+    # the shipped teacher, RF Euler with CFG (50 and 4 steps)
+    nice -n 10 .venv/bin/python tools/eval_digits.py --model assets/moving_digits/teacher --sampler euler \
+        --steps 50 4 --cfg 3
+    # a distilled student exported as a diffusers folder, rCM few-step sampler (no CFG)
+    .venv/bin/python tools/eval_digits.py --model STUDENT_FOLDER --sampler few-step --steps 1 2 4
+    # the metrics on real and corrupted videos (their floor and ceiling)
+    .venv/bin/python tools/eval_digits.py --baselines
+
+Each seed generates ``--per-prompt`` videos for each of the 80 test prompts ("a D moving DIR"),
+from noise drawn with that seed. Accuracy: the classifier's digit/direction against the prompt.
+FD: against ``--reference`` real test-split videos (source images never used for training).
+Diversity: mean pairwise feature distance between the videos of one prompt. Rows print as
+mean ± std over seeds [min, max]; ``--json`` also writes every per-seed number.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from megatron_rcm.data.moving_digits import MovingDigitsSpec, make_videos, prompt_for, prompt_grid
+from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
+from megatron_rcm.evaluation.digits import classify, load_classifier, video_metrics
+
+METRICS = ("digit_acc", "direction_acc", "joint_acc", "fd", "diversity")
+_REFERENCE_SEED = 20_000_000  # real reference videos: far from the training and sampling seeds
+
+
+def _cell(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    spread = t.std().item() if len(values) > 1 else 0.0
+    return f"{t.mean().item():.3f} ± {spread:.3f} [{t.min().item():.3f}, {t.max().item():.3f}]"
+
+
+def table(rows) -> str:
+    """Markdown table of {name, seeds, per-seed metric lists}."""
+    lines = ["| generator | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+    for row in rows:
+        lines.append(f"| {row['name']} | {','.join(map(str, row['seeds']))} | "
+                     + " | ".join(_cell(row[m]) for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def _collect(name, seeds, per_seed):
+    return {"name": name, "seeds": list(seeds), **{m: [r[m] for r in per_seed] for m in METRICS}}
+
+
+def baselines(classifier, reference, per_prompt, seeds):
+    """Real test videos (what a perfect generator reaches), their prompts shuffled, and pure noise."""
+    digits, directions = prompt_grid(per_prompt)
+    rows = {"real test videos": [], "real videos, shuffled prompts": [], "gaussian noise": []}
+    for seed in seeds:
+        real = make_videos("test", len(digits), seed=seed, digits=digits, directions=directions)
+        rows["real test videos"].append(video_metrics(classifier, real.videos, digits, directions, reference))
+        perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed))
+        rows["real videos, shuffled prompts"].append(
+            video_metrics(classifier, real.videos[perm], digits, directions, reference))
+        noise = torch.randn(real.videos.shape, generator=torch.Generator().manual_seed(seed))
+        rows["gaussian noise"].append(video_metrics(classifier, noise, digits, directions, reference))
+    return [_collect(name, seeds, r) for name, r in rows.items()]
+
+
+def sampler_rows(args, classifier, reference):
+    from megatron_rcm import load_model
+    from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
+    from megatron_rcm.diffusion.few_step import sample_few_step
+    from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
+    from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
+    from megatron_rcm.parallel import ParallelConfig, parallel_context
+
+    encoder = ToyTextEncoder()
+    digits, directions = prompt_grid(args.per_prompt)
+    text = encoder.encode_batch([prompt_for(int(d), int(k)) for d, k in zip(digits, directions)])
+    rows = []
+    with parallel_context(ParallelConfig()):
+        model = load_model(args.model).eval()
+        for steps in args.steps:
+            per_seed = []
+            start = time.time()
+            for seed in args.seeds:
+                gen = torch.Generator().manual_seed(seed)
+                noise = torch.randn(len(digits), *MovingDigitsSpec().latent_shape, generator=gen)
+                with torch.no_grad():
+                    if args.sampler == "euler":
+                        net = ClassifierFreeGuidance(model, encoder.negative(), args.cfg)
+                        videos = sample_rf_euler(net, noise, text, steps, shift=args.shift)
+                    else:
+                        videos = sample_few_step(TrigFlowDenoiser(model), noise, text, steps, generator=gen)
+                per_seed.append(video_metrics(classifier, videos, digits, directions, reference))
+            label = (f"{args.name or args.model}, RF Euler {steps} steps, CFG {args.cfg:g}" if args.sampler == "euler"
+                     else f"{args.name or args.model}, few-step {steps}")
+            rows.append(_collect(label, args.seeds, per_seed))
+            print(f"{label}: {time.time() - start:.0f}s for {len(args.seeds)} seeds", flush=True)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="diffusers WanTransformer3DModel folder")
+    p.add_argument("--name", help="generator name in the table (default: the folder)")
+    p.add_argument("--sampler", choices=("euler", "few-step"), default="euler")
+    p.add_argument("--steps", type=int, nargs="+", default=[50])
+    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the euler sampler (1: none)")
+    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--baselines", action="store_true", help="also evaluate real, shuffled-prompt and noise videos")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--per-prompt", type=int, default=2)
+    p.add_argument("--reference", type=int, default=2000, help="real test videos for the FD reference")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json")
+    args = p.parse_args()
+    if args.model is None and not args.baselines:
+        p.error("give --model and/or --baselines")
+    torch.set_num_threads(args.threads)
+    classifier = load_classifier()
+    reference = classify(classifier, make_videos("test", args.reference, seed=_REFERENCE_SEED).videos)[0]
+    rows = baselines(classifier, reference, args.per_prompt, args.seeds) if args.baselines else []
+    if args.model is not None:
+        rows += sampler_rows(args, classifier, reference)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
