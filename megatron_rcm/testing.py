@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue as queue_lib
+import signal
 import socket
 import time
 import traceback
@@ -46,6 +47,9 @@ def _free_port() -> int:
 
 
 def _rank_main(fn, rank, world_size, port, results, args, kwargs, threads):
+    # a process group of its own, so that the helper processes a rank starts (checkpoint writers'
+    # managers, data workers) can be stopped with it
+    os.setpgrp()
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -103,9 +107,15 @@ def run_distributed(fn, world_size, args=(), kwargs=None, timeout=300.0):
                 continue
             (values if ok else failures)[rank] = payload
     finally:
+        # ranks that finished exit by themselves (shutting down what they started); the rest,
+        # and anything a rank leaves behind, are killed with the rank's process group
+        grace = time.monotonic() + (60 if len(values) == world_size else 0)
         for p in procs:
-            if p.is_alive():
-                p.kill()
+            p.join(timeout=max(0.0, grace - time.monotonic()))
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.join(timeout=10)
     if failures:
         rank = min(failures)

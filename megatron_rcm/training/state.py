@@ -22,7 +22,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from ..models.wan.sharded_state import load_wan_state, strip_prefix, wan_sharded_state_dict
+from ..loading import checkpoint_models
+from ..models.wan import weight_map
 from ..parallel import set_random_seed
 from .checkpointing import CheckpointManager, checkpoint_name
 
@@ -68,15 +69,22 @@ def _rng_object():
     return ShardedObject("rng_state", _rng_state(), (dist.get_world_size(),), (dist.get_rank(),), replica_id=0)
 
 
+def _strip_prefix(state, prefix):
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def sharded_state(nets, progress, args, is_loading=False, with_rng=True):
     out = {}
     for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
-        model = wan_sharded_state_dict(net.module, f"{name}.model.")
+        model = net.module.sharded_state_dict(prefix=f"{name}.model.")
         out[f"{name}.model"] = model
         out[f"{name}.optimizer"] = net.optimizer.sharded_state_dict(model, is_loading=is_loading,
                                                                    metadata=OPTIMIZER_FORMAT)
         out[f"{name}.scheduler"] = net.scheduler.state_dict()
-    out["ema"] = wan_sharded_state_dict(nets.student.module, "ema.", tensors=nets.ema.shadow)
+    out["ema"] = weight_map.sharded_state_dict(nets.student.module, "ema.", tensors=nets.ema.shadow)
+    # load_model(checkpoint, model_prefix="ema.") and the converter read these models directly
+    config = nets.student.module.config
+    out.update(checkpoint_models({"student.model.": config, "fake_score.model.": config, "ema.": config}))
     out["ema_updates"] = nets.ema.num_updates
     out["progress"] = asdict(progress)
     out["layout"] = layout()
@@ -102,10 +110,11 @@ def load_state(manager, nets, args):
     same_layout = common["layout"] == layout()
     loaded = manager.load(sharded_state(nets, Progress(), args, is_loading=True, with_rng=same_layout), iteration)
     for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
-        load_wan_state(net.module, loaded[f"{name}.model"], f"{name}.model.")
+        with torch.no_grad():
+            net.module.load_state_dict(_strip_prefix(loaded[f"{name}.model"], f"{name}.model."), strict=True)
         net.optimizer.load_state_dict(loaded[f"{name}.optimizer"])
         net.scheduler.load_state_dict(loaded[f"{name}.scheduler"])
-    nets.ema.shadow = {k: v.float().clone() for k, v in strip_prefix(loaded["ema"], "ema.").items()}
+    nets.ema.shadow = {k: v.float().clone() for k, v in _strip_prefix(loaded["ema"], "ema.").items()}
     nets.ema.num_updates = loaded["ema_updates"]
     if same_layout:
         _set_rng_state(loaded["rng"])
@@ -115,8 +124,10 @@ def load_state(manager, nets, args):
 
 
 def export_ema(nets, iteration, args):
-    """The EMA student alone, in the model's layout, under ``{save}/ema_student`` (collective)."""
-    state = wan_sharded_state_dict(nets.student.module, "", tensors=nets.ema.shadow)
+    """The EMA student alone, under ``{save}/ema_student`` (collective): a Megatron distributed
+    checkpoint that ``load_model`` and ``tools/convert_checkpoint.py --from megatron`` read as it is."""
+    state = weight_map.sharded_state_dict(nets.student.module, "model.", tensors=nets.ema.shadow)
+    state.update(checkpoint_models({"model.": nets.student.module.config}))
     state["teacher"] = args.teacher
     state["sampler"] = {"sigma_max": args.sigma_max, "mid_times": list(args.mid_times)}
     return CheckpointManager(Path(args.save) / EMA_EXPORT, keep_last=1).save(iteration, state)

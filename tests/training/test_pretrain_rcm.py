@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
 
@@ -126,3 +127,34 @@ def test_sigterm_mid_run_leaves_a_checkpoint_that_resumes(inputs, tmp_path):
     # one process with the same global batch (2) as the two data-parallel ranks
     resumed = _run(inputs, tmp_path, 1, "--train-iters", str(logged + 1), "--micro-batch-size", "2")
     assert resumed[-1]["iteration"] == logged + 1
+
+
+def _exported_models(checkpoint, export):
+    from megatron_rcm import load_model
+    from megatron_rcm.parallel import ParallelConfig, parallel_context
+
+    def weights(model):
+        return {name: p.detach() for name, p in model.named_parameters()}
+
+    with parallel_context(ParallelConfig()):
+        ema = weights(load_model(str(export)))
+        ema_in_training_checkpoint = weights(load_model(str(checkpoint), model_prefix="ema."))
+        student = weights(load_model(str(checkpoint), model_prefix="student.model."))
+        return ema, ema_in_training_checkpoint, student
+
+
+def test_ema_export_loads_and_converts_to_diffusers(reference, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from megatron_rcm.convert.api import convert_checkpoint
+    from megatron_rcm.testing import run_distributed
+
+    folder, _ = reference
+    export = folder / "ckpt" / "ema_student" / checkpoint_name(ITERS)
+    checkpoint = folder / "ckpt" / checkpoint_name(ITERS)
+    ema, ema_in_checkpoint, student = run_distributed(_exported_models, world_size=1, args=(checkpoint, export))[0]
+    assert ema.keys() == ema_in_checkpoint.keys() == student.keys()
+    assert all(torch.equal(ema[k], ema_in_checkpoint[k]) for k in ema)
+    assert any(not torch.equal(ema[k], student[k]) for k in ema), "the EMA must lag the student"
+    convert_checkpoint("megatron", "diffusers", export, tmp_path / "diffusers", progress=False)
+    assert sum(p.numel() for p in WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").parameters()) > 0

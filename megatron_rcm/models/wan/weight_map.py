@@ -99,12 +99,13 @@ def diffusers_shapes(config) -> dict:
     return {key: p.source_shape for p in wan_parameters(config).values() for key in p.sources}
 
 
-def sharded_state_dict(model, prefix="", sharded_offsets=(), metadata=None):
+def sharded_state_dict(model, prefix="", sharded_offsets=(), metadata=None, tensors=None):
     """megatron-core ShardedTensors of ``model``'s parameters in the global layout above.
 
-    Fused projections go through a ShardedTensorFactory: the rank's ``[3*d/tp, ...]`` parameter
-    is saved as its ``[3, d/tp, ...]`` piece of the global ``[3, d, ...]`` tensor and merged back
-    to the parameter's shape after loading.
+    ``tensors`` ({parameter name: tensor shaped like that parameter}, e.g. EMA weights) are laid
+    out like the parameters instead of the parameters themselves. Fused projections go through a
+    ShardedTensorFactory: the rank's ``[3*d/tp, ...]`` parameter is saved as its ``[3, d/tp, ...]``
+    piece of the global ``[3, d, ...]`` tensor and merged back to the parameter's shape after loading.
     """
     from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
@@ -117,9 +118,9 @@ def sharded_state_dict(model, prefix="", sharded_offsets=(), metadata=None):
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     dp_rank = torch.distributed.get_rank(metadata["dp_cp_group"])
     table = wan_parameters(model.config)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) if tensors is None else tensors
     if params.keys() != table.keys():
-        raise KeyError(f"WanModel parameters and the weight map disagree: {sorted(params.keys() ^ table.keys())}")
+        raise KeyError(f"the tensors and the weight map of this WanModel disagree: {sorted(params.keys() ^ table.keys())}")
     plain = {n: p for n, p in params.items() if not table[n].fused}
     axes = {n: table[n].tp_axis for n in plain if table[n].tp_axis is not None}
     out = make_sharded_tensors_for_checkpoint(plain, prefix, axes, dp_cp_group=metadata["dp_cp_group"],
