@@ -99,9 +99,6 @@ class VideoBatch:
     sources: torch.Tensor  # [N] load_digits index of each video's image
     prompts: list
 
-    def __len__(self):
-        return len(self.prompts)
-
 
 def make_videos(split: str, num: int, seed: int, spec: MovingDigitsSpec = MovingDigitsSpec(),
                 digits=None, directions=None) -> VideoBatch:
