@@ -2,7 +2,7 @@
 
     # the shipped teacher, RF Euler with CFG (50 and 4 steps)
     nice -n 10 .venv/bin/python tools/eval_digits.py --model assets/moving_digits/teacher --sampler euler \
-        --steps 50 4 --cfg 3
+        --steps 50 4 --cfg 2.5
     # a distilled student exported as a diffusers folder, rCM few-step sampler (no CFG)
     .venv/bin/python tools/eval_digits.py --model STUDENT_FOLDER --sampler few-step --steps 1 2 4
     # the metrics on real and corrupted videos (their floor and ceiling)
@@ -103,7 +103,7 @@ def main():
     p.add_argument("--name", help="generator name in the table (default: the folder)")
     p.add_argument("--sampler", choices=("euler", "few-step"), default="euler")
     p.add_argument("--steps", type=int, nargs="+", default=[50])
-    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the euler sampler (1: none)")
+    p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the euler sampler (1: none)")
     p.add_argument("--shift", type=float, default=1.0)
     p.add_argument("--baselines", action="store_true", help="also evaluate real, shuffled-prompt and noise videos")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
