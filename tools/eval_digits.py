@@ -3,8 +3,8 @@
     # the shipped teacher, RF Euler with CFG (50 and 4 steps)
     nice -n 10 .venv/bin/python tools/eval_digits.py --model assets/moving_digits/teacher --sampler euler \
         --steps 50 4 --cfg 2.5
-    # a distilled student exported as a diffusers folder, rCM few-step sampler (no CFG)
-    .venv/bin/python tools/eval_digits.py --model STUDENT_FOLDER --sampler few-step --steps 1 2 4
+    # a distilled student (the training loop's EMA export), rCM few-step sampler (no CFG)
+    .venv/bin/python tools/eval_digits.py --model SAVE/ema_student/iter_NNNNNNN --sampler few-step --steps 1 2 4
     # the metrics on real and corrupted videos (their floor and ceiling)
     .venv/bin/python tools/eval_digits.py --baselines
 
@@ -99,7 +99,7 @@ def sampler_rows(args, classifier, reference):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="diffusers WanTransformer3DModel folder")
+    p.add_argument("--model", help="what megatron_rcm.load_model reads: a diffusers folder or a Megatron checkpoint")
     p.add_argument("--name", help="generator name in the table (default: the folder)")
     p.add_argument("--sampler", choices=("euler", "few-step"), default="euler")
     p.add_argument("--steps", type=int, nargs="+", default=[50])
