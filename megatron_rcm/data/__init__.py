@@ -1,1 +1,1 @@
-"""Training data: webdataset latent shards, a resumable data-parallel sampler, synthetic shards."""
+"""Training data: webdataset latent shards, a resumable data-parallel sampler, synthetic shards, Moving Digits."""
