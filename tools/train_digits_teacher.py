@@ -20,7 +20,7 @@ import torch
 
 from megatron_rcm.data.moving_digits import MovingDigitsSpec, make_videos
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
-from megatron_rcm.models.wan import WanModel, diffusers_config, load_diffusers_weights, wan_config, wan_parameters
+from megatron_rcm.models.wan import WanModel, load_diffusers_weights, save_diffusers_folder, wan_config
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 
 # 64 tokens (4 x 4 x 4 patches of 2 frames x 4 x 4 pixels), 2 heads of 32: small enough to train in
@@ -28,25 +28,6 @@ from megatron_rcm.parallel import ParallelConfig, parallel_context
 DIGITS_TEACHER = dict(hidden_size=64, num_attention_heads=2, kv_channels=32, ffn_hidden_size=256, num_layers=4,
                       in_channels=1, out_channels=1, patch_size=(2, 4, 4), text_dim=32, freq_dim=64,
                       layernorm_epsilon=1e-6, cross_attn_norm=True)
-
-
-def diffusers_state_dict(model) -> dict:
-    """diffusers ``WanTransformer3DModel`` tensors of a TP=1 ``WanModel`` (the inverse of loading)."""
-    table = wan_parameters(model.config)
-    state = {}
-    for name, param in model.named_parameters():
-        spec = table[name]
-        state.update(spec.from_global(param.detach().reshape(spec.global_shape)))
-    return {key: t.contiguous().clone() for key, t in state.items()}
-
-
-def save_diffusers_folder(model, folder):
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(diffusers_config(model.config), indent=2) + "\n")
-    save_file(diffusers_state_dict(model), str(folder / "diffusion_pytorch_model.safetensors"))
 
 
 def rf_loss(model, x0, text, gen):

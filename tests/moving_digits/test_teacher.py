@@ -54,14 +54,15 @@ def test_teacher_denoises_held_out_videos_and_uses_the_prompt(runtime):
 def test_exported_folder_is_read_identically_by_load_model_and_diffusers(runtime, tmp_path):
     from diffusers import WanTransformer3DModel
 
-    from megatron_rcm.models.wan import WanModel, wan_config
+    from megatron_rcm.models.wan import WanModel, save_diffusers_folder, wan_config
 
     tool = _tool()
     model = WanModel(wan_config("tiny-a", **tool.DIGITS_TEACHER, use_cpu_initialization=True)).eval()
-    tool.save_diffusers_folder(model, tmp_path)
+    folder = tmp_path / "teacher"
+    save_diffusers_folder(model, folder)
     x, t, text = torch.randn(2, 1, 8, 16, 16), torch.rand(2) * 1000, torch.randn(2, 8, 32)
     with torch.no_grad():
         ours = model(x, t, text)
-        assert torch.equal(load_model(tmp_path).eval()(x, t, text), ours)
-        reference = WanTransformer3DModel.from_pretrained(tmp_path).eval()(x, t, text).sample
+        assert torch.equal(load_model(folder).eval()(x, t, text), ours)
+        reference = WanTransformer3DModel.from_pretrained(folder).eval()(x, t, text).sample
     assert (reference - ours).norm() < 1e-5 * ours.norm()

@@ -5,8 +5,10 @@ from .diffusers_weights import (
     config_from_diffusers,
     convert_diffusers_state_dict,
     diffusers_config,
+    diffusers_state_dict,
     load_diffusers_weights,
     read_diffusers_folder,
+    save_diffusers_folder,
 )
 from .model import WanModel
 from .weight_map import WanParameter, diffusers_shapes, wan_parameters
@@ -22,8 +24,10 @@ __all__ = [
     "convert_diffusers_state_dict",
     "diffusers_config",
     "diffusers_shapes",
+    "diffusers_state_dict",
     "load_diffusers_weights",
     "read_diffusers_folder",
+    "save_diffusers_folder",
     "wan_config",
     "wan_parameters",
 ]

@@ -9,6 +9,7 @@ import json
 import os
 
 import torch
+from megatron.core import parallel_state
 
 from .config import WanConfig, config_from_architecture
 from .weight_map import wan_parameters
@@ -104,3 +105,28 @@ def load_diffusers_weights(model, source):
         raise KeyError(f"model keys without a diffusers weight: {result.missing_keys}; "
                        f"converted keys the model lacks: {result.unexpected_keys}")
     return model
+
+
+def diffusers_state_dict(model) -> dict:
+    """diffusers ``WanTransformer3DModel`` tensors of a TP=1 ``WanModel`` (the inverse of loading)."""
+    if parallel_state.model_parallel_is_initialized() and parallel_state.get_tensor_model_parallel_world_size() > 1:
+        raise ValueError("diffusers_state_dict needs a TP=1 model; export a TP>1 model through a distributed "
+                         "checkpoint and tools/convert_checkpoint.py --from megatron --to diffusers")
+    table = wan_parameters(model.config)
+    state = {}
+    for name, param in model.named_parameters():
+        spec = table[name]
+        state.update(spec.from_global(param.detach().reshape(spec.global_shape)))
+    return {key: t.contiguous().clone() for key, t in state.items()}
+
+
+def save_diffusers_folder(model, folder, overwrite=True):
+    """Write a TP=1 ``WanModel`` as a diffusers folder (config.json + safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    from ...fs import atomic_output_dir
+
+    with atomic_output_dir(folder, overwrite=overwrite) as tmp:
+        (tmp / "config.json").write_text(json.dumps(diffusers_config(model.config), indent=2) + "\n")
+        save_file(diffusers_state_dict(model), str(tmp / "diffusion_pytorch_model.safetensors"))
+
