@@ -19,9 +19,10 @@ import os
 import pickle
 import queue as queue_lib
 import signal
-import socket
 import time
 import traceback
+
+from megatron_rcm.parallel.runtime import free_port
 
 _CONTEXT = None
 
@@ -38,12 +39,6 @@ def _context():
         _CONTEXT = mp.get_context("forkserver")
         _CONTEXT.set_forkserver_preload(["torch", "megatron.core.parallel_state", "megatron_rcm.parallel"])
     return _CONTEXT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(fn, rank, world_size, port, results, args, kwargs, threads):
@@ -77,7 +72,7 @@ def run_distributed(fn, world_size, args=(), kwargs=None, timeout=300.0):
         raise ValueError(f"world_size must be between 1 and 8, got {world_size}")
     ctx = _context()
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     threads = max(1, (os.cpu_count() or 1) // world_size)
     procs = [
         ctx.Process(

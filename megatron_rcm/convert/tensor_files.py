@@ -44,6 +44,7 @@ class TensorReader:
         self.path = path
         self._files = {}  # key -> safetensors file
         self._state = None  # a memory-mapped .pt state dict
+        self._handles = {}  # safetensors file -> open handle
         if path.is_dir():
             indexes = sorted(path.glob("*.safetensors.index.json"))
             singles = sorted(path.glob("*.safetensors"))
@@ -70,23 +71,20 @@ class TensorReader:
             raise CheckpointFileError(f"{path}: no such file or folder")
         else:
             raise CheckpointFileError(f"{path}: unsupported checkpoint type (expected .safetensors, .pt, .pth or a folder)")
-        self._handles = {}
 
     def _index_file(self, file):
         for key in self._open(file).keys():
             self._files[key] = file
 
     def _open(self, file):
-        handles = getattr(self, "_handles", {})
-        if file not in handles:
+        if file not in self._handles:
             if not file.exists():
                 raise CheckpointFileError(f"{file}: missing (named by the index in {file.parent})")
             try:
-                handles[file] = safe_open(str(file), framework="pt", device="cpu")
+                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
             except Exception as e:
                 raise CheckpointFileError(f"{file}: damaged or truncated safetensors file ({e})") from e
-            self._handles = handles
-        return handles[file]
+        return self._handles[file]
 
     def keys(self):
         return list(self._state.keys()) if self._state is not None else list(self._files)

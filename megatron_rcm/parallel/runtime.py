@@ -42,7 +42,8 @@ def _first_slurm_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -70,7 +71,7 @@ def launch_env(environ=None) -> LaunchEnv:
     elif "SLURM_JOB_ID" in env:
         port = 20000 + int(env["SLURM_JOB_ID"]) % 20000
     elif world == 1:
-        port = _free_port()
+        port = free_port()
     else:
         raise ValueError("MASTER_PORT is not set; launch with torchrun or srun, or export MASTER_PORT")
     if not 0 <= rank < world:
