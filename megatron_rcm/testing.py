@@ -52,9 +52,13 @@ def _rank_main(fn, rank, world_size, port, results, args, kwargs, threads):
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+    import faulthandler
+
     import torch
 
     from megatron_rcm.parallel import destroy_parallel
+
+    faulthandler.enable()
 
     torch.set_num_threads(threads)
     try:
