@@ -5,20 +5,25 @@
         --negative-prompt-embedding /data/negative.pt --save /ckpt/rcm-1.3b
 
 Flags override the YAML config. SIGTERM / SIGUSR1 (Slurm preemption) finish the iteration,
-save a checkpoint and exit; running the same command again resumes from it.
+save a checkpoint and exit with status 75 (EX_TEMPFAIL: not finished, run again); running the
+same command again resumes from it. examples/slurm/pretrain_rcm.sbatch requeues on that status.
 """
 
 import sys
 
 from megatron_rcm.training.arguments import ConfigError, parse_args
 from megatron_rcm.training.loop import train
+from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS
 
 
 def main(argv=None):
     try:
-        train(parse_args(argv))
+        args = parse_args(argv)
+        progress = train(args)
     except ConfigError as e:
         sys.exit(f"configuration error: {e}")
+    if progress.iteration < args.train_iters:
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ import signal
 import torch
 import torch.distributed as dist
 
+# sysexits.h EX_TEMPFAIL ("try again later"): the trainer stopped on a signal after saving, and
+# the same command resumes; examples/slurm/pretrain_rcm.sbatch requeues the job on it
+PREEMPTED_EXIT_STATUS = 75
+
 
 class PreemptionHandler:
     """Records that a signal arrived; ``should_stop()`` is collective and true on all ranks if any saw one.

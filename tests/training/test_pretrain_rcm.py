@@ -1,19 +1,23 @@
 """examples/pretrain_rcm.py under torchrun on CPU: TP=2, CP=2, DP=2 runs equal the single-process
 run; 3 + resume + 3 iterations equal 6 straight (same layout: exactly; from TP=2 to TP=1: to
-rounding); SIGTERM mid-run leaves a checkpoint that resumes."""
+rounding); SIGTERM or SIGUSR1 to one Slurm task mid-run saves a checkpoint on every rank, exits
+with status 75, and the checkpoint resumes."""
 
 import math
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
+from megatron_rcm.parallel.runtime import free_port
 from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
+from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS
 
-from .tiny_setup import ROOT, make_inputs, read_jsonl, torchrun, torchrun_command, torchrun_env
+from .tiny_setup import ROOT, SCRIPT, make_inputs, read_jsonl, torchrun, torchrun_env
 
 ITERS = 6
 LOSSES = ("loss/student", "loss/scm", "loss/dmd", "loss/fake_score")
@@ -105,22 +109,39 @@ def test_resume_at_another_tensor_parallel_size(inputs, reference, tmp_path):
     _assert_close(resumed, straight[3:], LAYOUT_RTOL)
 
 
-def test_sigterm_mid_run_leaves_a_checkpoint_that_resumes(inputs, tmp_path):
+def _slurm_tasks(flags, ntasks):
+    """The job step that ``srun`` starts: one process per task, placed by Slurm's variables only."""
+    port = free_port()
+    procs = []
+    for task in range(ntasks):
+        env = {k: v for k, v in torchrun_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(SLURM_PROCID=str(task), SLURM_NTASKS=str(ntasks), SLURM_LOCALID=str(task),
+                   SLURM_JOB_NODELIST="localhost", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(SCRIPT), *flags], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_mid_run_saves_exits_75_and_resumes(inputs, tmp_path, sig):
+    """Slurm tasks: one rank gets the signal, every rank saves the same iteration and exits 75."""
     log = tmp_path / "log.jsonl"
     flags = [*inputs, "--save", str(tmp_path / "ckpt"), "--log-jsonl", str(log), "--train-iters", "1000",
              "--save-interval", "1000"]
-    proc = subprocess.Popen(torchrun_command(2, flags), env=torchrun_env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = _slurm_tasks(flags, 2)
     try:
         deadline = time.monotonic() + 120
         while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+            dead = [p for p in procs if p.poll() is not None]
+            assert not dead and time.monotonic() < deadline, dead[0].stdout.read() if dead else "timeout"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        procs[1].send_signal(sig)
+        codes = [p.wait(timeout=120) for p in procs]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [PREEMPTED_EXIT_STATUS] * 2, [p.stdout.read()[-3000:] for p in procs]
     logged = read_jsonl(log)[-1]["iteration"]
     manager = CheckpointManager(tmp_path / "ckpt")
     assert manager.latest_iteration() == logged < 1000
