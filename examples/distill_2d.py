@@ -134,8 +134,8 @@ def pretrain_on_teacher(problem, args, generator):
 def distill(problem, args, generator):
     scm_on, dmd_on = args.method in ("scm", "rcm"), args.method in ("dmd", "rcm")
     schedule = RCMSchedule(
-        student_update_freq=args.student_update_freq if dmd_on else 1,
-        tangent_warmup=args.tangent_warmup if scm_on else 0,
+        student_update_freq=args.student_update_freq,
+        tangent_warmup=args.tangent_warmup,
         scm_weight=args.scm_weight if scm_on else 0.0,
         dmd_weight=args.dmd_weight if dmd_on else 0.0,
     )

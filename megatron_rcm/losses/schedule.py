@@ -11,6 +11,8 @@ class RCMSchedule:
     and the fake score is idle. After it, one iteration in ``student_update_freq`` updates the
     student (sCM + weighted DMD term), the others update the fake-score net (eq. 4.4).
     Defaults are Wan 1.3B's: warm-up 1000, frequency 5, weights 100 (sCM) and 1 (DMD).
+    A zero weight turns a term off: sCM-only (``dmd_weight=0``) has no critic, so every iteration
+    updates the student; DMD-only (``scm_weight=0``) has no tangent, so no warm-up.
     """
 
     student_update_freq: int = 5
@@ -23,10 +25,10 @@ class RCMSchedule:
             raise ValueError("student_update_freq must be >= 1 and tangent_warmup >= 0")
 
     def in_warmup(self, iteration: int) -> bool:
-        return iteration < self.tangent_warmup
+        return self.scm_weight > 0 and iteration < self.tangent_warmup
 
     def updates_student(self, iteration: int) -> bool:
-        return self.in_warmup(iteration) or iteration % self.student_update_freq == 0
+        return self.dmd_weight == 0 or self.in_warmup(iteration) or iteration % self.student_update_freq == 0
 
     def uses_dmd(self, iteration: int) -> bool:
         return self.dmd_weight > 0 and not self.in_warmup(iteration)

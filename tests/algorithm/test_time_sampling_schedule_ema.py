@@ -39,6 +39,15 @@ def test_schedule_alternates_after_warmup():
         True, True, True, False, False, True, False, False, False, False, True, False]
     assert [schedule.uses_dmd(k) for k in (0, 2, 3, 10)] == [False, False, True, True]
     assert not RCMSchedule(dmd_weight=0.0, tangent_warmup=0).uses_dmd(10)
+
+
+def test_schedule_without_a_term():
+    scm_only = RCMSchedule(student_update_freq=5, tangent_warmup=3, dmd_weight=0.0)
+    assert all(scm_only.updates_student(k) for k in range(12))
+    assert not any(scm_only.uses_dmd(k) for k in range(12))
+    dmd_only = RCMSchedule(student_update_freq=2, tangent_warmup=3, scm_weight=0.0)
+    assert [dmd_only.updates_student(k) for k in range(6)] == [True, False, True, False, True, False]
+    assert all(dmd_only.uses_dmd(k) for k in range(6))
     with pytest.raises(ValueError):
         RCMSchedule(student_update_freq=0)
 
