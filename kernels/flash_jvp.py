@@ -22,9 +22,13 @@ import triton.language as tl
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# Under TRITON_INTERPRET=1 one config runs: BLOCK_N=16 makes tiny test shapes cross
-# several key blocks and a partial last block.
-_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
+
+def _interpreter_blocks(seqlen_q: int, seqlen_k: int) -> dict:
+    # Under TRITON_INTERPRET=1 time goes per program and per key block, hardly per element.
+    # Short sequences (the tests' shapes) get small blocks, so that they cross several key
+    # blocks and a partial last one; from 64 tokens on, blocks of 64 run 8x fewer steps.
+    return dict(BLOCK_M=64 if seqlen_q >= 64 else 32, BLOCK_N=64 if seqlen_k >= 64 else 16)
+
 
 _SHARED_MEMORY_BYTES = 227 * 1024  # H100/H200 per-block opt-in limit
 
@@ -309,8 +313,9 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,
                 UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16)
     if q.device.type == "cpu":
-        grid = (triton.cdiv(seqlen_q, _INTERPRETER_CONFIG["BLOCK_M"]), batch * heads)
-        _flash_jvp_kernel[grid](*args, **meta, **_INTERPRETER_CONFIG)
+        blocks = _interpreter_blocks(seqlen_q, seqlen_k)
+        grid = (triton.cdiv(seqlen_q, blocks["BLOCK_M"]), batch * heads)
+        _flash_jvp_kernel[grid](*args, **meta, **blocks)
     else:
         with torch.cuda.device(q.device):
             grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731

@@ -145,6 +145,8 @@ def validate(args, world_size=None):
         dp = parallel.data_parallel_size(world_size)
     except ParallelSizeError as e:
         raise ConfigError(str(e)) from e
+    if args.seed < 1:
+        raise ConfigError(f"--seed must be a positive integer, got {args.seed}")
     if args.micro_batch_size < 1 or args.train_iters < 1:
         raise ConfigError("--micro-batch-size and --train-iters must be positive")
     expected = args.micro_batch_size * dp

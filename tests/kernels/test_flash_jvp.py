@@ -42,6 +42,13 @@ def test_matches_reference(dtype, head_dim, seqlen_q, seqlen_k, masked):
     assert result.lse.shape == (2, 2, seqlen_q)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_long_sequences_with_partial_large_blocks(masked):
+    """Past 64 tokens the interpreter switches to blocks of 64: 130 queries, 97 keys, both partial."""
+    inputs = random_inputs(2, 2, 130, 97, 32, torch.float64)
+    check_against_reference(inputs, torch.float64, key_padding_mask=padding_mask(2, 97) if masked else None)
+
+
 def test_float16_and_head_dim_128():
     check_against_reference(random_inputs(1, 2, 33, 40, 128, torch.float16), torch.float16)
 

@@ -44,6 +44,7 @@ def test_unknown_yaml_key_is_an_error(flags, tmp_path):
     (["--bf16"], 1, "--bf16 needs CUDA"),
     (["--save-interval", "5"], 1, "--save-interval needs --save"),
     (["--student-update-freq", "0"], 1, "student_update_freq must be >= 1"),
+    (["--seed", "0"], 1, "--seed must be a positive integer"),
 ])
 def test_inconsistent_settings_are_reported_before_building(flags, extra, world, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,126 @@
+"""Issue 8's comparison: distil the shipped Moving Digits teacher with sCM only, rCM and DMD only,
+for several training seeds, and tabulate the students' 1-, 2- and 4-step quality.
+
+    .venv/bin/python tools/distill_digits.py --work runs/digits --seeds 0 1 2 --student-updates 400
+
+Every method gets the same number of student updates (``--student-updates``) at the same batch,
+learning rate and EMA; rCM and DMD-only also train the fake score in between (one critic update
+per student update, ``--student-update-freq 2``), sCM-only has no critic. Each run is
+``examples/pretrain_rcm.py`` in one CPU process (the Triton JVP kernel in the interpreter),
+followed by ``tools/eval_digits.py`` on its EMA export with sampling seed S for training seed S
+(``--seed 1000+S`` of the trainer), so a cell's spread covers both. Finished runs (``WORK/METHOD-seedS/eval.json``) are not redone.
+Prints the markdown table and writes ``WORK/table.md`` and ``WORK/results.json``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from eval_digits import METRICS, table  # tools/ is this script's directory
+
+from megatron_rcm.losses.schedule import RCMSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "assets" / "moving_digits" / "teacher"
+CONFIG = ROOT / "examples" / "configs" / "digits_demo.yaml"
+METHODS = {"scm": ["--dmd-weight", "0"], "rcm": [], "dmd": ["--scm-weight", "0"]}
+NAMES = {"scm": "sCM only", "rcm": "rCM", "dmd": "DMD only"}
+
+
+def iterations_for(method, student_updates, tangent_warmup, student_update_freq):
+    """Iterations after which the schedule has made ``student_updates`` student updates."""
+    weights = dict(scm_weight=0.0 if method == "dmd" else 100.0, dmd_weight=0.0 if method == "scm" else 1.0)
+    schedule = RCMSchedule(student_update_freq, tangent_warmup, **weights)
+    iteration = updates = 0
+    while updates < student_updates:
+        updates += schedule.updates_student(iteration)
+        iteration += 1
+    return iteration
+
+
+def write_data(folder, videos):
+    from megatron_rcm.data.moving_digits import write_moving_digits_shards
+    from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
+
+    if (folder / "negative_prompt.pt").exists():
+        return
+    encoder = ToyTextEncoder()
+    write_moving_digits_shards(folder, "train", videos, 1024, encoder, seed=0)
+    torch.save(encoder.negative(), folder / "negative_prompt.pt")
+
+
+def run_one(method, seed, args, data):
+    run = Path(args.work) / f"{method}-seed{seed}"
+    result = run / "eval.json"
+    if result.exists():
+        return result
+    run.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+    iters = iterations_for(method, args.student_updates, args.tangent_warmup, args.student_update_freq)
+    train = [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
+             "--teacher", str(TEACHER), "--data-path", str(data),
+             "--negative-prompt-embedding", str(data / "negative_prompt.pt"), "--seed", str(1000 + seed),
+             "--train-iters", str(iters), "--micro-batch-size", str(args.micro_batch_size),
+             "--global-batch-size", str(args.micro_batch_size), "--lr", str(args.lr),
+             "--fake-score-lr", str(args.lr), "--tangent-warmup", str(args.tangent_warmup),
+             "--student-update-freq", str(args.student_update_freq), "--save", str(run / "ckpt"),
+             "--save-interval", str(iters), "--log-interval", "25", "--log-jsonl", str(run / "train.jsonl"),
+             *METHODS[method]]
+    with open(run / "train.log", "w") as log:
+        subprocess.run(train, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    export = sorted((run / "ckpt" / "ema_student").glob("iter_*"))[-1]
+    evaluate = [sys.executable, str(ROOT / "tools" / "eval_digits.py"), "--model", str(export),
+                "--name", NAMES[method], "--sampler", "few-step", "--steps", "1", "2", "4",
+                "--seeds", str(seed), "--threads", str(args.threads), "--json", str(result)]
+    with open(run / "eval.log", "w") as log:
+        subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return result
+
+
+def merge(results):
+    """One row per (method, steps), the per-seed numbers of every run side by side."""
+    rows = {}
+    for path in results:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            merged = rows.setdefault(row["name"], {"name": row["name"], "seeds": [], **{m: [] for m in METRICS}})
+            merged["seeds"] += row["seeds"]
+            for m in METRICS:
+                merged[m] += row[m]
+    return list(rows.values())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=str(ROOT / "runs" / "digits"))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--student-updates", type=int, default=400)
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="student and fake-score learning rate")
+    p.add_argument("--tangent-warmup", type=int, default=40)
+    p.add_argument("--student-update-freq", type=int, default=2)
+    p.add_argument("--train-videos", type=int, default=8192)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    args = p.parse_args()
+    work = Path(args.work)
+    data = work / "data"
+    write_data(data, args.train_videos)
+    runs = [(m, s) for s in args.seeds for m in args.methods]  # every method's first seed first
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda ms: run_one(*ms, args, data), runs))
+    rows = merge(results)
+    text = table(rows)
+    print(text)
+    (work / "table.md").write_text(text + "\n")
+    (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
