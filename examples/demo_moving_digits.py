@@ -30,21 +30,18 @@ GIF_PROMPTS = [(d, d % 8) for d in range(8)]  # (digit, direction) per column
 
 
 def train(work, iters, nproc):
-    from megatron_rcm.data.moving_digits import write_moving_digits_shards
-    from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
+    from megatron_rcm.data.moving_digits import NEGATIVE_PROMPT_FILE, write_training_data
 
-    encoder = ToyTextEncoder()
     data = work / "data"
-    if not data.exists():
-        write_moving_digits_shards(data, "train", 2048, 512, encoder, seed=0)
-        torch.save(encoder.negative(), data / "negative_prompt.pt")
+    if not (data / NEGATIVE_PROMPT_FILE).exists():
+        write_training_data(data, 2048, 512)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"  # the JVP attention kernel on CPU tensors
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(ROOT / "examples/configs/digits_demo.yaml"),
                "--teacher", str(TEACHER), "--data-path", str(data),
-               "--negative-prompt-embedding", str(data / "negative_prompt.pt"), "--train-iters", str(iters),
+               "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--train-iters", str(iters),
                "--global-batch-size", str(4 * nproc), "--save", str(work / "ckpt"),
                "--log-jsonl", str(work / "train.jsonl")]
     subprocess.run(command, env=env, check=True)

@@ -20,10 +20,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
 
 from eval_digits import METRICS, table  # tools/ is this script's directory
 
+from megatron_rcm.data.moving_digits import NEGATIVE_PROMPT_FILE, write_training_data
 from megatron_rcm.losses.schedule import RCMSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,17 +44,6 @@ def iterations_for(method, student_updates, tangent_warmup, student_update_freq)
     return iteration
 
 
-def write_data(folder, videos):
-    from megatron_rcm.data.moving_digits import write_moving_digits_shards
-    from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
-
-    if (folder / "negative_prompt.pt").exists():
-        return
-    encoder = ToyTextEncoder()
-    write_moving_digits_shards(folder, "train", videos, 1024, encoder, seed=0)
-    torch.save(encoder.negative(), folder / "negative_prompt.pt")
-
-
 def run_one(method, seed, args, data):
     run = Path(args.work) / f"{method}-seed{seed}"
     result = run / "eval.json"
@@ -65,7 +54,7 @@ def run_one(method, seed, args, data):
     iters = iterations_for(method, args.student_updates, args.tangent_warmup, args.student_update_freq)
     train = [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
              "--teacher", str(TEACHER), "--data-path", str(data),
-             "--negative-prompt-embedding", str(data / "negative_prompt.pt"), "--seed", str(1000 + seed),
+             "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--seed", str(1000 + seed),
              "--train-iters", str(iters), "--micro-batch-size", str(args.micro_batch_size),
              "--global-batch-size", str(args.micro_batch_size), "--lr", str(args.lr),
              "--fake-score-lr", str(args.lr), "--tangent-warmup", str(args.tangent_warmup),
@@ -111,7 +100,8 @@ def main():
     args = p.parse_args()
     work = Path(args.work)
     data = work / "data"
-    write_data(data, args.train_videos)
+    if not (data / NEGATIVE_PROMPT_FILE).exists():
+        write_training_data(data, args.train_videos)
     runs = [(m, s) for s in args.seeds for m in args.methods]  # every method's first seed first
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda ms: run_one(*ms, args, data), runs))

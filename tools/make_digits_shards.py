@@ -9,12 +9,8 @@ so the shards match the shipped teacher.
 """
 
 import argparse
-from pathlib import Path
 
-import torch
-
-from megatron_rcm.data.moving_digits import write_moving_digits_shards
-from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
+from megatron_rcm.data.moving_digits import write_training_data
 
 
 def main():
@@ -24,12 +20,8 @@ def main():
     p.add_argument("--samples-per-shard", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    encoder = ToyTextEncoder()
-    paths = write_moving_digits_shards(args.out, "train", args.num_samples, args.samples_per_shard, encoder,
-                                       seed=args.seed)
-    negative = Path(args.out) / "negative_prompt.pt"
-    torch.save(encoder.negative(), negative)
-    print(f"wrote {args.num_samples} samples in {len(paths)} shards and {negative}")
+    negative = write_training_data(args.out, args.num_samples, args.samples_per_shard, seed=args.seed)
+    print(f"wrote {args.num_samples} samples to {args.out} and {negative}")
 
 
 if __name__ == "__main__":

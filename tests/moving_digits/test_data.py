@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from megatron_rcm.data.latent_shards import LatentShardDataset
-from megatron_rcm.data.moving_digits import (DIRECTIONS, MovingDigitsSpec, _digits, make_videos, prompt_grid,
-                                             split_indices, write_moving_digits_shards)
+from megatron_rcm.data.moving_digits import (DIRECTIONS, NEGATIVE_PROMPT_FILE, MovingDigitsSpec, _digits, make_videos,
+                                             prompt_grid, split_indices, write_moving_digits_shards,
+                                             write_training_data)
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
 
 
@@ -64,3 +65,10 @@ def test_shards_read_back_with_the_training_reader(tmp_path):
         assert torch.equal(sample["latent"], expected.videos[i])
         assert sample["prompt"] == expected.prompts[i]
         assert torch.equal(sample["embed"], encoder.encode(expected.prompts[i]))
+
+
+def test_training_data_has_the_negative_prompt(tmp_path):
+    negative = write_training_data(tmp_path, num_samples=5, samples_per_shard=4, seed=3)
+    assert negative == str(tmp_path / NEGATIVE_PROMPT_FILE)
+    assert torch.equal(torch.load(negative), ToyTextEncoder().negative())
+    assert len(LatentShardDataset(tmp_path)) == 5
