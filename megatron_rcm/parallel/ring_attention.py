@@ -3,16 +3,17 @@
 Each rank holds one contiguous chunk of the (padded) sequence: its queries, keys and values,
 layout [B, H, S_chunk, D]. Key/value chunks travel around the ring (rank r sends to r+1 and
 receives from r-1), so after ``cp`` steps every query chunk has met every key chunk. Padded
-keys (global position >= ``valid_len``) are masked; each rank derives the mask of the chunk it
-holds from the chunk's index, so masks never travel.
+keys (global position >= ``valid_len``) are cut off the chunk that holds them (a chunk of
+padding only is skipped); each rank derives that from the chunk's index, so lengths never travel.
 
 * ``ring_attention`` (autograd): the forward merges per-chunk (O_i, LSE_i) online and keeps
-  the global O and LSE; the backward runs the ring again with the saved global LSE, so every
-  chunk recomputes its exact probabilities P = exp(S - LSE) and
-  dS = P * (dP - rowsum(dO * O)); the key/value gradients travel with their chunk and arrive
-  home after the last step. Per-chunk work is plain torch math in the float32/float64
-  accumulator (correct everywhere, not fast: it materialises a [B, H, S_chunk, S_chunk] score
-  block per step).
+  the global O and LSE; the backward runs the ring again, and every chunk's gradients come from
+  the global O and LSE: the chunk's probabilities are then P = exp(S - LSE), exact, and
+  dS = P * (dP - rowsum(dO * O)). Key/value gradients travel with their chunk and arrive home
+  after the last step. Per chunk, PyTorch's fused flash-attention kernels (forward with LSE,
+  backward from a given O and LSE) run on CPU (any float dtype) and on CUDA for fp16/bf16; fp32
+  and fp64 on CUDA (parity checks, not speed) use plain torch math, which materialises the
+  [B, H, S_chunk, S_chunk] scores.
 * ``ring_attention_jvp`` (no autograd): primal and tangent chunks travel together in one
   message; each chunk goes through ``flash_attention_jvp`` and the parts are merged exactly by
   ``merge_attention_jvp`` (rcm-math section 8).
@@ -25,7 +26,7 @@ from megatron_rcm.kernels import flash_attention_jvp, merge_attention_jvp
 
 
 class _RingExchange:
-    """Send a tensor to the next rank of ``group`` and receive the previous rank's, asynchronously."""
+    """Send tensors to the next rank of ``group`` and receive the previous rank's, asynchronously."""
 
     def __init__(self, group):
         self.group = group
@@ -34,13 +35,14 @@ class _RingExchange:
         self.next = dist.get_global_rank(group, (self.rank + 1) % self.size)
         self.prev = dist.get_global_rank(group, (self.rank - 1) % self.size)
 
-    def start(self, tensor):
-        tensor = tensor.contiguous()
-        received = torch.empty_like(tensor)
-        ops = [dist.P2POp(dist.isend, tensor, self.next, self.group),
-               dist.P2POp(dist.irecv, received, self.prev, self.group)]
-        requests = dist.batch_isend_irecv(ops)
-        return requests, received, tensor
+    def start(self, *tensors):
+        sent = [t.contiguous() for t in tensors]
+        received = [torch.empty_like(t) for t in sent]
+        ops = [op for s, r in zip(sent, received)
+               for op in (dist.P2POp(dist.isend, s, self.next, self.group),
+                          dist.P2POp(dist.irecv, r, self.prev, self.group))]
+        # the sent tensors stay referenced until the requests are waited on
+        return dist.batch_isend_irecv(ops), received, sent
 
     @staticmethod
     def finish(pending):
@@ -62,80 +64,120 @@ def chunk_key_mask(batch, chunk_len, chunk_index, valid_len, device):
     return (positions < valid_len).expand(batch, chunk_len).contiguous()
 
 
+def valid_keys(chunk_len, chunk_index, valid_len):
+    """How many leading keys of chunk ``chunk_index`` are real tokens (the rest is padding)."""
+    return max(0, min(chunk_len, valid_len - chunk_index * chunk_len))
+
+
 def _accumulator_dtype(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def _chunk_scores(q, k, scale, mask):
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if mask is not None:
-        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
-    return s
+def uses_fused_kernels(q):
+    """Whether chunks go through PyTorch's fused flash kernels (else plain torch math)."""
+    return q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)
 
 
-def _chunk_forward(q, k, v, scale, mask):
-    s = _chunk_scores(q, k, scale, mask)
-    lse = torch.logsumexp(s, dim=-1)
-    # a fully padded chunk has LSE = -inf: it then contributes zero output and zero weight
-    p = torch.exp(s - lse.nan_to_num(neginf=0.0)[..., None])
-    return torch.matmul(p, v), lse
+class _ChunkAttention:
+    """Attention of the local queries over one key chunk: forward with LSE, and the backward
+    from the output and LSE over all keys."""
+
+    def __init__(self, scale, fused):
+        self.scale, self.fused = scale, fused
+        self.flash_extras = None  # CUDA flash's varlen offsets and RNG state (unused without dropout)
+
+    def forward(self, q, k, v):
+        """(out, lse) over this chunk, in the accumulator dtype."""
+        acc = _accumulator_dtype(q.dtype)
+        if not self.fused:
+            s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * self.scale
+            lse = torch.logsumexp(s, dim=-1)
+            return torch.matmul(torch.exp(s - lse[..., None]), v.to(acc)), lse
+        if q.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
+                                                                                 scale=self.scale)
+        else:
+            out, lse, cum_q, cum_k, _, _, rng_state, unused, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+                q, k, v, 0.0, False, False, scale=self.scale)
+            self.flash_extras = (cum_q, cum_k, rng_state, unused)
+        return out.to(acc), lse.to(acc)
+
+    def backward(self, d_out, q, k, v, out, lse):
+        """(dq, dk, dv) of this chunk in the accumulator dtype; ``out``, ``lse`` are over all keys."""
+        acc = lse.dtype
+        if not self.fused:
+            qa, ka, va, d_out = q.to(acc), k.to(acc), v.to(acc), d_out.to(acc)
+            p = torch.exp(torch.matmul(qa, ka.transpose(-1, -2)) * self.scale - lse[..., None])
+            ds = p * (torch.matmul(d_out, va.transpose(-1, -2)) - (d_out * out.to(acc)).sum(-1, keepdim=True))
+            return (torch.matmul(ds, ka) * self.scale, torch.matmul(ds.transpose(-1, -2), qa) * self.scale,
+                    torch.matmul(p.transpose(-1, -2), d_out))
+        d_out, out = d_out.to(q.dtype), out.to(q.dtype)
+        if q.device.type == "cpu":
+            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                d_out, q, k, v, out, lse, 0.0, False, scale=self.scale)
+        else:
+            cum_q, cum_k, rng_state, unused = self.flash_extras
+            grads = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+                d_out, q, k, v, out, lse, cum_q, cum_k, q.shape[2], k.shape[2], 0.0, False, rng_state, unused,
+                scale=self.scale)
+        return tuple(g.to(acc) for g in grads)
 
 
 def _merge_pair(out, lse, out_i, lse_i):
     if out is None:
         return out_i, lse_i
     merged = torch.logaddexp(lse, lse_i)
-    w = torch.exp(lse - merged).nan_to_num(nan=0.0)[..., None]
-    w_i = torch.exp(lse_i - merged).nan_to_num(nan=0.0)[..., None]
-    return out * w + out_i * w_i, merged
+    return out * torch.exp(lse - merged)[..., None] + out_i * torch.exp(lse_i - merged)[..., None], merged
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, valid_len, group):
+    def forward(ctx, q, k, v, scale, valid_len, group, fused):
         ring = _RingExchange(group)
-        acc = _accumulator_dtype(q.dtype)
-        qa = q.to(acc)
-        kv = torch.stack([k, v]).to(acc)
-        batch, chunk = q.shape[0], k.shape[2]
+        chunk = _ChunkAttention(scale, fused)
+        kv, chunk_len = (k, v), k.shape[2]
         out = lse = None
         for step in range(ring.size):
-            pending = ring.start(kv) if step + 1 < ring.size else None
-            mask = chunk_key_mask(batch, chunk, ring.source(step), valid_len, q.device)
-            out, lse = _merge_pair(out, lse, *_chunk_forward(qa, kv[0], kv[1], scale, mask))
+            pending = ring.start(*kv) if step + 1 < ring.size else None
+            n = valid_keys(chunk_len, ring.source(step), valid_len)
+            if n:  # every rank meets chunk 0, which holds at least one real key
+                out, lse = _merge_pair(out, lse, *chunk.forward(q, kv[0][:, :, :n], kv[1][:, :, :n]))
             if pending is not None:
                 kv = ring.finish(pending)
+        out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.valid_len, ctx.group = scale, valid_len, group
-        return out.to(q.dtype)
+        ctx.chunk, ctx.valid_len, ctx.group = chunk, valid_len, group
+        return out
 
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, out, lse = ctx.saved_tensors
         ring = _RingExchange(ctx.group)
-        acc = out.dtype
-        qa, d_out = q.to(acc), d_out.to(acc)
-        delta = (d_out * out).sum(-1, keepdim=True)
-        dq = torch.zeros_like(qa)
-        # key, value and their gradient accumulators travel together and are home after the last shift
-        travelling = torch.stack([k.to(acc), v.to(acc), torch.zeros_like(k, dtype=acc), torch.zeros_like(v, dtype=acc)])
-        batch, chunk = q.shape[0], k.shape[2]
+        dq = torch.zeros_like(q, dtype=lse.dtype)
+        # keys and values travel with their gradient accumulators and are home after the last shift
+        kv, grads = (k, v), (torch.zeros_like(k, dtype=lse.dtype), torch.zeros_like(v, dtype=lse.dtype))
         for step in range(ring.size):
-            kc, vc, dk, dv = travelling.unbind(0)
-            mask = chunk_key_mask(batch, chunk, ring.source(step), ctx.valid_len, q.device)
-            p = torch.exp(_chunk_scores(qa, kc, ctx.scale, mask) - lse[..., None])
-            dv += torch.matmul(p.transpose(-1, -2), d_out)
-            ds = p * (torch.matmul(d_out, vc.transpose(-1, -2)) - delta)
-            dq += torch.matmul(ds, kc) * ctx.scale
-            dk += torch.matmul(ds.transpose(-1, -2), qa) * ctx.scale
-            travelling = ring.finish(ring.start(travelling))
-        _, _, dk, dv = travelling.unbind(0)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+            n = valid_keys(k.shape[2], ring.source(step), ctx.valid_len)
+            if n:
+                dq_i, dk_i, dv_i = ctx.chunk.backward(d_out, q, kv[0][:, :, :n], kv[1][:, :, :n], out, lse)
+                dq += dq_i
+                grads[0][:, :, :n] += dk_i
+                grads[1][:, :, :n] += dv_i
+            if step + 1 < ring.size:
+                received = ring.finish(ring.start(*kv, *grads))
+                kv, grads = tuple(received[:2]), tuple(received[2:])
+            else:  # the last shift only brings the gradients home
+                grads = tuple(ring.finish(ring.start(*grads)))
+        return dq.to(q.dtype), grads[0].to(k.dtype), grads[1].to(v.dtype), None, None, None, None
 
 
-def ring_attention(q, k, v, softmax_scale, valid_len, group):
-    """Softmax attention of local queries over the keys of every rank of ``group`` ([B, H, S, D])."""
-    return _RingAttention.apply(q, k, v, softmax_scale, valid_len, group)
+def ring_attention(q, k, v, softmax_scale, valid_len, group, fused=None):
+    """Softmax attention of local queries over the keys of every rank of ``group`` ([B, H, S, D]).
+
+    ``fused``: per-chunk fused flash kernels (default: ``uses_fused_kernels(q)``) or plain math.
+    """
+    fused = uses_fused_kernels(q) if fused is None else fused
+    return _RingAttention.apply(q, k, v, softmax_scale, valid_len, group, fused)
 
 
 @torch.no_grad()
@@ -143,15 +185,15 @@ def ring_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale, valid_len, group):
     """(out, out_t) of ``ring_attention`` with tangents (q_t, k_t, v_t), through the JVP kernel."""
     ring = _RingExchange(group)
     travelling = torch.stack([k, v, k_t, v_t])
-    batch, chunk = q.shape[0], k.shape[2]
+    chunk_len = k.shape[2]
     parts = []
     for step in range(ring.size):
         pending = ring.start(travelling) if step + 1 < ring.size else None
-        kc, vc, kc_t, vc_t = travelling.unbind(0)
-        mask = chunk_key_mask(batch, chunk, ring.source(step), valid_len, q.device)
-        parts.append(flash_attention_jvp(q, kc, vc, q_t, kc_t, vc_t, softmax_scale=softmax_scale,
-                                         key_padding_mask=mask))
+        n = valid_keys(chunk_len, ring.source(step), valid_len)
+        if n:
+            kc, vc, kc_t, vc_t = travelling[:, :, :, :n].unbind(0)
+            parts.append(flash_attention_jvp(q, kc, vc, q_t, kc_t, vc_t, softmax_scale=softmax_scale))
         if pending is not None:
-            travelling = ring.finish(pending)
+            (travelling,) = ring.finish(pending)
     out, out_t, _lse, _lse_t = merge_attention_jvp(parts)
     return out, out_t

@@ -1,0 +1,70 @@
+"""Ring attention on gloo equals attention over the whole sequence in float64: forward, the
+gradients of q, k and v, and the JVP, with padding that cuts a chunk and one that empties a chunk,
+through PyTorch's fused flash kernels and through the plain-math path."""
+
+import pytest
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_rcm.parallel import ParallelConfig, parallel_context
+from megatron_rcm.parallel.ring_attention import ring_attention, ring_attention_jvp
+from megatron_rcm.testing import run_distributed
+
+BATCH, HEADS, DIM, SCALE = 2, 3, 16, 0.3
+
+
+def _inputs(seq, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(BATCH, HEADS, seq, DIM, generator=g, dtype=torch.float64) for _ in range(7)]
+
+
+def _serial(q, k, v, q_t, k_t, v_t, w, valid):
+    q, k, v = (t[:, :, :valid].clone().requires_grad_() for t in (q, k, v))
+
+    def attend(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2) * SCALE, dim=-1) @ v
+
+    out = attend(q, k, v)
+    (out * w[:, :, :valid]).sum().backward()
+    _, out_t = torch.func.jvp(attend, (q.detach(), k.detach(), v.detach()),
+                              tuple(t[:, :, :valid] for t in (q_t, k_t, v_t)))
+    return out.detach(), q.grad, k.grad, v.grad, out_t
+
+
+def _body(cp, seq, valid, fused, seed):
+    with parallel_context(ParallelConfig(context_parallel_size=cp)):
+        return _check(seq, valid, fused, seed, parallel_state.get_context_parallel_group())
+
+
+def _check(seq, valid, fused, seed, group):
+    cp, rank = dist.get_world_size(group), dist.get_rank(group)
+    chunk = seq // cp
+    full = _inputs(seq, seed)
+    full[6][:, :, valid:] = 0  # the model drops padded queries' outputs: no gradient flows from them
+    expected = _serial(*full, valid)
+    mine = [t[:, :, rank * chunk:(rank + 1) * chunk] for t in full]
+    q, k, v = (t.clone().requires_grad_() for t in mine[:3])
+    out = ring_attention(q, k, v, SCALE, valid, group, fused=fused)
+    (out * mine[6]).sum().backward()
+    out_p, out_t = ring_attention_jvp(*mine[:6], SCALE, valid, group)
+    rows = slice(0, max(0, min(chunk, valid - rank * chunk)))  # this rank's real queries and keys
+    start = rank * chunk
+    local = lambda t: t[:, :, start:start + rows.stop]  # noqa: E731
+    got = dict(out=out[:, :, rows], dq=q.grad[:, :, rows], dk=k.grad[:, :, rows], dv=v.grad[:, :, rows],
+               jvp_primal=out_p[:, :, rows], jvp=out_t[:, :, rows])
+    want = dict(out=local(expected[0]), dq=local(expected[1]), dk=local(expected[2]), dv=local(expected[3]),
+                jvp_primal=local(expected[0]), jvp=local(expected[4]))
+    errors = {name: (got[name] - want[name]).abs().max().item() if rows.stop else 0.0 for name in got}
+    # padded keys get no gradient
+    errors["padded_keys"] = max(k.grad[:, :, rows.stop:].abs().max().item() if rows.stop < chunk else 0.0,
+                                v.grad[:, :, rows.stop:].abs().max().item() if rows.stop < chunk else 0.0)
+    return errors
+
+
+@pytest.mark.parametrize("cp, seq, valid", [(2, 12, 12), (2, 12, 9), (3, 12, 7)],
+                         ids=["cp2-even", "cp2-cut-chunk", "cp3-empty-chunk"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "math"])
+def test_ring_attention_equals_whole_sequence(cp, seq, valid, fused):
+    for errors in run_distributed(_body, world_size=cp, args=(cp, seq, valid, fused, 5)):
+        assert all(e < 1e-12 for e in errors.values()), errors
