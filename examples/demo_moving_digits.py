@@ -20,8 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import imageio.v2 as imageio
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,37 +49,16 @@ def train(work, iters, nproc):
 
 def sample_all(student_path, digits, directions, seed):
     from megatron_rcm import load_model
-    from megatron_rcm.data.moving_digits import MovingDigitsSpec, prompt_for
-    from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
-    from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
-    from megatron_rcm.diffusion.few_step import sample_few_step
-    from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
-    from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
+    from megatron_rcm.evaluation.digits import generate
     from megatron_rcm.parallel import ParallelConfig, parallel_context
 
-    encoder = ToyTextEncoder()
-    text = encoder.encode_batch([prompt_for(int(d), int(k)) for d, k in zip(digits, directions)])
-    noise = torch.randn(len(digits), *MovingDigitsSpec().latent_shape, generator=torch.Generator().manual_seed(seed))
-    out = {}
-    with parallel_context(ParallelConfig()), torch.no_grad():
-        teacher = load_model(str(TEACHER)).eval()
-        out["teacher, 50 steps, CFG 2.5"] = sample_rf_euler(ClassifierFreeGuidance(teacher, encoder.negative(), 2.5),
-                                                            noise, text, 50)
-        student = TrigFlowDenoiser(load_model(str(student_path)).eval())
+    with parallel_context(ParallelConfig()):
+        teacher, student = load_model(str(TEACHER)).eval(), load_model(str(student_path)).eval()
+        out = {"teacher, 50 steps, CFG 2.5": generate(teacher, "euler", digits, directions, seed, 50, cfg=2.5)}
         for steps in (1, 2, 4):
-            gen = torch.Generator().manual_seed(seed + steps)
-            out[f"student, {steps} step{'s' if steps > 1 else ''}"] = sample_few_step(student, noise, text, steps,
-                                                                                     generator=gen)
+            out[f"student, {steps} step{'s' if steps > 1 else ''}"] = generate(student, "few-step", digits,
+                                                                              directions, seed, steps)
     return out
-
-
-def write_gif(videos, path, scale=4):
-    """Rows: generators; columns: prompts; [N, 1, T, H, W] videos in about [-1, 1]."""
-    rows = [torch.cat(list(v[:, 0]), dim=-1) for v in videos.values()]  # each [T, H, N*W]
-    grid = torch.cat(rows, dim=-2)  # [T, rows*H, N*W]
-    frames = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    frames = np.kron(frames, np.ones((1, scale, scale), dtype=np.uint8))
-    imageio.mimsave(path, list(frames), duration=0.25, loop=0)
 
 
 def main():
@@ -96,7 +73,7 @@ def main():
     student = train(work, args.iters, args.nproc)
 
     from megatron_rcm.data.moving_digits import make_videos, prompt_grid
-    from megatron_rcm.evaluation.digits import classify, load_classifier, video_metrics
+    from megatron_rcm.evaluation.digits import classify, load_classifier, video_metrics, write_gif
 
     digits, directions = prompt_grid(2)  # every prompt twice (diversity compares videos of one prompt)
     videos = sample_all(student, digits, directions, args.seed)

@@ -9,7 +9,9 @@ per student update, ``--student-update-freq 2``), sCM-only has no critic. Each r
 ``examples/pretrain_rcm.py`` in one CPU process (the Triton JVP kernel in the interpreter),
 followed by ``tools/eval_digits.py`` on its EMA export with sampling seed S for training seed S
 (``--seed 1000+S`` of the trainer), so a cell's spread covers both. Finished runs (``WORK/METHOD-seedS/eval.json``) are not redone.
-Prints the markdown table and writes ``WORK/table.md`` and ``WORK/results.json``.
+Prints the markdown table and writes ``WORK/table.md`` and ``WORK/results.json``; ``--gif``
+also writes the teacher (50 Euler steps, CFG 2.5) above each method's first-seed student at
+1, 2 and 4 steps, for one prompt per digit.
 """
 
 import argparse
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+import torch
 from eval_digits import METRICS, table  # tools/ is this script's directory
 
 from megatron_rcm.data.moving_digits import NEGATIVE_PROMPT_FILE, write_training_data
@@ -72,6 +75,25 @@ def run_one(method, seed, args, data):
     return result
 
 
+def comparison_gif(path, args):
+    from megatron_rcm import load_model
+    from megatron_rcm.evaluation.digits import generate, write_gif
+    from megatron_rcm.parallel import ParallelConfig, parallel_context
+
+    digits = torch.arange(10)
+    directions = digits % 8
+    seed = args.seeds[0]
+    with parallel_context(ParallelConfig()):
+        teacher = load_model(str(TEACHER)).eval()
+        videos = {"teacher": generate(teacher, "euler", digits, directions, seed, 50, cfg=2.5)}
+        for method in args.methods:
+            export = sorted((Path(args.work) / f"{method}-seed{seed}" / "ckpt" / "ema_student").glob("iter_*"))[-1]
+            student = load_model(str(export)).eval()
+            for steps in (1, 2, 4):
+                videos[f"{method} {steps}"] = generate(student, "few-step", digits, directions, seed, steps)
+    write_gif(videos, path)
+
+
 def merge(results):
     """One row per (method, steps), the per-seed numbers of every run side by side."""
     rows = {}
@@ -97,6 +119,7 @@ def main():
     p.add_argument("--train-videos", type=int, default=8192)
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--gif", help="also write the side-by-side GIF here")
     args = p.parse_args()
     work = Path(args.work)
     data = work / "data"
@@ -110,6 +133,8 @@ def main():
     print(text)
     (work / "table.md").write_text(text + "\n")
     (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    if args.gif:
+        comparison_gif(args.gif, args)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ import time
 
 import torch
 
-from megatron_rcm.data.moving_digits import MovingDigitsSpec, make_videos, prompt_for, prompt_grid
-from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
-from megatron_rcm.evaluation.digits import classify, load_classifier, video_metrics
+from megatron_rcm.data.moving_digits import make_videos, prompt_grid
+from megatron_rcm.evaluation.digits import SAMPLERS, classify, generate, load_classifier, video_metrics
 
 METRICS = ("digit_acc", "direction_acc", "joint_acc", "fd", "diversity")
 _REFERENCE_SEED = 20_000_000  # real reference videos: far from the training and sampling seeds
@@ -65,31 +64,17 @@ def baselines(classifier, reference, per_prompt, seeds):
 
 def sampler_rows(args, classifier, reference):
     from megatron_rcm import load_model
-    from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
-    from megatron_rcm.diffusion.few_step import sample_few_step
-    from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
-    from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
     from megatron_rcm.parallel import ParallelConfig, parallel_context
 
-    encoder = ToyTextEncoder()
     digits, directions = prompt_grid(args.per_prompt)
-    text = encoder.encode_batch([prompt_for(int(d), int(k)) for d, k in zip(digits, directions)])
     rows = []
     with parallel_context(ParallelConfig()):
         model = load_model(args.model).eval()
         for steps in args.steps:
-            per_seed = []
             start = time.time()
-            for seed in args.seeds:
-                gen = torch.Generator().manual_seed(seed)
-                noise = torch.randn(len(digits), *MovingDigitsSpec().latent_shape, generator=gen)
-                with torch.no_grad():
-                    if args.sampler == "euler":
-                        net = ClassifierFreeGuidance(model, encoder.negative(), args.cfg)
-                        videos = sample_rf_euler(net, noise, text, steps, shift=args.shift)
-                    else:
-                        videos = sample_few_step(TrigFlowDenoiser(model), noise, text, steps, generator=gen)
-                per_seed.append(video_metrics(classifier, videos, digits, directions, reference))
+            per_seed = [video_metrics(classifier, generate(model, args.sampler, digits, directions, seed, steps,
+                                                           args.cfg, args.shift), digits, directions, reference)
+                        for seed in args.seeds]
             label = (f"{args.name or args.model}, RF Euler {steps} steps, CFG {args.cfg:g}" if args.sampler == "euler"
                      else f"{args.name or args.model}, few-step {steps}")
             rows.append(_collect(label, args.seeds, per_seed))
@@ -101,7 +86,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="what megatron_rcm.load_model reads: a diffusers folder or a Megatron checkpoint")
     p.add_argument("--name", help="generator name in the table (default: the folder)")
-    p.add_argument("--sampler", choices=("euler", "few-step"), default="euler")
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler")
     p.add_argument("--steps", type=int, nargs="+", default=[50])
     p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the euler sampler (1: none)")
     p.add_argument("--shift", type=float, default=1.0)

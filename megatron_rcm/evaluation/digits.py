@@ -7,10 +7,19 @@ are the space for the Frechet distance (as FID uses Inception's) and for diversi
 
 from pathlib import Path
 
+import imageio.v2 as imageio
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS
+from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS, MovingDigitsSpec, prompt_for
+from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
+from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
+from megatron_rcm.diffusion.few_step import sample_few_step
+from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
+from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
+
+SAMPLERS = ("euler", "few-step")
 
 FEATURE_DIM = 64
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "moving_digits" / "classifier.safetensors"
@@ -100,3 +109,30 @@ def video_metrics(classifier, videos, digits, directions, reference_features) ->
     return {**prompt_accuracy(digit_pred, direction_pred, digits, directions),
             "fd": frechet_distance(features, reference_features),
             "diversity": diversity(features, digits * len(DIRECTIONS) + directions)}
+
+
+def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0):
+    """Videos [N, 1, T, H, W] for the prompts "a D moving DIR" from the noise of ``seed``: a teacher
+    by RF Euler with classifier-free guidance ``cfg`` against the toy encoder's negative prompt
+    (``sampler="euler"``), or a distilled student by the rCM few-step sampler (``"few-step"``,
+    its fresh noise drawn after the initial noise from the same generator)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    encoder = ToyTextEncoder()
+    text = encoder.encode_batch([prompt_for(int(d), int(k)) for d, k in zip(digits, directions)])
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(digits), *MovingDigitsSpec().latent_shape, generator=gen)
+    with torch.no_grad():
+        if sampler == "euler":
+            guided = ClassifierFreeGuidance(model, encoder.negative(), cfg)
+            return sample_rf_euler(guided, noise, text, steps, shift=shift)
+        return sample_few_step(TrigFlowDenoiser(model), noise, text, steps, generator=gen)
+
+
+def write_gif(videos, path, scale=4):
+    """One row per entry of ``videos`` (name -> [N, 1, T, H, W] in about [-1, 1]), one column per video."""
+    rows = [torch.cat(list(v[:, 0]), dim=-1) for v in videos.values()]  # each [T, H, N*W]
+    grid = torch.cat(rows, dim=-2)  # [T, rows*H, N*W]
+    frames = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    frames = np.kron(frames, np.ones((1, scale, scale), dtype=np.uint8))
+    imageio.mimsave(path, list(frames), duration=0.25, loop=0)
