@@ -91,7 +91,7 @@ def comparison_gif(path, args):
             student = load_model(str(export)).eval()
             for steps in (1, 2, 4):
                 videos[f"{method} {steps}"] = generate(student, "few-step", digits, directions, seed, steps)
-    write_gif(videos, path)
+    write_gif(videos, path, scale=3)
 
 
 def merge(results):
