@@ -57,15 +57,27 @@ def _load_distributed(path, prefix, config_overrides):
     return model
 
 
+def _latest_checkpoint(path):
+    """A save folder of the training loop (``latest_checkpointed_iteration.txt`` next to ``iter_*``,
+    e.g. ``SAVE`` or ``SAVE/ema_student``) -> its latest complete checkpoint; other paths as they are."""
+    from .training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
+
+    if not os.path.isfile(os.path.join(path, TRACKER)):
+        return path
+    return os.path.join(path, checkpoint_name(CheckpointManager(path).latest_iteration()))
+
+
 def load_model(path, model_prefix=None, **config_overrides):
     """A ``WanModel`` from a diffusers ``WanTransformer3DModel`` folder (or pipeline folder) or a
-    Megatron distributed checkpoint that records its model config (``checkpoint_models``).
+    Megatron distributed checkpoint that records its model config (``checkpoint_models``), or
+    the latest checkpoint of a training save folder (``SAVE``, ``SAVE/ema_student``).
 
     Inside an initialised parallel context the model takes the groups' TP/CP sizes and loads this
     rank's slice (a distributed checkpoint needs that context). ``model_prefix`` picks one of several
     models recorded in a distributed checkpoint. ``config_overrides`` go to ``WanConfig``
     (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
+    path = _latest_checkpoint(path)
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _load_distributed(path, model_prefix, config_overrides)
     class_name = _folder_format(path)

@@ -159,6 +159,8 @@ def _exported_models(checkpoint, export):
 
     with parallel_context(ParallelConfig()):
         ema = weights(load_model(str(export)))
+        # the save folder's tracker names the latest export
+        assert all(torch.equal(p, ema[k]) for k, p in weights(load_model(str(export.parent))).items())
         ema_in_training_checkpoint = weights(load_model(str(checkpoint), model_prefix="ema."))
         student = weights(load_model(str(checkpoint), model_prefix="student.model."))
         return ema, ema_in_training_checkpoint, student
