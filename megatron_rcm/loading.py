@@ -57,16 +57,6 @@ def _load_distributed(path, prefix, config_overrides):
     return model
 
 
-def _latest_checkpoint(path):
-    """A save folder of the training loop (``latest_checkpointed_iteration.txt`` next to ``iter_*``,
-    e.g. ``SAVE`` or ``SAVE/ema_student``) -> its latest complete checkpoint; other paths as they are."""
-    from .training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
-
-    if not os.path.isfile(os.path.join(path, TRACKER)):
-        return path
-    return os.path.join(path, checkpoint_name(CheckpointManager(path).latest_iteration()))
-
-
 def load_model(path, model_prefix=None, **config_overrides):
     """A ``WanModel`` from a diffusers ``WanTransformer3DModel`` folder (or pipeline folder) or a
     Megatron distributed checkpoint that records its model config (``checkpoint_models``), or
@@ -77,7 +67,9 @@ def load_model(path, model_prefix=None, **config_overrides):
     models recorded in a distributed checkpoint. ``config_overrides`` go to ``WanConfig``
     (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
-    path = _latest_checkpoint(path)
+    from .training.checkpointing import latest_checkpoint_path
+
+    path = latest_checkpoint_path(path)
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _load_distributed(path, model_prefix, config_overrides)
     class_name = _folder_format(path)

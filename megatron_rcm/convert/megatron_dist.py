@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ..fs import atomic_output_dir
 from ..loading import MODELS_KEY, checkpoint_models
+from ..training.checkpointing import latest_checkpoint_path
 from ..models.wan import config_from_architecture, config_from_diffusers, diffusers_config, wan_parameters
 from .tensor_files import CheckpointFileError, TensorInfo
 from .wan_native import ConfigMismatchError, DiffusersTensors, cast_to
@@ -167,8 +168,9 @@ def megatron_tensors(path, prefix=None) -> DiffusersTensors:
     """A Megatron distributed checkpoint under diffusers names, keys and shapes checked against its config.
 
     ``prefix`` picks one model of a checkpoint that records several (e.g. a training run's ``ema.``).
+    A training save folder (``SAVE``, ``SAVE/ema_student``) stands for its latest checkpoint.
     """
-    path = Path(path)
+    path = Path(latest_checkpoint_path(path))
     records = _records(path)
     if prefix is None:
         if len(records) != 1:

@@ -101,3 +101,11 @@ class CheckpointManager:
         if not (path / "metadata.json").exists():
             raise CheckpointNotFoundError(f"{path} is not a complete checkpoint")
         return dist_checkpointing.load(sharded_state_dict, str(path))
+
+
+def latest_checkpoint_path(path) -> str:
+    """A save folder (tracker next to ``iter_*``, e.g. ``SAVE`` or ``SAVE/ema_student``) -> its latest
+    complete checkpoint; any other path as it is."""
+    if not os.path.isfile(os.path.join(path, TRACKER)):
+        return str(path)
+    return os.path.join(path, checkpoint_name(CheckpointManager(path).latest_iteration()))

@@ -179,5 +179,6 @@ def test_ema_export_loads_and_converts_to_diffusers(reference, tmp_path):
     assert ema.keys() == ema_in_checkpoint.keys() == student.keys()
     assert all(torch.equal(ema[k], ema_in_checkpoint[k]) for k in ema)
     assert any(not torch.equal(ema[k], student[k]) for k in ema), "the EMA must lag the student"
-    convert_checkpoint("megatron", "diffusers", export, tmp_path / "diffusers", progress=False)
+    # the export folder's tracker names the checkpoint to convert
+    convert_checkpoint("megatron", "diffusers", export.parent, tmp_path / "diffusers", progress=False)
     assert sum(p.numel() for p in WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").parameters()) > 0
