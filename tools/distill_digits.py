@@ -32,19 +32,23 @@ from megatron_rcm.losses.schedule import RCMSchedule
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "assets" / "moving_digits" / "teacher"
 CONFIG = ROOT / "examples" / "configs" / "digits_demo.yaml"
-METHODS = {"scm": ["--dmd-weight", "0"], "rcm": [], "dmd": ["--scm-weight", "0"]}
+# loss weights that differ from the trainer's defaults (sCM 100, DMD 1)
+METHODS = {"scm": {"dmd_weight": 0.0}, "rcm": {}, "dmd": {"scm_weight": 0.0}}
 NAMES = {"scm": "sCM only", "rcm": "rCM", "dmd": "DMD only"}
 
 
 def iterations_for(method, student_updates, tangent_warmup, student_update_freq):
     """Iterations after which the schedule has made ``student_updates`` student updates."""
-    weights = dict(scm_weight=0.0 if method == "dmd" else 100.0, dmd_weight=0.0 if method == "scm" else 1.0)
-    schedule = RCMSchedule(student_update_freq, tangent_warmup, **weights)
+    schedule = RCMSchedule(student_update_freq, tangent_warmup, **METHODS[method])
     iteration = updates = 0
     while updates < student_updates:
         updates += schedule.updates_student(iteration)
         iteration += 1
     return iteration
+
+
+def weight_flags(method):
+    return [flag for name, value in METHODS[method].items() for flag in (f"--{name.replace('_', '-')}", str(value))]
 
 
 def run_one(method, seed, args, data):
@@ -63,7 +67,7 @@ def run_one(method, seed, args, data):
              "--fake-score-lr", str(args.lr), "--tangent-warmup", str(args.tangent_warmup),
              "--student-update-freq", str(args.student_update_freq), "--save", str(run / "ckpt"),
              "--save-interval", str(iters), "--log-interval", "25", "--log-jsonl", str(run / "train.jsonl"),
-             *METHODS[method]]
+             *weight_flags(method)]
     with open(run / "train.log", "w") as log:
         subprocess.run(train, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     export = sorted((run / "ckpt" / "ema_student").glob("iter_*"))[-1]

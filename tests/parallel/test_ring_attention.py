@@ -32,6 +32,10 @@ def _serial(q, k, v, q_t, k_t, v_t, w, valid):
     return out.detach(), q.grad, k.grad, v.grad, out_t
 
 
+def _max_abs(t):
+    return t.abs().max().item() if t.numel() else 0.0
+
+
 def _body(cp, seq, valid, fused, seed):
     with parallel_context(ParallelConfig(context_parallel_size=cp)):
         return _check(seq, valid, fused, seed, parallel_state.get_context_parallel_group())
@@ -48,17 +52,12 @@ def _check(seq, valid, fused, seed, group):
     out = ring_attention(q, k, v, SCALE, valid, group, fused=fused)
     (out * mine[6]).sum().backward()
     out_p, out_t = ring_attention_jvp(*mine[:6], SCALE, valid, group)
-    rows = slice(0, max(0, min(chunk, valid - rank * chunk)))  # this rank's real queries and keys
-    start = rank * chunk
-    local = lambda t: t[:, :, start:start + rows.stop]  # noqa: E731
-    got = dict(out=out[:, :, rows], dq=q.grad[:, :, rows], dk=k.grad[:, :, rows], dv=v.grad[:, :, rows],
-               jvp_primal=out_p[:, :, rows], jvp=out_t[:, :, rows])
-    want = dict(out=local(expected[0]), dq=local(expected[1]), dk=local(expected[2]), dv=local(expected[3]),
-                jvp_primal=local(expected[0]), jvp=local(expected[4]))
-    errors = {name: (got[name] - want[name]).abs().max().item() if rows.stop else 0.0 for name in got}
-    # padded keys get no gradient
-    errors["padded_keys"] = max(k.grad[:, :, rows.stop:].abs().max().item() if rows.stop < chunk else 0.0,
-                                v.grad[:, :, rows.stop:].abs().max().item() if rows.stop < chunk else 0.0)
+    n = max(0, min(chunk, valid - rank * chunk))  # this rank's real queries and keys
+    here, there = slice(0, n), slice(rank * chunk, rank * chunk + n)  # in the chunk, in the whole sequence
+    pairs = dict(out=(out, expected[0]), dq=(q.grad, expected[1]), dk=(k.grad, expected[2]),
+                 dv=(v.grad, expected[3]), jvp_primal=(out_p, expected[0]), jvp=(out_t, expected[4]))
+    errors = {name: _max_abs(got[:, :, here] - want[:, :, there]) for name, (got, want) in pairs.items()}
+    errors["padded_keys"] = max(_max_abs(k.grad[:, :, n:]), _max_abs(v.grad[:, :, n:]))  # no gradient
     return errors
 
 
