@@ -86,7 +86,7 @@ def main():
         str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(ROOT / "examples" / "configs" / "wan1.3b_rcm.yaml"),
         "--teacher", str(teacher), "--data-path", str(args.work / "data"),
         "--negative-prompt-embedding", str(args.work / "negative.pt"), "--train-iters", str(args.iters),
-        "--student-update-freq", "2", "--tangent-warmup", "0", "--lr-warmup-iters", "0", "--num-workers", "1",
+        "--student-update-freq", "2", "--tangent-warmup", "0", "--lr-warmup-iters", "0", "--num-workers", "1", "--save-interval", "0",
         "--tensor-model-parallel-size", str(args.tp), "--context-parallel-size", str(args.cp),
         "--cp-comm-type", args.cp_comm_type, "--log-jsonl", str(log),
     ] + (["--sequence-parallel"] if args.sequence_parallel else [])

@@ -38,6 +38,7 @@ def _parse():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--skip-error", action="store_true", help="skip the bf16-vs-float32 error runs")
+    p.add_argument("--no-fuse-elementwise", action="store_true", help="run the elementwise pieces eagerly")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU (needs TRITON_INTERPRET=1)")
     return p.parse_args()
@@ -109,7 +110,8 @@ def main():
     device = current_device()
     dtype = torch.bfloat16
     overrides = dict(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp, sequence_parallel=args.sp,
-                     cp_comm_type=args.cp_mode, use_cpu_initialization=device.type == "cpu")
+                     cp_comm_type=args.cp_mode, use_cpu_initialization=device.type == "cpu",
+                     fuse_elementwise=not args.no_fuse_elementwise)
     if args.layers is not None:
         overrides["num_layers"] = args.layers
     cfg = wan_config(args.preset, params_dtype=dtype, bf16=True, **overrides)
@@ -172,7 +174,7 @@ def main():
 
     if rank0:
         result = dict(preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,
-                      tp=args.tp, cp=args.cp, cp_mode=args.cp_mode, sp=args.sp, device=str(
+                      tp=args.tp, cp=args.cp, cp_mode=args.cp_mode, sp=args.sp, fused=cfg.fuse_elementwise, device=str(
                           torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
                       rows=rows, errors=errors)
         if args.json:
@@ -187,7 +189,7 @@ def _markdown(result):
     forward = {r["model"]: r["seconds"] for r in result["rows"] if r["measurement"] == "forward"}
     lines = [f"Wan {result['preset']} x {result['layers']} layers, latent {result['latent']} = {result['tokens']} "
              f"tokens, text {result['text_len']}, TP={result['tp']} CP={result['cp']} ({result['cp_mode']}) "
-             f"SP={result['sp']}, {result['device']}, bf16",
+             f"SP={result['sp']}, fused elementwise={result['fused']}, {result['device']}, bf16",
              "",
              "| model | measurement | time (s) | x own forward | peak (GiB) | model TFLOP/s per GPU |",
              "|---|---|---|---|---|---|"]

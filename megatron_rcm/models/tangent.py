@@ -41,16 +41,23 @@ def add_bias(y, bias, tangent):
         return y
     if not tangent:
         return y + bias
-    primal, tangent_value = halves(y, True)
-    return stack(primal + bias, tangent_value)
+    # in place on the primal half of a fresh layer output (tangent mode runs under no_grad)
+    y.narrow(BATCH_DIM, 0, y.shape[BATCH_DIM] // 2).add_(bias)
+    return y
+
+
+def linear_parts(layer, x):
+    """(x W^T, bias) of a torch ``nn.Linear`` or a Megatron parallel linear built with
+    ``skip_bias_add=True``, for a caller that adds the bias inside its next fused piece."""
+    if isinstance(layer, torch.nn.Linear):
+        return F.linear(x, layer.weight), layer.bias
+    return layer(x)
 
 
 def linear(layer, x, tangent):
-    """A torch ``nn.Linear`` or a Megatron parallel linear built with ``skip_bias_add=True``."""
-    if isinstance(layer, torch.nn.Linear):
-        return add_bias(F.linear(x, layer.weight), layer.bias, tangent)
-    out, bias = layer(x)
-    return add_bias(out, bias, tangent)
+    if isinstance(layer, torch.nn.Linear) and not tangent:
+        return layer(x)
+    return add_bias(*linear_parts(layer, x), tangent)
 
 
 def compute_dtype(dtype):

@@ -134,8 +134,13 @@ def destroy_parallel() -> None:
 
 @contextlib.contextmanager
 def parallel_context(config: ParallelConfig = ParallelConfig(), seed: int = 1234, **kwargs):
-    """``initialize_parallel`` for the duration of a ``with`` block, torn down even on error."""
+    """``initialize_parallel`` for the duration of a ``with`` block, torn down even on error
+    (except under NCCL, where a teardown would wait for peers still inside a collective: the
+    failing rank exits and the launcher stops the others)."""
     try:
         yield initialize_parallel(config, seed=seed, **kwargs)
-    finally:
-        destroy_parallel()
+    except BaseException:
+        if not (dist.is_initialized() and dist.get_backend() == "nccl"):
+            destroy_parallel()
+        raise
+    destroy_parallel()

@@ -164,8 +164,8 @@ def validate(args, world_size=None):
         raise ConfigError("loss weights must be >= 0 and not both 0")
     if args.guidance_scale != 1.0 and not args.negative_prompt_embedding:
         raise ConfigError("--guidance-scale other than 1 needs --negative-prompt-embedding")
-    if args.save_interval is not None and (args.save_interval < 1 or not args.save):
-        raise ConfigError("--save-interval needs --save and must be positive")
+    if args.save_interval is not None and (args.save_interval < 0 or (args.save_interval and not args.save)):
+        raise ConfigError("--save-interval needs --save and must be positive (0: no periodic saves)")
     if args.bf16 and not torch.cuda.is_available():
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0:

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from ..parallel import current_device
+
 
 def reduce_diagnostics(diagnostics):
     """Loss terms and diagnostics (0-dim tensors, equal within a replica) averaged over the
@@ -18,7 +20,8 @@ def reduce_diagnostics(diagnostics):
     if not diagnostics:
         return {}
     names = sorted(diagnostics)
-    values = torch.stack([torch.as_tensor(diagnostics[n]).detach().double().cpu() for n in names])
+    device = current_device()  # NCCL reduces CUDA tensors only
+    values = torch.stack([torch.as_tensor(diagnostics[n], device=device).detach().double() for n in names])
     dp_group = parallel_state.get_data_parallel_group()
     dist.all_reduce(values, group=dp_group)
     dp = dist.get_world_size(dp_group)

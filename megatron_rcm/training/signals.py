@@ -5,6 +5,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from ..parallel import current_device
+
 # sysexits.h EX_TEMPFAIL ("try again later"): the trainer stopped on a signal after saving, and
 # the same command resumes; examples/slurm/pretrain_rcm.sbatch requeues the job on it
 PREEMPTED_EXIT_STATUS = 75
@@ -35,8 +37,8 @@ class PreemptionHandler:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def should_stop(self, device=None) -> bool:
-        flag = torch.tensor([0 if self.received is None else 1], dtype=torch.int32, device=device)
+    def should_stop(self) -> bool:
+        flag = torch.tensor([0 if self.received is None else 1], dtype=torch.int32, device=current_device())
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

@@ -13,11 +13,12 @@ from megatron.core.distributed import finalize_model_grads
 
 from ..losses.dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
 from ..losses.scm import scm_loss, tangent_warmup_ratio
+from ..parallel import current_device
 from .optimizer import optimizer_step
 
 
 def _all_ranks_ok(ok: bool) -> bool:
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=current_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 

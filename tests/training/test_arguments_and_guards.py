@@ -43,6 +43,7 @@ def test_unknown_yaml_key_is_an_error(flags, tmp_path):
     (["--sequence-parallel"], 2, "sequence_parallel needs tensor_model_parallel_size > 1"),
     (["--bf16"], 1, "--bf16 needs CUDA"),
     (["--save-interval", "5"], 1, "--save-interval needs --save"),
+    (["--save-interval", "-1"], 1, "--save-interval needs --save and must be positive"),
     (["--student-update-freq", "0"], 1, "student_update_freq must be >= 1"),
     (["--seed", "0"], 1, "--seed must be a positive integer"),
 ])

@@ -22,6 +22,8 @@ class WanConfig(TransformerConfig):
     ``recompute_granularity="full"`` with ``recompute_method="uniform"`` recomputes every
     ``recompute_num_layers`` blocks in the backward. ``transformer_impl`` picks megatron-core's
     local parallel linears (default) or Transformer Engine's where it is installed.
+    ``fuse_elementwise`` compiles each elementwise piece (norms, modulation, GELU, residuals,
+    RoPE, with the preceding bias) into one kernel with ``torch.compile`` on CUDA.
     """
 
     in_channels: int = 16
@@ -33,6 +35,7 @@ class WanConfig(TransformerConfig):
     rope_max_seq_len: int = 1024
     rope_theta: float = 10000.0
     transformer_impl: str = "local"
+    fuse_elementwise: bool = True
 
     def __post_init__(self):
         if self.num_attention_heads % self.tensor_model_parallel_size != 0:

@@ -26,7 +26,8 @@ from megatron.core.tensor_parallel.mappings import (
 from megatron.core.transformer.module import MegatronModule
 
 from ..attention import cross_attention, self_attention
-from ..tangent import compute_dtype, linear, pointwise, upcast
+from ..tangent import add_bias, compute_dtype, linear, linear_parts, pointwise, upcast
+from . import elementwise
 
 
 def param_device(config):
@@ -61,11 +62,6 @@ def row_linear(config, in_features, out_features):
     _, row = _parallel_linear_classes(config)
     return row(in_features, out_features, config=config, init_method=config.output_layer_init_method, bias=True,
                input_is_parallel=True, skip_bias_add=True, is_expert=False)
-
-
-def layer_norm(x, eps, weight=None, bias=None):
-    """diffusers' FP32LayerNorm: normalise in float32 (float64 for float64), return the input dtype."""
-    return F.layer_norm(upcast(x), (x.shape[-1],), weight, bias, eps).to(x.dtype)
 
 
 def timestep_sinusoid(timestep, dim, dtype):
@@ -110,7 +106,8 @@ class ConditionEmbedder(MegatronModule):
 
 
 class HeadsRMSNorm(torch.nn.Module):
-    """RMSNorm over all heads (diffusers' ``rms_norm_across_heads``) of a TP-sharded projection.
+    """RMSNorm over all heads (diffusers' ``rms_norm_across_heads``) of a TP-sharded projection
+    (its output and bias), split into heads and optionally rotated by RoPE.
 
     The sum of squares of the local channels is all-reduced over the TP group, forward and
     backward alike (every rank's channels use the total); in tangent mode the stacked
@@ -119,28 +116,16 @@ class HeadsRMSNorm(torch.nn.Module):
 
     def __init__(self, config, local_dim):
         super().__init__()
-        self.full_dim, self.eps = config.hidden_size, config.layernorm_epsilon
+        self.config = config
         self.weight = torch.nn.Parameter(torch.ones(local_dim, device=param_device(config), dtype=config.params_dtype))
-        self.tp_size = config.tensor_model_parallel_size
 
-    def forward(self, x, tangent):
-        if self.tp_size == 1 and not tangent:
-            return F.rms_norm(x, (self.full_dim,), self.weight, self.eps)
-        squares = pointwise(lambda a: upcast(a).pow(2).sum(-1, keepdim=True), x, tangent=tangent)
-        if self.tp_size > 1:
+    def forward(self, y, bias, tangent, rope=(None, None)):
+        c = self.config
+        squares = elementwise.bias_sum_squares(y, bias, tangent=tangent, compiled=c.fuse_elementwise)
+        if c.tensor_model_parallel_size > 1:
             squares = reduce_from_tensor_model_parallel_region(copy_to_tensor_model_parallel_region(squares))
-
-        def normalise(a, total):
-            return (upcast(a) * torch.rsqrt(total / self.full_dim + self.eps) * upcast(self.weight)).to(a.dtype)
-
-        return pointwise(normalise, x, squares, tangent=tangent)
-
-
-def apply_rope(x, rope):
-    """Rotate channel pairs of x [S, B, H, D] by angles with (cos, sin) [S, 1, 1, D/2]; linear in x."""
-    cos, sin = rope
-    x1, x2 = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+        return elementwise.bias_rms_normalise(y, bias, squares, self.weight, c.hidden_size, c.layernorm_epsilon,
+                                              c.head_dim, *rope, tangent=tangent, compiled=c.fuse_elementwise)
 
 
 class SelfAttention(MegatronModule):
@@ -155,11 +140,13 @@ class SelfAttention(MegatronModule):
         self.proj = row_linear(config, dim, dim)
 
     def forward(self, x, rope, layout, tangent):
-        q, k, v = linear(self.qkv, x, tangent).chunk(3, dim=-1)
-        q, k = self.norm_q(q, tangent), self.norm_k(k, tangent)
-        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)) for t in (q, k, v))
-        out = self_attention(apply_rope(q, rope), apply_rope(k, rope), v, layout, tangent, self.head_dim**-0.5)
-        return linear(self.proj, out.flatten(-2), tangent)
+        """-> (output without its bias, the bias): the caller adds the bias in its residual."""
+        qkv, bias = linear_parts(self.qkv, x)
+        (q, k, v), (q_bias, k_bias, v_bias) = qkv.chunk(3, dim=-1), bias.chunk(3)
+        q, k = self.norm_q(q, q_bias, tangent, rope), self.norm_k(k, k_bias, tangent, rope)
+        v = add_bias(v, v_bias, tangent).unflatten(-1, (self.heads, self.head_dim))
+        out = self_attention(q, k, v, layout, tangent, self.head_dim**-0.5)
+        return linear_parts(self.proj, out.flatten(-2))
 
 
 class CrossAttention(MegatronModule):
@@ -175,12 +162,14 @@ class CrossAttention(MegatronModule):
         self.proj = row_linear(config, dim, dim)
 
     def forward(self, x, context, tangent):
-        q = self.norm_q(linear(self.q, x, tangent), tangent)
-        k, v = linear(self.kv, context, False).chunk(2, dim=-1)
-        k = self.norm_k(k, False)
-        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)) for t in (q, k, v))
+        """-> (output without its bias, the bias): the caller adds the bias in its residual."""
+        q = self.norm_q(*linear_parts(self.q, x), tangent)
+        kv, kv_bias = linear_parts(self.kv, context)
+        (k, v), (k_bias, v_bias) = kv.chunk(2, dim=-1), kv_bias.chunk(2)
+        k = self.norm_k(k, k_bias, False)
+        v = (v + v_bias).unflatten(-1, (self.heads, self.head_dim))
         out = cross_attention(q, k, v, tangent, self.head_dim**-0.5)
-        return linear(self.proj, out.flatten(-2), tangent)
+        return linear_parts(self.proj, out.flatten(-2))
 
 
 class FeedForward(MegatronModule):
@@ -190,17 +179,9 @@ class FeedForward(MegatronModule):
         self.fc2 = row_linear(config, config.ffn_hidden_size, config.hidden_size)
 
     def forward(self, x, tangent):
-        h = pointwise(lambda a: F.gelu(a, approximate="tanh"), linear(self.fc1, x, tangent), tangent=tangent)
-        return linear(self.fc2, h, tangent)
-
-
-def modulate(x, shift, scale, eps):
-    """adaLN: the affine-free float32 LayerNorm of x, scaled and shifted per sample."""
-    return (F.layer_norm(upcast(x), (x.shape[-1],), eps=eps) * (1 + scale) + shift).to(x.dtype)
-
-
-def _gated_residual(x, update, gate):
-    return (upcast(x) + upcast(update) * gate).to(x.dtype)
+        """-> (output without its bias, the bias): the caller adds the bias in its residual."""
+        h = elementwise.bias_gelu(*linear_parts(self.fc1, x), tangent=tangent, compiled=self.config.fuse_elementwise)
+        return linear_parts(self.fc2, h)
 
 
 class WanBlock(MegatronModule):
@@ -223,19 +204,17 @@ class WanBlock(MegatronModule):
         self.scale_shift_table.sequence_parallel = config.sequence_parallel
 
     def forward(self, x, context, modulation, rope, layout, tangent):
-        table = self.scale_shift_table
+        table, eps, fused = self.scale_shift_table, self.eps, self.config.fuse_elementwise
         mod = pointwise(lambda m: table + upcast(m), modulation, tangent=tangent)
         shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(2)
 
-        h = pointwise(lambda a, sh, sc: modulate(a, sh, sc, self.eps), x, shift, scale, tangent=tangent)
-        x = pointwise(_gated_residual, x, self.attn1(h, rope, layout, tangent), gate, tangent=tangent)
-
+        h = elementwise.modulate(x, shift, scale, eps, tangent=tangent, compiled=fused)
+        x = elementwise.bias_gated_residual(x, *self.attn1(h, rope, layout, tangent), gate, tangent=tangent,
+                                            compiled=fused)
+        h = x
         if self.norm2 is not None:
-            h = pointwise(lambda a: layer_norm(a, self.eps, upcast(self.norm2.weight), upcast(self.norm2.bias)),
-                          x, tangent=tangent)
-        else:
-            h = x
-        x = x + self.attn2(h, context, tangent)
+            h = elementwise.layer_norm(x, self.norm2.weight, self.norm2.bias, eps, tangent=tangent, compiled=fused)
+        x = elementwise.bias_residual(x, *self.attn2(h, context, tangent), tangent=tangent, compiled=fused)
 
-        h = pointwise(lambda a, sh, sc: modulate(a, sh, sc, self.eps), x, c_shift, c_scale, tangent=tangent)
-        return pointwise(_gated_residual, x, self.ffn(h, tangent), c_gate, tangent=tangent)
+        h = elementwise.modulate(x, c_shift, c_scale, eps, tangent=tangent, compiled=fused)
+        return elementwise.bias_gated_residual(x, *self.ffn(h, tangent), c_gate, tangent=tangent, compiled=fused)

@@ -27,9 +27,9 @@ from megatron.core.transformer.module import MegatronModule
 
 from ..attention import SequenceLayout
 from ..tangent import compute_dtype, linear, pointwise, stack, upcast
-from . import weight_map
+from . import elementwise, weight_map
 from .config import WanConfig
-from .layers import ConditionEmbedder, WanBlock, modulate, param_device, replicated_linear
+from .layers import ConditionEmbedder, WanBlock, param_device, replicated_linear
 
 
 def _group_size(getter):
@@ -194,6 +194,6 @@ class WanModel(MegatronModule):
 
         table = self.scale_shift_table
         shift, scale = pointwise(lambda e: table + e.unsqueeze(2), temb, tangent=tangent).unbind(2)
-        h = pointwise(lambda a, sh, sc: modulate(a, sh, sc, c.layernorm_epsilon), h, shift, scale, tangent=tangent)
+        h = elementwise.modulate(h, shift, scale, c.layernorm_epsilon, tangent=tangent, compiled=c.fuse_elementwise)
         out = self._unshard(linear(self.proj_out, h, tangent), layout)
         return self._unpatchify(out, grid)
