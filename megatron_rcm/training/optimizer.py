@@ -87,6 +87,14 @@ def _init_adam_state(optimizer, config=None):
                 optimizer.state[p]["step"] = torch.zeros(())
 
 
+def init_state_for_loading(optimizer):
+    """Adam state (zeros, step 0) in a fresh optimizer before a checkpoint is loaded into it:
+    without Apex/TE, megatron's DistributedOptimizer.state_dict reads every parameter's 'step'
+    while it builds the sharded state dict to load into."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        _init_adam_state(inner.optimizer)
+
+
 def build_optimizer(ddp_model, args, lr):
     config = optimizer_config(args, lr)
     if torch.cuda.is_available():

@@ -26,6 +26,7 @@ from ..loading import checkpoint_models
 from ..models.wan import weight_map
 from ..parallel import set_random_seed
 from .checkpointing import CheckpointManager, checkpoint_name
+from .optimizer import init_state_for_loading
 
 EMA_EXPORT = "ema_student"
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -108,6 +109,8 @@ def load_state(manager, nets, args):
     common = dist_checkpointing.load_common_state_dict(str(manager.save_dir / checkpoint_name(iteration)))
     _check_recipe(common["recipe"], args)
     same_layout = common["layout"] == layout()
+    for net in (nets.student, nets.fake_score):
+        init_state_for_loading(net.optimizer)
     loaded = manager.load(sharded_state(nets, Progress(), args, is_loading=True, with_rng=same_layout), iteration)
     for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
         with torch.no_grad():

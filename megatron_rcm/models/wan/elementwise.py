@@ -9,8 +9,11 @@ as the attention kernel. Biases of the linear layers before a piece are added in
 (the layers run with ``skip_bias_add``), as Megatron's bias-GELU and bias-add fusions do.
 
 On CUDA tensors the pieces run through ``torch.compile`` when ``compiled=True``
-(``WanConfig.fuse_elementwise``); on CPU they run eagerly, so the float64 tests check the
-same formulas. Rounding follows diffusers: reduced-precision inputs are computed on in
+(``WanConfig.fuse_elementwise``) and autograd is not recording them: forward-only calls and
+the tangent pass. Calls that autograd records run eagerly, because the compiled backward of
+torch 2.11 (the GPU machines' version) returned a gradient of shape [C] for a [1, 1, C] input
+(a per-sample modulation vector). On CPU the pieces run eagerly, so the float64 tests check
+the same formulas. Rounding follows diffusers: reduced-precision inputs are computed on in
 float32 (``upcast``) and the result is rounded to the input dtype once.
 """
 
@@ -38,7 +41,8 @@ class Elementwise:
 
     def __call__(self, *args, tangent, compiled):
         fn = self.with_tangent if tangent else self.plain
-        if compiled and args[0].is_cuda:
+        recorded = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        if compiled and args[0].is_cuda and not recorded:
             if fn not in self._compiled:
                 self._compiled[fn] = torch.compile(fn)
             fn = self._compiled[fn]
