@@ -22,6 +22,8 @@ import signal
 import time
 import traceback
 
+import torch
+
 from megatron_rcm.parallel.runtime import free_port
 
 _CONTEXT = None
@@ -34,10 +36,15 @@ class DistributedTestError(AssertionError):
 def _context():
     # A forkserver imports torch and megatron-core once; each rank is then a cheap fork of a
     # clean, single-threaded process (forking the pytest process itself is unsafe with OpenMP).
+    # With GPUs, ranks are spawned: CUDA cannot be used in a forked process once the parent has
+    # initialised it, which the preloaded imports may do (seen on the GPU machines).
     global _CONTEXT
     if _CONTEXT is None:
-        _CONTEXT = mp.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["torch", "megatron.core.parallel_state", "megatron_rcm.parallel"])
+        if torch.cuda.is_available():
+            _CONTEXT = mp.get_context("spawn")
+        else:
+            _CONTEXT = mp.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["torch", "megatron.core.parallel_state", "megatron_rcm.parallel"])
     return _CONTEXT
 
 
