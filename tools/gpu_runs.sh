@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of issues 4 and 7, in phases that each fit one 10-minute call on
+# a 4-GPU machine. Logs go to $OUT (default ./gpu-logs), at most 8 files a phase; a short summary
+# is printed last.
+#
+#   bash tools/gpu_runs.sh tests   # pytest -m gpu: kernels, elementwise, ring (2 GPUs), training (4 GPUs)
+#   bash tools/gpu_runs.sh wan     # tools/bench_wan.py: 1 GPU next to diffusers, TP=2, CP=2 a2a and p2p
+#   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2
+#
+# Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
+# docs/training.md); they are installed into /tmp/site first.
+set -u
+case "${1:-}" in tests|wan|train) ;; *) echo "usage: bash tools/gpu_runs.sh tests|wan|train" >&2; exit 2 ;; esac
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=$PWD:/tmp/site
+fi
+[ -e megatron_rcm/kernels ] || ln -s ../kernels megatron_rcm/kernels
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor TRITON_CACHE_DIR=/tmp/triton
+nvidia-smi -L > "$OUT/gpus.txt"
+TORCHRUN="torchrun --standalone --nproc-per-node 2"
+
+case "${1:-}" in
+tests)
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels \
+    tests/models > "$OUT/tests_1gpu.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0,1 timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
+    > "$OUT/tests_2gpu.log" 2>&1
+  timeout 330 python3 -m pytest -x -s -m gpu -p no:cacheprovider tests/training > "$OUT/tests_4gpu.log" 2>&1
+  for f in "$OUT"/tests_*.log; do echo "== $f: $(tail -1 "$f")"; grep FAILED "$f"; done
+  ;;
+wan)
+  # a float32 JVP at 32760 tokens takes minutes: errors at 2 layers, timings at 30 without them
+  CUDA_VISIBLE_DEVICES=0 timeout 280 python3 tools/bench_wan.py --skip-error > "$OUT/wan_1gpu.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=1,2 timeout 280 $TORCHRUN tools/bench_wan.py --tp 2 --sp --skip-diffusers --skip-error \
+    > "$OUT/wan_tp2.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=3 timeout 280 python3 tools/bench_wan.py --layers 2 --skip-diffusers > "$OUT/wan_error.log" 2>&1
+  wait
+  # both CP modes at once on two GPU pairs of the same host
+  CUDA_VISIBLE_DEVICES=0,1 timeout 200 $TORCHRUN tools/bench_wan.py --cp 2 --cp-mode a2a --skip-diffusers \
+    --skip-error > "$OUT/wan_cp_a2a.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=2,3 timeout 200 $TORCHRUN tools/bench_wan.py --cp 2 --cp-mode p2p --skip-diffusers \
+    --skip-error > "$OUT/wan_cp_p2p.log" 2>&1 &
+  wait
+  for f in "$OUT"/wan_*.log; do echo "== $f"; grep -A14 "^Wan " "$f" || tail -5 "$f"; done
+  ;;
+train)
+  timeout 200 python3 tools/bench_train.py --nproc 1 --work /tmp/bench > "$OUT/train_n1.log" 2>&1
+  timeout 150 python3 tools/bench_train.py --nproc 4 --tp 2 --cp 2 --sequence-parallel --work /tmp/bench \
+    > "$OUT/train_tp2_cp2.log" 2>&1
+  timeout 150 python3 tools/bench_train.py --nproc 4 --tp 2 --sequence-parallel --work /tmp/bench \
+    > "$OUT/train_tp2_dp2.log" 2>&1
+  for f in "$OUT"/train_*.log; do echo "== $f"; tail -1 "$f"; done
+  ;;
+esac
