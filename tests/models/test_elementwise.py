@@ -11,12 +11,12 @@ S, B, HEADS, HEAD_DIM = 6, 2, 3, 8
 C = HEADS * HEAD_DIM
 
 
-def _cases(dtype, device, seed, in_float64=False):
-    """name -> (call(tangent, compiled, *stacked), stacked inputs), with fresh random values.
+def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
+    """name -> (piece, stacked inputs, args(*inputs) -> the piece's arguments), fresh random values.
 
     Stacked inputs hold the primal in the first B samples and the tangent in the last B;
-    everything else (biases, weights, RoPE tables, eps) is a constant. ``in_float64``: the
-    same values (rounded to ``dtype``) as float64, for a reference evaluation."""
+    the rest (biases, weights, RoPE tables, eps) are constants. ``in_float64``: the same values
+    (rounded to ``dtype``) as float64, for a reference evaluation."""
     g = torch.Generator().manual_seed(seed)
     opmath = torch.promote_types(dtype, torch.float32)
 
@@ -24,41 +24,60 @@ def _cases(dtype, device, seed, in_float64=False):
         x = torch.randn(*shape, generator=g, dtype=torch.float64).to(device, as_dtype)
         return x.double() if in_float64 else x
 
-    bias, weight = rand(C), rand(C)
+    bias, weight = rand(C).requires_grad_(constants_require_grad), rand(C).requires_grad_(constants_require_grad)
     angles = torch.rand(S, 1, 1, HEAD_DIM // 2, generator=g, dtype=torch.float64).to(device) * 6
     cos, sin = (f(angles).to(opmath).to(torch.float64 if in_float64 else opmath) for f in (torch.cos, torch.sin))
     x, update = rand(S, 2 * B, C), rand(S, 2 * B, C)
     shift, scale, gate = (rand(1, 2 * B, C, as_dtype=opmath) for _ in range(3))
     total = rand(S, 2 * B, 1, as_dtype=opmath).abs() * C + 1
     return {
-        "bias_gelu": (lambda t, c, y: ew.bias_gelu(y, bias, tangent=t, compiled=c), (x,)),
-        "modulate": (lambda t, c, y, sh, sc: ew.modulate(y, sh, sc, 1e-6, tangent=t, compiled=c), (x, shift, scale)),
-        "layer_norm": (lambda t, c, y: ew.layer_norm(y, weight, bias, 1e-5, tangent=t, compiled=c), (x,)),
-        "bias_gated_residual": (lambda t, c, y, u, gt: ew.bias_gated_residual(y, u, bias, gt, tangent=t, compiled=c),
-                                (x, update, gate)),
-        "bias_residual": (lambda t, c, y, u: ew.bias_residual(y, u, bias, tangent=t, compiled=c), (x, update)),
-        "bias_sum_squares": (lambda t, c, y: ew.bias_sum_squares(y, bias, tangent=t, compiled=c), (x,)),
-        "bias_rms_normalise_rope": (
-            lambda t, c, y, tot: ew.bias_rms_normalise(y, bias, tot, weight, C, 1e-6, HEAD_DIM, cos, sin,
-                                                       tangent=t, compiled=c), (x, total)),
-        "bias_rms_normalise": (
-            lambda t, c, y, tot: ew.bias_rms_normalise(y, bias, tot, weight, C, 1e-6, HEAD_DIM, None, None,
-                                                       tangent=t, compiled=c), (x, total)),
+        "bias_gelu": (ew.bias_gelu, (x,), lambda y: (y, bias)),
+        "modulate": (ew.modulate, (x, shift, scale), lambda y, sh, sc: (y, sh, sc, 1e-6)),
+        "layer_norm": (ew.layer_norm, (x,), lambda y: (y, weight, bias, 1e-5)),
+        "bias_gated_residual": (ew.bias_gated_residual, (x, update, gate), lambda y, u, gt: (y, u, bias, gt)),
+        "bias_residual": (ew.bias_residual, (x, update), lambda y, u: (y, u, bias)),
+        "bias_sum_squares": (ew.bias_sum_squares, (x,), lambda y: (y, bias)),
+        "bias_rms_normalise_rope": (ew.bias_rms_normalise, (x, total),
+                                    lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, cos, sin)),
+        "bias_rms_normalise": (ew.bias_rms_normalise, (x, total),
+                               lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, None, None)),
     }
 
 
 NAMES = list(_cases(torch.float64, "cpu", 0))
 
 
+def _primal(stacked):
+    return tuple(x.chunk(2, dim=1)[0] for x in stacked)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_tangent_form_is_the_jvp_of_the_plain_form(name):
-    call, stacked = _cases(torch.float64, "cpu", 1 + NAMES.index(name))[name]
+    piece, stacked, args = _cases(torch.float64, "cpu", 1 + NAMES.index(name))[name]
     primals, tangents = zip(*(x.chunk(2, dim=1) for x in stacked))
-    want = stack(*torch.func.jvp(lambda *p: call(False, False, *p), primals, tangents))
-    got = call(True, False, *stacked)
+    want = stack(*torch.func.jvp(lambda *p: piece.plain(*args(*p)), primals, tangents))
+    got = piece(*args(*stacked), tangent=True, compiled=False)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert want.chunk(2, dim=1)[1].abs().max() > 0.1  # the tangent is not trivially zero
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_form_is_autograd_of_the_plain_form(name):
+    """Gradients of every tensor argument (inputs, bias, weight, gate, sums of squares)."""
+    piece, stacked, args = _cases(torch.float64, "cpu", 50 + NAMES.index(name), constants_require_grad=True)[name]
+    inputs = [x.requires_grad_() for x in _primal(stacked)]
+    full = args(*inputs)
+    wrt = [a for a in full if isinstance(a, torch.Tensor) and a.requires_grad]
+    assert len(wrt) >= 2
+    out = piece(*full, tangent=False, compiled=False)
+    weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad((out * weights).sum(), wrt)
+    want = torch.autograd.grad((piece.plain(*full) * weights).sum(), wrt)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert b.abs().max() > 0.1
 
 
 def _relative(a, b):
@@ -73,11 +92,19 @@ def test_compiled_pieces_are_as_accurate_as_eager_on_gpu(name, dtype):
     """Compiled and eager round intermediates differently (inductor keeps them in float32), so
     both are compared with a float64 evaluation of the same inputs: the compiled error must be
     at most the eager one plus a little."""
-    call, stacked = _cases(dtype, "cuda", 100 + NAMES.index(name))[name]
-    exact, stacked64 = _cases(dtype, "cuda", 100 + NAMES.index(name), in_float64=True)[name]
+    piece, stacked, args = _cases(dtype, "cuda", 100 + NAMES.index(name))[name]
+    _, stacked64, args64 = _cases(dtype, "cuda", 100 + NAMES.index(name), in_float64=True)[name]
     for tangent in (False, True):
-        inputs, inputs64 = (tuple(x if tangent else x.chunk(2, dim=1)[0] for x in xs) for xs in (stacked, stacked64))
-        reference = exact(tangent, False, *inputs64)
-        eager, fused = call(tangent, False, *inputs), call(tangent, True, *inputs)
+        inputs, inputs64 = (xs if tangent else _primal(xs) for xs in (stacked, stacked64))
+        reference = piece(*args64(*inputs64), tangent=tangent, compiled=False)
+        eager, fused = (piece(*args(*inputs), tangent=tangent, compiled=c) for c in (False, True))
         assert fused.dtype == eager.dtype
         assert _relative(fused, reference) <= 1.5 * _relative(eager, reference) + 1e-6, (tangent, dtype)
+    # the backward form, compiled, against the same form in float64
+    grads = []
+    for xs, make, compiled in ((stacked, args, False), (stacked, args, True), (stacked64, args64, False)):
+        inputs = [x.clone().requires_grad_() for x in _primal(xs)]
+        out = piece(*make(*inputs), tangent=False, compiled=compiled)
+        grads.append(torch.autograd.grad(out.double().sin().sum().to(out.dtype), inputs))
+    for eager, fused, reference in zip(*grads):
+        assert _relative(fused, reference) <= 1.5 * _relative(eager, reference) + 1e-6, dtype

@@ -1,20 +1,23 @@
-"""The Wan block's elementwise pieces, each one fused kernel on CUDA, with hand-derived tangents.
+"""The Wan block's elementwise pieces, each one fused kernel on CUDA, with hand-derived derivatives.
 
-Every piece has a plain form (``tangent=False``, differentiable by autograd) and a tangent form
-that takes primal and tangent stacked on the batch dim and returns them stacked (conventions of
-``megatron_rcm.models.tangent``). The tangent forms are written out by hand instead of
-``torch.func.jvp`` so that, compiled, primal, tangent and the stacking ``cat`` come out as one
-kernel: differentiated by ``torch.func.jvp`` in eager mode, these pieces took about as long
-as the attention kernel. Biases of the linear layers before a piece are added inside it
-(the layers run with ``skip_bias_add``), as Megatron's bias-GELU and bias-add fusions do.
+Every piece has three forms, all written out by hand:
+  * plain: ``piece(*args, tangent=False)``, the forward;
+  * tangent: ``piece(*args, tangent=True)`` takes primal and tangent stacked on the batch dim
+    and returns them stacked (conventions of ``megatron_rcm.models.tangent``);
+  * backward: where autograd records a plain call, a ``torch.autograd.Function`` runs the plain
+    form without autograd and, in the backward pass, the piece's backward form (the gradients
+    of every tensor argument).
+Written out instead of ``torch.func.jvp`` / autograd, each form compiles into one kernel, cat and
+reductions included (differentiated by ``torch.func.jvp`` in eager mode, these pieces took about
+as long as the attention kernel), and no form relies on torch.compile's own backward: torch
+2.11's (the GPU machines' version) returned a gradient of shape [C] for a [1, 1, C] input.
+Biases of the linear layers before a piece are added inside it (the layers run with
+``skip_bias_add``), as Megatron's bias-GELU and bias-add fusions do.
 
-On CUDA tensors the pieces run through ``torch.compile`` when ``compiled=True``
-(``WanConfig.fuse_elementwise``) and autograd is not recording them: forward-only calls and
-the tangent pass. Calls that autograd records run eagerly, because the compiled backward of
-torch 2.11 (the GPU machines' version) returned a gradient of shape [C] for a [1, 1, C] input
-(a per-sample modulation vector). On CPU the pieces run eagerly, so the float64 tests check
-the same formulas. Rounding follows diffusers: reduced-precision inputs are computed on in
-float32 (``upcast``) and the result is rounded to the input dtype once.
+On CUDA tensors the forms run through ``torch.compile`` when ``compiled=True``
+(``WanConfig.fuse_elementwise``); on CPU they run eagerly, so the float64 tests check the same
+formulas. Rounding follows diffusers: reduced-precision inputs are computed on in float32
+(``upcast``) and the result is rounded to the input dtype once.
 """
 
 import math
@@ -32,24 +35,59 @@ def _halves(*xs):
     return [x.chunk(2, dim=BATCH_DIM) for x in xs]
 
 
-class Elementwise:
-    """``piece(*args, tangent=..., compiled=...)``: the plain or the stacked tangent form."""
+def _grad(g, like):
+    """A float32 gradient summed over the dims ``like`` broadcasts in, in ``like``'s dtype."""
+    return g.sum_to_size(like.shape).to(like.dtype)
 
-    def __init__(self, plain, with_tangent):
-        self.plain, self.with_tangent = plain, with_tangent
+
+class _Recorded(torch.autograd.Function):
+    """A plain call that autograd records: the forward without autograd, the backward form after."""
+
+    @staticmethod
+    def forward(ctx, piece, compiled, *args):
+        ctx.piece, ctx.compiled = piece, compiled
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+        ctx.constants = [None if t else a for a, t in zip(args, ctx.is_tensor)]
+        ctx.save_for_backward(*(a for a, t in zip(args, ctx.is_tensor) if t))
+        return piece.run(piece.plain, args, compiled)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tensors = iter(ctx.saved_tensors)
+        args = [next(tensors) if t else c for c, t in zip(ctx.constants, ctx.is_tensor)]
+        grads = ctx.piece.run(ctx.piece.backward, (grad.contiguous(), *args), ctx.compiled)
+        return (None, None, *grads)
+
+
+class Elementwise:
+    """``piece(*args, tangent=..., compiled=...)``: the plain or the stacked tangent form; plain
+    calls that autograd records differentiate through the backward form."""
+
+    def __init__(self, plain, with_tangent, backward):
+        self.plain, self.with_tangent, self.backward = plain, with_tangent, backward
         self._compiled = {}
 
-    def __call__(self, *args, tangent, compiled):
-        fn = self.with_tangent if tangent else self.plain
-        recorded = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-        if compiled and args[0].is_cuda and not recorded:
+    def run(self, fn, args, compiled):
+        if compiled and args[0].is_cuda:
             if fn not in self._compiled:
                 self._compiled[fn] = torch.compile(fn)
             fn = self._compiled[fn]
         return fn(*args)
 
+    def __call__(self, *args, tangent, compiled):
+        if tangent:
+            return self.run(self.with_tangent, args, compiled)
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return _Recorded.apply(self, compiled, *args)
+        return self.run(self.plain, args, compiled)
+
 
 # ---- GELU (tanh) after a bias ------------------------------------------------------------------
+
+def _gelu_slope(a):
+    inner = torch.tanh(_GELU_K * (a + _GELU_C * a * a * a))
+    return 0.5 * (1 + inner) + 0.5 * a * (1 - inner * inner) * _GELU_K * (1 + 3 * _GELU_C * a * a)
+
 
 def _bias_gelu(y, bias):
     return F.gelu(y + bias, approximate="tanh")
@@ -58,25 +96,31 @@ def _bias_gelu(y, bias):
 def _bias_gelu_with_tangent(y, bias):
     (y_p, y_t), = _halves(y)
     a = upcast(y_p + bias)
-    inner = torch.tanh(_GELU_K * (a + _GELU_C * a * a * a))
-    slope = 0.5 * (1 + inner) + 0.5 * a * (1 - inner * inner) * _GELU_K * (1 + 3 * _GELU_C * a * a)
-    return stack(F.gelu(a, approximate="tanh").to(y.dtype), (slope * upcast(y_t)).to(y.dtype))
+    return stack(F.gelu(a, approximate="tanh").to(y.dtype), (_gelu_slope(a) * upcast(y_t)).to(y.dtype))
 
 
-bias_gelu = Elementwise(_bias_gelu, _bias_gelu_with_tangent)
+def _bias_gelu_backward(grad, y, bias):
+    g = upcast(grad) * _gelu_slope(upcast(y + bias))
+    return g.to(y.dtype), _grad(g, bias)
+
+
+bias_gelu = Elementwise(_bias_gelu, _bias_gelu_with_tangent, _bias_gelu_backward)
 
 
 # ---- LayerNorm: adaLN modulation and the affine cross-attention norm ---------------------------
 
-def _normalized_with_tangent(x, x_t, eps):
-    """The affine-free LayerNorm of x in float32 (float64 for float64) and its derivative along x_t."""
+def _normalized(x, eps):
+    """The affine-free LayerNorm of x in float32 (float64 for float64), and 1/std."""
     x = upcast(x)
     centred = x - x.mean(-1, keepdim=True)
     rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + eps)
-    normed = centred * rstd
-    t = upcast(x_t)
-    t = t - t.mean(-1, keepdim=True)
-    return normed, rstd * (t - normed * (normed * t).mean(-1, keepdim=True))
+    return centred * rstd, rstd
+
+
+def _normalized_jacobian(normed, rstd, t):
+    """The LayerNorm's Jacobian (symmetric) applied to t: for the tangent and the gradient alike."""
+    t = upcast(t)
+    return rstd * (t - t.mean(-1, keepdim=True) - normed * (normed * t).mean(-1, keepdim=True))
 
 
 def _modulate(x, shift, scale, eps):
@@ -85,12 +129,20 @@ def _modulate(x, shift, scale, eps):
 
 def _modulate_with_tangent(x, shift, scale, eps):
     (x_p, x_t), (shift_p, shift_t), (scale_p, scale_t) = _halves(x, shift, scale)
-    normed, normed_t = _normalized_with_tangent(x_p, x_t, eps)
+    normed, rstd = _normalized(x_p, eps)
+    normed_t = _normalized_jacobian(normed, rstd, x_t)
     return stack((normed * (1 + scale_p) + shift_p).to(x.dtype),
                  (normed_t * (1 + scale_p) + normed * scale_t + shift_t).to(x.dtype))
 
 
-modulate = Elementwise(_modulate, _modulate_with_tangent)
+def _modulate_backward(grad, x, shift, scale, eps):
+    normed, rstd = _normalized(x, eps)
+    g = upcast(grad)
+    g_x = _normalized_jacobian(normed, rstd, g * (1 + scale))
+    return g_x.to(x.dtype), _grad(g, shift), _grad(g * normed, scale), None
+
+
+modulate = Elementwise(_modulate, _modulate_with_tangent, _modulate_backward)
 
 
 def _layer_norm(x, weight, bias, eps):
@@ -99,12 +151,21 @@ def _layer_norm(x, weight, bias, eps):
 
 
 def _layer_norm_with_tangent(x, weight, bias, eps):
-    normed, normed_t = _normalized_with_tangent(*x.chunk(2, dim=BATCH_DIM), eps)
+    x_p, x_t = x.chunk(2, dim=BATCH_DIM)
+    normed, rstd = _normalized(x_p, eps)
+    normed_t = _normalized_jacobian(normed, rstd, x_t)
     weight = upcast(weight)
     return stack((normed * weight + upcast(bias)).to(x.dtype), (normed_t * weight).to(x.dtype))
 
 
-layer_norm = Elementwise(_layer_norm, _layer_norm_with_tangent)
+def _layer_norm_backward(grad, x, weight, bias, eps):
+    normed, rstd = _normalized(x, eps)
+    g = upcast(grad)
+    g_x = _normalized_jacobian(normed, rstd, g * upcast(weight))
+    return g_x.to(x.dtype), _grad(g * normed, weight), _grad(g, bias), None
+
+
+layer_norm = Elementwise(_layer_norm, _layer_norm_with_tangent, _layer_norm_backward)
 
 
 # ---- residual adds after a linear layer ---------------------------------------------------------
@@ -121,7 +182,14 @@ def _bias_gated_residual_with_tangent(x, update, bias, gate):
                  (upcast(x_t) + upcast(update_t) * gate_p + update_p * gate_t).to(x.dtype))
 
 
-bias_gated_residual = Elementwise(_bias_gated_residual, _bias_gated_residual_with_tangent)
+def _bias_gated_residual_backward(grad, x, update, bias, gate):
+    g = upcast(grad)
+    g_update = g * gate
+    return grad, g_update.to(update.dtype), _grad(g_update, bias), _grad(g * upcast(update + bias), gate)
+
+
+bias_gated_residual = Elementwise(_bias_gated_residual, _bias_gated_residual_with_tangent,
+                                  _bias_gated_residual_backward)
 
 
 def _bias_residual(x, update, bias):
@@ -133,7 +201,11 @@ def _bias_residual_with_tangent(x, update, bias):
     return stack(x_p + (update_p + bias), x_t + update_t)
 
 
-bias_residual = Elementwise(_bias_residual, _bias_residual_with_tangent)
+def _bias_residual_backward(grad, x, update, bias):
+    return grad, grad, _grad(upcast(grad), bias)
+
+
+bias_residual = Elementwise(_bias_residual, _bias_residual_with_tangent, _bias_residual_backward)
 
 
 # ---- RMSNorm across all heads (two pieces: a TP all-reduce of the sums of squares sits between) --
@@ -148,7 +220,12 @@ def _bias_sum_squares_with_tangent(y, bias):
     return stack(a.square().sum(-1, keepdim=True), 2 * (a * upcast(y_t)).sum(-1, keepdim=True))
 
 
-bias_sum_squares = Elementwise(_bias_sum_squares, _bias_sum_squares_with_tangent)
+def _bias_sum_squares_backward(grad, y, bias):
+    g = 2 * upcast(y + bias) * grad
+    return g.to(y.dtype), _grad(g, bias)
+
+
+bias_sum_squares = Elementwise(_bias_sum_squares, _bias_sum_squares_with_tangent, _bias_sum_squares_backward)
 
 
 def apply_rope(x, cos, sin):
@@ -178,4 +255,19 @@ def _bias_rms_normalise_with_tangent(y, bias, total, weight, full_dim, eps, head
     return _heads(normed, head_dim, cos, sin)
 
 
-bias_rms_normalise = Elementwise(_bias_rms_normalise, _bias_rms_normalise_with_tangent)
+def _bias_rms_normalise_backward(grad, y, bias, total, weight, full_dim, eps, head_dim, cos, sin):
+    g = upcast(grad)
+    if cos is not None:
+        g = apply_rope(g, cos, -sin)  # the rotation's transpose
+    g = g.flatten(-2)
+    a = upcast(y + bias)
+    rstd = torch.rsqrt(total / full_dim + eps)
+    g_weight = _grad(g * upcast((a * rstd).to(y.dtype)), weight)
+    g = g * upcast(weight)
+    g_a = g * rstd
+    g_total = (g * a).sum(-1, keepdim=True) * (-0.5 * rstd.pow(3) / full_dim)
+    return g_a.to(y.dtype), _grad(g_a, bias), g_total.to(total.dtype), g_weight, None, None, None, None, None
+
+
+bias_rms_normalise = Elementwise(_bias_rms_normalise, _bias_rms_normalise_with_tangent,
+                                 _bias_rms_normalise_backward)
