@@ -18,6 +18,21 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_forward_jvp_and_gradients_match_diffusers(case):
+    _check_against_diffusers(case)
+
+
+def test_compiled_elementwise_pieces_match_diffusers(monkeypatch):
+    """The torch.compile'd forms (on CUDA by default) compiled here by inductor for the CPU: graph
+    capture of every form, the autograd.Function with its compiled backward, in float64."""
+    from megatron_rcm.models.wan import elementwise
+
+    monkeypatch.setattr(elementwise.Elementwise, "compile_on", ("cuda", "cpu"))
+    _check_against_diffusers("tiny-a")
+    # plain, tangent and backward forms all went through torch.compile
+    assert len(elementwise.modulate._compiled) == 3
+
+
+def _check_against_diffusers(case):
     preset, batch, latent, text_len = CASES[case]
     cfg = config(preset)
     reference = diffusers_model(cfg, seed=1)

@@ -63,12 +63,14 @@ class Elementwise:
     """``piece(*args, tangent=..., compiled=...)``: the plain or the stacked tangent form; plain
     calls that autograd records differentiate through the backward form."""
 
+    compile_on = ("cuda",)  # device types where ``compiled=True`` compiles (tests add "cpu")
+
     def __init__(self, plain, with_tangent, backward):
         self.plain, self.with_tangent, self.backward = plain, with_tangent, backward
         self._compiled = {}
 
     def run(self, fn, args, compiled):
-        if compiled and args[0].is_cuda:
+        if compiled and args[0].device.type in self.compile_on:
             if fn not in self._compiled:
                 self._compiled[fn] = torch.compile(fn)
             fn = self._compiled[fn]
