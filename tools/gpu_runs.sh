@@ -25,11 +25,12 @@ TORCHRUN="torchrun --standalone --nproc-per-node 2"
 
 case "${1:-}" in
 tests)
-  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels \
-    tests/models > "$OUT/tests_1gpu.log" 2>&1
-  CUDA_VISIBLE_DEVICES=0,1 timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
-    > "$OUT/tests_2gpu.log" 2>&1
-  timeout 330 python3 -m pytest -x -s -m gpu -p no:cacheprovider tests/training > "$OUT/tests_4gpu.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 timeout 230 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels \
+    tests/models > "$OUT/tests_1gpu.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=1,2 timeout 230 python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
+    > "$OUT/tests_2gpu.log" 2>&1 &
+  wait
+  timeout 320 python3 -m pytest -s -m gpu -p no:cacheprovider tests/training > "$OUT/tests_4gpu.log" 2>&1
   for f in "$OUT"/tests_*.log; do echo "== $f: $(tail -1 "$f")"; grep FAILED "$f"; done
   ;;
 wan)

@@ -10,10 +10,11 @@ padding only is skipped); each rank derives that from the chunk's index, so leng
   the global O and LSE; the backward runs the ring again, and every chunk's gradients come from
   the global O and LSE: the chunk's probabilities are then P = exp(S - LSE), exact, and
   dS = P * (dP - rowsum(dO * O)). Key/value gradients travel with their chunk and arrive home
-  after the last step. Per chunk, PyTorch's fused flash-attention kernels (forward with LSE,
-  backward from a given O and LSE) run on CPU (any float dtype) and on CUDA for fp16/bf16; fp32
-  and fp64 on CUDA (parity checks, not speed) use plain torch math, which materialises the
-  [B, H, S_chunk, S_chunk] scores.
+  after the last step. Per chunk, one of PyTorch's fused attention kernels (forward with LSE,
+  backward from a given O and LSE; ``chunk_kernel``): cuDNN on Hopper and newer for fp16/bf16
+  (what ``scaled_dot_product_attention`` picks there, so ring and all-to-all run the same kernel),
+  flash on older GPUs and on CPU (any float dtype). fp32 and fp64 on CUDA (parity checks, not
+  speed) use plain torch math, which materialises the [B, H, S_chunk, S_chunk] scores.
 * ``ring_attention_jvp`` (no autograd): primal and tangent chunks travel together in one
   message; each chunk goes through ``flash_attention_jvp`` and the parts are merged exactly by
   ``merge_attention_jvp`` (rcm-math section 8).
@@ -73,50 +74,70 @@ def _accumulator_dtype(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def uses_fused_kernels(q):
-    """Whether chunks go through PyTorch's fused flash kernels (else plain torch math)."""
-    return q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)
+CHUNK_KERNELS = ("cudnn", "flash", "math")
+
+
+def chunk_kernel(q):
+    """The kernel that attends one chunk of ``q``'s dtype and device (one of ``CHUNK_KERNELS``)."""
+    if q.device.type == "cpu":
+        return "flash"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return "math"
+    hopper = torch.cuda.get_device_capability(q.device) >= (9, 0)
+    return "cudnn" if hopper and torch.backends.cuda.cudnn_sdp_enabled() else "flash"
 
 
 class _ChunkAttention:
     """Attention of the local queries over one key chunk: forward with LSE, and the backward
     from the output and LSE over all keys."""
 
-    def __init__(self, scale, fused):
-        self.scale, self.fused = scale, fused
-        self.flash_extras = None  # CUDA flash's varlen offsets and RNG state (unused without dropout)
+    def __init__(self, scale, kernel):
+        if kernel not in CHUNK_KERNELS:
+            raise ValueError(f"unknown chunk kernel {kernel!r}; choose one of {CHUNK_KERNELS}")
+        self.scale, self.kernel = scale, kernel
+        self.extras = None  # the fused kernel's other outputs, fed back to its backward (no dropout)
 
     def forward(self, q, k, v):
-        """(out, lse) over this chunk, in the accumulator dtype."""
+        """(out, lse) over this chunk, in the accumulator dtype; lse is [B, H, S]."""
         acc = _accumulator_dtype(q.dtype)
-        if not self.fused:
+        if self.kernel == "math":
             s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * self.scale
             lse = torch.logsumexp(s, dim=-1)
             return torch.matmul(torch.exp(s - lse[..., None]), v.to(acc)), lse
-        if q.device.type == "cpu":
+        if self.kernel == "cudnn":
+            out, lse, cum_q, cum_k, _, _, seed, offset, _ = torch.ops.aten._scaled_dot_product_cudnn_attention(
+                q, k, v, None, True, 0.0, False, False, scale=self.scale)
+            self.extras = (cum_q, cum_k, seed, offset, lse.shape)  # cuDNN's lse is [B, H, S, 1]
+        elif q.device.type == "cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
                                                                                  scale=self.scale)
         else:
             out, lse, cum_q, cum_k, _, _, rng_state, unused, _ = torch.ops.aten._scaled_dot_product_flash_attention(
                 q, k, v, 0.0, False, False, scale=self.scale)
-            self.flash_extras = (cum_q, cum_k, rng_state, unused)
-        return out.to(acc), lse.to(acc)
+            self.extras = (cum_q, cum_k, rng_state, unused)
+        return out.to(acc), lse.reshape(q.shape[:3]).to(acc)
 
     def backward(self, d_out, q, k, v, out, lse):
         """(dq, dk, dv) of this chunk in the accumulator dtype; ``out``, ``lse`` are over all keys."""
         acc = lse.dtype
-        if not self.fused:
+        if self.kernel == "math":
             qa, ka, va, d_out = q.to(acc), k.to(acc), v.to(acc), d_out.to(acc)
             p = torch.exp(torch.matmul(qa, ka.transpose(-1, -2)) * self.scale - lse[..., None])
             ds = p * (torch.matmul(d_out, va.transpose(-1, -2)) - (d_out * out.to(acc)).sum(-1, keepdim=True))
             return (torch.matmul(ds, ka) * self.scale, torch.matmul(ds.transpose(-1, -2), qa) * self.scale,
                     torch.matmul(p.transpose(-1, -2), d_out))
-        d_out, out = d_out.to(q.dtype), out.to(q.dtype)
-        if q.device.type == "cpu":
+        # one layout for both: cuDNN's backward wants the strides of d_out and out to agree
+        d_out, out = d_out.to(q.dtype).contiguous(), out.to(q.dtype).contiguous()
+        if self.kernel == "cudnn":
+            cum_q, cum_k, seed, offset, lse_shape = self.extras
+            grads = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+                d_out, q, k, v, out, lse.reshape(lse_shape), seed, offset, None, cum_q, cum_k,
+                q.shape[2], k.shape[2], 0.0, False, scale=self.scale)
+        elif q.device.type == "cpu":
             grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 d_out, q, k, v, out, lse, 0.0, False, scale=self.scale)
         else:
-            cum_q, cum_k, rng_state, unused = self.flash_extras
+            cum_q, cum_k, rng_state, unused = self.extras
             grads = torch.ops.aten._scaled_dot_product_flash_attention_backward(
                 d_out, q, k, v, out, lse, cum_q, cum_k, q.shape[2], k.shape[2], 0.0, False, rng_state, unused,
                 scale=self.scale)
@@ -124,17 +145,19 @@ class _ChunkAttention:
 
 
 def _merge_pair(out, lse, out_i, lse_i):
+    """Merge chunk i into the running (out, lse), in place: out_i's weight is sigmoid(lse_i - lse)."""
     if out is None:
         return out_i, lse_i
-    merged = torch.logaddexp(lse, lse_i)
-    return out * torch.exp(lse - merged)[..., None] + out_i * torch.exp(lse_i - merged)[..., None], merged
+    out.sub_(torch.sigmoid(lse_i - lse)[..., None] * (out - out_i))
+    lse.sub_(torch.nn.functional.logsigmoid(lse - lse_i))
+    return out, lse
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, valid_len, group, fused):
+    def forward(ctx, q, k, v, scale, valid_len, group, kernel):
         ring = _RingExchange(group)
-        chunk = _ChunkAttention(scale, fused)
+        chunk = _ChunkAttention(scale, kernel)
         kv, chunk_len = (k, v), k.shape[2]
         out = lse = None
         for step in range(ring.size):
@@ -171,13 +194,12 @@ class _RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), grads[0].to(k.dtype), grads[1].to(v.dtype), None, None, None, None
 
 
-def ring_attention(q, k, v, softmax_scale, valid_len, group, fused=None):
+def ring_attention(q, k, v, softmax_scale, valid_len, group, kernel=None):
     """Softmax attention of local queries over the keys of every rank of ``group`` ([B, H, S, D]).
 
-    ``fused``: per-chunk fused flash kernels (default: ``uses_fused_kernels(q)``) or plain math.
+    ``kernel``: what attends each chunk, one of ``CHUNK_KERNELS`` (default ``chunk_kernel(q)``).
     """
-    fused = uses_fused_kernels(q) if fused is None else fused
-    return _RingAttention.apply(q, k, v, softmax_scale, valid_len, group, fused)
+    return _RingAttention.apply(q, k, v, softmax_scale, valid_len, group, kernel or chunk_kernel(q))
 
 
 @torch.no_grad()
