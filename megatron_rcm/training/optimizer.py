@@ -13,6 +13,7 @@ gradients megatron's DDP reduced into ``param.main_grad``.
 import torch
 import torch.distributed as dist
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.optimizer import FP32Optimizer, MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -93,6 +94,33 @@ def init_state_for_loading(optimizer):
     while it builds the sharded state dict to load into."""
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         _init_adam_state(inner.optimizer)
+
+
+_PARAM_STATE_LOADERS = {"fully_reshardable": "fully_reshardable", "dp_reshardable": "dp_reshardable",
+                        "dp_zero_gather_scatter": "dp_zero", "fully_sharded_model_space": "fs_model_space"}
+
+
+def load_optimizer_state(optimizer, state_dict):
+    """``optimizer.load_state_dict(state_dict)``, with megatron-core 0.19's DistributedOptimizer over
+    torch's AdamW (no Apex/TE) made to work: its parameter-state loaders copy every tensor of a
+    parameter's Adam state from the checkpoint, 'step' included, which checkpoints hold once per
+    param group, not per parameter (KeyError: 'step', seen on 4 x H200). The parameter state is
+    loaded here with the steps held aside; they were already restored from the param groups."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    parts = [state_dict] if len(inner) == 1 else [v for _, v in sorted(state_dict.items())]
+    for opt, part in zip(inner, parts):
+        if not isinstance(opt, DistributedOptimizer) or "param_state" not in part:
+            opt.load_state_dict(part)
+            continue
+        part = dict(part)
+        param_state, sharding_type = part.pop("param_state"), part.pop("param_state_sharding_type")
+        opt.load_state_dict(part)  # param groups, steps, grad scaler
+        steps = {p: s.pop("step") for p, s in opt.optimizer.state.items() if "step" in s}
+        getattr(opt, f"load_parameter_state_from_{_PARAM_STATE_LOADERS[sharding_type]}")(param_state)
+        for p, step in steps.items():
+            opt.optimizer.state[p]["step"] = step
+    if len(inner) > 1:
+        optimizer._synchronize_steps()
 
 
 def build_optimizer(ddp_model, args, lr):

@@ -26,7 +26,7 @@ from ..loading import checkpoint_models
 from ..models.wan import weight_map
 from ..parallel import set_random_seed
 from .checkpointing import CheckpointManager, checkpoint_name
-from .optimizer import init_state_for_loading
+from .optimizer import init_state_for_loading, load_optimizer_state
 
 EMA_EXPORT = "ema_student"
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -115,7 +115,7 @@ def load_state(manager, nets, args):
     for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
         with torch.no_grad():
             net.module.load_state_dict(_strip_prefix(loaded[f"{name}.model"], f"{name}.model."), strict=True)
-        net.optimizer.load_state_dict(loaded[f"{name}.optimizer"])
+        load_optimizer_state(net.optimizer, loaded[f"{name}.optimizer"])
         net.scheduler.load_state_dict(loaded[f"{name}.scheduler"])
     nets.ema.shadow = {k: v.float().clone() for k, v in _strip_prefix(loaded["ema"], "ema.").items()}
     nets.ema.num_updates = loaded["ema_updates"]
