@@ -54,6 +54,9 @@ def _parser():
     g.add_argument("--bf16", action=flag, default=False,
                    help="bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise")
     g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--deterministic-mode", action=flag, default=False,
+                   help="bit-identical reruns and resumes on GPUs (deterministic kernels, fixed cuBLAS "
+                        "workspace, NCCL_ALGO=Ring), at some speed")
 
     g = p.add_argument_group("rCM")
     g.add_argument("--teacher", help="teacher checkpoint (diffusers folder, or what megatron_rcm.load_model reads)")

@@ -14,6 +14,7 @@ from ..losses.schedule import RCMSchedule
 from ..parallel import ParallelConfig, current_device, parallel_context
 from .arguments import validate
 from .checkpointing import CheckpointManager, CheckpointNotFoundError
+from .determinism import enable_deterministic_mode
 from .logger import MetricsLogger, memory_metrics, reduce_diagnostics
 from .networks import build_networks
 from .noise import draw_noise
@@ -53,6 +54,8 @@ def _resume(args, nets):
 def train(args):
     """Run (or resume) training; returns the final Progress. ``args`` from ``arguments.parse_args``."""
     validate(args)
+    if args.deterministic_mode:
+        enable_deterministic_mode()
     parallel = ParallelConfig(args.tensor_model_parallel_size, args.context_parallel_size,
                               sequence_parallel=args.sequence_parallel)
     with parallel_context(parallel, seed=args.seed), PreemptionHandler() as preemption:
