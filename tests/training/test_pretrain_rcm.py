@@ -109,6 +109,15 @@ def test_resume_at_another_tensor_parallel_size(inputs, reference, tmp_path):
     _assert_close(resumed, straight[3:], LAYOUT_RTOL)
 
 
+def test_resume_at_another_data_parallel_size(inputs, tmp_path):
+    """TP=2 x DP=2 (micro batch 2) resumed at TP=1 x DP=4 (micro batch 1): the same global batch,
+    the optimizer state resharded over four data-parallel ranks."""
+    straight = _run(inputs, tmp_path / "tp2dp2", 4, "--tensor-model-parallel-size", "2", "--micro-batch-size", "2")
+    _checkpoint_at(tmp_path / "tp2dp2" / "ckpt", 3, tmp_path / "dp4" / "ckpt")
+    resumed = _run(inputs, tmp_path / "dp4", 4, "--micro-batch-size", "1")
+    _assert_close(resumed, straight[3:], LAYOUT_RTOL)
+
+
 def _slurm_tasks(flags, ntasks):
     """The job step that ``srun`` starts: one process per task, placed by Slurm's variables only."""
     port = free_port()
