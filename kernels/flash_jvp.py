@@ -295,14 +295,30 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
                             k_t: torch.Tensor, v_t: torch.Tensor, softmax_scale: float,
                             key_padding_mask: Optional[torch.Tensor]
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, out_t, lse, lse_t = _empty_outputs(q, k)
-    batch, heads, seqlen_q, head_dim = q.shape
+    outputs = _empty_outputs(q, k)
+    batch, heads, seqlen_q, _ = q.shape
+    args, meta = kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
+    if q.device.type == "cpu":
+        blocks = _interpreter_blocks(seqlen_q, k.shape[2])
+        grid = (triton.cdiv(seqlen_q, blocks["BLOCK_M"]), batch * heads)
+        _flash_jvp_kernel[grid](*args, **meta, **blocks)
+    else:
+        with torch.cuda.device(q.device):
+            grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
+            _flash_jvp_tuned[grid](*args, **meta)
+    return outputs
+
+
+def kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs):
+    """(positional args, constexpr meta) of ``_flash_jvp_kernel`` without the block sizes, for
+    checked inputs and the (out, out_t, lse, lse_t) buffers it writes."""
+    out, out_t, lse, lse_t = outputs
+    _, heads, seqlen_q, head_dim = q.shape
     seqlen_k = k.shape[2]
     has_mask = key_padding_mask is not None
     # Without a mask the pointer is never read; q stands in for it.
     mask = key_padding_mask.view(torch.uint8) if has_mask else q
     mask_strides = (mask.stride(0), mask.stride(1)) if has_mask else (0, 0)
-
     args = (q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t, mask,
             _constants(softmax_scale, lse.dtype, q.device),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
@@ -312,15 +328,7 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,
                 UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16)
-    if q.device.type == "cpu":
-        blocks = _interpreter_blocks(seqlen_q, seqlen_k)
-        grid = (triton.cdiv(seqlen_q, blocks["BLOCK_M"]), batch * heads)
-        _flash_jvp_kernel[grid](*args, **meta, **blocks)
-    else:
-        with torch.cuda.device(q.device):
-            grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
-            _flash_jvp_tuned[grid](*args, **meta)
-    return out, out_t, lse, lse_t
+    return args, meta
 
 
 def _empty_outputs(q, k):

@@ -7,11 +7,12 @@
 #                                  # beside them the bf16-vs-float32 error of bench_wan.py at 2 layers
 #   bash tools/gpu_runs.sh wan     # tools/bench_wan.py: 1 GPU next to diffusers, TP=2, CP=2 a2a and p2p
 #   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2
+#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, tools/profile_wan_jvp.py
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|wan|train) ;; *) echo "usage: bash tools/gpu_runs.sh tests|wan|train" >&2; exit 2 ;; esac
+case "${1:-}" in tests|wan|train|kernel) ;; *) echo "usage: bash tools/gpu_runs.sh tests|wan|train|kernel" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -63,5 +64,12 @@ train)
   timeout 150 python3 tools/bench_train.py --nproc 4 --tp 2 --sequence-parallel --work /tmp/bench \
     > "$OUT/train_tp2_dp2.log" 2>&1
   for f in "$OUT"/train_*.log; do echo "== $f"; tail -1 "$f"; done
+  ;;
+kernel)
+  CUDA_VISIBLE_DEVICES=0 timeout 400 python3 tools/tune_flash_jvp.py > "$OUT/tune_flash_jvp.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 timeout 400 python3 tools/profile_wan_jvp.py > "$OUT/profile_wan_jvp.log" 2>&1 &
+  wait
+  grep -A20 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
+  tail -25 "$OUT/profile_wan_jvp.log"
   ;;
 esac
