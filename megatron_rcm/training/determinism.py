@@ -5,8 +5,9 @@ atomics, cuBLAS may pick other reduction splits, NCCL other algorithms. The resu
 (float32, TP=2 x DP=2) matched the straight run to 2e-10 relative, not bit for bit. This mode
 asks torch for deterministic kernels, cuBLAS for a fixed workspace and NCCL for one algorithm.
 The environment variables must be set before cuBLAS and NCCL start, so call this before the
-process group is made. An op with no deterministic kernel warns and names itself (``warn_only``)
-instead of stopping a run. CPU runs are deterministic already; there it only sets the flags.
+process group is made. As in Megatron-LM, an op with no deterministic kernel then raises an
+error that names it (torch's ``warn_only`` would keep, for one, memory-efficient attention's
+nondeterministic backward). CPU runs are deterministic already; there it only sets the flags.
 """
 
 import os
@@ -19,4 +20,4 @@ DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "NCCL_ALGO": "Ring"}
 def enable_deterministic_mode():
     for name, value in DETERMINISTIC_ENV.items():
         os.environ.setdefault(name, value)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)
