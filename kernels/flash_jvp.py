@@ -23,14 +23,16 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _interpreter_blocks(seqlen_q: int, seqlen_k: int) -> dict:
+def _interpreter_config(seqlen_q: int, seqlen_k: int) -> triton.Config:
     # Under TRITON_INTERPRET=1 time goes per program and per key block, hardly per element.
     # Short sequences (the tests' shapes) get small blocks, so that they cross several key
     # blocks and a partial last one; from 64 tokens on, blocks of 64 run 8x fewer steps.
-    return dict(BLOCK_M=64 if seqlen_q >= 64 else 32, BLOCK_N=64 if seqlen_k >= 64 else 16)
+    return triton.Config({"BLOCK_M": 64 if seqlen_q >= 64 else 32, "BLOCK_N": 64 if seqlen_k >= 64 else 16,
+                          "LAZY_RESCALE": False})
 
 
 _SHARED_MEMORY_BYTES = 227 * 1024  # H100/H200 per-block opt-in limit
+RESCALE_LOG2 = tl.constexpr(8.0)
 
 
 class AttentionJVPOutput(NamedTuple):
@@ -58,7 +60,7 @@ def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
                       k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs, offs_n, seqlen_k,
                       qk_scale, softmax_scale,
                       BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                      UPCAST_BF16: tl.constexpr):
+                      UPCAST_BF16: tl.constexpr, LAZY_RESCALE: tl.constexpr):
     if BOUNDS:
         in_range = offs_n < seqlen_k
         k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
@@ -85,23 +87,42 @@ def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
     ds = _mma(q_t, tl.trans(k), zero, PRECISION, UPCAST_BF16)
     ds = _mma(q, tl.trans(k_t), ds, PRECISION, UPCAST_BF16) * softmax_scale
 
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_blk = tl.max(s, 1)
+    if LAZY_RESCALE:
+        # The running max moves, and the state is rescaled, only when some row's max grew by
+        # more than 2^RESCALE_LOG2 (256): until then p = exp2(s - m) <= 256, which the
+        # fp32 sums and the 16-bit p hold as well. This skips the two accumulator rescales
+        # (the largest elementwise work of a block) on most blocks.
+        grown = tl.where(m_blk > m_i, m_blk - m_i, 0.0)
+        if tl.max(grown, 0) > RESCALE_LOG2:
+            acc, acc_t, m_i, l_i, r_i = _rescale(acc, acc_t, m_i, l_i, r_i, tl.maximum(m_i, m_blk), HAS_MASK)
+    else:
+        acc, acc_t, m_i, l_i, r_i = _rescale(acc, acc_t, m_i, l_i, r_i, tl.maximum(m_i, m_blk), HAS_MASK)
+    p = tl.exp2(s - _shift(m_i, HAS_MASK)[:, None])
+    p_ds = p * ds
+    l_i += tl.sum(p, 1)
+    r_i += tl.sum(p_ds, 1)
+
+    acc = _mma(p.to(v.dtype), v, acc, PRECISION, UPCAST_BF16)
+    acc_t = _mma(p.to(v.dtype), v_t, acc_t, PRECISION, UPCAST_BF16)
+    acc_t = _mma(p_ds.to(v.dtype), v, acc_t, PRECISION, UPCAST_BF16)
+    return acc, acc_t, m_i, l_i, r_i
+
+
+@triton.jit
+def _shift(m, HAS_MASK: tl.constexpr):
     if HAS_MASK:
         # A row with no attended key so far keeps m = -inf; shifting by 0 instead
         # makes p = 0 and alpha = 0 rather than NaN.
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_shift = m_new
-    alpha = tl.exp2(m_i - m_shift)
-    p = tl.exp2(s - m_shift[:, None])
-    p_ds = p * ds
-    l_i = l_i * alpha + tl.sum(p, 1)
-    r_i = r_i * alpha + tl.sum(p_ds, 1)
+        return tl.where(m == float("-inf"), 0.0, m)
+    return m
 
-    acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], PRECISION, UPCAST_BF16)
-    acc_t = _mma(p.to(v.dtype), v_t, acc_t * alpha[:, None], PRECISION, UPCAST_BF16)
-    acc_t = _mma(p_ds.to(v.dtype), v, acc_t, PRECISION, UPCAST_BF16)
-    return acc, acc_t, m_new, l_i, r_i
+
+@triton.jit
+def _rescale(acc, acc_t, m_i, l_i, r_i, m_new, HAS_MASK: tl.constexpr):
+    """The online-softmax state moved from running max m_i to m_new."""
+    alpha = tl.exp2(m_i - _shift(m_new, HAS_MASK))
+    return acc * alpha[:, None], acc_t * alpha[:, None], m_new, l_i * alpha, r_i * alpha
 
 
 @triton.jit
@@ -113,7 +134,7 @@ def _flash_jvp_kernel(
     stride_maskb, stride_maskn,
     num_heads, seqlen_q, seqlen_k, SIZE_CLASS,  # SIZE_CLASS only feeds the autotune key
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LAZY_RESCALE: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -157,14 +178,16 @@ def _flash_jvp_kernel(
             k_ptrs + start_n * stride_kn, kt_ptrs + start_n * stride_ktn,
             v_ptrs + start_n * stride_vn, vt_ptrs + start_n * stride_vtn,
             mask_ptrs + start_n * stride_maskn, start_n + offs_n, seqlen_k,
-            qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16)
+            qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
+            LAZY_RESCALE=LAZY_RESCALE)
     if full_end < seqlen_k:
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
             acc, acc_t, m_i, l_i, r_i, q, q_t,
             k_ptrs + full_end * stride_kn, kt_ptrs + full_end * stride_ktn,
             v_ptrs + full_end * stride_vn, vt_ptrs + full_end * stride_vtn,
             mask_ptrs + full_end * stride_maskn, full_end + offs_n, seqlen_k,
-            qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16)
+            qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
+            LAZY_RESCALE=LAZY_RESCALE)
 
     # Fully masked rows end with l = r = 0 and acc = acc_t = 0: out = out_t = 0,
     # lse = -inf, lse_t = 0.
@@ -203,14 +226,20 @@ def _prune_configs(configs, named_args, **kwargs):
     return fitting or configs[:1]
 
 
-_WIDE_DTYPE_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2)
-_CONFIGS = [
-    triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
-    for block_m, block_n, warps, stages in [
-        (128, 64, 8, 2), (128, 32, 8, 2), (128, 128, 8, 2),
-        (64, 32, 4, 2), (64, 64, 4, 2), (64, 128, 4, 2),
-    ]
-]
+def launch_config(block_m, block_n, warps, stages, lazy_rescale=False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "LAZY_RESCALE": lazy_rescale},
+                         num_warps=warps, num_stages=stages)
+
+
+_WIDE_DTYPE_CONFIG = launch_config(64, 32, 8, 2)
+# The lazy-rescale variant of the H200 winner is there for autotuning to weigh; it had not been
+# timed on a GPU when it was added (tools/tune_flash_jvp.py times each config on its own). One
+# variant only: each config adds compile and benchmark time to the first call.
+_CONFIGS = [launch_config(*c) for c in [
+    (128, 64, 8, 2), (128, 32, 8, 2), (128, 128, 8, 2),
+    (64, 32, 4, 2), (64, 64, 4, 2), (64, 128, 4, 2),
+    (128, 64, 8, 2, True),
+]]
 
 # Tuning is keyed on head dim, dtype, mask and a two-valued size class, never on the
 # lengths themselves: tiny shapes pick small blocks that lose at 32k tokens, so they
@@ -295,21 +324,35 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
                             k_t: torch.Tensor, v_t: torch.Tensor, softmax_scale: float,
                             key_padding_mask: Optional[torch.Tensor]
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if q.device.type == "cpu":
+        return launch(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask,
+                      _interpreter_config(q.shape[2], k.shape[2]))
     outputs = _empty_outputs(q, k)
     batch, heads, seqlen_q, _ = q.shape
-    args, meta = kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
-    if q.device.type == "cpu":
-        blocks = _interpreter_blocks(seqlen_q, k.shape[2])
-        grid = (triton.cdiv(seqlen_q, blocks["BLOCK_M"]), batch * heads)
-        _flash_jvp_kernel[grid](*args, **meta, **blocks)
-    else:
-        with torch.cuda.device(q.device):
-            grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
-            _flash_jvp_tuned[grid](*args, **meta)
+    args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
+    with torch.cuda.device(q.device):
+        grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
+        _flash_jvp_tuned[grid](*args, **meta)
     return outputs
 
 
-def kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs):
+def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, key_padding_mask, config: triton.Config):
+    """(out, out_t, lse, lse_t) from one given launch config, without autotuning: the interpreter
+    path, and tests and tools/tune_flash_jvp.py weighing configs. Inputs as flash_attention_jvp
+    checks them (softmax_scale given)."""
+    outputs = _empty_outputs(q, k)
+    args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
+    grid = (triton.cdiv(q.shape[2], config.kwargs["BLOCK_M"]), q.shape[0] * q.shape[1])
+    if q.device.type == "cpu":
+        _flash_jvp_kernel[grid](*args, **meta, **config.kwargs)
+    else:
+        with torch.cuda.device(q.device):
+            _flash_jvp_kernel[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps,
+                                    num_stages=config.num_stages)
+    return outputs
+
+
+def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs):
     """(positional args, constexpr meta) of ``_flash_jvp_kernel`` without the block sizes, for
     checked inputs and the (out, out_t, lse, lse_t) buffers it writes."""
     out, out_t, lse, lse_t = outputs

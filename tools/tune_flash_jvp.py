@@ -20,10 +20,11 @@ from torch.nn.functional import scaled_dot_product_attention
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels import flash_jvp
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, lazy rescale])
 CANDIDATES = [
     (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2),  # what autotuning keeps at head dim 128
-    (128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (128, 64, 4, 2),
+    (128, 64, 8, 2, True), (128, 32, 8, 2, True),
+    (128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 3), (128, 64, 4, 2), (128, 32, 8, 3, True),
     (64, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 1), (256, 32, 8, 2),
 ]
 
@@ -31,7 +32,7 @@ CANDIDATES = [
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="1,12,32760,32760,128", help="B,H,Sq,Sk,D")
-    p.add_argument("--configs", nargs="+", help="BLOCK_M,BLOCK_N,warps,stages (default: CANDIDATES)")
+    p.add_argument("--configs", nargs="+", help="BLOCK_M,BLOCK_N,warps,stages[,1 = lazy rescale] (default: CANDIDATES)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shape, one config, under TRITON_INTERPRET=1")
     return p.parse_args()
 
@@ -43,17 +44,6 @@ def _time_ms(fn, device):
     return triton.testing.do_bench(fn, warmup=50, rep=300)
 
 
-def _launch(inputs, config, outputs):
-    block_m, block_n, warps, stages = config
-    q = inputs[0]
-    args, meta = flash_jvp.kernel_arguments(*inputs, q.shape[-1] ** -0.5, None, outputs)
-    grid = (triton.cdiv(q.shape[2], block_m), q.shape[0] * q.shape[1])
-    launch = dict(BLOCK_M=block_m, BLOCK_N=block_n)
-    if q.device.type == "cuda":
-        launch.update(num_warps=warps, num_stages=stages)
-    flash_jvp._flash_jvp_kernel[grid](*args, **meta, **launch)
-
-
 def _relative(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -63,7 +53,7 @@ def main():
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     batch, heads, seqlen_q, seqlen_k, head_dim = (1, 2, 96, 80, 32) if args.cpu_smoke else map(
         int, args.shape.split(","))
-    configs = ([(32, 16, 4, 2)] if args.cpu_smoke else
+    configs = ([(32, 16, 4, 2), (32, 16, 4, 2, True)] if args.cpu_smoke else
                [tuple(map(int, c.split(","))) for c in args.configs] if args.configs else CANDIDATES)
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn(batch, heads, s, head_dim, dtype=torch.bfloat16, device=device, generator=gen)
@@ -78,17 +68,21 @@ def main():
                 rows.append((name, _time_ms(lambda: scaled_dot_product_attention(*inputs[:3]), device), 2, ""))
         rows.append(("autotuned forward+JVP", _time_ms(lambda: flash_attention_jvp(*inputs), device), 6, ""))
     cudnn_ms = rows[0][1] if rows else float("nan")
-    kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in flash_jvp._CONFIGS}
-    for config in configs:
-        outputs = flash_jvp._empty_outputs(inputs[0], inputs[1])
+    kept = {(*(c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N")), c.num_warps, c.num_stages, c.kwargs["LAZY_RESCALE"])
+            for c in flash_jvp._CONFIGS}
+    scale = head_dim ** -0.5
+    for numbers in configs:
+        config = flash_jvp.launch_config(*numbers[:4], lazy_rescale=bool(numbers[4]) if len(numbers) > 4 else False)
+        name = f"config {tuple(numbers[:4])}" + (" lazy rescale" if config.kwargs["LAZY_RESCALE"] else "")
         try:
-            _launch(inputs, config, outputs)
+            outputs = flash_jvp.launch(*inputs, scale, None, config)
         except triton.runtime.errors.OutOfResources as e:
-            rows.append((f"config {config}", None, 6, f"does not fit: {e}"))
+            rows.append((name, None, 6, f"does not fit: {e}"))
             continue
         differs = max(_relative(outputs[0], reference.out), _relative(outputs[1], reference.out_t))
-        note = ("in _CONFIGS" if config in kept else "candidate") + f"; differs from autotuned by {differs:.1e}"
-        rows.append((f"config {config}", _time_ms(lambda: _launch(inputs, config, outputs), device), 6, note))
+        in_configs = (*numbers[:4], config.kwargs["LAZY_RESCALE"]) in kept
+        note = ("in _CONFIGS" if in_configs else "candidate") + f"; differs from autotuned by {differs:.1e}"
+        rows.append((name, _time_ms(lambda: flash_jvp.launch(*inputs, scale, None, config), device), 6, note))
 
     print(f"attention forward+JVP launch configs, B{batch} H{heads} Sq{seqlen_q} Sk{seqlen_k} D{head_dim}, bf16, "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu (interpreter)'}\n")

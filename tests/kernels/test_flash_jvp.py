@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from megatron_rcm.kernels import AttentionJVPOutput, flash_attention_jvp
+from megatron_rcm.kernels.flash_jvp import launch, launch_config
 
 from .helpers import max_rel_error, random_inputs, reference_jvp
 
@@ -81,6 +82,40 @@ def test_tangent_is_a_directional_derivative():
     result = flash_attention_jvp(q, k, v, q_t, k_t, v_t)
     assert max_rel_error(result.out_t, (plus.out - minus.out) / (2 * eps)) < 1e-8
     assert max_rel_error(result.lse_t, (plus.lse - minus.lse) / (2 * eps)) < 1e-8
+
+
+def _growing_scores(dtype, key_gain):
+    """Keys scaled up along the sequence, so that the row max of the scores keeps growing from one
+    key block to the next (by up to ``key_gain`` times the first block's)."""
+    inputs = random_inputs(2, 2, 37, 97, 32, torch.float64)
+    inputs[1] = inputs[1] * torch.linspace(0.5, key_gain, 97, dtype=torch.float64)[:, None]
+    return [t.to(dtype) for t in inputs]
+
+
+@pytest.mark.parametrize("lazy_rescale", [False, True], ids=["rescale", "lazy"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_launch_variants_match_reference_in_float64(lazy_rescale, masked):
+    """Blocks of 32 x 16 over 37 x 97 (partial blocks) and scores that grow by less than the lazy
+    threshold per block: the lazy variant then keeps a stale max, exactly."""
+    inputs = _growing_scores(torch.float64, key_gain=3.0)
+    mask = padding_mask(2, 97) if masked else None
+    result = launch(*inputs, 32 ** -0.5, mask, launch_config(32, 16, 4, 2, lazy_rescale))
+    for name, actual, want in zip(AttentionJVPOutput._fields, result, reference_jvp(inputs, None, mask)):
+        assert max_rel_error(actual, want) <= TOLERANCE[torch.float64], name
+
+
+def test_lazy_rescale_moves_the_max_before_float32_overflows():
+    """Scores growing by ~150 log2 units over the keys: exp2 of scores against the first block's
+    max alone would overflow float32, so the lazy variant must rescale; it is as accurate as the
+    variant that rescales on every block."""
+    inputs = _growing_scores(torch.float32, key_gain=40.0)
+    expected = reference_jvp(inputs)
+    errors = {}
+    for lazy in (False, True):
+        result = launch(*inputs, 32 ** -0.5, None, launch_config(32, 16, 4, 2, lazy))
+        assert all(torch.isfinite(t).all() for t in result)
+        errors[lazy] = max(max_rel_error(a, w) for a, w in zip(result, expected))
+    assert errors[True] <= 2 * errors[False] + 1e-7, errors
 
 
 def _valid():

@@ -1,0 +1,96 @@
+"""The attention JVP kernel compiled ahead of time for a GPU architecture on any machine, GPU or not.
+
+For each launch config that autotuning weighs, Triton compiles the kernel to PTX, and the ptxas
+shipped with Triton reports registers, spills and warnings such as serialized wgmma. Autotuning
+cannot see these figures, and no GPU time is needed to get them. The pointer and stride
+arguments are marked divisible by 16, as Triton's JIT specialises them at the Wan shapes; without
+that mark Triton does not pipeline the loads.
+
+    python -m megatron_rcm.kernels.static_build [--arch 90] [--head-dim 128] [--dtype bf16]
+
+It needs real compilation: run it without TRITON_INTERPRET=1.
+"""
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .flash_jvp import _CONFIGS, _flash_jvp_kernel, _prune_configs
+
+_POINTERS = ("Q", "K", "V", "QT", "KT", "VT", "Out", "OutT", "Mask")
+_FLOAT_POINTERS = ("Lse", "LseT", "Consts")
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BuildReport:
+    config: triton.Config
+    registers: int
+    spill_bytes: int  # stores + loads
+    warnings: list = field(default_factory=list)
+
+
+def _ptxas(arch):
+    """The ptxas Triton itself runs for this architecture (it ships more than one)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return get_ptxas(arch).path
+
+
+def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90) -> BuildReport:
+    if not isinstance(_flash_jvp_kernel, triton.runtime.JITFunction):
+        raise RuntimeError("static builds need real compilation: unset TRITON_INTERPRET")
+    names = list(inspect.signature(_flash_jvp_kernel.fn).parameters)
+    constexprs = dict(HEAD_DIM=head_dim, HAS_MASK=False, PRECISION="tf32", UPCAST_BF16=False, **config.kwargs)
+    signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in _POINTERS
+                 else "*fp32" if n in _FLOAT_POINTERS else "i32" for n in names}
+    source = ASTSource(
+        fn=_flash_jvp_kernel, signature=signature,
+        constexprs={(names.index(n),): v for n, v in constexprs.items()},
+        attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+               if signature[n].startswith("*") or n.startswith("stride")})
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = os.path.join(folder, "kernel.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([_ptxas(arch), f"-arch=sm_{arch}a", "-v", ptx, "-o", os.path.join(folder, "kernel.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    warnings = [line.split("warning :")[-1].strip() for line in log.splitlines() if "warning" in line]
+    return BuildReport(config, registers, int(spills.group(1)) + int(spills.group(2)), warnings)
+
+
+def tuned_configs(head_dim, dtype="bf16"):
+    """The configs autotuning weighs at this head dim and dtype (after its pruning)."""
+    return _prune_configs(_CONFIGS, {"Q": torch.empty(0, dtype=_TORCH_DTYPES[dtype])}, HEAD_DIM=head_dim)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90 = H100/H200)")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtype", choices=sorted(_TORCH_DTYPES), default="bf16")
+    args = p.parse_args()
+    print(f"attention JVP kernel for sm_{args.arch}a, head dim {args.head_dim}, {args.dtype}, Triton {triton.__version__}\n")
+    print("| BLOCK_M | BLOCK_N | warps | stages | lazy rescale | registers | spill bytes | ptxas warnings |")
+    print("|---|---|---|---|---|---|---|---|")
+    for config in tuned_configs(args.head_dim, args.dtype):
+        r = build_report(config, args.head_dim, args.dtype, args.arch)
+        k = config.kwargs
+        print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | {k['LAZY_RESCALE']} | "
+              f"{r.registers} | {r.spill_bytes} | {'; '.join(r.warnings) or '-'} |")
+
+
+if __name__ == "__main__":
+    main()
