@@ -46,8 +46,10 @@ def test_distributed_optimizer_resumes_exactly_and_at_another_layout(inputs, tmp
 
 
 def test_bf16_with_fp32_master_weights_trains_and_resumes(inputs, tmp_path):
-    records = _run(inputs, tmp_path, 4, *TP2_DP2, "--bf16", "--train-iters", "3")
+    # finite and resumable, not exact: the bf16 attention kernels need no deterministic mode here
+    bf16 = [*TP2_DP2, "--bf16", "--no-deterministic-mode"]
+    records = _run(inputs, tmp_path, 4, *bf16, "--train-iters", "3")
     assert all(math.isfinite(v) for r in _losses(records) for v in r.values())
-    resumed = _run(inputs, tmp_path, 4, *TP2_DP2, "--bf16")
+    resumed = _run(inputs, tmp_path, 4, *bf16)
     assert [r["iteration"] for r in resumed] == [4, 5, 6]
     assert all(math.isfinite(v) for r in _losses(resumed) for v in r.values())
