@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -35,7 +35,7 @@ class BuildReport:
     config: triton.Config
     registers: int
     spill_bytes: int  # stores + loads
-    warnings: list = field(default_factory=list)
+    warnings: list
 
 
 def _ptxas(arch):

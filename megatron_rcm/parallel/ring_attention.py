@@ -118,7 +118,9 @@ class _ChunkAttention:
         return out.to(acc), lse.reshape(q.shape[:3]).to(acc)
 
     def backward(self, d_out, q, k, v, out, lse):
-        """(dq, dk, dv) of this chunk in the accumulator dtype; ``out``, ``lse`` are over all keys."""
+        """(dq, dk, dv) of this chunk in the accumulator dtype; ``out``, ``lse`` are over all keys.
+        ``d_out`` and ``out`` come in q's dtype, both contiguous: cuDNN's backward wants their
+        strides to agree."""
         acc = lse.dtype
         if self.kernel == "math":
             qa, ka, va, d_out = q.to(acc), k.to(acc), v.to(acc), d_out.to(acc)
@@ -126,8 +128,6 @@ class _ChunkAttention:
             ds = p * (torch.matmul(d_out, va.transpose(-1, -2)) - (d_out * out.to(acc)).sum(-1, keepdim=True))
             return (torch.matmul(ds, ka) * self.scale, torch.matmul(ds.transpose(-1, -2), qa) * self.scale,
                     torch.matmul(p.transpose(-1, -2), d_out))
-        # one layout for both: cuDNN's backward wants the strides of d_out and out to agree
-        d_out, out = d_out.to(q.dtype).contiguous(), out.to(q.dtype).contiguous()
         if self.kernel == "cudnn":
             cum_q, cum_k, seed, offset, lse_shape = self.extras
             grads = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
@@ -167,7 +167,7 @@ class _RingAttention(torch.autograd.Function):
                 out, lse = _merge_pair(out, lse, *chunk.forward(q, kv[0][:, :, :n], kv[1][:, :, :n]))
             if pending is not None:
                 kv = ring.finish(pending)
-        out = out.to(q.dtype)
+        out = out.to(q.dtype).contiguous()
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.chunk, ctx.valid_len, ctx.group = chunk, valid_len, group
         return out
@@ -175,6 +175,7 @@ class _RingAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, out, lse = ctx.saved_tensors
+        d_out = d_out.to(q.dtype).contiguous()  # once, not per chunk (out was saved contiguous)
         ring = _RingExchange(ctx.group)
         dq = torch.zeros_like(q, dtype=lse.dtype)
         # keys and values travel with their gradient accumulators and are home after the last shift
