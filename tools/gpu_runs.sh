@@ -6,8 +6,9 @@
 #   bash tools/gpu_runs.sh tests   # pytest -m gpu: kernels, elementwise, ring (2 GPUs), training (4 GPUs);
 #                                  # beside them the bf16-vs-float32 error of bench_wan.py at 2 layers
 #   bash tools/gpu_runs.sh wan     # tools/bench_wan.py: 1 GPU next to diffusers, TP=2, CP=2 a2a and p2p
-#   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2
-#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, tools/profile_wan_jvp.py
+#   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2, DP4
+#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, tools/profile_wan_jvp.py,
+#                                  # bench_wan.py's 1-GPU JVP ratio, bench_attention.py's first-call time
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
@@ -58,18 +59,29 @@ wan)
   for f in "$OUT"/wan_*.log; do echo "== $f"; grep -A14 "^Wan " "$f" || tail -5 "$f"; done
   ;;
 train)
-  timeout 200 python3 tools/bench_train.py --nproc 1 --work /tmp/bench > "$OUT/train_n1.log" 2>&1
-  timeout 150 python3 tools/bench_train.py --nproc 4 --tp 2 --cp 2 --sequence-parallel --work /tmp/bench \
-    > "$OUT/train_tp2_cp2.log" 2>&1
-  timeout 150 python3 tools/bench_train.py --nproc 4 --tp 2 --sequence-parallel --work /tmp/bench \
+  # the 1-GPU run writes the random teacher and the shards first; DP mixes before TP x CP, which
+  # has rows from an earlier commit
+  timeout 170 python3 tools/bench_train.py --nproc 1 --work /tmp/bench > "$OUT/train_n1.log" 2>&1
+  timeout 130 python3 tools/bench_train.py --nproc 4 --tp 2 --sequence-parallel --work /tmp/bench \
     > "$OUT/train_tp2_dp2.log" 2>&1
+  timeout 130 python3 tools/bench_train.py --nproc 4 --work /tmp/bench > "$OUT/train_dp4.log" 2>&1
+  timeout 130 python3 tools/bench_train.py --nproc 4 --tp 2 --cp 2 --sequence-parallel --work /tmp/bench \
+    > "$OUT/train_tp2_cp2.log" 2>&1
   for f in "$OUT"/train_*.log; do echo "== $f"; tail -1 "$f"; done
   ;;
 kernel)
   CUDA_VISIBLE_DEVICES=0 timeout 400 python3 tools/tune_flash_jvp.py > "$OUT/tune_flash_jvp.log" 2>&1 &
   CUDA_VISIBLE_DEVICES=1 timeout 400 python3 tools/profile_wan_jvp.py > "$OUT/profile_wan_jvp.log" 2>&1 &
+  # the JVP / forward ratio of the whole model with the autotuned config set, and the kernel's
+  # first-call (compile + autotune) time
+  CUDA_VISIBLE_DEVICES=2 timeout 400 python3 tools/bench_wan.py --skip-diffusers --skip-error \
+    > "$OUT/wan_1gpu.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=3 timeout 400 python3 tools/bench_attention.py --shapes wan1.3b,ring --quick \
+    > "$OUT/bench_attention.log" 2>&1 &
   wait
   grep -A20 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
   tail -25 "$OUT/profile_wan_jvp.log"
+  grep -A14 "^Wan " "$OUT/wan_1gpu.log" || tail -5 "$OUT/wan_1gpu.log"
+  tail -8 "$OUT/bench_attention.log"
   ;;
 esac
