@@ -119,8 +119,19 @@ def load_optimizer_state(optimizer, state_dict):
         getattr(opt, f"load_parameter_state_from_{_PARAM_STATE_LOADERS[sharding_type]}")(param_state)
         for p, step in steps.items():
             opt.optimizer.state[p]["step"] = step
+        unshare_steps(opt.optimizer)
     if len(inner) > 1:
         optimizer._synchronize_steps()
+
+
+def unshare_steps(torch_optimizer):
+    """Give every parameter its own 'step' tensor. megatron's DistributedOptimizer.load_state_dict
+    (no Apex/TE) puts one tensor into every parameter's state; torch's foreach Adam then adds 1 to
+    it once per parameter, so the bias correction of the first step after a resume was wrong (seen
+    on 4 x H200: the resumed fake-score update differed from the straight run's)."""
+    for state in torch_optimizer.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
 
 
 def build_optimizer(ddp_model, args, lr):

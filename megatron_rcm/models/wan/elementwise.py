@@ -72,6 +72,9 @@ class Elementwise:
     def run(self, fn, args, compiled):
         if compiled and args[0].device.type in self.compile_on:
             if fn not in self._compiled:
+                # one training step calls each form with several dtypes and shapes (teacher,
+                # student and fake score; guided pairs; TP/SP shards): more than dynamo's default 8
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
                 self._compiled[fn] = torch.compile(fn)
             fn = self._compiled[fn]
         return fn(*args)
