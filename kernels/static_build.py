@@ -83,12 +83,12 @@ def main():
     p.add_argument("--dtype", choices=sorted(_TORCH_DTYPES), default="bf16")
     args = p.parse_args()
     print(f"attention JVP kernel for sm_{args.arch}a, head dim {args.head_dim}, {args.dtype}, Triton {triton.__version__}\n")
-    print("| BLOCK_M | BLOCK_N | warps | stages | lazy rescale | registers | spill bytes | ptxas warnings |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| BLOCK_M | BLOCK_N | warps | stages | registers | spill bytes | ptxas warnings |")
+    print("|---|---|---|---|---|---|---|")
     for config in tuned_configs(args.head_dim, args.dtype):
         r = build_report(config, args.head_dim, args.dtype, args.arch)
         k = config.kwargs
-        print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | {k['LAZY_RESCALE']} | "
+        print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | "
               f"{r.registers} | {r.spill_bytes} | {'; '.join(r.warnings) or '-'} |")
 
 

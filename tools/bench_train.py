@@ -76,9 +76,13 @@ def main():
     parser.add_argument("--sequence-parallel", action="store_true")
     parser.add_argument("--cp-comm-type", default="a2a")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the teacher, shards and negative embedding (CPU work), then stop")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     teacher = prepare(args.work)
+    if args.prepare_only:
+        return
     log = args.work / f"log-n{args.nproc}-tp{args.tp}-cp{args.cp}.jsonl"
     log.unlink(missing_ok=True)
     command = [

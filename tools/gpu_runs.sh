@@ -39,7 +39,12 @@ tests)
   CUDA_VISIBLE_DEVICES=1,2 timeout 230 python3 -m pytest -q -m gpu -p no:cacheprovider tests/parallel \
     > "$OUT/tests_2gpu.log" 2>&1 &
   wait $one_gpu $!
-  timeout 320 python3 -m pytest -s -m gpu -p no:cacheprovider tests/training > "$OUT/tests_4gpu.log" 2>&1
+  # the two 4-GPU training tests at once (tiny models; about 3 minutes each, one after the other 6)
+  timeout 320 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short tests/training -k resumes_exactly --basetemp /tmp/pt_resume \
+    > "$OUT/tests_4gpu_resume.log" 2>&1 &
+  timeout 320 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short tests/training -k bf16 --basetemp /tmp/pt_bf16 \
+    > "$OUT/tests_4gpu_bf16.log" 2>&1
+  wait $!
   wait $error_run
   for f in "$OUT"/tests_*.log; do echo "== $f: $(tail -1 "$f")"; grep FAILED "$f"; done
   grep "float32 reference\|relative L2" "$OUT/wan_error.log" || tail -3 "$OUT/wan_error.log"

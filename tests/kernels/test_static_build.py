@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-from megatron_rcm.kernels.flash_jvp import _CONFIGS
-
 
 def _rows(table):
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()
@@ -21,7 +19,6 @@ def test_tuned_configs_compile_for_hopper_without_ptxas_warnings():
                              "--head-dim", "128"], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(result.stdout)
-    lazy_variants = sum(c.kwargs["LAZY_RESCALE"] for c in _CONFIGS)
-    assert len(rows) >= 2 and sum(row[4] == "True" for row in rows) == lazy_variants, result.stdout
-    for block_m, block_n, warps, stages, lazy, registers, spills, warnings in rows:
+    assert len(rows) >= 2, result.stdout
+    for block_m, block_n, warps, stages, registers, spills, warnings in rows:
         assert int(registers) <= 255 and warnings == "-", result.stdout
