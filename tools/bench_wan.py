@@ -147,6 +147,12 @@ def main():
     with torch.no_grad():
         record("ours", "forward", timer(lambda: ours(x, t, text)), flops)
         record("ours", "jvp", timer(lambda: ours.jvp(x, t, text, x_t, t_t)))
+    if x.is_cuda:
+        from megatron_rcm.kernels import flash_jvp
+
+        # what autotuning picked, per (head dim, mask, size class, dtypes) key
+        for key, config in flash_jvp._flash_jvp_tuned.cache.items():
+            print(f"attention JVP kernel, tuned for {key}: {config}", flush=True)
     set_recompute(False)
     record("ours", "forward+backward", timer(lambda: train_step(ours, lambda: ours(x, t, text))), 3 * flops)
     set_recompute(True)

@@ -5,7 +5,10 @@ resumed at TP=2 x DP=1.
 
 On 4 x H200 (2026-11-27) the first run of this test found a resume that was not exact although the
 straight run repeated itself bit for bit: the first update after the resume used a step counter
-that megatron's loader had shared between all parameters (fixed in ``unshare_steps``).
+that megatron's loader had shared between all parameters (fixed in ``unshare_steps``). With the
+fix it passed on 2 x H200; the 4-GPU layouts have not run since. The bf16 test trained and resumed
+on 2 x H200; it then failed on its own check of the log (which a resumed run appends to), since
+corrected and not rerun on GPUs.
 """
 
 import math
@@ -59,6 +62,7 @@ def test_bf16_with_fp32_master_weights_trains_and_resumes(inputs, tmp_path):
     bf16 = [*LAYOUTS[0], "--bf16", "--no-deterministic-mode"]
     records = _run(inputs, tmp_path, GPUS, *bf16, "--train-iters", "3")
     assert all(math.isfinite(v) for r in _losses(records) for v in r.values())
+    # the log is appended to: a resumed run continues it at iteration 4, a restarted one at 1
     resumed = _run(inputs, tmp_path, GPUS, *bf16)
-    assert [r["iteration"] for r in resumed] == [4, 5, 6]
-    assert all(math.isfinite(v) for r in _losses(resumed) for v in r.values())
+    assert [r["iteration"] for r in resumed] == list(range(1, ITERS + 1))
+    assert all(math.isfinite(v) for r in _losses(resumed[3:]) for v in r.values())
