@@ -64,14 +64,14 @@ wan)
   for f in "$OUT"/wan_*.log; do echo "== $f"; grep -A14 "^Wan " "$f" || tail -5 "$f"; done
   ;;
 train)
-  # the 1-GPU run writes the random teacher and the shards first; DP mixes before TP x CP, which
-  # has rows from an earlier commit
-  timeout 170 python3 tools/bench_train.py --nproc 1 --work /tmp/bench > "$OUT/train_n1.log" 2>&1
-  timeout 130 python3 tools/bench_train.py --nproc 4 --tp 2 --sequence-parallel --work /tmp/bench \
-    > "$OUT/train_tp2_dp2.log" 2>&1
-  timeout 130 python3 tools/bench_train.py --nproc 4 --work /tmp/bench > "$OUT/train_dp4.log" 2>&1
-  timeout 130 python3 tools/bench_train.py --nproc 4 --tp 2 --cp 2 --sequence-parallel --work /tmp/bench \
-    > "$OUT/train_tp2_cp2.log" 2>&1
+  # 6 iterations each (medians of 2 student and 2 critic iterations after the first of each), so
+  # that 1 GPU and three 4-GPU layouts fit one call; the random teacher and shards are written first
+  python3 tools/bench_train.py --prepare-only --work /tmp/bench > "$OUT/train_prepare.log" 2>&1
+  B="python3 tools/bench_train.py --iters 6 --work /tmp/bench"
+  timeout 130 $B --nproc 1 > "$OUT/train_n1.log" 2>&1
+  timeout 140 $B --nproc 4 --tp 2 --sequence-parallel > "$OUT/train_tp2_dp2.log" 2>&1
+  timeout 140 $B --nproc 4 > "$OUT/train_dp4.log" 2>&1
+  timeout 140 $B --nproc 4 --tp 2 --cp 2 --sequence-parallel > "$OUT/train_tp2_cp2.log" 2>&1
   for f in "$OUT"/train_*.log; do echo "== $f"; tail -1 "$f"; done
   ;;
 kernel)

@@ -111,14 +111,14 @@ def load_optimizer_state(optimizer, state_dict):
     for opt, part in zip(inner, parts):
         if not isinstance(opt, DistributedOptimizer) or "param_state" not in part:
             opt.load_state_dict(part)
-            continue
-        part = dict(part)
-        param_state, sharding_type = part.pop("param_state"), part.pop("param_state_sharding_type")
-        opt.load_state_dict(part)  # param groups, steps, grad scaler
-        steps = {p: s.pop("step") for p, s in opt.optimizer.state.items() if "step" in s}
-        getattr(opt, f"load_parameter_state_from_{_PARAM_STATE_LOADERS[sharding_type]}")(param_state)
-        for p, step in steps.items():
-            opt.optimizer.state[p]["step"] = step
+        else:
+            part = dict(part)
+            param_state, sharding_type = part.pop("param_state"), part.pop("param_state_sharding_type")
+            opt.load_state_dict(part)  # param groups, steps, grad scaler
+            steps = {p: s.pop("step") for p, s in opt.optimizer.state.items() if "step" in s}
+            getattr(opt, f"load_parameter_state_from_{_PARAM_STATE_LOADERS[sharding_type]}")(param_state)
+            for p, step in steps.items():
+                opt.optimizer.state[p]["step"] = step
         unshare_steps(opt.optimizer)
     if len(inner) > 1:
         optimizer._synchronize_steps()
