@@ -27,7 +27,7 @@ def _interpreter_config(seqlen_q: int, seqlen_k: int) -> triton.Config:
     # Under TRITON_INTERPRET=1 time goes per program and per key block, hardly per element.
     # Short sequences (the tests' shapes) get small blocks, so that they cross several key
     # blocks and a partial last one; from 64 tokens on, blocks of 64 run 8x fewer steps.
-    return triton.Config({"BLOCK_M": 64 if seqlen_q >= 64 else 32, "BLOCK_N": 64 if seqlen_k >= 64 else 16})
+    return launch_config(64 if seqlen_q >= 64 else 32, 64 if seqlen_k >= 64 else 16, 4, 2)
 
 
 _SHARED_MEMORY_BYTES = 227 * 1024  # H100/H200 per-block opt-in limit
@@ -55,11 +55,19 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
 
 @triton.jit
 def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
-                      k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs, offs_n, seqlen_k,
+                      k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs, start_n, offs_n, seqlen_k,
                       qk_scale, softmax_scale,
                       BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                      UPCAST_BF16: tl.constexpr):
-    if BOUNDS:
+                      UPCAST_BF16: tl.constexpr, USE_TMA: tl.constexpr):
+    if USE_TMA:
+        # k_ptrs ... v_t_ptrs are tensor descriptors of this (batch, head): the copy engine
+        # fills rows past seqlen_k with zeros, and no pointer tensors take registers.
+        in_range = offs_n < seqlen_k
+        k = k_ptrs.load([start_n, 0])
+        k_t = k_t_ptrs.load([start_n, 0])
+        v = v_ptrs.load([start_n, 0])
+        v_t = v_t_ptrs.load([start_n, 0])
+    elif BOUNDS:
         in_range = offs_n < seqlen_k
         k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
         k_t = tl.load(k_t_ptrs, mask=in_range[:, None], other=0.0)
@@ -98,6 +106,21 @@ def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
 
 
 @triton.jit
+def _descriptor(base, rows, row_stride, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    return tl.make_tensor_descriptor(base, shape=[rows, HEAD_DIM], strides=[row_stride, 1],
+                                     block_shape=[BLOCK_N, HEAD_DIM])
+
+
+@triton.jit
+def _at(ptrs, start_n, stride_n, USE_TMA: tl.constexpr):
+    """Key-block pointers at row start_n; a descriptor is addressed at load time instead."""
+    if USE_TMA:
+        return ptrs
+    else:
+        return ptrs + start_n * stride_n
+
+
+@triton.jit
 def _shift(m, HAS_MASK: tl.constexpr):
     if HAS_MASK:
         # A row with no attended key so far keeps m = -inf; shifting by 0 instead
@@ -122,7 +145,7 @@ def _flash_jvp_kernel(
     stride_maskb, stride_maskn,
     num_heads, seqlen_q, seqlen_k, SIZE_CLASS,  # SIZE_CLASS only feeds the autotune key
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -145,10 +168,20 @@ def _flash_jvp_kernel(
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     q_t = tl.load(qt_ptrs, mask=row_ok[:, None], other=0.0)
 
-    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    kt_ptrs = KT + off_b * stride_ktb + off_h * stride_kth + offs_n[:, None] * stride_ktn + offs_d[None, :]
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-    vt_ptrs = VT + off_b * stride_vtb + off_h * stride_vth + offs_n[:, None] * stride_vtn + offs_d[None, :]
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    kt_base = KT + off_b * stride_ktb + off_h * stride_kth
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    vt_base = VT + off_b * stride_vtb + off_h * stride_vth
+    if USE_TMA:
+        k_ptrs = _descriptor(k_base, seqlen_k, stride_kn, BLOCK_N, HEAD_DIM)
+        kt_ptrs = _descriptor(kt_base, seqlen_k, stride_ktn, BLOCK_N, HEAD_DIM)
+        v_ptrs = _descriptor(v_base, seqlen_k, stride_vn, BLOCK_N, HEAD_DIM)
+        vt_ptrs = _descriptor(vt_base, seqlen_k, stride_vtn, BLOCK_N, HEAD_DIM)
+    else:
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        kt_ptrs = kt_base + offs_n[:, None] * stride_ktn + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        vt_ptrs = vt_base + offs_n[:, None] * stride_vtn + offs_d[None, :]
     mask_ptrs = Mask + off_b * stride_maskb + offs_n * stride_maskn
 
     acc_dtype = softmax_scale.dtype
@@ -163,17 +196,19 @@ def _flash_jvp_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
             acc, acc_t, m_i, l_i, r_i, q, q_t,
-            k_ptrs + start_n * stride_kn, kt_ptrs + start_n * stride_ktn,
-            v_ptrs + start_n * stride_vn, vt_ptrs + start_n * stride_vtn,
-            mask_ptrs + start_n * stride_maskn, start_n + offs_n, seqlen_k,
-            qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16)
+            _at(k_ptrs, start_n, stride_kn, USE_TMA), _at(kt_ptrs, start_n, stride_ktn, USE_TMA),
+            _at(v_ptrs, start_n, stride_vn, USE_TMA), _at(vt_ptrs, start_n, stride_vtn, USE_TMA),
+            mask_ptrs + start_n * stride_maskn, start_n, start_n + offs_n, seqlen_k,
+            qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
+            USE_TMA=USE_TMA)
     if full_end < seqlen_k:
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
             acc, acc_t, m_i, l_i, r_i, q, q_t,
-            k_ptrs + full_end * stride_kn, kt_ptrs + full_end * stride_ktn,
-            v_ptrs + full_end * stride_vn, vt_ptrs + full_end * stride_vtn,
-            mask_ptrs + full_end * stride_maskn, full_end + offs_n, seqlen_k,
-            qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16)
+            _at(k_ptrs, full_end, stride_kn, USE_TMA), _at(kt_ptrs, full_end, stride_ktn, USE_TMA),
+            _at(v_ptrs, full_end, stride_vn, USE_TMA), _at(vt_ptrs, full_end, stride_vtn, USE_TMA),
+            mask_ptrs + full_end * stride_maskn, full_end, full_end + offs_n, seqlen_k,
+            qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
+            USE_TMA=USE_TMA)
 
     # Fully masked rows end with l = r = 0 and acc = acc_t = 0: out = out_t = 0,
     # lse = -inf, lse_t = 0.
@@ -205,6 +240,8 @@ def _prune_configs(configs, named_args, **kwargs):
     fitting = [c for c in configs
                if _shared_memory_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim,
                                           c.num_stages, element_size) <= _SHARED_MEMORY_BYTES]
+    if any(c.kwargs["USE_TMA"] for c in fitting) and not _tma_fits(named_args):
+        fitting = [c for c in fitting if not c.kwargs["USE_TMA"]]
     # Two [BLOCK_M, HEAD_DIM] fp32 accumulators live in registers. At head dim 128 the
     # others spilled on an H200 (Triton 3.6): keep 8 warps, or 4 warps with BLOCK_N = 32.
     if head_dim >= 128:
@@ -212,8 +249,24 @@ def _prune_configs(configs, named_args, **kwargs):
     return fitting or configs[:1]
 
 
-def launch_config(block_m, block_n, warps, stages) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+def _tma_fits(named_args) -> bool:
+    """Tensor descriptors need Hopper or newer, and 16-byte aligned bases and row strides."""
+    tensors = [named_args[n] for n in ("K", "KT", "V", "VT")]
+    if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+               for t in tensors)
+
+
+@functools.cache
+def _install_descriptor_allocator():
+    # device-side tensor descriptors are written to global scratch that Triton asks for
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+
+
+def launch_config(block_m, block_n, warps, stages, tma=False) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "USE_TMA": tma}, num_warps=warps,
+                         num_stages=stages)
 
 
 _WIDE_DTYPE_CONFIG = launch_config(64, 32, 8, 2)
@@ -314,6 +367,8 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     outputs = _empty_outputs(q, k)
     batch, heads, seqlen_q, _ = q.shape
     args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
+    if any(c.kwargs["USE_TMA"] for c in _CONFIGS):
+        _install_descriptor_allocator()
     with torch.cuda.device(q.device):
         grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
         _flash_jvp_tuned[grid](*args, **meta)
@@ -330,6 +385,11 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, key_padding_mask, confi
     if q.device.type == "cpu":
         _flash_jvp_kernel[grid](*args, **meta, **config.kwargs)
     else:
+        if config.kwargs["USE_TMA"]:
+            if not _tma_fits(dict(K=k, KT=k_t, V=v, VT=v_t)):
+                raise ValueError("this launch config uses tensor descriptors, which need a Hopper or newer GPU "
+                                 "and 16-byte aligned K, K_t, V, V_t with 16-byte aligned strides")
+            _install_descriptor_allocator()
         with torch.cuda.device(q.device):
             _flash_jvp_kernel[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps,
                                     num_stages=config.num_stages)

@@ -6,7 +6,7 @@ cannot see these figures, and no GPU time is needed to get them. The pointer and
 arguments are marked divisible by 16, as Triton's JIT specialises them at the Wan shapes; without
 that mark Triton does not pipeline the loads.
 
-    python -m megatron_rcm.kernels.static_build [--arch 90] [--head-dim 128] [--dtype bf16]
+    python -m megatron_rcm.kernels.static_build [--arch 90] [--head-dim 128] [--dtype bf16] [--tma]
 
 It needs real compilation: run it without TRITON_INTERPRET=1.
 """
@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .flash_jvp import _CONFIGS, _flash_jvp_kernel, _prune_configs
+from .flash_jvp import _CONFIGS, _flash_jvp_kernel, _prune_configs, launch_config
 
 _POINTERS = ("Q", "K", "V", "QT", "KT", "VT", "Out", "OutT", "Mask")
 _FLOAT_POINTERS = ("Lse", "LseT", "Consts")
@@ -71,9 +71,14 @@ def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90) -> 
     return BuildReport(config, registers, int(spills.group(1)) + int(spills.group(2)), warnings)
 
 
-def tuned_configs(head_dim, dtype="bf16"):
-    """The configs autotuning weighs at this head dim and dtype (after its pruning)."""
-    return _prune_configs(_CONFIGS, {"Q": torch.empty(0, dtype=_TORCH_DTYPES[dtype])}, HEAD_DIM=head_dim)
+def tuned_configs(head_dim, dtype="bf16", tma=False):
+    """The configs autotuning weighs at this head dim and dtype (after its pruning); with ``tma``
+    also each one's tensor-descriptor variant."""
+    configs = _prune_configs(_CONFIGS, {"Q": torch.empty(0, dtype=_TORCH_DTYPES[dtype])}, HEAD_DIM=head_dim)
+    if tma:
+        configs = configs + [launch_config(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, True)
+                             for c in configs if not c.kwargs["USE_TMA"]]
+    return configs
 
 
 def main():
@@ -81,14 +86,15 @@ def main():
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90 = H100/H200)")
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", choices=sorted(_TORCH_DTYPES), default="bf16")
+    p.add_argument("--tma", action="store_true", help="also the tensor-descriptor variant of each config")
     args = p.parse_args()
     print(f"attention JVP kernel for sm_{args.arch}a, head dim {args.head_dim}, {args.dtype}, Triton {triton.__version__}\n")
-    print("| BLOCK_M | BLOCK_N | warps | stages | registers | spill bytes | ptxas warnings |")
-    print("|---|---|---|---|---|---|---|")
-    for config in tuned_configs(args.head_dim, args.dtype):
+    print("| BLOCK_M | BLOCK_N | warps | stages | descriptors | registers | spill bytes | ptxas warnings |")
+    print("|---|---|---|---|---|---|---|---|")
+    for config in tuned_configs(args.head_dim, args.dtype, args.tma):
         r = build_report(config, args.head_dim, args.dtype, args.arch)
         k = config.kwargs
-        print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | "
+        print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | {k['USE_TMA']} | "
               f"{r.registers} | {r.spill_bytes} | {'; '.join(r.warnings) or '-'} |")
 
 

@@ -20,18 +20,19 @@ from torch.nn.functional import scaled_dot_product_attention
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels import flash_jvp
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, 1 = tensor descriptors (TMA)])
 CANDIDATES = [
     (128, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2),  # what autotuning keeps at head dim 128
-    (128, 32, 8, 4), (128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3),
-    (128, 128, 8, 1), (256, 32, 8, 2),
+    (128, 32, 8, 3, 1), (128, 64, 8, 2, 1), (128, 32, 8, 2, 1), (64, 32, 4, 2, 1), (128, 32, 8, 4, 1),
+    (128, 64, 4, 2, 1), (64, 64, 4, 3, 1),
+    (128, 32, 8, 4), (128, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 1),
 ]
 
 
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="1,12,32760,32760,128", help="B,H,Sq,Sk,D")
-    p.add_argument("--configs", nargs="+", help="BLOCK_M,BLOCK_N,warps,stages (default: CANDIDATES)")
+    p.add_argument("--configs", nargs="+", help="BLOCK_M,BLOCK_N,warps,stages[,1 = tensor descriptors] (default: CANDIDATES)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shape, one config, under TRITON_INTERPRET=1")
     return p.parse_args()
 
@@ -52,7 +53,7 @@ def main():
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     batch, heads, seqlen_q, seqlen_k, head_dim = (1, 2, 96, 80, 32) if args.cpu_smoke else map(
         int, args.shape.split(","))
-    configs = ([(32, 16, 4, 2), (32, 16, 4, 3)] if args.cpu_smoke else
+    configs = ([(32, 16, 4, 2), (32, 16, 4, 2, 1)] if args.cpu_smoke else
                [tuple(map(int, c.split(","))) for c in args.configs] if args.configs else CANDIDATES)
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn(batch, heads, s, head_dim, dtype=torch.bfloat16, device=device, generator=gen)
@@ -67,18 +68,22 @@ def main():
                 rows.append((name, _time_ms(lambda: scaled_dot_product_attention(*inputs[:3]), device), 2, ""))
         rows.append(("autotuned forward+JVP", _time_ms(lambda: flash_attention_jvp(*inputs), device), 6, ""))
     cudnn_ms = rows[0][1] if rows else float("nan")
-    kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in flash_jvp._CONFIGS}
+    kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, c.kwargs["USE_TMA"])
+            for c in flash_jvp._CONFIGS}
     scale = head_dim ** -0.5
     for numbers in configs:
-        config = flash_jvp.launch_config(*numbers)
-        name = f"config {tuple(numbers)}"
+        config = flash_jvp.launch_config(*numbers[:4], tma=bool(numbers[4]) if len(numbers) > 4 else False)
+        name = f"config {tuple(numbers[:4])}" + (" TMA" if config.kwargs["USE_TMA"] else "")
         try:
             outputs = flash_jvp.launch(*inputs, scale, None, config)
         except triton.runtime.errors.OutOfResources as e:
             rows.append((name, None, 6, f"does not fit: {e}"))
             continue
+        except Exception as e:  # one failing candidate (a TMA variant, say) must not end the sweep
+            rows.append((name, None, 6, f"failed: {type(e).__name__}: {str(e)[:200]}"))
+            continue
         differs = max(_relative(outputs[0], reference.out), _relative(outputs[1], reference.out_t))
-        in_configs = tuple(numbers) in kept
+        in_configs = (*numbers[:4], config.kwargs["USE_TMA"]) in kept
         note = ("in _CONFIGS" if in_configs else "candidate") + f"; differs from autotuned by {differs:.1e}"
         rows.append((name, _time_ms(lambda: flash_jvp.launch(*inputs, scale, None, config), device), 6, note))
 

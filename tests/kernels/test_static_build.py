@@ -20,5 +20,5 @@ def test_tuned_configs_compile_for_hopper_without_ptxas_warnings():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(result.stdout)
     assert len(rows) >= 2, result.stdout
-    for block_m, block_n, warps, stages, registers, spills, warnings in rows:
+    for block_m, block_n, warps, stages, descriptors, registers, spills, warnings in rows:
         assert int(registers) <= 255 and warnings == "-", result.stdout
