@@ -13,12 +13,12 @@ def _rows(table):
             if line.startswith("| ") and line[2].isdigit()]
 
 
-def test_tuned_configs_compile_for_hopper_without_ptxas_warnings():
+def test_tuned_configs_and_their_descriptor_variants_compile_for_hopper_without_ptxas_warnings():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-m", "megatron_rcm.kernels.static_build", "--arch", "90",
-                             "--head-dim", "128"], capture_output=True, text=True, env=env, timeout=600)
+                             "--head-dim", "128", "--tma"], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(result.stdout)
-    assert len(rows) >= 2, result.stdout
+    assert len(rows) >= 4 and {row[4] for row in rows} == {"False", "True"}, result.stdout
     for block_m, block_n, warps, stages, descriptors, registers, spills, warnings in rows:
         assert int(registers) <= 255 and warnings == "-", result.stdout
