@@ -6,7 +6,7 @@ and flash forwards measured in the same run, and checks each config's outputs ag
 autotuned kernel's. A config that does not fit the GPU's shared memory or registers is listed
 as such. Add a winner to ``_CONFIGS`` in ``kernels/flash_jvp.py`` only when it wins here.
 
-    python tools/tune_flash_jvp.py [--shape 1,12,32760,32760,128] [--configs 128,64,8,3 ...]
+    python tools/tune_flash_jvp.py [--shape 1,12,32760,32760,128] [--layout sbhd|bhsd] [--configs 128,64,8,3 ...]
     TRITON_INTERPRET=1 python tools/tune_flash_jvp.py --cpu-smoke
 """
 import argparse
@@ -33,6 +33,9 @@ def _parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="1,12,32760,32760,128", help="B,H,Sq,Sk,D")
     p.add_argument("--configs", nargs="+", help="BLOCK_M,BLOCK_N,warps,stages[,1 = tensor descriptors] (default: CANDIDATES)")
+    p.add_argument("--layout", choices=("sbhd", "bhsd"), default="sbhd",
+                   help="storage of the [B, H, S, D] inputs: sbhd = strided views of [S, B, H, D] tensors, as "
+                        "the Wan model passes them; bhsd = contiguous")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shape, one config, under TRITON_INTERPRET=1")
     return p.parse_args()
 
@@ -58,6 +61,8 @@ def main():
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn(batch, heads, s, head_dim, dtype=torch.bfloat16, device=device, generator=gen)
               for s in (seqlen_q, seqlen_k, seqlen_k, seqlen_q, seqlen_k, seqlen_k)]
+    if args.layout == "sbhd":
+        inputs = [t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in inputs]
     gemm_flop = 2 * batch * heads * seqlen_q * seqlen_k * head_dim  # one of the six GEMMs
     reference = flash_attention_jvp(*inputs)  # the autotuned kernel
 
@@ -88,6 +93,7 @@ def main():
         rows.append((name, _time_ms(lambda: flash_jvp.launch(*inputs, scale, None, config), device), 6, note))
 
     print(f"attention forward+JVP launch configs, B{batch} H{heads} Sq{seqlen_q} Sk{seqlen_k} D{head_dim}, bf16, "
+          f"{args.layout} storage, "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu (interpreter)'}\n")
     print("| kernel | ms | TFLOP/s | x cuDNN forward | note |\n|---|---|---|---|---|")
     for name, ms, gemms, note in rows:
