@@ -232,16 +232,20 @@ def _shared_memory_estimate(block_m, block_n, head_dim, num_stages, element_size
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    head_dim = kwargs["HEAD_DIM"]
-    element_size = named_args["Q"].element_size()
+    fitting = fitting_configs(configs, kwargs["HEAD_DIM"], named_args["Q"].element_size())
+    if any(c.kwargs["USE_TMA"] for c in fitting) and not _tma_fits(named_args):
+        fitting = [c for c in fitting if not c.kwargs["USE_TMA"]] or [_WIDE_DTYPE_CONFIG]
+    return fitting
+
+
+def fitting_configs(configs, head_dim, element_size):
+    """The configs worth tuning for this head dim and element size, whatever the tensors."""
     if element_size >= 4:
         # fp32 (ieee) and fp64 serve parity checks, not speed: one config, no tuning.
         return [_WIDE_DTYPE_CONFIG]
     fitting = [c for c in configs
                if _shared_memory_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim,
                                           c.num_stages, element_size) <= _SHARED_MEMORY_BYTES]
-    if any(c.kwargs["USE_TMA"] for c in fitting) and not _tma_fits(named_args):
-        fitting = [c for c in fitting if not c.kwargs["USE_TMA"]]
     # Two [BLOCK_M, HEAD_DIM] fp32 accumulators live in registers. At head dim 128 the
     # others spilled on an H200 (Triton 3.6): keep 8 warps, or 4 warps with BLOCK_N = 32.
     if head_dim >= 128:

@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .flash_jvp import _CONFIGS, _flash_jvp_kernel, _prune_configs, launch_config
+from .flash_jvp import _CONFIGS, _flash_jvp_kernel, fitting_configs, launch_config
 
 _POINTERS = ("Q", "K", "V", "QT", "KT", "VT", "Out", "OutT", "Mask")
 _FLOAT_POINTERS = ("Lse", "LseT", "Consts")
@@ -74,7 +74,7 @@ def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90) -> 
 def tuned_configs(head_dim, dtype="bf16", tma=False):
     """The configs autotuning weighs at this head dim and dtype (after its pruning); with ``tma``
     also each one's tensor-descriptor variant."""
-    configs = _prune_configs(_CONFIGS, {"Q": torch.empty(0, dtype=_TORCH_DTYPES[dtype])}, HEAD_DIM=head_dim)
+    configs = fitting_configs(_CONFIGS, head_dim, _TORCH_DTYPES[dtype].itemsize)
     if tma:
         configs = configs + [launch_config(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, True)
                              for c in configs if not c.kwargs["USE_TMA"]]
