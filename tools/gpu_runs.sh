@@ -7,8 +7,8 @@
 #                                  # beside them the bf16-vs-float32 error of bench_wan.py at 2 layers
 #   bash tools/gpu_runs.sh wan     # tools/bench_wan.py: 1 GPU next to diffusers, TP=2, CP=2 a2a and p2p
 #   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2, DP4
-#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, tools/profile_wan_jvp.py,
-#                                  # bench_wan.py's 1-GPU JVP ratio, bench_attention.py's first-call time
+#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, then bench_wan.py's 1-GPU
+#                                  # JVP ratio and bench_attention.py's first-call time, one after the other
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
@@ -75,18 +75,17 @@ train)
   for f in "$OUT"/train_*.log; do echo "== $f"; tail -1 "$f"; done
   ;;
 kernel)
-  CUDA_VISIBLE_DEVICES=0 timeout 400 python3 tools/tune_flash_jvp.py > "$OUT/tune_flash_jvp.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 timeout 400 python3 tools/profile_wan_jvp.py > "$OUT/profile_wan_jvp.log" 2>&1 &
-  # the JVP / forward ratio of the whole model with the autotuned config set, and the kernel's
-  # first-call (compile + autotune) time
-  CUDA_VISIBLE_DEVICES=2 timeout 400 python3 tools/bench_wan.py --skip-diffusers --skip-error \
-    > "$OUT/wan_1gpu.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=3 timeout 400 python3 tools/bench_attention.py --shapes wan1.3b,ring --quick \
-    > "$OUT/bench_attention.log" 2>&1 &
-  wait
-  grep -A20 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
-  tail -25 "$OUT/profile_wan_jvp.log"
-  grep -A14 "^Wan " "$OUT/wan_1gpu.log" || tail -5 "$OUT/wan_1gpu.log"
-  tail -8 "$OUT/bench_attention.log"
+  # one after the other on GPU 0: timings taken while other GPUs of the host worked were lower
+  # (a concurrent 30-layer JVP ran 12% slower than alone)
+  export CUDA_VISIBLE_DEVICES=0
+  timeout 240 python3 tools/tune_flash_jvp.py > "$OUT/tune_flash_jvp.log" 2>&1
+  # the JVP / forward ratio of the whole model with the autotuned set (it prints the pick)
+  timeout 200 python3 tools/bench_wan.py --skip-diffusers --skip-error > "$OUT/wan_1gpu.log" 2>&1
+  # first call (compile + autotune) on a fresh Triton cache
+  TRITON_CACHE_DIR=/tmp/triton_fresh timeout 120 python3 tools/bench_attention.py --shapes wan1.3b --quick \
+    > "$OUT/bench_attention.log" 2>&1
+  grep -A24 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
+  grep "tuned for" "$OUT/wan_1gpu.log"; grep -A8 "^Wan " "$OUT/wan_1gpu.log" || tail -5 "$OUT/wan_1gpu.log"
+  tail -6 "$OUT/bench_attention.log"
   ;;
 esac
