@@ -59,16 +59,15 @@ def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
                       qk_scale, softmax_scale,
                       BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                       UPCAST_BF16: tl.constexpr, USE_TMA: tl.constexpr):
+    in_range = offs_n < seqlen_k  # read only for the last, partial block
     if USE_TMA:
         # k_ptrs ... v_t_ptrs are tensor descriptors of this (batch, head): the copy engine
         # fills rows past seqlen_k with zeros, and no pointer tensors take registers.
-        in_range = offs_n < seqlen_k
         k = k_ptrs.load([start_n, 0])
         k_t = k_t_ptrs.load([start_n, 0])
         v = v_ptrs.load([start_n, 0])
         v_t = v_t_ptrs.load([start_n, 0])
     elif BOUNDS:
-        in_range = offs_n < seqlen_k
         k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
         k_t = tl.load(k_t_ptrs, mask=in_range[:, None], other=0.0)
         v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
@@ -281,6 +280,7 @@ _CONFIGS = [launch_config(*c) for c in [
     (128, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2), (128, 128, 8, 2),
     (64, 32, 4, 2), (64, 64, 4, 2), (64, 128, 4, 2),
 ]]
+_TUNES_DESCRIPTORS = any(c.kwargs["USE_TMA"] for c in _CONFIGS)
 
 # Tuning is keyed on head dim, dtype, mask and a two-valued size class, never on the
 # lengths themselves: tiny shapes pick small blocks that lose at 32k tokens, so they
@@ -371,7 +371,7 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     outputs = _empty_outputs(q, k)
     batch, heads, seqlen_q, _ = q.shape
     args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
-    if any(c.kwargs["USE_TMA"] for c in _CONFIGS):
+    if _TUNES_DESCRIPTORS:
         _install_descriptor_allocator()
     with torch.cuda.device(q.device):
         grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
