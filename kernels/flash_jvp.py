@@ -142,7 +142,7 @@ def _flash_jvp_kernel(
     stride_vb, stride_vh, stride_vn, stride_qtb, stride_qth, stride_qtm,
     stride_ktb, stride_kth, stride_ktn, stride_vtb, stride_vth, stride_vtn,
     stride_maskb, stride_maskn,
-    num_heads, seqlen_q, seqlen_k, SIZE_CLASS,  # SIZE_CLASS only feeds the autotune key
+    num_heads, seqlen_q, seqlen_k, SIZE_CLASS, DESCRIPTORS_FIT,  # these two only feed the autotune key
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
 ):
@@ -232,7 +232,7 @@ def _shared_memory_estimate(block_m, block_n, head_dim, num_stages, element_size
 
 def _prune_configs(configs, named_args, **kwargs):
     fitting = fitting_configs(configs, kwargs["HEAD_DIM"], named_args["Q"].element_size())
-    if any(c.kwargs["USE_TMA"] for c in fitting) and not _tma_fits(named_args):
+    if any(c.kwargs["USE_TMA"] for c in fitting) and not named_args["DESCRIPTORS_FIT"]:
         fitting = [c for c in fitting if not c.kwargs["USE_TMA"]] or [_WIDE_DTYPE_CONFIG]
     return fitting
 
@@ -245,16 +245,17 @@ def fitting_configs(configs, head_dim, element_size):
     fitting = [c for c in configs
                if _shared_memory_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim,
                                           c.num_stages, element_size) <= _SHARED_MEMORY_BYTES]
-    # Two [BLOCK_M, HEAD_DIM] fp32 accumulators live in registers. At head dim 128 the
-    # others spilled on an H200 (Triton 3.6): keep 8 warps, or 4 warps with BLOCK_N = 32.
+    # Two [BLOCK_M, HEAD_DIM] fp32 accumulators live in registers. At head dim 128 the others
+    # spilled on sm_90a (Triton 3.6): keep 8 warps, or 4 warps with BLOCK_N = 32, or with
+    # BLOCK_N = 64 when tensor descriptors take the key-block pointers out of registers.
     if head_dim >= 128:
-        fitting = [c for c in fitting if c.num_warps == 8 or c.kwargs["BLOCK_N"] == 32]
+        fitting = [c for c in fitting if c.num_warps == 8 or c.kwargs["BLOCK_N"] == 32
+                   or (c.kwargs["USE_TMA"] and c.kwargs["BLOCK_N"] == 64)]
     return fitting or configs[:1]
 
 
-def _tma_fits(named_args) -> bool:
+def _tma_fits(*tensors) -> bool:
     """Tensor descriptors need Hopper or newer, and 16-byte aligned bases and row strides."""
-    tensors = [named_args[n] for n in ("K", "KT", "V", "VT")]
     if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
         return False
     return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
@@ -273,18 +274,21 @@ def launch_config(block_m, block_n, warps, stages, tma=False) -> triton.Config:
 
 
 _WIDE_DTYPE_CONFIG = launch_config(64, 32, 8, 2)
-# tools/tune_flash_jvp.py times each candidate on its own; on an H200 at Wan-1.3B's shape
-# 128 x 32 with 3 stages won (39.5 ms, against 42.0 for 128 x 64 with 2). Each config adds
-# compile and benchmark time to the first call.
+# tools/tune_flash_jvp.py times each candidate on its own. On an H200 at Wan-1.3B's shape the
+# descriptor (TMA) variants won: 64 x 64 with 4 warps and 3 stages 35.8 ms, 128 x 64 with 8 warps
+# 37.3, against 39.1 to 40.6 for the best pointer configs (docs/benchmarks.md). The pointer
+# configs stay for GPUs or tensors that descriptors cannot serve. Each config adds compile and
+# benchmark time to the first call.
 _CONFIGS = [launch_config(*c) for c in [
-    (128, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2), (128, 128, 8, 2),
-    (64, 32, 4, 2), (64, 64, 4, 2), (64, 128, 4, 2),
+    (64, 64, 4, 3, True), (128, 64, 8, 2, True),
+    (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 128, 4, 2),
 ]]
 _TUNES_DESCRIPTORS = any(c.kwargs["USE_TMA"] for c in _CONFIGS)
 
-# Tuning is keyed on head dim, dtype, mask and a two-valued size class, never on the
-# lengths themselves: tiny shapes pick small blocks that lose at 32k tokens, so they
-# get their own choice, and every larger shape reuses the first one tuned.
+# Tuning is keyed on head dim, dtype, mask, whether descriptors fit the tensors and a
+# two-valued size class, never on the lengths themselves: tiny shapes pick small blocks that
+# lose at 32k tokens, so they get their own choice, and every larger shape reuses the first
+# one tuned. A pick with descriptors is never reused for tensors they cannot serve.
 _LARGE_SCORE_TILE = 1 << 22
 
 
@@ -295,7 +299,7 @@ def _size_class(seqlen_q: int, seqlen_k: int) -> int:
 def _autotune_kwargs():
     # cache_results keeps the winners on disk, in Triton's cache keyed by the GPU
     # target (architecture) and the kernel source.
-    kwargs = dict(configs=_CONFIGS, key=["HEAD_DIM", "HAS_MASK", "SIZE_CLASS"],
+    kwargs = dict(configs=_CONFIGS, key=["HEAD_DIM", "HAS_MASK", "SIZE_CLASS", "DESCRIPTORS_FIT"],
                   prune_configs_by={"early_config_prune": _prune_configs})
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         kwargs["cache_results"] = True
@@ -390,7 +394,7 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, key_padding_mask, confi
         _flash_jvp_kernel[grid](*args, **meta, **config.kwargs)
     else:
         if config.kwargs["USE_TMA"]:
-            if not _tma_fits(dict(K=k, KT=k_t, V=v, VT=v_t)):
+            if not _tma_fits(k, k_t, v, v_t):
                 raise ValueError("this launch config uses tensor descriptors, which need a Hopper or newer GPU "
                                  "and 16-byte aligned K, K_t, V, V_t with 16-byte aligned strides")
             _install_descriptor_allocator()
@@ -414,7 +418,7 @@ def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, o
             _constants(softmax_scale, lse.dtype, q.device),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3],
-            *mask_strides, heads, seqlen_q, seqlen_k, _size_class(seqlen_q, seqlen_k))
+            *mask_strides, heads, seqlen_q, seqlen_k, _size_class(seqlen_q, seqlen_k), int(_tma_fits(k, k_t, v, v_t)))
     # fp32 must not drop to tf32; 16-bit inputs ignore the setting.
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,

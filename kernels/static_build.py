@@ -76,9 +76,15 @@ def tuned_configs(head_dim, dtype="bf16", tma=False):
     also each one's tensor-descriptor variant."""
     configs = fitting_configs(_CONFIGS, head_dim, _TORCH_DTYPES[dtype].itemsize)
     if tma:
-        configs = configs + [launch_config(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, True)
-                             for c in configs if not c.kwargs["USE_TMA"]]
+        tuned = {_numbers(c) for c in configs}
+        configs = configs + [launch_config(*_numbers(c)[:4], True) for c in configs
+                             if not c.kwargs["USE_TMA"] and (*_numbers(c)[:4], True) not in tuned]
     return configs
+
+
+def _numbers(config):
+    k = config.kwargs
+    return k["BLOCK_M"], k["BLOCK_N"], config.num_warps, config.num_stages, k["USE_TMA"]
 
 
 def main():

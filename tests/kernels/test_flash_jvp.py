@@ -161,10 +161,11 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
 def test_autotuning_drops_descriptor_configs_where_descriptors_cannot_run():
     """Tensor descriptors need a Hopper-or-newer GPU: for CPU tensors only pointer configs stay,
     and with only descriptor configs left a pointer config stands in."""
-    from megatron_rcm.kernels.flash_jvp import _prune_configs
+    from megatron_rcm.kernels.flash_jvp import _prune_configs, _tma_fits
 
     q, k, v, q_t, k_t, v_t = random_inputs(1, 2, 64, 64, 128, torch.bfloat16)
-    named = dict(Q=q, K=k, V=v, QT=q_t, KT=k_t, VT=v_t)
+    assert not _tma_fits(k, k_t, v, v_t)
+    named = dict(Q=q, K=k, V=v, QT=q_t, KT=k_t, VT=v_t, DESCRIPTORS_FIT=0)
     mixed = [launch_config(128, 64, 8, 2, tma=True), launch_config(128, 32, 8, 3)]
     assert [c.kwargs["USE_TMA"] for c in _prune_configs(mixed, named, HEAD_DIM=128)] == [False]
     only_tma = _prune_configs(mixed[:1], named, HEAD_DIM=128)
