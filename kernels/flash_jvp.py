@@ -141,7 +141,7 @@ def _flash_jvp_kernel(
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_qtb, stride_qth, stride_qtm,
     stride_ktb, stride_kth, stride_ktn, stride_vtb, stride_vth, stride_vtn,
-    stride_maskb, stride_maskn,
+    stride_maskb, stride_maskn, stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, SIZE_CLASS, DESCRIPTORS_FIT,  # these two only feed the autotune key
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
@@ -217,10 +217,11 @@ def _flash_jvp_kernel(
     out_t = acc_t / l_div[:, None] - lse_t[:, None] * out
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_div)) * ln2)
 
-    row_base = pid_bh.to(tl.int64) * seqlen_q
-    o_ptrs = row_base * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    # out and out_t share one layout (q's, see _empty_outputs)
+    o_ptrs = off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(Out + o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(OutT + o_ptrs, out_t.to(OutT.dtype.element_ty), mask=row_ok[:, None])
+    row_base = pid_bh.to(tl.int64) * seqlen_q
     tl.store(Lse + row_base + offs_m, lse, mask=row_ok)
     tl.store(LseT + row_base + offs_m, lse_t, mask=row_ok)
 
@@ -418,7 +419,7 @@ def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, o
             _constants(softmax_scale, lse.dtype, q.device),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3],
-            *mask_strides, heads, seqlen_q, seqlen_k, _size_class(seqlen_q, seqlen_k), int(_tma_fits(k, k_t, v, v_t)))
+            *mask_strides, *out.stride()[:3], heads, seqlen_q, seqlen_k, _size_class(seqlen_q, seqlen_k), int(_tma_fits(k, k_t, v, v_t)))
     # fp32 must not drop to tf32; 16-bit inputs ignore the setting.
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,
@@ -427,9 +428,13 @@ def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, o
 
 
 def _empty_outputs(q, k):
+    """out and out_t [B, H, Sq, D] laid out in memory like q (as SDPA does): for the [S, B, H, D]
+    storage the models use, [S, B, H, D] stays a free view; lse and lse_t [B, H, Sq]."""
     batch, heads, seqlen_q, head_dim = q.shape
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out = q.new_empty((batch, heads, seqlen_q, head_dim))
+    # q's dims from outermost to innermost by stride; the head dim stays innermost
+    order = sorted(range(3), key=lambda d: -q.stride(d)) + [3]
+    out = torch.empty_permuted((batch, heads, seqlen_q, head_dim), order, dtype=q.dtype, device=q.device)
     lse = q.new_empty((batch, heads, seqlen_q), dtype=lse_dtype)
     return out, torch.empty_like(out), lse, torch.empty_like(lse)
 
@@ -443,7 +448,8 @@ def flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale: Optional[float] =
                         key_padding_mask: Optional[torch.Tensor] = None) -> AttentionJVPOutput:
     """Attention out = softmax(scale q k^T) v and its tangent along (q_t, k_t, v_t).
 
-    Layout [B, H, S, D]. Returns out and out_t in the input dtype, lse and lse_t
+    Layout [B, H, S, D], any strides with the head dim contiguous. Returns out and out_t in the
+    input dtype, stored in q's dim order (like SDPA's output), lse and lse_t
     [B, H, Sq] (natural log) in float32, or float64 for float64 inputs. Rows whose
     keys are all masked give out = out_t = 0, lse = -inf, lse_t = 0.
     """

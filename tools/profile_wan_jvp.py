@@ -35,4 +35,4 @@ with torch.no_grad():
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn(); torch.cuda.synchronize()
         print("=====", name)
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))

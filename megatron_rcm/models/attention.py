@@ -55,10 +55,11 @@ def _sbhd(x):
 
 
 def _attend(q, k, v, tangent, scale, mask):
-    """Attention of [B, H, S, D] tensors. In tangent mode q is stacked on the batch dim, and so are
-    k and v unless they are shared constants (text keys/values, which have no tangent)."""
+    """Attention of [B, H, S, D] tensors, returned as [S, B, H, D]. In tangent mode q is stacked on
+    the batch dim, and so are k and v unless they are shared constants (text keys/values, which
+    have no tangent)."""
     if not tangent:
-        return attention(q, k, v, softmax_scale=scale, key_padding_mask=mask)
+        return _sbhd(attention(q, k, v, softmax_scale=scale, key_padding_mask=mask))
     qp, qt = q.chunk(2, dim=0)
     if k.shape[0] == q.shape[0]:
         (kp, kt), (vp, vt) = k.chunk(2, dim=0), v.chunk(2, dim=0)
@@ -66,7 +67,8 @@ def _attend(q, k, v, tangent, scale, mask):
         kp, vp, kt, vt = k, v, torch.zeros_like(k), torch.zeros_like(v)
     out, out_t, _lse, _lse_t = flash_attention_jvp(qp, kp, vp, qt, kt, vt, softmax_scale=scale,
                                                    key_padding_mask=mask)
-    return torch.cat([out, out_t], dim=0)
+    # the kernel stores its outputs in q's [S, B, H, D] order: one copy stacks them
+    return torch.cat([_sbhd(out), _sbhd(out_t)], dim=1)
 
 
 def _sequence_to_heads(x, layout):
@@ -92,7 +94,7 @@ def self_attention(q, k, v, layout, tangent, scale):
         if layout.cp_size > 1:
             q, k, v = _sequence_to_heads(torch.stack([q, k, v], dim=2), layout).unbind(2)
         mask = chunk_key_mask(batch, layout.padded_len, 0, layout.valid_len, q.device)
-        out = _sbhd(_attend(_bhsd(q), _bhsd(k), _bhsd(v), tangent, scale, mask))
+        out = _attend(_bhsd(q), _bhsd(k), _bhsd(v), tangent, scale, mask)
         return _heads_to_sequence(out, layout) if layout.cp_size > 1 else out
     q, k, v = _bhsd(q), _bhsd(k), _bhsd(v)
     if not tangent:
@@ -104,4 +106,4 @@ def self_attention(q, k, v, layout, tangent, scale):
 
 def cross_attention(q, k, v, tangent, scale):
     """Queries [S, B, H, D] (stacked in tangent mode) over text keys/values [L, B, H, D] (no tangent)."""
-    return _sbhd(_attend(_bhsd(q), _bhsd(k), _bhsd(v), tangent, scale, None))
+    return _attend(_bhsd(q), _bhsd(k), _bhsd(v), tangent, scale, None)

@@ -62,6 +62,18 @@ def test_custom_scale_and_strided_inputs():
     check_against_reference(strided, torch.float64, softmax_scale=0.3)
 
 
+@pytest.mark.parametrize("storage", [(0, 1, 2, 3), (0, 2, 1, 3), (2, 0, 1, 3)], ids=["bhsd", "bshd", "sbhd"])
+def test_outputs_are_stored_in_the_order_of_q(storage):
+    """Like SDPA: out and out_t [B, H, S, D] keep q's memory order, so that a model holding
+    [S, B, H, D] tensors gets its layout back as a free view."""
+    tensors = random_inputs(2, 3, 21, 21, 16, torch.float64)
+    inverse = [storage.index(d) for d in range(4)]
+    stored = [t.permute(storage).contiguous().permute(inverse) for t in tensors]
+    result = check_against_reference(stored, torch.float64)
+    for out in result[:2]:
+        assert out.permute(storage).is_contiguous()
+
+
 def test_fully_masked_rows_are_zero_with_minus_inf_lse():
     inputs = random_inputs(2, 2, 19, 37, 16, torch.float32)
     mask = padding_mask(2, 37)
