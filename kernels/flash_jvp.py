@@ -54,29 +54,31 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(ptrs, start_n, in_range, BOUNDS: tl.constexpr, USE_TMA: tl.constexpr):
+    """One [BLOCK_N, HEAD_DIM] key block; rows past seqlen_k read as zeros."""
+    if USE_TMA:
+        # a tensor descriptor of this (batch, head): the copy engine fills rows past seqlen_k
+        # with zeros, and no pointer tensors take registers
+        return ptrs.load([start_n, 0])
+    elif BOUNDS:
+        return tl.load(ptrs, mask=in_range[:, None], other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
 def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
                       k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs, start_n, offs_n, seqlen_k,
                       qk_scale, softmax_scale,
                       BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                      UPCAST_BF16: tl.constexpr, USE_TMA: tl.constexpr):
+                      UPCAST_BF16: tl.constexpr, USE_TMA: tl.constexpr, KV_TANGENT: tl.constexpr):
     in_range = offs_n < seqlen_k  # read only for the last, partial block
-    if USE_TMA:
-        # k_ptrs ... v_t_ptrs are tensor descriptors of this (batch, head): the copy engine
-        # fills rows past seqlen_k with zeros, and no pointer tensors take registers.
-        k = k_ptrs.load([start_n, 0])
-        k_t = k_t_ptrs.load([start_n, 0])
-        v = v_ptrs.load([start_n, 0])
-        v_t = v_t_ptrs.load([start_n, 0])
-    elif BOUNDS:
-        k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
-        k_t = tl.load(k_t_ptrs, mask=in_range[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
-        v_t = tl.load(v_t_ptrs, mask=in_range[:, None], other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        k_t = tl.load(k_t_ptrs)
-        v = tl.load(v_ptrs)
-        v_t = tl.load(v_t_ptrs)
+    k = _load_rows(k_ptrs, start_n, in_range, BOUNDS, USE_TMA)
+    if KV_TANGENT:
+        k_t = _load_rows(k_t_ptrs, start_n, in_range, BOUNDS, USE_TMA)
+    v = _load_rows(v_ptrs, start_n, in_range, BOUNDS, USE_TMA)
+    if KV_TANGENT:
+        v_t = _load_rows(v_t_ptrs, start_n, in_range, BOUNDS, USE_TMA)
 
     # s is in log2 units (log2(e) folded into qk_scale); ds in natural units.
     zero = tl.zeros([q.shape[0], k.shape[0]], dtype=acc.dtype)
@@ -90,7 +92,9 @@ def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
     elif BOUNDS:
         s = tl.where(in_range[None, :], s, float("-inf"))
     ds = _mma(q_t, tl.trans(k), zero, PRECISION, UPCAST_BF16)
-    ds = _mma(q, tl.trans(k_t), ds, PRECISION, UPCAST_BF16) * softmax_scale
+    if KV_TANGENT:
+        ds = _mma(q, tl.trans(k_t), ds, PRECISION, UPCAST_BF16)
+    ds = ds * softmax_scale
 
     acc, acc_t, m_i, l_i, r_i = _rescale(acc, acc_t, m_i, l_i, r_i, tl.maximum(m_i, tl.max(s, 1)), HAS_MASK)
     p = tl.exp2(s - _shift(m_i, HAS_MASK)[:, None])
@@ -99,7 +103,8 @@ def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
     r_i += tl.sum(p_ds, 1)
 
     acc = _mma(p.to(v.dtype), v, acc, PRECISION, UPCAST_BF16)
-    acc_t = _mma(p.to(v.dtype), v_t, acc_t, PRECISION, UPCAST_BF16)
+    if KV_TANGENT:
+        acc_t = _mma(p.to(v.dtype), v_t, acc_t, PRECISION, UPCAST_BF16)
     acc_t = _mma(p_ds.to(v.dtype), v, acc_t, PRECISION, UPCAST_BF16)
     return acc, acc_t, m_i, l_i, r_i
 
@@ -144,7 +149,7 @@ def _flash_jvp_kernel(
     stride_maskb, stride_maskn, stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, SIZE_CLASS, DESCRIPTORS_FIT,  # these two only feed the autotune key
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
+    KV_TANGENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -173,9 +178,12 @@ def _flash_jvp_kernel(
     vt_base = VT + off_b * stride_vtb + off_h * stride_vth
     if USE_TMA:
         k_ptrs = _descriptor(k_base, seqlen_k, stride_kn, BLOCK_N, HEAD_DIM)
-        kt_ptrs = _descriptor(kt_base, seqlen_k, stride_ktn, BLOCK_N, HEAD_DIM)
         v_ptrs = _descriptor(v_base, seqlen_k, stride_vn, BLOCK_N, HEAD_DIM)
-        vt_ptrs = _descriptor(vt_base, seqlen_k, stride_vtn, BLOCK_N, HEAD_DIM)
+        if KV_TANGENT:
+            kt_ptrs = _descriptor(kt_base, seqlen_k, stride_ktn, BLOCK_N, HEAD_DIM)
+            vt_ptrs = _descriptor(vt_base, seqlen_k, stride_vtn, BLOCK_N, HEAD_DIM)
+        else:  # never read
+            kt_ptrs, vt_ptrs = k_ptrs, v_ptrs
     else:
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
         kt_ptrs = kt_base + offs_n[:, None] * stride_ktn + offs_d[None, :]
@@ -199,7 +207,7 @@ def _flash_jvp_kernel(
             _at(v_ptrs, start_n, stride_vn, USE_TMA), _at(vt_ptrs, start_n, stride_vtn, USE_TMA),
             mask_ptrs + start_n * stride_maskn, start_n, start_n + offs_n, seqlen_k,
             qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
-            USE_TMA=USE_TMA)
+            USE_TMA=USE_TMA, KV_TANGENT=KV_TANGENT)
     if full_end < seqlen_k:
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
             acc, acc_t, m_i, l_i, r_i, q, q_t,
@@ -207,7 +215,7 @@ def _flash_jvp_kernel(
             _at(v_ptrs, full_end, stride_vn, USE_TMA), _at(vt_ptrs, full_end, stride_vtn, USE_TMA),
             mask_ptrs + full_end * stride_maskn, full_end, full_end + offs_n, seqlen_k,
             qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
-            USE_TMA=USE_TMA)
+            USE_TMA=USE_TMA, KV_TANGENT=KV_TANGENT)
 
     # Fully masked rows end with l = r = 0 and acc = acc_t = 0: out = out_t = 0,
     # lse = -inf, lse_t = 0.
@@ -255,6 +263,10 @@ def fitting_configs(configs, head_dim, element_size):
     return fitting or configs[:1]
 
 
+def _present(*tensors):
+    return [t for t in tensors if t is not None]
+
+
 def _tma_fits(*tensors) -> bool:
     """Tensor descriptors need Hopper or newer, and 16-byte aligned bases and row strides."""
     if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
@@ -300,7 +312,7 @@ def _size_class(seqlen_q: int, seqlen_k: int) -> int:
 def _autotune_kwargs():
     # cache_results keeps the winners on disk, in Triton's cache keyed by the GPU
     # target (architecture) and the kernel source.
-    kwargs = dict(configs=_CONFIGS, key=["HEAD_DIM", "HAS_MASK", "SIZE_CLASS", "DESCRIPTORS_FIT"],
+    kwargs = dict(configs=_CONFIGS, key=["HEAD_DIM", "HAS_MASK", "KV_TANGENT", "SIZE_CLASS", "DESCRIPTORS_FIT"],
                   prune_configs_by={"early_config_prune": _prune_configs})
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         kwargs["cache_results"] = True
@@ -317,7 +329,9 @@ def _constants(softmax_scale: float, dtype: torch.dtype, device: torch.device) -
 
 
 def _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask):
-    named = dict(q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
+    named = dict(q=q, k=k, v=v, q_t=q_t)
+    if k_t is not None:  # else neither (see flash_attention_jvp)
+        named.update(k_t=k_t, v_t=v_t)
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -367,7 +381,7 @@ def _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask):
 # plain tensors (an autograd.Function's jvp sees functorch wrappers otherwise).
 @torch.library.custom_op("megatron_rcm::flash_attention_jvp", mutates_args=())
 def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_t: torch.Tensor,
-                            k_t: torch.Tensor, v_t: torch.Tensor, softmax_scale: float,
+                            k_t: Optional[torch.Tensor], v_t: Optional[torch.Tensor], softmax_scale: float,
                             key_padding_mask: Optional[torch.Tensor]
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.device.type == "cpu":
@@ -395,7 +409,7 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, key_padding_mask, confi
         _flash_jvp_kernel[grid](*args, **meta, **config.kwargs)
     else:
         if config.kwargs["USE_TMA"]:
-            if not _tma_fits(k, k_t, v, v_t):
+            if not _tma_fits(*_present(k, k_t, v, v_t)):
                 raise ValueError("this launch config uses tensor descriptors, which need a Hopper or newer GPU "
                                  "and 16-byte aligned K, K_t, V, V_t with 16-byte aligned strides")
             _install_descriptor_allocator()
@@ -412,18 +426,23 @@ def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, o
     _, heads, seqlen_q, head_dim = q.shape
     seqlen_k = k.shape[2]
     has_mask = key_padding_mask is not None
-    # Without a mask the pointer is never read; q stands in for it.
+    # Without a mask the pointer is never read; q stands in for it. So do k and v for absent
+    # key/value tangents.
     mask = key_padding_mask.view(torch.uint8) if has_mask else q
     mask_strides = (mask.stride(0), mask.stride(1)) if has_mask else (0, 0)
+    kv_tangent = k_t is not None
+    descriptors_fit = _tma_fits(*_present(k, k_t, v, v_t))
+    k_t, v_t = (k_t, v_t) if kv_tangent else (k, v)
     args = (q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t, mask,
             _constants(softmax_scale, lse.dtype, q.device),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3],
-            *mask_strides, *out.stride()[:3], heads, seqlen_q, seqlen_k, _size_class(seqlen_q, seqlen_k), int(_tma_fits(k, k_t, v, v_t)))
+            *mask_strides, *out.stride()[:3], heads, seqlen_q, seqlen_k, _size_class(seqlen_q, seqlen_k),
+            int(descriptors_fit))
     # fp32 must not drop to tf32; 16-bit inputs ignore the setting.
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,
-                UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16)
+                UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16, KV_TANGENT=kv_tangent)
     return args, meta
 
 
@@ -444,15 +463,19 @@ def _(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask):
     return _empty_outputs(q, k)
 
 
-def flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale: Optional[float] = None,
+def flash_attention_jvp(q, k, v, q_t, k_t=None, v_t=None, softmax_scale: Optional[float] = None,
                         key_padding_mask: Optional[torch.Tensor] = None) -> AttentionJVPOutput:
     """Attention out = softmax(scale q k^T) v and its tangent along (q_t, k_t, v_t).
 
-    Layout [B, H, S, D], any strides with the head dim contiguous. Returns out and out_t in the
-    input dtype, stored in q's dim order (like SDPA's output), lse and lse_t
-    [B, H, Sq] (natural log) in float32, or float64 for float64 inputs. Rows whose
-    keys are all masked give out = out_t = 0, lse = -inf, lse_t = 0.
+    Layout [B, H, S, D], any strides with the head dim contiguous. k_t = v_t = None means keys
+    and values without a tangent (constants, such as text keys in cross-attention): two of the
+    six GEMMs are skipped. Returns out and out_t in the input dtype, stored in q's dim order (like
+    SDPA's output), lse and lse_t [B, H, Sq] (natural log) in float32, or float64 for float64
+    inputs. Rows whose keys are all masked give out = out_t = 0, lse = -inf, lse_t = 0.
     """
+    if (k_t is None) != (v_t is None):
+        k_t = torch.zeros_like(k) if k_t is None else k_t
+        v_t = torch.zeros_like(v) if v_t is None else v_t
     _check_inputs(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])

@@ -64,7 +64,7 @@ def _attend(q, k, v, tangent, scale, mask):
     if k.shape[0] == q.shape[0]:
         (kp, kt), (vp, vt) = k.chunk(2, dim=0), v.chunk(2, dim=0)
     else:
-        kp, vp, kt, vt = k, v, torch.zeros_like(k), torch.zeros_like(v)
+        kp, vp, kt, vt = k, v, None, None
     out, out_t, _lse, _lse_t = flash_attention_jvp(qp, kp, vp, qt, kt, vt, softmax_scale=scale,
                                                    key_padding_mask=mask)
     # the kernel stores its outputs in q's [S, B, H, D] order: one copy stacks them

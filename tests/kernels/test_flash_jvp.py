@@ -117,6 +117,29 @@ def test_launch_config_matches_reference_in_float64(masked, tma):
         assert max_rel_error(actual, want) <= TOLERANCE[torch.float64], name
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_keys_and_values_without_tangent_match_zero_tangents_in_float64(masked, tma):
+    """k_t = v_t = None (constant keys, as text keys in cross-attention) skips their GEMMs: the
+    same result as zero tangents, with partial key blocks and a rescaled state."""
+    q, k, v, q_t, _, _ = _growing_scores(torch.float64, key_gain=3.0)
+    mask = padding_mask(2, 97) if masked else None
+    want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)], 0.3, mask)
+    result = launch(q, k, v, q_t, None, None, 0.3, mask, launch_config(32, 16, 4, 2, tma))
+    for name, actual, expected in zip(AttentionJVPOutput._fields, result, want):
+        assert max_rel_error(actual, expected) <= TOLERANCE[torch.float64], name
+
+
+def test_one_missing_key_or_value_tangent_is_zero():
+    q, k, v, q_t, k_t, v_t = random_inputs(2, 2, 21, 35, 16, torch.float64)
+    for given in (dict(k_t=k_t), dict(v_t=v_t)):
+        full = {"k_t": torch.zeros_like(k), "v_t": torch.zeros_like(v), **given}
+        want = reference_jvp([q, k, v, q_t, full["k_t"], full["v_t"]])
+        result = flash_attention_jvp(q, k, v, q_t, **given)
+        for name, actual, expected in zip(AttentionJVPOutput._fields, result, want):
+            assert max_rel_error(actual, expected) <= TOLERANCE[torch.float64], name
+
+
 def test_descriptors_on_strided_inputs_match_reference_in_float64():
     """[B, S, H, D] tensors viewed as [B, H, S, D]: each descriptor starts at its (batch, head)."""
     tensors = random_inputs(2, 3, 29, 45, 32, torch.float64)

@@ -20,6 +20,14 @@ def test_compiled_kernel_matches_reference(dtype, tolerance, head_dim):
         assert max_rel_error(got, want) <= tolerance
 
 
+def test_constant_keys_and_values_bf16():
+    """k_t = v_t = None, cross-attention's case (Sk = 512 text tokens, as in Wan)."""
+    q, k, v, q_t, _, _ = random_inputs(2, 3, 700, 512, 128, torch.bfloat16, device="cuda")
+    want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)])
+    for got, expected in zip(flash_attention_jvp(q, k, v, q_t), want):
+        assert max_rel_error(got, expected) <= 2e-2
+
+
 def test_wan_shape_bf16_tangent_error_on_a_row_slice():
     """B1 H12 S32760 D128: relative (Frobenius) error of out_t on 256 query rows <= 5e-3."""
     inputs = random_inputs(1, 12, 32760, 32760, 128, torch.bfloat16, device="cuda")
