@@ -6,7 +6,7 @@ cannot see these figures, and no GPU time is needed to get them. The pointer and
 arguments are marked divisible by 16, as Triton's JIT specialises them at the Wan shapes; without
 that mark Triton does not pipeline the loads.
 
-    python -m megatron_rcm.kernels.static_build [--arch 90] [--head-dim 128] [--dtype bf16] [--tma]
+    python -m megatron_rcm.kernels.static_build [--arch 90] [--head-dim 128] [--dtype bf16] [--tma] [--constant-kv]
 
 It needs real compilation: run it without TRITON_INTERPRET=1.
 """
@@ -45,11 +45,11 @@ def _ptxas(arch):
     return get_ptxas(arch).path
 
 
-def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90) -> BuildReport:
+def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90, kv_tangent=True) -> BuildReport:
     if not isinstance(_flash_jvp_kernel, triton.runtime.JITFunction):
         raise RuntimeError("static builds need real compilation: unset TRITON_INTERPRET")
     names = list(inspect.signature(_flash_jvp_kernel.fn).parameters)
-    constexprs = dict(HEAD_DIM=head_dim, HAS_MASK=False, PRECISION="tf32", UPCAST_BF16=False, KV_TANGENT=True,
+    constexprs = dict(HEAD_DIM=head_dim, HAS_MASK=False, PRECISION="tf32", UPCAST_BF16=False, KV_TANGENT=kv_tangent,
                       **config.kwargs)
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in _POINTERS
                  else "*fp32" if n in _FLOAT_POINTERS else "i32" for n in names}
@@ -94,12 +94,15 @@ def main():
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", choices=sorted(_TORCH_DTYPES), default="bf16")
     p.add_argument("--tma", action="store_true", help="also the tensor-descriptor variant of each config")
+    p.add_argument("--constant-kv", action="store_true",
+                   help="the specialisation for keys and values without a tangent (k_t = v_t = None)")
     args = p.parse_args()
-    print(f"attention JVP kernel for sm_{args.arch}a, head dim {args.head_dim}, {args.dtype}, Triton {triton.__version__}\n")
+    print(f"attention JVP kernel for sm_{args.arch}a, head dim {args.head_dim}, {args.dtype}, "
+          f"{'constant keys and values, ' if args.constant_kv else ''}Triton {triton.__version__}\n")
     print("| BLOCK_M | BLOCK_N | warps | stages | descriptors | registers | spill bytes | ptxas warnings |")
     print("|---|---|---|---|---|---|---|---|")
     for config in tuned_configs(args.head_dim, args.dtype, args.tma):
-        r = build_report(config, args.head_dim, args.dtype, args.arch)
+        r = build_report(config, args.head_dim, args.dtype, args.arch, kv_tangent=not args.constant_kv)
         k = config.kwargs
         print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | {k['USE_TMA']} | "
               f"{r.registers} | {r.spill_bytes} | {'; '.join(r.warnings) or '-'} |")

@@ -7,16 +7,20 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def _rows(table):
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()
             if line.startswith("| ") and line[2].isdigit()]
 
 
-def test_tuned_configs_and_their_descriptor_variants_compile_for_hopper_without_ptxas_warnings():
+@pytest.mark.parametrize("variant", [[], ["--constant-kv"]], ids=["tangents", "constant_kv"])
+def test_tuned_configs_and_their_descriptor_variants_compile_for_hopper_without_ptxas_warnings(variant):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-m", "megatron_rcm.kernels.static_build", "--arch", "90",
-                             "--head-dim", "128", "--tma"], capture_output=True, text=True, env=env, timeout=600)
+                             "--head-dim", "128", "--tma", *variant], capture_output=True, text=True, env=env,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(result.stdout)
     assert len(rows) >= 4 and {row[4] for row in rows} == {"False", "True"}, result.stdout
