@@ -116,10 +116,13 @@ def _descriptor(base, rows, row_stride, BLOCK_N: tl.constexpr, HEAD_DIM: tl.cons
 
 
 @triton.jit
-def _at(ptrs, start_n, stride_n, USE_TMA: tl.constexpr):
+def _at(ptrs, start_n, stride_n, USE_TMA: tl.constexpr, LONG_ROWS: tl.constexpr):
     """Key-block pointers at row start_n; a descriptor is addressed at load time instead."""
     if USE_TMA:
         return ptrs
+    elif LONG_ROWS:
+        # 64-bit row offsets cost registers (spills at 128 x 64), so only where 32 bits overflow
+        return ptrs + tl.cast(start_n, tl.int64) * stride_n
     else:
         return ptrs + start_n * stride_n
 
@@ -149,7 +152,8 @@ def _flash_jvp_kernel(
     stride_maskb, stride_maskn, stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, SIZE_CLASS, DESCRIPTORS_FIT,  # these two only feed the autotune key
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr,
-    KV_TANGENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
+    KV_TANGENT: tl.constexpr, LONG_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -167,8 +171,13 @@ def _flash_jvp_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seqlen_q
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    qt_ptrs = QT + off_b * stride_qtb + off_h * stride_qth + offs_m[:, None] * stride_qtm + offs_d[None, :]
+    # the block's first row as a 64-bit scalar: row offsets of long sequences pass 2^31
+    first_row = (start_m * BLOCK_M).to(tl.int64)
+    block_rows = tl.arange(0, BLOCK_M)[:, None]
+    q_ptrs = (Q + off_b * stride_qb + off_h * stride_qh + first_row * stride_qm + block_rows * stride_qm
+              + offs_d[None, :])
+    qt_ptrs = (QT + off_b * stride_qtb + off_h * stride_qth + first_row * stride_qtm + block_rows * stride_qtm
+               + offs_d[None, :])
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     q_t = tl.load(qt_ptrs, mask=row_ok[:, None], other=0.0)
 
@@ -203,16 +212,20 @@ def _flash_jvp_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
             acc, acc_t, m_i, l_i, r_i, q, q_t,
-            _at(k_ptrs, start_n, stride_kn, USE_TMA), _at(kt_ptrs, start_n, stride_ktn, USE_TMA),
-            _at(v_ptrs, start_n, stride_vn, USE_TMA), _at(vt_ptrs, start_n, stride_vtn, USE_TMA),
+            _at(k_ptrs, start_n, stride_kn, USE_TMA, LONG_ROWS),
+            _at(kt_ptrs, start_n, stride_ktn, USE_TMA, LONG_ROWS),
+            _at(v_ptrs, start_n, stride_vn, USE_TMA, LONG_ROWS),
+            _at(vt_ptrs, start_n, stride_vtn, USE_TMA, LONG_ROWS),
             mask_ptrs + start_n * stride_maskn, start_n, start_n + offs_n, seqlen_k,
             qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
             USE_TMA=USE_TMA, KV_TANGENT=KV_TANGENT)
     if full_end < seqlen_k:
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
             acc, acc_t, m_i, l_i, r_i, q, q_t,
-            _at(k_ptrs, full_end, stride_kn, USE_TMA), _at(kt_ptrs, full_end, stride_ktn, USE_TMA),
-            _at(v_ptrs, full_end, stride_vn, USE_TMA), _at(vt_ptrs, full_end, stride_vtn, USE_TMA),
+            _at(k_ptrs, full_end, stride_kn, USE_TMA, LONG_ROWS),
+            _at(kt_ptrs, full_end, stride_ktn, USE_TMA, LONG_ROWS),
+            _at(v_ptrs, full_end, stride_vn, USE_TMA, LONG_ROWS),
+            _at(vt_ptrs, full_end, stride_vtn, USE_TMA, LONG_ROWS),
             mask_ptrs + full_end * stride_maskn, full_end, full_end + offs_n, seqlen_k,
             qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
             USE_TMA=USE_TMA, KV_TANGENT=KV_TANGENT)
@@ -226,7 +239,7 @@ def _flash_jvp_kernel(
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_div)) * ln2)
 
     # out and out_t share one layout (q's, see _empty_outputs)
-    o_ptrs = off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    o_ptrs = off_b * stride_ob + off_h * stride_oh + first_row * stride_om + block_rows * stride_om + offs_d[None, :]
     tl.store(Out + o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(OutT + o_ptrs, out_t.to(OutT.dtype.element_ty), mask=row_ok[:, None])
     row_base = pid_bh.to(tl.int64) * seqlen_q
@@ -442,7 +455,8 @@ def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, o
     # fp32 must not drop to tf32; 16-bit inputs ignore the setting.
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     meta = dict(HEAD_DIM=head_dim, HAS_MASK=has_mask, PRECISION=precision,
-                UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16, KV_TANGENT=kv_tangent)
+                UPCAST_BF16=q.device.type == "cpu" and q.dtype == torch.bfloat16, KV_TANGENT=kv_tangent,
+                LONG_ROWS=any((seqlen_k - 1) * t.stride(2) >= 2**31 for t in (k, k_t, v, v_t)))
     return args, meta
 
 

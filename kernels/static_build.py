@@ -50,7 +50,7 @@ def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90, kv_
         raise RuntimeError("static builds need real compilation: unset TRITON_INTERPRET")
     names = list(inspect.signature(_flash_jvp_kernel.fn).parameters)
     constexprs = dict(HEAD_DIM=head_dim, HAS_MASK=False, PRECISION="tf32", UPCAST_BF16=False, KV_TANGENT=kv_tangent,
-                      **config.kwargs)
+                      LONG_ROWS=False, **config.kwargs)
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in _POINTERS
                  else "*fp32" if n in _FLOAT_POINTERS else "i32" for n in names}
     source = ASTSource(

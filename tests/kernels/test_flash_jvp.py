@@ -140,6 +140,21 @@ def test_one_missing_key_or_value_tangent_is_zero():
             assert max_rel_error(actual, expected) <= TOLERANCE[torch.float64], name
 
 
+def test_64_bit_key_row_offsets_match_reference_in_float64():
+    """The LONG_ROWS path (64-bit key-row offsets, chosen where (Sk - 1) * row stride passes 2^31;
+    tests/kernels/test_gpu.py has such tensors) computes the same as the 32-bit one."""
+    from megatron_rcm.kernels.flash_jvp import _empty_outputs, _flash_jvp_kernel, _kernel_arguments
+
+    inputs = _growing_scores(torch.float64, key_gain=3.0)
+    outputs = _empty_outputs(inputs[0], inputs[1])
+    args, meta = _kernel_arguments(*inputs, 0.3, None, outputs)
+    assert not meta["LONG_ROWS"]
+    config = launch_config(32, 16, 4, 2)
+    _flash_jvp_kernel[(2, 4)](*args, **dict(meta, LONG_ROWS=True), **config.kwargs)
+    for name, actual, want in zip(AttentionJVPOutput._fields, outputs, reference_jvp(inputs, 0.3)):
+        assert max_rel_error(actual, want) <= TOLERANCE[torch.float64], name
+
+
 def test_descriptors_on_strided_inputs_match_reference_in_float64():
     """[B, S, H, D] tensors viewed as [B, H, S, D]: each descriptor starts at its (batch, head)."""
     tensors = random_inputs(2, 3, 29, 45, 32, torch.float64)
