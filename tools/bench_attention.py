@@ -29,6 +29,9 @@ SHAPES = {
     "cross": (1, 12, 32760, 512, 128),
     "ring": (1, 12, 8190, 8190, 128),
 }
+# where the models' keys and values carry no tangent (text keys in cross-attention): also timed
+# with k_t = v_t = None, four of the six GEMMs
+CONSTANT_KV_SHAPES = {"cross"}
 MATH_JVP_MAX_SEQ = 8192
 ACCURACY_ROWS = 128
 
@@ -96,6 +99,8 @@ def bench_shape(name, quick):
         "sdpa flash fwd": (sdpa_with(SDPBackend.FLASH_ATTENTION), fwd_flops),
         "sdpa cudnn fwd": (sdpa_with(SDPBackend.CUDNN_ATTENTION), fwd_flops),
     }
+    if name in CONSTANT_KV_SHAPES:
+        candidates["triton fwd+jvp, constant k/v"] = (lambda: flash_attention_jvp(q, k, v, q_t), 2 * fwd_flops)
     if max(seqlen_q, seqlen_k) <= MATH_JVP_MAX_SEQ and not quick:
         candidates["math sdpa func.jvp"] = (math_jvp, 3 * fwd_flops)
     rows_out = []
