@@ -67,12 +67,19 @@ def _load_rows(ptrs, start_n, in_range, BOUNDS: tl.constexpr, USE_TMA: tl.conste
 
 
 @triton.jit
-def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t,
-                      k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs, start_n, offs_n, seqlen_k,
+def _attend_key_block(acc, acc_t, m_i, l_i, r_i, q, q_t, k_ptrs, k_t_ptrs, v_ptrs, v_t_ptrs, mask_ptrs,
+                      stride_kn, stride_ktn, stride_vn, stride_vtn, stride_maskn, start_n, offs_n, seqlen_k,
                       qk_scale, softmax_scale,
                       BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                      UPCAST_BF16: tl.constexpr, USE_TMA: tl.constexpr, KV_TANGENT: tl.constexpr):
-    in_range = offs_n < seqlen_k  # read only for the last, partial block
+                      UPCAST_BF16: tl.constexpr, USE_TMA: tl.constexpr, KV_TANGENT: tl.constexpr,
+                      LONG_ROWS: tl.constexpr):
+    """The online-softmax state after the key block at row start_n (pointers at row 0)."""
+    k_ptrs = _at(k_ptrs, start_n, stride_kn, USE_TMA, LONG_ROWS)
+    k_t_ptrs = _at(k_t_ptrs, start_n, stride_ktn, USE_TMA, LONG_ROWS)
+    v_ptrs = _at(v_ptrs, start_n, stride_vn, USE_TMA, LONG_ROWS)
+    v_t_ptrs = _at(v_t_ptrs, start_n, stride_vtn, USE_TMA, LONG_ROWS)
+    mask_ptrs += start_n * stride_maskn
+    in_range = start_n + offs_n < seqlen_k  # read only for the last, partial block
     k = _load_rows(k_ptrs, start_n, in_range, BOUNDS, USE_TMA)
     if KV_TANGENT:
         k_t = _load_rows(k_t_ptrs, start_n, in_range, BOUNDS, USE_TMA)
@@ -211,24 +218,16 @@ def _flash_jvp_kernel(
     full_end = (seqlen_k // BLOCK_N) * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
-            acc, acc_t, m_i, l_i, r_i, q, q_t,
-            _at(k_ptrs, start_n, stride_kn, USE_TMA, LONG_ROWS),
-            _at(kt_ptrs, start_n, stride_ktn, USE_TMA, LONG_ROWS),
-            _at(v_ptrs, start_n, stride_vn, USE_TMA, LONG_ROWS),
-            _at(vt_ptrs, start_n, stride_vtn, USE_TMA, LONG_ROWS),
-            mask_ptrs + start_n * stride_maskn, start_n, start_n + offs_n, seqlen_k,
-            qk_scale, softmax_scale, BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
-            USE_TMA=USE_TMA, KV_TANGENT=KV_TANGENT)
+            acc, acc_t, m_i, l_i, r_i, q, q_t, k_ptrs, kt_ptrs, v_ptrs, vt_ptrs, mask_ptrs,
+            stride_kn, stride_ktn, stride_vn, stride_vtn, stride_maskn, start_n, offs_n, seqlen_k, qk_scale, softmax_scale,
+            BOUNDS=False, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16, USE_TMA=USE_TMA,
+            KV_TANGENT=KV_TANGENT, LONG_ROWS=LONG_ROWS)
     if full_end < seqlen_k:
         acc, acc_t, m_i, l_i, r_i = _attend_key_block(
-            acc, acc_t, m_i, l_i, r_i, q, q_t,
-            _at(k_ptrs, full_end, stride_kn, USE_TMA, LONG_ROWS),
-            _at(kt_ptrs, full_end, stride_ktn, USE_TMA, LONG_ROWS),
-            _at(v_ptrs, full_end, stride_vn, USE_TMA, LONG_ROWS),
-            _at(vt_ptrs, full_end, stride_vtn, USE_TMA, LONG_ROWS),
-            mask_ptrs + full_end * stride_maskn, full_end, full_end + offs_n, seqlen_k,
-            qk_scale, softmax_scale, BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16,
-            USE_TMA=USE_TMA, KV_TANGENT=KV_TANGENT)
+            acc, acc_t, m_i, l_i, r_i, q, q_t, k_ptrs, kt_ptrs, v_ptrs, vt_ptrs, mask_ptrs,
+            stride_kn, stride_ktn, stride_vn, stride_vtn, stride_maskn, full_end, offs_n, seqlen_k, qk_scale, softmax_scale,
+            BOUNDS=True, HAS_MASK=HAS_MASK, PRECISION=PRECISION, UPCAST_BF16=UPCAST_BF16, USE_TMA=USE_TMA,
+            KV_TANGENT=KV_TANGENT, LONG_ROWS=LONG_ROWS)
 
     # Fully masked rows end with l = r = 0 and acc = acc_t = 0: out = out_t = 0,
     # lse = -inf, lse_t = 0.

@@ -100,7 +100,7 @@ def test_tensor_descriptor_configs_match_reference(config):
 def test_autotuned_pick_with_descriptors_is_not_reused_for_misaligned_tensors():
     """Tuned first on aligned tensors (where a descriptor config may win), then called with views
     whose base is 2 bytes off a 16-byte boundary, which descriptors cannot serve."""
-    from megatron_rcm.kernels.flash_jvp import _tma_fits
+    from megatron_rcm.kernels.flash_jvp import _flash_jvp_tuned, _tma_fits
 
     aligned = random_inputs(1, 2, 2048, 2048, 128, torch.bfloat16, device="cuda")
     flash_attention_jvp(*aligned)
@@ -112,3 +112,7 @@ def test_autotuned_pick_with_descriptors_is_not_reused_for_misaligned_tensors():
     sliced = [t[:, :, rows] if i in (0, 3) else t for i, t in enumerate(misaligned)]
     for got, want in zip(result[:2], reference_jvp(sliced)[:2]):
         assert max_rel_error(got[:, :, rows], want) <= 2e-2
+    # the misaligned call was tuned under its own key, and only pointer configs were weighed
+    fits = _flash_jvp_tuned.keys.index("DESCRIPTORS_FIT")
+    picks = [config for key, config in _flash_jvp_tuned.cache.items() if key[fits] == 0]
+    assert picks and not any(config.kwargs["USE_TMA"] for config in picks)
