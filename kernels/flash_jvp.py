@@ -19,6 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from . import flash_jvp_hopper
+except ImportError:  # a Triton without Gluon's Hopper API
+    flash_jvp_hopper = None
+
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -287,6 +292,16 @@ def _tma_fits(*tensors) -> bool:
                for t in tensors)
 
 
+def _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask) -> bool:
+    """Whether the Gluon kernel for Hopper computes this call (else the Triton kernel does):
+    sm_90, bf16 or fp16, head dim 64 or 128, no key mask, descriptor-ready tensors, and not
+    switched off with MEGATRON_RCM_HOPPER_KERNEL=0."""
+    return (flash_jvp_hopper is not None and os.environ.get("MEGATRON_RCM_HOPPER_KERNEL", "1") != "0"
+            and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) == (9, 0)
+            and q.dtype in flash_jvp_hopper.SERVED_DTYPES and q.shape[-1] in flash_jvp_hopper.SERVED_HEAD_DIMS
+            and key_padding_mask is None and _tma_fits(*_present(q, k, v, q_t, k_t, v_t)))
+
+
 @functools.cache
 def _install_descriptor_allocator():
     # device-side tensor descriptors are written to global scratch that Triton asks for
@@ -400,6 +415,9 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         return launch(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask,
                       _interpreter_config(q.shape[2], k.shape[2]))
     outputs = _empty_outputs(q, k)
+    if _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask):
+        _install_descriptor_allocator()
+        return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, outputs)
     batch, heads, seqlen_q, _ = q.shape
     args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
     if _TUNES_DESCRIPTORS:

@@ -3,10 +3,12 @@
 Autotuning keeps only the winner of ``_CONFIGS``; this times every candidate config (the current
 ones and others: more pipeline stages, other block and warp counts) on its own, next to the cuDNN
 and flash forwards measured in the same run, and checks each config's outputs against the
-autotuned kernel's. A config that does not fit the GPU's shared memory or registers is listed
+autotuned kernel's. On sm_90 it also times the Gluon kernel for Hopper (``kernels/flash_jvp_hopper.py``)
+in the pipeline shapes of ``--hopper-configs``; ``flash_attention_jvp`` itself calls that kernel there. A config that does not fit the GPU's shared memory or registers is listed
 as such. Add a winner to ``_CONFIGS`` in ``kernels/flash_jvp.py`` only when it wins here.
 
     python tools/tune_flash_jvp.py [--shape 1,12,32760,32760,128] [--layout sbhd|bhsd] [--configs 128,64,8,3 ...]
+                                   [--hopper-configs 64,64,3 ...]
     TRITON_INTERPRET=1 python tools/tune_flash_jvp.py --cpu-smoke
 """
 import argparse
@@ -35,6 +37,8 @@ def _parse():
     p.add_argument("--layout", choices=("sbhd", "bhsd"), default="sbhd",
                    help="storage of the [B, H, S, D] inputs: sbhd = strided views of [S, B, H, D] tensors, as "
                         "the Wan model passes them; bhsd = contiguous")
+    p.add_argument("--hopper-configs", nargs="*", default=["64,64,3", "128,64,2", "128,32,3", "128,32,4"],
+                   help="BLOCK_M,BLOCK_N,stages of the Gluon Hopper kernel (sm_90 only)")
     p.add_argument("--skip-autotuned", action="store_true",
                    help="do not run the autotuned kernel (it compiles and times all of _CONFIGS first); outputs "
                         "are compared with the first config's instead")
@@ -53,6 +57,28 @@ def _relative(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def _hopper_rows(inputs, configs, reference, device):
+    from megatron_rcm.kernels import flash_jvp_hopper
+
+    flash_jvp._install_descriptor_allocator()
+    rows = []
+    for numbers in configs:
+        config = flash_jvp_hopper.HopperConfig(*map(int, numbers.split(",")))
+        run = lambda: flash_jvp_hopper.launch(*inputs, inputs[0].shape[-1] ** -0.5,  # noqa: E731
+                                              flash_jvp._empty_outputs(*inputs[:2]), config)
+        name = f"Hopper kernel (Gluon) {tuple(config)}"
+        try:
+            outputs = run()
+        except Exception as e:  # shared memory or registers exceeded, say
+            rows.append((name, None, 6, f"failed: {type(e).__name__}: {str(e)[:200]}"))
+            continue
+        note = "" if reference is None else (
+            f"differs from the first row's kernel by "
+            f"{max(_relative(outputs[0], reference[0]), _relative(outputs[1], reference[1])):.1e}")
+        rows.append((name, _time_ms(run, device), 6, note))
+    return rows
+
+
 def main():
     args = _parse()
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
@@ -67,7 +93,7 @@ def main():
         inputs = [t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in inputs]
     gemm_flop = 2 * batch * heads * seqlen_q * seqlen_k * head_dim  # one of the six GEMMs
     reference = None if args.skip_autotuned else flash_attention_jvp(*inputs)
-    compared_with = "autotuned"
+    compared_with = "flash_attention_jvp"
 
     rows = []
     if device.type == "cuda":
@@ -75,7 +101,10 @@ def main():
             with sdpa_kernel(backend):
                 rows.append((name, _time_ms(lambda: scaled_dot_product_attention(*inputs[:3]), device), 2, ""))
         if reference is not None:
-            rows.append(("autotuned forward+JVP", _time_ms(lambda: flash_attention_jvp(*inputs), device), 6, ""))
+            rows.append(("flash_attention_jvp (autotuned, or the Hopper kernel on sm_90)",
+                         _time_ms(lambda: flash_attention_jvp(*inputs), device), 6, ""))
+        if flash_jvp._hopper_kernel_serves(*inputs, None):
+            rows += _hopper_rows(inputs, args.hopper_configs, reference, device)
     cudnn_ms = rows[0][1] if rows else float("nan")
     kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, c.kwargs["USE_TMA"])
             for c in flash_jvp._CONFIGS}

@@ -1,0 +1,267 @@
+"""The attention forward + JVP kernel for Hopper (sm_90), in Gluon, with asynchronous wgmma.
+
+The math and the outputs are those of ``flash_jvp`` (rcm-math.md section 7); this kernel only
+schedules them differently. Triton's ``tl.dot`` waits for every wgmma before the next
+instruction, so the tensor cores idle while the softmax runs. Here one warpgroup owns BLOCK_M
+query rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs
+of block j - 1 (P V, P dV, (P * dS) V) back to back, waits only for the scores, and runs the
+softmax of block j while the value GEMMs are still on the tensor cores (FlashAttention-3's
+intra-warpgroup overlap). Key and value blocks arrive by TMA, STAGES deep, each stage with its
+own mbarriers for keys and for values.
+
+Gluon has no interpreter: this kernel runs on Hopper GPUs only and is checked there against
+the Triton kernel, which the float64 tests pin down (tests/kernels/test_flash_jvp_hopper.py).
+``flash_jvp`` calls it for bf16/fp16 inputs it can serve (``hopper_kernel_serves``).
+"""
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+SERVED_HEAD_DIMS = (64, 128)
+SERVED_DTYPES = (torch.bfloat16, torch.float16)
+_LOG2_E = math.log2(math.e)
+
+
+class HopperConfig(NamedTuple):
+    block_m: int  # 64 rows per warpgroup
+    block_n: int
+    stages: int
+
+    @property
+    def num_warps(self):
+        return self.block_m // 16
+
+
+DEFAULT_CONFIG = HopperConfig(64, 64, 3)
+
+
+@gluon.jit
+def _descriptor(base, rows, row_stride, BLOCK_ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
+    layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_ROWS, HEAD_DIM], base.dtype.element_ty)
+    return tma.make_tensor_descriptor(base, shape=[rows, HEAD_DIM], strides=[row_stride, 1],
+                                      block_shape=[BLOCK_ROWS, HEAD_DIM], layout=layout)
+
+
+@gluon.jit
+def _load_tiles(desc, tangent_desc, bufs, tangent_bufs, ready, block, n_blocks, STAGES: gl.constexpr,
+                TANGENT: gl.constexpr):
+    """TMA copies of block ``block`` (if it exists) of keys or values, and of their tangent, into
+    its stage; ready[stage] completes when they have landed."""
+    BLOCK_N: gl.constexpr = desc.block_type.shape[0]
+    HEAD_DIM: gl.constexpr = desc.block_type.shape[1]
+    TILES: gl.constexpr = 2 if TANGENT else 1
+    stage = block % STAGES
+    exists = block < n_blocks
+    bar = ready.index(stage)
+    mbarrier.expect(bar, TILES * BLOCK_N * HEAD_DIM * desc.dtype.primitive_bitwidth // 8, pred=exists)
+    tma.async_copy_global_to_shared(desc, [block * BLOCK_N, 0], bar, bufs.index(stage), pred=exists)
+    if TANGENT:
+        tma.async_copy_global_to_shared(tangent_desc, [block * BLOCK_N, 0], bar, tangent_bufs.index(stage),
+                                        pred=exists)
+
+
+@gluon.jit
+def _wait_stage(ready, block, STAGES: gl.constexpr):
+    mbarrier.wait(ready.index(block % STAGES), (block // STAGES) & 1)
+
+
+@gluon.jit
+def _issue_scores(q_smem, qt_smem, k_smem, kt_smem, zero, KV_TANGENT: gl.constexpr):
+    """Asynchronous S = Q K^T and dS = dQ K^T + Q dK^T (unscaled); 2 or 3 wgmma groups."""
+    k_trans = k_smem.permute((1, 0))
+    s = warpgroup_mma(q_smem, k_trans, zero, use_acc=False, is_async=True)
+    ds = warpgroup_mma(qt_smem, k_trans, zero, use_acc=False, is_async=True)
+    if KV_TANGENT:
+        ds = warpgroup_mma(q_smem, kt_smem.permute((1, 0)), ds, is_async=True)
+    return s, ds
+
+
+@gluon.jit
+def _issue_values(p, p_ds, v_smem, vt_smem, acc, acc_t, KV_TANGENT: gl.constexpr):
+    """Asynchronous acc += P V and acc_t += P dV + (P * dS) V; 2 or 3 wgmma groups."""
+    acc = warpgroup_mma(p, v_smem, acc, is_async=True)
+    if KV_TANGENT:
+        acc_t = warpgroup_mma(p, vt_smem, acc_t, is_async=True)
+    acc_t = warpgroup_mma(p_ds, v_smem, acc_t, is_async=True)
+    return acc, acc_t
+
+
+@gluon.jit
+def _softmax(s, ds, m_i, l_i, r_i, start_n, seqlen_k, qk_scale, softmax_scale):
+    """Online-softmax step for one key block: (m, l, r, P, P * dS, alpha); s in log2 units."""
+    BLOCK_N: gl.constexpr = s.shape[1]
+    s = s * qk_scale
+    if start_n + BLOCK_N > seqlen_k:  # the last, partial block: TMA filled its missing keys with zeros
+        cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
+        s = gl.where((cols < seqlen_k)[None, :], s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1))
+    alpha = gl.exp2(m_i - m_new)
+    p = gl.exp2(s - m_new[:, None])
+    p_ds = p * (ds * softmax_scale)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    r_i = r_i * alpha + gl.sum(p_ds, 1)
+    return m_new, l_i, r_i, p, p_ds, alpha
+
+
+@gluon.jit
+def _flash_jvp_hopper_kernel(
+    Q, K, V, QT, KT, VT, Out, OutT, Lse, LseT,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_qtb, stride_qth, stride_qtm,
+    stride_ktb, stride_kth, stride_ktn, stride_vtb, stride_vth, stride_vtn,
+    stride_ob, stride_oh, stride_om,
+    num_heads, seqlen_q, seqlen_k, softmax_scale, qk_scale,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    KV_TANGENT: gl.constexpr,
+):
+    dtype: gl.constexpr = Q.dtype.element_ty
+    NUM_WARPS: gl.constexpr = gl.num_warps()
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    VALUE_GROUPS: gl.constexpr = 3 if KV_TANGENT else 2
+
+    start_m = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    off_b = (pid_bh // num_heads).to(gl.int64)
+    off_h = (pid_bh % num_heads).to(gl.int64)
+
+    q_desc = _descriptor(Q + off_b * stride_qb + off_h * stride_qh, seqlen_q, stride_qm, BLOCK_M, HEAD_DIM)
+    qt_desc = _descriptor(QT + off_b * stride_qtb + off_h * stride_qth, seqlen_q, stride_qtm, BLOCK_M, HEAD_DIM)
+    k_desc = _descriptor(K + off_b * stride_kb + off_h * stride_kh, seqlen_k, stride_kn, BLOCK_N, HEAD_DIM)
+    v_desc = _descriptor(V + off_b * stride_vb + off_h * stride_vh, seqlen_k, stride_vn, BLOCK_N, HEAD_DIM)
+    kt_desc = _descriptor(KT + off_b * stride_ktb + off_h * stride_kth, seqlen_k, stride_ktn, BLOCK_N, HEAD_DIM)
+    vt_desc = _descriptor(VT + off_b * stride_vtb + off_h * stride_vth, seqlen_k, stride_vtn, BLOCK_N, HEAD_DIM)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    qt_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    if KV_TANGENT:
+        kt_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        vt_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    else:  # never read
+        kt_bufs, vt_bufs = k_bufs, v_bufs
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+    fence_async_shared()
+
+    first_row = start_m * BLOCK_M
+    mbarrier.expect(q_ready, 2 * BLOCK_M * HEAD_DIM * dtype.primitive_bitwidth // 8)
+    tma.async_copy_global_to_shared(q_desc, [first_row, 0], q_ready, q_smem)
+    tma.async_copy_global_to_shared(qt_desc, [first_row, 0], q_ready, qt_smem)
+    # Blocks 0 .. STAGES - 1 fill every stage. Keys are refilled as soon as the score GEMMs that
+    # read them are done, values once the value GEMMs are; each refill first waits for all warps
+    # (with two warpgroups, the other one may still be reading the stage).
+    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
+    for i in gl.static_range(STAGES):
+        _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, i, n_blocks, STAGES, KV_TANGENT)
+        _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, i, n_blocks, STAGES, KV_TANGENT)
+
+    zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, s_layout))
+    r_i = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    acc_t = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+
+    # block 0: scores and softmax only; its value GEMMs run alongside block 1's softmax
+    mbarrier.wait(q_ready, 0)
+    _wait_stage(k_ready, 0, STAGES)
+    s, ds = _issue_scores(q_smem, qt_smem, k_bufs.index(0), kt_bufs.index(0), zero, KV_TANGENT)
+    s, ds = warpgroup_mma_wait(0, deps=[s, ds])
+    gl.thread_barrier()
+    _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, STAGES, n_blocks, STAGES, KV_TANGENT)
+    m_i, l_i, r_i, p, p_ds, alpha = _softmax(s, ds, m_i, l_i, r_i, 0, seqlen_k, qk_scale, softmax_scale)
+    p = gl.convert_layout(p.to(dtype), p_layout)
+    p_ds = gl.convert_layout(p_ds.to(dtype), p_layout)
+
+    for j in range(1, n_blocks):
+        stage = j % STAGES
+        prev = (j - 1) % STAGES
+        _wait_stage(k_ready, j, STAGES)
+        s, ds = _issue_scores(q_smem, qt_smem, k_bufs.index(stage), kt_bufs.index(stage), zero, KV_TANGENT)
+        _wait_stage(v_ready, j - 1, STAGES)
+        acc, acc_t = _issue_values(p, p_ds, v_bufs.index(prev), vt_bufs.index(prev), acc, acc_t, KV_TANGENT)
+        s, ds = warpgroup_mma_wait(VALUE_GROUPS, deps=[s, ds])
+        gl.thread_barrier()
+        _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
+        m_i, l_i, r_i, p_next, p_ds_next, alpha = _softmax(s, ds, m_i, l_i, r_i, j * BLOCK_N, seqlen_k, qk_scale,
+                                                           softmax_scale)
+        acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
+        gl.thread_barrier()
+        _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, j - 1 + STAGES, n_blocks, STAGES, KV_TANGENT)
+        alpha_o = gl.convert_layout(alpha, rows_o)[:, None]
+        acc = acc * alpha_o
+        acc_t = acc_t * alpha_o
+        p = gl.convert_layout(p_next.to(dtype), p_layout)
+        p_ds = gl.convert_layout(p_ds_next.to(dtype), p_layout)
+
+    last = (n_blocks - 1) % STAGES
+    _wait_stage(v_ready, n_blocks - 1, STAGES)
+    acc, acc_t = _issue_values(p, p_ds, v_bufs.index(last), vt_bufs.index(last), acc, acc_t, KV_TANGENT)
+    acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
+
+    mbarrier.invalidate(q_ready)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_ready.index(i))
+        mbarrier.invalidate(v_ready.index(i))
+
+    # every key is attended (no mask), so l > 0
+    l_o = gl.convert_layout(l_i, rows_o)
+    lse_t_o = gl.convert_layout(r_i / l_i, rows_o)
+    out = acc / l_o[:, None]
+    out_t = acc_t / l_o[:, None] - lse_t_o[:, None] * out
+
+    offs_m = first_row + gl.arange(0, BLOCK_M, layout=rows_o)
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    row_ok = offs_m < seqlen_q
+    o_offsets = (off_b * stride_ob + off_h * stride_oh + offs_m.to(gl.int64)[:, None] * stride_om
+                 + offs_d[None, :])
+    gl.store(Out + o_offsets, out.to(dtype), mask=row_ok[:, None])
+    gl.store(OutT + o_offsets, out_t.to(dtype), mask=row_ok[:, None])
+    offs_m_s = first_row + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    row_base = pid_bh.to(gl.int64) * seqlen_q
+    ln2: gl.constexpr = 0.6931471805599453
+    gl.store(Lse + row_base + offs_m_s, (m_i + gl.log2(l_i)) * ln2, mask=offs_m_s < seqlen_q)
+    gl.store(LseT + row_base + offs_m_s, r_i / l_i, mask=offs_m_s < seqlen_q)
+
+
+def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: HopperConfig = DEFAULT_CONFIG):
+    """Fills ``outputs`` = (out, out_t, lse, lse_t) as ``flash_jvp`` lays them out. Inputs
+    [B, H, S, D] as ``flash_attention_jvp`` checks them, on an sm_90 GPU, 16-bit, 16-byte aligned
+    with 16-byte aligned strides, no key mask; k_t = v_t = None for constant keys and values.
+    Needs Triton's global scratch allocator for device-side descriptors (set by flash_jvp)."""
+    out, out_t, lse, lse_t = outputs
+    batch, heads, seqlen_q, head_dim = q.shape
+    kv_tangent = k_t is not None
+    k_t, v_t = (k_t, v_t) if kv_tangent else (k, v)
+    grid = (triton.cdiv(seqlen_q, config.block_m), batch * heads)
+    with torch.cuda.device(q.device):
+        _flash_jvp_hopper_kernel[grid](
+            q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3], *out.stride()[:3],
+            heads, seqlen_q, k.shape[2], softmax_scale, softmax_scale * _LOG2_E,
+            HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
+            KV_TANGENT=kv_tangent, num_warps=config.num_warps)
+    return outputs

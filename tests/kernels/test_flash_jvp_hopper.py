@@ -1,0 +1,70 @@
+"""The Gluon kernel for Hopper against the float64 reference and the Triton kernel (sm_90 GPUs only:
+Gluon has no interpreter; run with pytest -m gpu tests/kernels)."""
+import pytest
+import torch
+
+from megatron_rcm.kernels import flash_attention_jvp
+from megatron_rcm.kernels.flash_jvp import _empty_outputs, _install_descriptor_allocator, flash_jvp_hopper, launch, launch_config
+
+from .helpers import max_rel_error, random_inputs, reference_jvp
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    flash_jvp_hopper is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="needs an sm_90 GPU and Triton with Gluon")]
+
+
+def _sbhd(inputs):
+    """The strided [B, H, S, D] views of [S, B, H, D] storage that the Wan model passes."""
+    return [t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in inputs]
+
+
+def _hopper(q, k, v, q_t, k_t, v_t, **config):
+    _install_descriptor_allocator()
+    kernel_config = flash_jvp_hopper.HopperConfig(**config) if config else flash_jvp_hopper.DEFAULT_CONFIG
+    return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, q.shape[-1] ** -0.5, _empty_outputs(q, k), kernel_config)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 517), (64, 64), (1, 3), (129, 40), (70, 200)])
+@pytest.mark.parametrize("kv_tangent", [True, False])
+def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, head_dim, seqlen_q, seqlen_k, kv_tangent):
+    q, k, v, q_t, k_t, v_t = _sbhd(random_inputs(2, 3, seqlen_q, seqlen_k, head_dim, dtype, device="cuda"))
+    if not kv_tangent:
+        k_t, v_t = torch.zeros_like(k), torch.zeros_like(v)
+    want = reference_jvp([q, k, v, q_t, k_t, v_t])
+    got = _hopper(q, k, v, q_t, *((k_t, v_t) if kv_tangent else (None, None)))
+    triton_kernel = launch(q, k, v, q_t, k_t, v_t, head_dim ** -0.5, None, launch_config(64, 32, 4, 2))
+    for name, g, t, w in zip(("out", "out_t", "lse", "lse_t"), got, triton_kernel, want):
+        error, triton_error = max_rel_error(g, w), max_rel_error(t, w)
+        assert error <= tolerance, name
+        # the same bf16/fp16 roundings in another order: within 1.5x of the Triton kernel's error
+        assert error <= 1.5 * triton_error + 1e-5, (name, error, triton_error)
+
+
+@pytest.mark.parametrize("block_m,block_n,stages", [(64, 64, 2), (64, 32, 3), (128, 64, 2), (128, 32, 3), (128, 32, 4)])
+def test_other_pipeline_shapes(block_m, block_n, stages):
+    inputs = _sbhd(random_inputs(1, 2, 300, 333, 128, torch.bfloat16, device="cuda"))
+    for got, want in zip(_hopper(*inputs, block_m=block_m, block_n=block_n, stages=stages), reference_jvp(inputs)):
+        assert max_rel_error(got, want) <= 2e-2
+
+
+def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask():
+    inputs = _sbhd(random_inputs(2, 2, 150, 190, 128, torch.bfloat16, device="cuda"))
+    for got, want in zip(flash_attention_jvp(*inputs), _hopper(*inputs)):
+        assert torch.equal(got, want)
+    mask = torch.rand(2, 190, device="cuda") > 0.3
+    masked = flash_attention_jvp(*inputs, key_padding_mask=mask)
+    for got, want in zip(masked, reference_jvp(inputs, key_padding_mask=mask)):
+        assert max_rel_error(got, want) <= 2e-2
+
+
+def test_key_rows_past_2_to_the_31_elements():
+    seqlen_k, row = 2100, 1 << 20
+    buffer = torch.empty(seqlen_k * row, dtype=torch.bfloat16, device="cuda")
+    k, k_t, v, v_t = (buffer.as_strided((1, 1, seqlen_k, 128), (0, 0, row, 1), 128 * i) for i in range(4))
+    compact = random_inputs(1, 1, 64, seqlen_k, 128, torch.bfloat16, device="cuda")
+    for view, values in zip((k, v, k_t, v_t), (compact[1], compact[2], compact[4], compact[5])):
+        view.copy_(values)
+    for got, want in zip(_hopper(compact[0], k, v, compact[3], k_t, v_t), reference_jvp(compact)):
+        assert max_rel_error(got, want) <= 2e-2
