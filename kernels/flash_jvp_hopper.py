@@ -37,13 +37,14 @@ class HopperConfig(NamedTuple):
     block_m: int  # 64 rows per warpgroup
     block_n: int
     stages: int
+    early_key_refill: bool = True  # refill a key stage when its score GEMMs end, not with the values
 
     @property
     def num_warps(self):
         return self.block_m // 16
 
 
-DEFAULT_CONFIG = HopperConfig(64, 64, 3)
+DEFAULT_CONFIG = HopperConfig(128, 64, 2)
 
 
 @gluon.jit
@@ -123,7 +124,7 @@ def _flash_jvp_hopper_kernel(
     stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, softmax_scale, qk_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    KV_TANGENT: gl.constexpr,
+    KV_TANGENT: gl.constexpr, EARLY_KEY_REFILL: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     NUM_WARPS: gl.constexpr = gl.num_warps()
@@ -203,12 +204,15 @@ def _flash_jvp_hopper_kernel(
         _wait_stage(v_ready, j - 1, STAGES)
         acc, acc_t = _issue_values(p, p_ds, v_bufs.index(prev), vt_bufs.index(prev), acc, acc_t, KV_TANGENT)
         s, ds = warpgroup_mma_wait(VALUE_GROUPS, deps=[s, ds])
-        gl.thread_barrier()
-        _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
+        if EARLY_KEY_REFILL:
+            gl.thread_barrier()
+            _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
         m_i, l_i, r_i, p_next, p_ds_next, alpha = _softmax(s, ds, m_i, l_i, r_i, j * BLOCK_N, seqlen_k, qk_scale,
                                                            softmax_scale)
         acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
         gl.thread_barrier()
+        if not EARLY_KEY_REFILL:
+            _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
         _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, j - 1 + STAGES, n_blocks, STAGES, KV_TANGENT)
         alpha_o = gl.convert_layout(alpha, rows_o)[:, None]
         acc = acc * alpha_o
@@ -263,5 +267,5 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: Hopper
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3], *out.stride()[:3],
             heads, seqlen_q, k.shape[2], softmax_scale, softmax_scale * _LOG2_E,
             HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-            KV_TANGENT=kv_tangent, num_warps=config.num_warps)
+            KV_TANGENT=kv_tangent, EARLY_KEY_REFILL=config.early_key_refill, num_warps=config.num_warps)
     return outputs
