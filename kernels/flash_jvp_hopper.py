@@ -31,13 +31,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 SERVED_HEAD_DIMS = (64, 128)
 SERVED_DTYPES = (torch.bfloat16, torch.float16)
 _LOG2_E = math.log2(math.e)
+# Triton 3.9 renamed these two (3.6, on the GPU machines, has only the old names)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
 class HopperConfig(NamedTuple):
     block_m: int  # 64 rows per warpgroup
     block_n: int
     stages: int
-    early_key_refill: bool = True  # refill a key stage when its score GEMMs end, not with the values
 
     @property
     def num_warps(self):
@@ -66,9 +68,9 @@ def _load_tiles(desc, tangent_desc, bufs, tangent_bufs, ready, block, n_blocks, 
     exists = block < n_blocks
     bar = ready.index(stage)
     mbarrier.expect(bar, TILES * BLOCK_N * HEAD_DIM * desc.dtype.primitive_bitwidth // 8, pred=exists)
-    tma.async_copy_global_to_shared(desc, [block * BLOCK_N, 0], bar, bufs.index(stage), pred=exists)
+    _tma_load(desc, [block * BLOCK_N, 0], bar, bufs.index(stage), pred=exists)
     if TANGENT:
-        tma.async_copy_global_to_shared(tangent_desc, [block * BLOCK_N, 0], bar, tangent_bufs.index(stage),
+        _tma_load(tangent_desc, [block * BLOCK_N, 0], bar, tangent_bufs.index(stage),
                                         pred=exists)
 
 
@@ -124,7 +126,7 @@ def _flash_jvp_hopper_kernel(
     stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, softmax_scale, qk_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    KV_TANGENT: gl.constexpr, EARLY_KEY_REFILL: gl.constexpr,
+    KV_TANGENT: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     NUM_WARPS: gl.constexpr = gl.num_warps()
@@ -168,8 +170,8 @@ def _flash_jvp_hopper_kernel(
 
     first_row = start_m * BLOCK_M
     mbarrier.expect(q_ready, 2 * BLOCK_M * HEAD_DIM * dtype.primitive_bitwidth // 8)
-    tma.async_copy_global_to_shared(q_desc, [first_row, 0], q_ready, q_smem)
-    tma.async_copy_global_to_shared(qt_desc, [first_row, 0], q_ready, qt_smem)
+    _tma_load(q_desc, [first_row, 0], q_ready, q_smem)
+    _tma_load(qt_desc, [first_row, 0], q_ready, qt_smem)
     # Blocks 0 .. STAGES - 1 fill every stage. Keys are refilled as soon as the score GEMMs that
     # read them are done, values once the value GEMMs are; each refill first waits for all warps
     # (with two warpgroups, the other one may still be reading the stage).
@@ -190,7 +192,7 @@ def _flash_jvp_hopper_kernel(
     _wait_stage(k_ready, 0, STAGES)
     s, ds = _issue_scores(q_smem, qt_smem, k_bufs.index(0), kt_bufs.index(0), zero, KV_TANGENT)
     s, ds = warpgroup_mma_wait(0, deps=[s, ds])
-    gl.thread_barrier()
+    _cta_barrier()
     _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, STAGES, n_blocks, STAGES, KV_TANGENT)
     m_i, l_i, r_i, p, p_ds, alpha = _softmax(s, ds, m_i, l_i, r_i, 0, seqlen_k, qk_scale, softmax_scale)
     p = gl.convert_layout(p.to(dtype), p_layout)
@@ -204,15 +206,12 @@ def _flash_jvp_hopper_kernel(
         _wait_stage(v_ready, j - 1, STAGES)
         acc, acc_t = _issue_values(p, p_ds, v_bufs.index(prev), vt_bufs.index(prev), acc, acc_t, KV_TANGENT)
         s, ds = warpgroup_mma_wait(VALUE_GROUPS, deps=[s, ds])
-        if EARLY_KEY_REFILL:
-            gl.thread_barrier()
-            _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
+        _cta_barrier()
+        _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
         m_i, l_i, r_i, p_next, p_ds_next, alpha = _softmax(s, ds, m_i, l_i, r_i, j * BLOCK_N, seqlen_k, qk_scale,
                                                            softmax_scale)
         acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
-        gl.thread_barrier()
-        if not EARLY_KEY_REFILL:
-            _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
+        _cta_barrier()
         _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, j - 1 + STAGES, n_blocks, STAGES, KV_TANGENT)
         alpha_o = gl.convert_layout(alpha, rows_o)[:, None]
         acc = acc * alpha_o
@@ -267,5 +266,5 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: Hopper
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3], *out.stride()[:3],
             heads, seqlen_q, k.shape[2], softmax_scale, softmax_scale * _LOG2_E,
             HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-            KV_TANGENT=kv_tangent, EARLY_KEY_REFILL=config.early_key_refill, num_warps=config.num_warps)
+            KV_TANGENT=kv_tangent, num_warps=config.num_warps)
     return outputs

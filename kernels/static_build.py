@@ -7,6 +7,7 @@ arguments are marked divisible by 16, as Triton's JIT specialises them at the Wa
 that mark Triton does not pipeline the loads.
 
     python -m megatron_rcm.kernels.static_build [--arch 90] [--head-dim 128] [--dtype bf16] [--tma] [--constant-kv]
+    python -m megatron_rcm.kernels.static_build --hopper-kernel [--head-dim 128] [--constant-kv]
 
 It needs real compilation: run it without TRITON_INTERPRET=1.
 """
@@ -36,6 +37,7 @@ class BuildReport:
     registers: int
     spill_bytes: int  # stores + loads
     warnings: list
+    shared_memory_bytes: int
 
 
 def _ptxas(arch):
@@ -46,20 +48,41 @@ def _ptxas(arch):
 
 
 def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90, kv_tangent=True) -> BuildReport:
+    """The Triton kernel at one launch config."""
     if not isinstance(_flash_jvp_kernel, triton.runtime.JITFunction):
         raise RuntimeError("static builds need real compilation: unset TRITON_INTERPRET")
-    names = list(inspect.signature(_flash_jvp_kernel.fn).parameters)
     constexprs = dict(HEAD_DIM=head_dim, HAS_MASK=False, PRECISION="tf32", UPCAST_BF16=False, KV_TANGENT=kv_tangent,
                       LONG_ROWS=False, **config.kwargs)
+    kernel = _compile(ASTSource, _flash_jvp_kernel, constexprs, dtype, arch, config.num_warps, config.num_stages)
+    return _ptxas_report(kernel, config, arch)
+
+
+def hopper_build_report(config, head_dim=128, dtype="bf16", kv_tangent=True) -> BuildReport:
+    """The Gluon kernel for Hopper (flash_jvp_hopper) at one pipeline shape, for sm_90a."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from .flash_jvp_hopper import _flash_jvp_hopper_kernel
+
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
+                      KV_TANGENT=kv_tangent)
+    kernel = _compile(GluonASTSource, _flash_jvp_hopper_kernel, constexprs, dtype, 90, config.num_warps, None)
+    return _ptxas_report(kernel, config, 90)
+
+
+def _compile(source_class, jit_function, constexprs, dtype, arch, num_warps, num_stages):
+    names = list(inspect.signature(jit_function.fn).parameters)
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in _POINTERS
-                 else "*fp32" if n in _FLOAT_POINTERS else "i32" for n in names}
-    source = ASTSource(
-        fn=_flash_jvp_kernel, signature=signature,
+                 else "*fp32" if n in _FLOAT_POINTERS else "fp32" if n.endswith("_scale") else "i32" for n in names}
+    source = source_class(
+        fn=jit_function, signature=signature,
         constexprs={(names.index(n),): v for n, v in constexprs.items()},
         attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
                if signature[n].startswith("*") or n.startswith("stride")})
-    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    options = dict(num_warps=num_warps) | ({} if num_stages is None else dict(num_stages=num_stages))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def _ptxas_report(kernel, config, arch) -> BuildReport:
     with tempfile.TemporaryDirectory() as folder:
         ptx = os.path.join(folder, "kernel.ptx")
         with open(ptx, "w") as f:
@@ -69,7 +92,8 @@ def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90, kv_
     registers = int(re.search(r"Used (\d+) registers", log).group(1))
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     warnings = [line.split("warning :")[-1].strip() for line in log.splitlines() if "warning" in line]
-    return BuildReport(config, registers, int(spills.group(1)) + int(spills.group(2)), warnings)
+    return BuildReport(config, registers, int(spills.group(1)) + int(spills.group(2)), warnings,
+                       kernel.metadata.shared)
 
 
 def tuned_configs(head_dim, dtype="bf16", tma=False):
@@ -96,7 +120,11 @@ def main():
     p.add_argument("--tma", action="store_true", help="also the tensor-descriptor variant of each config")
     p.add_argument("--constant-kv", action="store_true",
                    help="the specialisation for keys and values without a tangent (k_t = v_t = None)")
+    p.add_argument("--hopper-kernel", action="store_true",
+                   help="the Gluon kernel for Hopper (flash_jvp_hopper) at its pipeline shapes instead (sm_90a)")
     args = p.parse_args()
+    if args.hopper_kernel:
+        return _hopper_table(args)
     print(f"attention JVP kernel for sm_{args.arch}a, head dim {args.head_dim}, {args.dtype}, "
           f"{'constant keys and values, ' if args.constant_kv else ''}Triton {triton.__version__}\n")
     print("| BLOCK_M | BLOCK_N | warps | stages | descriptors | registers | spill bytes | ptxas warnings |")
@@ -106,6 +134,19 @@ def main():
         k = config.kwargs
         print(f"| {k['BLOCK_M']} | {k['BLOCK_N']} | {config.num_warps} | {config.num_stages} | {k['USE_TMA']} | "
               f"{r.registers} | {r.spill_bytes} | {'; '.join(r.warnings) or '-'} |")
+
+
+def _hopper_table(args):
+    from .flash_jvp_hopper import DEFAULT_CONFIG, HopperConfig
+
+    print(f"Gluon attention JVP kernel for sm_90a, head dim {args.head_dim}, {args.dtype}, "
+          f"{'constant keys and values, ' if args.constant_kv else ''}Triton {triton.__version__}\n")
+    print("| BLOCK_M | BLOCK_N | stages | default | registers | spill bytes | shared memory KiB | ptxas warnings |")
+    print("|---|---|---|---|---|---|---|---|")
+    for config in (DEFAULT_CONFIG, HopperConfig(64, 64, 3), HopperConfig(128, 32, 3)):
+        r = hopper_build_report(config, args.head_dim, args.dtype, kv_tangent=not args.constant_kv)
+        print(f"| {config.block_m} | {config.block_n} | {config.stages} | {config == DEFAULT_CONFIG} | {r.registers} | "
+              f"{r.spill_bytes} | {r.shared_memory_bytes / 1024:.1f} | {'; '.join(r.warnings) or '-'} |")
 
 
 if __name__ == "__main__":

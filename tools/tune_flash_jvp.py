@@ -37,9 +37,8 @@ def _parse():
     p.add_argument("--layout", choices=("sbhd", "bhsd"), default="sbhd",
                    help="storage of the [B, H, S, D] inputs: sbhd = strided views of [S, B, H, D] tensors, as "
                         "the Wan model passes them; bhsd = contiguous")
-    p.add_argument("--hopper-configs", nargs="*", default=["64,64,3", "128,64,2", "128,32,3", "128,32,4"],
-                   help="BLOCK_M,BLOCK_N,stages[,0 = refill key stages with the values] of the Gluon Hopper kernel "
-                        "(sm_90 only)")
+    p.add_argument("--hopper-configs", nargs="*", default=["128,64,2", "64,64,3", "128,32,3"],
+                   help="BLOCK_M,BLOCK_N,stages of the Gluon Hopper kernel (sm_90 only)")
     p.add_argument("--skip-autotuned", action="store_true",
                    help="do not run the autotuned kernel (it compiles and times all of _CONFIGS first); outputs "
                         "are compared with the first config's instead")
@@ -65,7 +64,6 @@ def _hopper_rows(inputs, configs, reference, device):
     rows = []
     for numbers in configs:
         config = flash_jvp_hopper.HopperConfig(*map(int, numbers.split(",")))
-        config = config._replace(early_key_refill=bool(config.early_key_refill))
         run = lambda: flash_jvp_hopper.launch(*inputs, inputs[0].shape[-1] ** -0.5,  # noqa: E731
                                               flash_jvp._empty_outputs(*inputs[:2]), config)
         name = f"Hopper kernel (Gluon) {tuple(config)}"

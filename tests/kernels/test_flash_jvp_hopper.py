@@ -42,11 +42,10 @@ def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, hea
         assert error <= 1.5 * triton_error + 1e-5, (name, error, triton_error)
 
 
-@pytest.mark.parametrize("block_m,block_n,stages,early", [(64, 64, 3, True), (64, 32, 3, True), (128, 64, 2, False),
-                                                         (128, 32, 3, True), (128, 32, 4, False)])
-def test_other_pipeline_shapes(block_m, block_n, stages, early):
+@pytest.mark.parametrize("block_m,block_n,stages", [(64, 64, 3), (64, 32, 3), (128, 32, 3), (128, 32, 4)])
+def test_other_pipeline_shapes(block_m, block_n, stages):
     inputs = _sbhd(random_inputs(1, 2, 300, 333, 128, torch.bfloat16, device="cuda"))
-    for got, want in zip(_hopper(*inputs, block_m=block_m, block_n=block_n, stages=stages, early_key_refill=early), reference_jvp(inputs)):
+    for got, want in zip(_hopper(*inputs, block_m=block_m, block_n=block_n, stages=stages), reference_jvp(inputs)):
         assert max_rel_error(got, want) <= 2e-2
 
 

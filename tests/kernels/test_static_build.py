@@ -26,3 +26,16 @@ def test_tuned_configs_and_their_descriptor_variants_compile_for_hopper_without_
     assert len(rows) >= 4 and {row[4] for row in rows} == {"False", "True"}, result.stdout
     for block_m, block_n, warps, stages, descriptors, registers, spills, warnings in rows:
         assert int(registers) <= 255 and warnings == "-", result.stdout
+
+
+@pytest.mark.parametrize("variant", [[], ["--constant-kv"]], ids=["tangents", "constant_kv"])
+def test_hopper_kernel_compiles_for_sm90a_within_registers_and_shared_memory(variant):
+    """The Gluon kernel has no interpreter: compiling it is the CPU check that it still builds."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "megatron_rcm.kernels.static_build", "--hopper-kernel", *variant],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(result.stdout)
+    assert len(rows) == 3 and [row[3] for row in rows].count("True") == 1, result.stdout
+    for block_m, block_n, stages, default, registers, spills, shared_kib, warnings in rows:
+        assert int(registers) <= 255 and float(shared_kib) <= 227 and warnings == "-", result.stdout
