@@ -2,16 +2,17 @@
 
 The math and the outputs are those of ``flash_jvp`` (rcm-math.md section 7); this kernel only
 schedules them differently. Triton's ``tl.dot`` waits for every wgmma before the next
-instruction, so the tensor cores idle while the softmax runs. Here one warpgroup owns BLOCK_M
-query rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs
-of block j - 1 (P V, P dV, (P * dS) V) back to back, waits only for the scores, and runs the
+instruction, so the tensor cores idle while the softmax runs. Here each warpgroup owns 64 query
+rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs of
+block j - 1 (P V, P dV, (P * dS) V) back to back, waits only for the scores, and runs the
 softmax of block j while the value GEMMs are still on the tensor cores (FlashAttention-3's
-intra-warpgroup overlap). Key and value blocks arrive by TMA, STAGES deep, each stage with its
-own mbarriers for keys and for values.
+intra-warpgroup overlap). The default pipeline has two warpgroups (BLOCK_M = 128) share each
+key/value tile. Key and value blocks arrive by TMA, STAGES deep, with separate mbarriers for
+keys and for values.
 
-Gluon has no interpreter: this kernel runs on Hopper GPUs only and is checked there against
-the Triton kernel, which the float64 tests pin down (tests/kernels/test_flash_jvp_hopper.py).
-``flash_jvp`` calls it for bf16/fp16 inputs it can serve (``hopper_kernel_serves``).
+Gluon has no interpreter: this kernel runs on Hopper GPUs only, and is checked there against the
+float64 reference and the Triton kernel (tests/kernels/test_flash_jvp_hopper.py). ``flash_jvp``
+calls it for the bf16/fp16 inputs it can serve (``flash_jvp._hopper_kernel_serves``).
 """
 import math
 from typing import NamedTuple
@@ -70,8 +71,7 @@ def _load_tiles(desc, tangent_desc, bufs, tangent_bufs, ready, block, n_blocks, 
     mbarrier.expect(bar, TILES * BLOCK_N * HEAD_DIM * desc.dtype.primitive_bitwidth // 8, pred=exists)
     _tma_load(desc, [block * BLOCK_N, 0], bar, bufs.index(stage), pred=exists)
     if TANGENT:
-        _tma_load(tangent_desc, [block * BLOCK_N, 0], bar, tangent_bufs.index(stage),
-                                        pred=exists)
+        _tma_load(tangent_desc, [block * BLOCK_N, 0], bar, tangent_bufs.index(stage), pred=exists)
 
 
 @gluon.jit
