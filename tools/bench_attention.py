@@ -1,6 +1,7 @@
-"""Benchmark of the Triton attention forward + JVP kernel against SDPA (bf16).
+"""Benchmark of the attention forward + JVP kernels against SDPA (bf16).
 
-On CUDA, per shape, in one run: the kernel's forward+JVP, SDPA flash and cuDNN
+On CUDA, per shape, in one run: flash_attention_jvp's forward+JVP (on sm_90 the Gluon Hopper
+kernel; there the Triton kernel is also timed, with MEGATRON_RCM_HOPPER_KERNEL=0), SDPA flash and cuDNN
 forwards, and torch.func.jvp through math SDPA (S <= 8192 only), as ms, TFLOP/s
 and peak memory, plus the kernel's first-call compile + autotune time and its bf16
 out_t error against a float64 reference on a slice of query rows.
@@ -9,8 +10,10 @@ out_t error against a float64 reference on a slice of query rows.
     TRITON_INTERPRET=1 python tools/bench_attention.py --cpu-smoke
 """
 import argparse
+import contextlib
 import json
 import math
+import os
 import time
 
 import torch
@@ -18,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 from megatron_rcm.kernels import flash_attention_jvp
+from megatron_rcm.kernels.flash_jvp import _hopper_kernel_serves
 from megatron_rcm.kernels.reference import attention_reference
 
 # name: (B, H, Sq, Sk, D)
@@ -70,6 +74,26 @@ def measure(fn, rep_ms):
     return ms, peak
 
 
+@contextlib.contextmanager
+def _hopper_kernel_off():
+    saved = os.environ.get("MEGATRON_RCM_HOPPER_KERNEL")
+    os.environ["MEGATRON_RCM_HOPPER_KERNEL"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["MEGATRON_RCM_HOPPER_KERNEL"]
+        else:
+            os.environ["MEGATRON_RCM_HOPPER_KERNEL"] = saved
+
+
+def _triton_kernel(fn):
+    def run():
+        with _hopper_kernel_off():
+            return fn()
+    return run
+
+
 def bench_shape(name, quick):
     batch, heads, seqlen_q, seqlen_k, head_dim = SHAPES[name]
     inputs = make_inputs(batch, heads, seqlen_q, seqlen_k, head_dim, torch.bfloat16, "cuda")
@@ -94,13 +118,17 @@ def bench_shape(name, quick):
                 return scaled_dot_product_attention(q, k, v)
         return run
 
+    hopper = _hopper_kernel_serves(*inputs, None)
+    ours = "hopper (gluon)" if hopper else "triton"
     candidates = {
-        "triton fwd+jvp": (lambda: flash_attention_jvp(*inputs), 3 * fwd_flops),
+        f"{ours} fwd+jvp": (lambda: flash_attention_jvp(*inputs), 3 * fwd_flops),
         "sdpa flash fwd": (sdpa_with(SDPBackend.FLASH_ATTENTION), fwd_flops),
         "sdpa cudnn fwd": (sdpa_with(SDPBackend.CUDNN_ATTENTION), fwd_flops),
     }
+    if hopper:
+        candidates["triton fwd+jvp"] = (_triton_kernel(lambda: flash_attention_jvp(*inputs)), 3 * fwd_flops)
     if name in CONSTANT_KV_SHAPES:
-        candidates["triton fwd+jvp, constant k/v"] = (lambda: flash_attention_jvp(q, k, v, q_t), 2 * fwd_flops)
+        candidates[f"{ours} fwd+jvp, constant k/v"] = (lambda: flash_attention_jvp(q, k, v, q_t), 2 * fwd_flops)
     if max(seqlen_q, seqlen_k) <= MATH_JVP_MAX_SEQ and not quick:
         candidates["math sdpa func.jvp"] = (math_jvp, 3 * fwd_flops)
     rows_out = []

@@ -9,6 +9,15 @@ from .helpers import max_rel_error, random_inputs, reference_jvp
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(params=["dispatched", "triton"])
+def kernel(request, monkeypatch):
+    """flash_attention_jvp as dispatched (the Gluon kernel on sm_90 for unmasked 16-bit calls), and
+    with the Triton kernel forced, so that both stay covered on Hopper GPUs."""
+    if request.param == "triton":
+        monkeypatch.setenv("MEGATRON_RCM_HOPPER_KERNEL", "0")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_compiled_kernel_matches_reference(dtype, tolerance, head_dim):
@@ -20,7 +29,7 @@ def test_compiled_kernel_matches_reference(dtype, tolerance, head_dim):
         assert max_rel_error(got, want) <= tolerance
 
 
-def test_constant_keys_and_values_bf16():
+def test_constant_keys_and_values_bf16(kernel):
     """k_t = v_t = None, cross-attention's case (Sk = 512 text tokens, as in Wan)."""
     q, k, v, q_t, _, _ = random_inputs(2, 3, 700, 512, 128, torch.bfloat16, device="cuda")
     want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)])
@@ -47,7 +56,7 @@ def test_key_rows_past_2_to_the_31_elements():
             assert max_rel_error(got, expected) <= 2e-2, config
 
 
-def test_wan_shape_bf16_tangent_error_on_a_row_slice():
+def test_wan_shape_bf16_tangent_error_on_a_row_slice(kernel):
     """B1 H12 S32760 D128: relative (Frobenius) error of out_t on 256 query rows <= 5e-3."""
     inputs = random_inputs(1, 12, 32760, 32760, 128, torch.bfloat16, device="cuda")
     out_t = flash_attention_jvp(*inputs).out_t
@@ -58,7 +67,7 @@ def test_wan_shape_bf16_tangent_error_on_a_row_slice():
     assert error <= 5e-3
 
 
-def test_memory_is_linear_in_sequence_length():
+def test_memory_is_linear_in_sequence_length(kernel):
     extra = {}
     for seqlen in (4096, 8192):
         inputs = random_inputs(1, 4, seqlen, seqlen, 128, torch.bfloat16, device="cuda")
@@ -97,10 +106,13 @@ def test_tensor_descriptor_configs_match_reference(config):
     assert errors[True] <= 2e-2 and errors[True] <= 1.5 * errors[False] + 1e-3, errors
 
 
-def test_autotuned_pick_with_descriptors_is_not_reused_for_misaligned_tensors():
+def test_autotuned_pick_with_descriptors_is_not_reused_for_misaligned_tensors(monkeypatch):
     """Tuned first on aligned tensors (where a descriptor config may win), then called with views
-    whose base is 2 bytes off a 16-byte boundary, which descriptors cannot serve."""
+    whose base is 2 bytes off a 16-byte boundary, which descriptors cannot serve. The Triton
+    kernel is forced: on sm_90 the aligned call would go to the Gluon kernel and tune nothing."""
     from megatron_rcm.kernels.flash_jvp import _flash_jvp_tuned, _tma_fits
+
+    monkeypatch.setenv("MEGATRON_RCM_HOPPER_KERNEL", "0")
 
     aligned = random_inputs(1, 2, 2048, 2048, 128, torch.bfloat16, device="cuda")
     flash_attention_jvp(*aligned)
