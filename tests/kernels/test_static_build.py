@@ -28,7 +28,8 @@ def test_tuned_configs_and_their_descriptor_variants_compile_for_hopper_without_
         assert int(registers) <= 255 and warnings == "-", result.stdout
 
 
-@pytest.mark.parametrize("variant", [[], ["--constant-kv"]], ids=["tangents", "constant_kv"])
+@pytest.mark.parametrize("variant", [[], ["--constant-kv"], ["--head-dim", "64"]],
+                         ids=["tangents", "constant_kv", "head_dim_64"])
 def test_hopper_kernel_compiles_for_sm90a_within_registers_and_shared_memory(variant):
     """The Gluon kernel has no interpreter: compiling it is the CPU check that it still builds."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
