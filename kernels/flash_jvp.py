@@ -9,6 +9,7 @@ import functools
 import inspect
 import math
 import os
+import warnings
 from typing import NamedTuple, Optional, Tuple
 
 if __name__ != "megatron_rcm.kernels.flash_jvp":
@@ -292,11 +293,15 @@ def _tma_fits(*tensors) -> bool:
                for t in tensors)
 
 
+_hopper_compile_errors = []  # the Gluon kernel's, if it failed to compile in this process
+
+
 def _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask) -> bool:
     """Whether the Gluon kernel for Hopper computes this call (else the Triton kernel does):
-    sm_90, bf16 or fp16, head dim 64 or 128, no key mask, descriptor-ready tensors, and not
-    switched off with MEGATRON_RCM_HOPPER_KERNEL=0."""
-    return (flash_jvp_hopper is not None and os.environ.get("MEGATRON_RCM_HOPPER_KERNEL", "1") != "0"
+    sm_90, bf16 or fp16, head dim 64 or 128, no key mask, descriptor-ready tensors, it compiled,
+    and it is not switched off with MEGATRON_RCM_HOPPER_KERNEL=0."""
+    return (flash_jvp_hopper is not None and not _hopper_compile_errors
+            and os.environ.get("MEGATRON_RCM_HOPPER_KERNEL", "1") != "0"
             and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.dtype in flash_jvp_hopper.SERVED_DTYPES and q.shape[-1] in flash_jvp_hopper.SERVED_HEAD_DIMS
             and key_padding_mask is None and _tma_fits(*_present(q, k, v, q_t, k_t, v_t)))
@@ -417,7 +422,13 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     outputs = _empty_outputs(q, k)
     if _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask):
         _install_descriptor_allocator()
-        return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, outputs)
+        try:
+            return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, outputs)
+        except triton.compiler.errors.CompilationError as error:
+            # Gluon's API still changes between Triton releases: a slower kernel beats no kernel
+            _hopper_compile_errors.append(error)
+            warnings.warn(f"the Gluon attention JVP kernel for Hopper does not compile with Triton "
+                          f"{triton.__version__}; the slower Triton kernel serves instead. {error}")
     batch, heads, seqlen_q, _ = q.shape
     args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
     if _TUNES_DESCRIPTORS:

@@ -68,3 +68,24 @@ def test_key_rows_past_2_to_the_31_elements():
         view.copy_(values)
     for got, want in zip(_hopper(compact[0], k, v, compact[3], k_t, v_t), reference_jvp(compact)):
         assert max_rel_error(got, want) <= 2e-2
+
+
+def test_a_compile_failure_falls_back_to_the_triton_kernel_with_a_warning(monkeypatch):
+    """A Triton release whose Gluon API the kernel does not fit: flash_attention_jvp warns once and
+    the Triton kernel serves this call and the next ones."""
+    import ast
+
+    from megatron_rcm.kernels import flash_jvp
+    from triton.compiler.errors import CompilationError
+
+    def fails(*args, **kwargs):
+        raise CompilationError(None, ast.parse("x"), "simulated: an API this Triton lacks")
+
+    monkeypatch.setattr(flash_jvp_hopper, "launch", fails)
+    monkeypatch.setattr(flash_jvp, "_hopper_compile_errors", [])
+    inputs = _sbhd(random_inputs(1, 2, 100, 130, 128, torch.bfloat16, device="cuda"))
+    with pytest.warns(UserWarning, match="does not compile"):
+        first = flash_attention_jvp(*inputs)
+    assert not flash_jvp._hopper_kernel_serves(*inputs, None)
+    for got, want in zip(first, reference_jvp(inputs)):
+        assert max_rel_error(got, want) <= 2e-2
