@@ -25,3 +25,17 @@ def max_rel_error(actual, expected):
     assert torch.equal(actual[~finite], expected[~finite]), "non-finite entries differ"
     diff = (actual[finite] - expected[finite]).abs().max()
     return (diff / expected[finite].abs().max()).item()
+
+
+def inputs_with_key_rows_past_2_to_the_31(device="cuda"):
+    """(compact inputs, the same with k, k_t, v, v_t as views of one 4.4 GB buffer whose rows are
+    2^20 elements apart), so that key row offsets pass 2^31 elements, as long sequences with wide
+    rows reach."""
+    seqlen_k, row = 2100, 1 << 20
+    buffer = torch.empty(seqlen_k * row, dtype=torch.bfloat16, device=device)
+    k, k_t, v, v_t = (buffer.as_strided((1, 1, seqlen_k, 128), (0, 0, row, 1), 128 * i) for i in range(4))
+    compact = random_inputs(1, 1, 64, seqlen_k, 128, torch.bfloat16, device=device)
+    for view, values in zip((k, v, k_t, v_t), (compact[1], compact[2], compact[4], compact[5])):
+        view.copy_(values)
+    assert (seqlen_k - 1) * k.stride(2) >= 2**31
+    return compact, [compact[0], k, v, compact[3], k_t, v_t]

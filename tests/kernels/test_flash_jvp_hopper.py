@@ -6,7 +6,7 @@ import torch
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels.flash_jvp import _empty_outputs, _install_descriptor_allocator, flash_jvp_hopper, launch, launch_config
 
-from .helpers import max_rel_error, random_inputs, reference_jvp
+from .helpers import inputs_with_key_rows_past_2_to_the_31, max_rel_error, random_inputs, reference_jvp
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     flash_jvp_hopper is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -60,13 +60,8 @@ def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask():
 
 
 def test_key_rows_past_2_to_the_31_elements():
-    seqlen_k, row = 2100, 1 << 20
-    buffer = torch.empty(seqlen_k * row, dtype=torch.bfloat16, device="cuda")
-    k, k_t, v, v_t = (buffer.as_strided((1, 1, seqlen_k, 128), (0, 0, row, 1), 128 * i) for i in range(4))
-    compact = random_inputs(1, 1, 64, seqlen_k, 128, torch.bfloat16, device="cuda")
-    for view, values in zip((k, v, k_t, v_t), (compact[1], compact[2], compact[4], compact[5])):
-        view.copy_(values)
-    for got, want in zip(_hopper(compact[0], k, v, compact[3], k_t, v_t), reference_jvp(compact)):
+    compact, long_rows = inputs_with_key_rows_past_2_to_the_31()
+    for got, want in zip(_hopper(*long_rows), reference_jvp(compact)):
         assert max_rel_error(got, want) <= 2e-2
 
 

@@ -4,7 +4,7 @@ import torch
 
 from megatron_rcm.kernels import flash_attention_jvp
 
-from .helpers import max_rel_error, random_inputs, reference_jvp
+from .helpers import inputs_with_key_rows_past_2_to_the_31, max_rel_error, random_inputs, reference_jvp
 
 pytestmark = pytest.mark.gpu
 
@@ -38,21 +38,14 @@ def test_constant_keys_and_values_bf16(kernel):
 
 
 def test_key_rows_past_2_to_the_31_elements():
-    """Keys and values whose row offsets pass 2^31 elements (a 4.4 GB buffer, rows 2^20 apart), as
-    long sequences with wide rows reach: pointer and descriptor configs against the reference."""
+    """Keys and values whose row offsets pass 2^31 elements: pointer and descriptor configs
+    against the reference."""
     from megatron_rcm.kernels.flash_jvp import launch, launch_config
 
-    seqlen_k, row = 2100, 1 << 20
-    buffer = torch.empty(seqlen_k * row, dtype=torch.bfloat16, device="cuda")
-    k, k_t, v, v_t = (buffer.as_strided((1, 1, seqlen_k, 128), (0, 0, row, 1), 128 * i) for i in range(4))
-    compact = random_inputs(1, 1, 64, seqlen_k, 128, torch.bfloat16, device="cuda")
-    for view, values in zip((k, v, k_t, v_t), (compact[1], compact[2], compact[4], compact[5])):
-        view.copy_(values)
-    q, q_t = compact[0], compact[3]
-    assert (seqlen_k - 1) * k.stride(2) >= 2**31
+    compact, long_rows = inputs_with_key_rows_past_2_to_the_31()
     want = reference_jvp(compact)
     for config in (launch_config(64, 32, 4, 2), launch_config(64, 64, 4, 3, tma=True)):
-        for got, expected in zip(launch(q, k, v, q_t, k_t, v_t, 128 ** -0.5, None, config), want):
+        for got, expected in zip(launch(*long_rows, 128 ** -0.5, None, config), want):
             assert max_rel_error(got, expected) <= 2e-2, config
 
 
