@@ -18,8 +18,15 @@ set -u
 case "${1:-}" in tests|training|wan|train|kernel) ;; *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
+# two phases may run side by side (tests and training do, in one call): the second waits for the
+# first one's install
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  if mkdir /tmp/site.lock 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl || exit 1
+    touch /tmp/site.done
+  fi
+  while [ ! -e /tmp/site.done ]; do sleep 2; done
   export PYTHONPATH=$PWD:/tmp/site
 fi
 [ -e megatron_rcm/kernels ] || ln -s ../kernels megatron_rcm/kernels
