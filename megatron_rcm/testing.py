@@ -118,6 +118,8 @@ def run_distributed(fn, world_size, args=(), kwargs=None, timeout=300.0):
         grace = time.monotonic() + (60 if len(values) == world_size else 0)
         for p in procs:
             p.join(timeout=max(0.0, grace - time.monotonic()))
+            # the rank itself first: one still starting has no process group of its own yet
+            p.kill()
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,5 +1,9 @@
 """CPU shim, per-rank seeding, launcher environment parsing and the multi-rank test helper."""
 
+import multiprocessing as mp
+import os
+import time
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -77,6 +81,45 @@ def _hangs():
 def test_helper_reports_the_failing_rank_without_hanging():
     with pytest.raises(DistributedTestError, match=r"(?s)failed on rank 1 of 2.*deliberate failure on rank one"):
         run_distributed(_fails_on_rank_one, world_size=2, timeout=60)
+
+
+_STARTED_LATE = False
+
+
+def _start_late_once(marker):
+    # runs while a rank process unpickles its arguments, before _rank_main: the first rank to get
+    # here starts 3 s late
+    global _STARTED_LATE
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
+    _STARTED_LATE = True
+    time.sleep(3)
+    return None
+
+
+class _OneRankStartsLate:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return _start_late_once, (self.marker,)
+
+
+def _fails_unless_started_late(_):
+    if not _STARTED_LATE:
+        raise RuntimeError("deliberate failure on the rank that started in time")
+    time.sleep(60)
+
+
+def test_helper_stops_a_rank_that_is_still_starting_when_another_fails(tmp_path):
+    # the late rank makes its own process group only once it starts: killing that group alone
+    # left it running (in CI, rank 0 of the test above then waited for rank 1 and pytest never exited)
+    with pytest.raises(DistributedTestError, match="deliberate failure on the rank that started in time"):
+        run_distributed(_fails_unless_started_late, world_size=2, args=(_OneRankStartsLate(tmp_path / "late"),),
+                        timeout=60)
+    assert not mp.active_children()
 
 
 def test_helper_times_out():
