@@ -10,11 +10,11 @@ out_t error against a float64 reference on a slice of query rows.
     TRITON_INTERPRET=1 python tools/bench_attention.py --cpu-smoke
 """
 import argparse
-import contextlib
 import json
 import math
 import os
 import time
+from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -74,22 +74,9 @@ def measure(fn, rep_ms):
     return ms, peak
 
 
-@contextlib.contextmanager
-def _hopper_kernel_off():
-    saved = os.environ.get("MEGATRON_RCM_HOPPER_KERNEL")
-    os.environ["MEGATRON_RCM_HOPPER_KERNEL"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["MEGATRON_RCM_HOPPER_KERNEL"]
-        else:
-            os.environ["MEGATRON_RCM_HOPPER_KERNEL"] = saved
-
-
 def _triton_kernel(fn):
     def run():
-        with _hopper_kernel_off():
+        with mock.patch.dict(os.environ, MEGATRON_RCM_HOPPER_KERNEL="0"):
             return fn()
     return run
 

@@ -150,7 +150,7 @@ def main():
     if x.is_cuda:
         from megatron_rcm.kernels import flash_jvp
 
-        if flash_jvp.flash_jvp_hopper is not None and flash_jvp._hopper_kernel_serves(
+        if flash_jvp._hopper_kernel_serves(
                 *(torch.empty(1, 1, 64, cfg.head_dim, dtype=x.dtype, device=x.device) for _ in range(6)), None):
             print(f"attention JVP kernel: the Gluon kernel for Hopper, {flash_jvp.flash_jvp_hopper.DEFAULT_CONFIG}, "
                   "for calls without a key mask", flush=True)

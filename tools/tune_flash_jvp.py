@@ -57,7 +57,7 @@ def _relative(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def _hopper_rows(inputs, configs, reference, device):
+def _hopper_rows(inputs, configs, reference, compared_with, device):
     from megatron_rcm.kernels import flash_jvp_hopper
 
     flash_jvp._install_descriptor_allocator()
@@ -73,7 +73,7 @@ def _hopper_rows(inputs, configs, reference, device):
             rows.append((name, None, 6, f"failed: {type(e).__name__}: {str(e)[:200]}"))
             continue
         note = "" if reference is None else (
-            f"differs from the first row's kernel by "
+            f"differs from {compared_with} by "
             f"{max(_relative(outputs[0], reference[0]), _relative(outputs[1], reference[1])):.1e}")
         rows.append((name, _time_ms(run, device), 6, note))
     return rows
@@ -104,7 +104,7 @@ def main():
             rows.append(("flash_attention_jvp (autotuned, or the Hopper kernel on sm_90)",
                          _time_ms(lambda: flash_attention_jvp(*inputs), device), 6, ""))
         if flash_jvp._hopper_kernel_serves(*inputs, None):
-            rows += _hopper_rows(inputs, args.hopper_configs, reference, device)
+            rows += _hopper_rows(inputs, args.hopper_configs, reference, compared_with, device)
     cudnn_ms = rows[0][1] if rows else float("nan")
     kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, c.kwargs["USE_TMA"])
             for c in flash_jvp._CONFIGS}
