@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_rcm.models.tangent import stack
-from megatron_rcm.models.wan import elementwise as ew
+from megatron_rcm.models import elementwise as ew
 
 S, B, HEADS, HEAD_DIM = 6, 2, 3, 8
 C = HEADS * HEAD_DIM

@@ -24,7 +24,7 @@ def test_forward_jvp_and_gradients_match_diffusers(case):
 def test_compiled_elementwise_pieces_match_diffusers(monkeypatch):
     """The torch.compile'd forms (on CUDA by default) compiled here by inductor for the CPU: graph
     capture of every form, the autograd.Function with its compiled backward, in float64."""
-    from megatron_rcm.models.wan import elementwise
+    from megatron_rcm.models import elementwise
 
     monkeypatch.setattr(elementwise.Elementwise, "compile_on", ("cuda", "cpu"))
     _check_against_diffusers("tiny-a")

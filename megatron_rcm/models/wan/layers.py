@@ -27,7 +27,7 @@ from megatron.core.transformer.module import MegatronModule
 
 from ..attention import cross_attention, self_attention
 from ..tangent import add_bias, compute_dtype, linear, linear_parts, pointwise, upcast
-from . import elementwise
+from .. import elementwise
 
 
 def param_device(config):

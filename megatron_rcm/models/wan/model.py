@@ -27,7 +27,8 @@ from megatron.core.transformer.module import MegatronModule
 
 from ..attention import SequenceLayout
 from ..tangent import compute_dtype, linear, pointwise, stack, upcast
-from . import elementwise, weight_map
+from .. import elementwise
+from . import weight_map
 from .config import WanConfig
 from .layers import ConditionEmbedder, WanBlock, param_device, replicated_linear
 
