@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..tangent import BATCH_DIM, stack, upcast
+from .tangent import BATCH_DIM, stack, upcast
 
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
