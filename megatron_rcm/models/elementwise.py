@@ -1,4 +1,4 @@
-"""The Wan block's elementwise pieces, each one fused kernel on CUDA, with hand-derived derivatives.
+"""A DiT block's elementwise pieces (Wan, Cosmos), each one fused kernel on CUDA, with hand-derived derivatives.
 
 Every piece has three forms, all written out by hand:
   * plain: ``piece(*args, tangent=False)``, the forward;
@@ -12,10 +12,11 @@ reductions included (differentiated by ``torch.func.jvp`` in eager mode, these p
 as long as the attention kernel), and no form relies on torch.compile's own backward: torch
 2.11's (the GPU machines' version) returned a gradient of shape [C] for a [1, 1, C] input.
 Biases of the linear layers before a piece are added inside it (the layers run with
-``skip_bias_add``), as Megatron's bias-GELU and bias-add fusions do.
+``skip_bias_add``), as Megatron's bias-GELU and bias-add fusions do; a bias of ``None`` (a layer
+without one) adds nothing.
 
 On CUDA tensors the forms run through ``torch.compile`` when ``compiled=True``
-(``WanConfig.fuse_elementwise``); on CPU they run eagerly, so the float64 tests check the same
+(the model config's ``fuse_elementwise``); on CPU they run eagerly, so the float64 tests check the same
 formulas. Rounding follows diffusers: reduced-precision inputs are computed on in float32
 (``upcast``) and the result is rounded to the input dtype once.
 """
@@ -29,6 +30,8 @@ from .tangent import BATCH_DIM, stack, upcast
 
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
 def _halves(*xs):
@@ -36,8 +39,12 @@ def _halves(*xs):
 
 
 def _grad(g, like):
-    """A float32 gradient summed over the dims ``like`` broadcasts in, in ``like``'s dtype."""
-    return g.sum_to_size(like.shape).to(like.dtype)
+    """A float32 gradient summed over the dims ``like`` broadcasts in, in ``like``'s dtype (None for None)."""
+    return None if like is None else g.sum_to_size(like.shape).to(like.dtype)
+
+
+def _plus(y, bias):
+    return y if bias is None else y + bias
 
 
 class _Recorded(torch.autograd.Function):
@@ -95,21 +102,45 @@ def _gelu_slope(a):
 
 
 def _bias_gelu(y, bias):
-    return F.gelu(y + bias, approximate="tanh")
+    return F.gelu(_plus(y, bias), approximate="tanh")
 
 
 def _bias_gelu_with_tangent(y, bias):
     (y_p, y_t), = _halves(y)
-    a = upcast(y_p + bias)
+    a = upcast(_plus(y_p, bias))
     return stack(F.gelu(a, approximate="tanh").to(y.dtype), (_gelu_slope(a) * upcast(y_t)).to(y.dtype))
 
 
 def _bias_gelu_backward(grad, y, bias):
-    g = upcast(grad) * _gelu_slope(upcast(y + bias))
+    g = upcast(grad) * _gelu_slope(upcast(_plus(y, bias)))
     return g.to(y.dtype), _grad(g, bias)
 
 
 bias_gelu = Elementwise(_bias_gelu, _bias_gelu_with_tangent, _bias_gelu_backward)
+
+
+# ---- exact (erf) GELU after an optional bias ---------------------------------------------------
+
+def _erf_gelu_slope(a):
+    return 0.5 * (1 + torch.erf(a * _SQRT_HALF)) + a * torch.exp(-0.5 * a * a) * _INV_SQRT_2PI
+
+
+def _bias_gelu_erf(y, bias):
+    return F.gelu(_plus(y, bias))
+
+
+def _bias_gelu_erf_with_tangent(y, bias):
+    (y_p, y_t), = _halves(y)
+    a = upcast(_plus(y_p, bias))
+    return stack(F.gelu(a).to(y.dtype), (_erf_gelu_slope(a) * upcast(y_t)).to(y.dtype))
+
+
+def _bias_gelu_erf_backward(grad, y, bias):
+    g = upcast(grad) * _erf_gelu_slope(upcast(_plus(y, bias)))
+    return g.to(y.dtype), _grad(g, bias)
+
+
+bias_gelu_erf = Elementwise(_bias_gelu_erf, _bias_gelu_erf_with_tangent, _bias_gelu_erf_backward)
 
 
 # ---- LayerNorm: adaLN modulation and the affine cross-attention norm ---------------------------
@@ -177,12 +208,12 @@ layer_norm = Elementwise(_layer_norm, _layer_norm_with_tangent, _layer_norm_back
 
 def _bias_gated_residual(x, update, bias, gate):
     """x + (update + bias) * gate, in float32 like diffusers' gated residual."""
-    return (upcast(x) + upcast(update + bias) * gate).to(x.dtype)
+    return (upcast(x) + upcast(_plus(update, bias)) * gate).to(x.dtype)
 
 
 def _bias_gated_residual_with_tangent(x, update, bias, gate):
     (x_p, x_t), (update_p, update_t), (gate_p, gate_t) = _halves(x, update, gate)
-    update_p = upcast(update_p + bias)
+    update_p = upcast(_plus(update_p, bias))
     return stack((upcast(x_p) + update_p * gate_p).to(x.dtype),
                  (upcast(x_t) + upcast(update_t) * gate_p + update_p * gate_t).to(x.dtype))
 
@@ -190,7 +221,7 @@ def _bias_gated_residual_with_tangent(x, update, bias, gate):
 def _bias_gated_residual_backward(grad, x, update, bias, gate):
     g = upcast(grad)
     g_update = g * gate
-    return grad, g_update.to(update.dtype), _grad(g_update, bias), _grad(g * upcast(update + bias), gate)
+    return grad, g_update.to(update.dtype), _grad(g_update, bias), _grad(g * upcast(_plus(update, bias)), gate)
 
 
 bias_gated_residual = Elementwise(_bias_gated_residual, _bias_gated_residual_with_tangent,
@@ -234,9 +265,15 @@ bias_sum_squares = Elementwise(_bias_sum_squares, _bias_sum_squares_with_tangent
 
 
 def apply_rope(x, cos, sin):
-    """Rotate channel pairs of x [S, B, H, D] by angles with (cos, sin) [S, 1, 1, D/2]; linear in x."""
+    """Rotate channel pairs (2i, 2i+1) of x [S, B, H, D] by angles with (cos, sin) [S, 1, 1, D/2]; linear in x."""
     x1, x2 = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+def apply_rope_halves(x, cos, sin):
+    """Rotate channel pairs (i, i + D/2) of x [S, B, H, D] (the "rotate half" layout); linear in x."""
+    x1, x2 = upcast(x).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 def _heads(x, head_dim, cos, sin):
@@ -276,3 +313,45 @@ def _bias_rms_normalise_backward(grad, y, bias, total, weight, full_dim, eps, he
 
 bias_rms_normalise = Elementwise(_bias_rms_normalise, _bias_rms_normalise_with_tangent,
                                  _bias_rms_normalise_backward)
+
+
+# ---- RMSNorm of each head, then RoPE in the rotate-half layout (Cosmos' q/k norms) -------------
+
+def _rope_halves(x, cos, sin):
+    return x if cos is None else apply_rope_halves(x, cos, sin)
+
+
+def _head_rms(y, eps, head_dim):
+    """(y split into heads in float32 / float64, its 1/rms per head)."""
+    a = upcast(y.unflatten(-1, (-1, head_dim)))
+    return a, torch.rsqrt(a.square().mean(-1, keepdim=True) + eps)
+
+
+def _head_rms_norm(y, weight, eps, head_dim, cos, sin):
+    """diffusers' RMSNorm over each head of y [S, B, H*head_dim] (weight [head_dim], shared by the
+    heads) as [S, B, H, head_dim], rotated by RoPE when (cos, sin) are given."""
+    a, rstd = _head_rms(y, eps, head_dim)
+    return _rope_halves((a * rstd).to(y.dtype) * weight, cos, sin)
+
+
+def _head_rms_norm_with_tangent(y, weight, eps, head_dim, cos, sin):
+    (y_p, y_t), = _halves(y)
+    a, rstd = _head_rms(y_p, eps, head_dim)
+    a_t = upcast(y_t.unflatten(-1, (-1, head_dim)))
+    rstd_t = -rstd.pow(3) * (a * a_t).mean(-1, keepdim=True)
+    normed = stack((a * rstd).to(y.dtype) * weight, (a_t * rstd + a * rstd_t).to(y.dtype) * weight)
+    return _rope_halves(normed, cos, sin)
+
+
+def _head_rms_norm_backward(grad, y, weight, eps, head_dim, cos, sin):
+    g = upcast(grad)
+    if cos is not None:
+        g = apply_rope_halves(g, cos, -sin)  # the rotation's transpose
+    a, rstd = _head_rms(y, eps, head_dim)
+    g_weight = _grad(g * upcast((a * rstd).to(y.dtype)), weight)
+    g = g * upcast(weight)
+    g_a = rstd * g - rstd.pow(3) * a * (g * a).mean(-1, keepdim=True)
+    return g_a.flatten(-2).to(y.dtype), g_weight, None, None, None, None
+
+
+head_rms_norm = Elementwise(_head_rms_norm, _head_rms_norm_with_tangent, _head_rms_norm_backward)

@@ -1,4 +1,4 @@
-"""The Wan elementwise pieces: hand-derived tangents against torch.func.jvp of the plain forms
+"""The models' elementwise pieces (Wan, Cosmos): hand-derived tangents against torch.func.jvp of the plain forms
 (float64), and on a GPU the compiled kernels against the eager formulas."""
 
 import pytest
@@ -25,6 +25,7 @@ def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
         return x.double() if in_float64 else x
 
     bias, weight = rand(C).requires_grad_(constants_require_grad), rand(C).requires_grad_(constants_require_grad)
+    head_weight = rand(HEAD_DIM).requires_grad_(constants_require_grad)
     angles = torch.rand(S, 1, 1, HEAD_DIM // 2, generator=g, dtype=torch.float64).to(device) * 6
     cos, sin = (f(angles).to(opmath).to(torch.float64 if in_float64 else opmath) for f in (torch.cos, torch.sin))
     x, update = rand(S, 2 * B, C), rand(S, 2 * B, C)
@@ -32,15 +33,19 @@ def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
     total = rand(S, 2 * B, 1, as_dtype=opmath).abs() * C + 1
     return {
         "bias_gelu": (ew.bias_gelu, (x,), lambda y: (y, bias)),
+        "bias_gelu_erf": (ew.bias_gelu_erf, (x,), lambda y: (y, bias)),
         "modulate": (ew.modulate, (x, shift, scale), lambda y, sh, sc: (y, sh, sc, 1e-6)),
         "layer_norm": (ew.layer_norm, (x,), lambda y: (y, weight, bias, 1e-5)),
         "bias_gated_residual": (ew.bias_gated_residual, (x, update, gate), lambda y, u, gt: (y, u, bias, gt)),
+        "gated_residual": (ew.bias_gated_residual, (x, update, gate), lambda y, u, gt: (y, u, None, gt)),
         "bias_residual": (ew.bias_residual, (x, update), lambda y, u: (y, u, bias)),
         "bias_sum_squares": (ew.bias_sum_squares, (x,), lambda y: (y, bias)),
         "bias_rms_normalise_rope": (ew.bias_rms_normalise, (x, total),
                                     lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, cos, sin)),
         "bias_rms_normalise": (ew.bias_rms_normalise, (x, total),
                                lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, None, None)),
+        "head_rms_norm_rope": (ew.head_rms_norm, (x,), lambda y: (y, head_weight, 1e-6, HEAD_DIM, cos, sin)),
+        "head_rms_norm": (ew.head_rms_norm, (x,), lambda y: (y, head_weight, 1e-6, HEAD_DIM, None, None)),
     }
 
 
