@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         "hf": ["diffusers>=0.33", "accelerate", "transformers", "safetensors", "sentencepiece", "tqdm"],
-        "data": ["webdataset", "imageio", "scikit-learn"],
+        "data": ["webdataset", "imageio", "imageio-ffmpeg", "scikit-learn"],
         "train": ["tensorboard"],
         "dev": ["pytest", "pytest-timeout"],
     },

@@ -1,0 +1,68 @@
+"""The Wan2.1 video VAE (diffusers ``AutoencoderKLWan``) with the Wan pipelines' latent normalisation."""
+
+import torch
+
+from .folder import check_pipeline_folder
+
+
+class WanVAE:
+    """Pixels [B, 3, F, H, W] in [-1, 1] <-> normalised latents [B, C, T, h, w].
+
+    ``encode`` takes the posterior *mode* (its mean), not a sample: a latent dataset is then a
+    deterministic function of the videos (re-running a preparation gives the same shards), and the
+    Wan pipelines encode their conditioning videos the same way (``sample_mode="argmax"``). The
+    latents are normalised per channel with the VAE config's ``latents_mean`` / ``latents_std``
+    using the pipelines' own expressions, so ``decode`` gives what ``WanPipeline`` would decode.
+    F must be 1 + a multiple of ``temporal_stride``; H and W multiples of ``spatial_stride``.
+    """
+
+    def __init__(self, vae):
+        self.vae = vae
+        config = vae.config
+        self.latent_channels = config.z_dim
+        self.spatial_stride = config.scale_factor_spatial
+        self.temporal_stride = config.scale_factor_temporal
+        shape = (1, config.z_dim, 1, 1, 1)
+        self._mean = torch.tensor(config.latents_mean, dtype=torch.float64).view(shape)
+        self._inv_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float64).view(shape)
+
+    @property
+    def device(self):
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.vae.parameters()).dtype
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple:
+        """The [C, T, h, w] latent of one video of that size."""
+        return (self.latent_channels, (num_frames - 1) // self.temporal_stride + 1,
+                height // self.spatial_stride, width // self.spatial_stride)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (in the VAE's dtype) of ``video`` [B, 3, F, H, W] in [-1, 1]."""
+        mode = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode()
+        mean, inv_std = self._mean.to(mode.device, mode.dtype), self._inv_std.to(mode.device, mode.dtype)
+        return (mode - mean) * inv_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, F, H, W] in [-1, 1] of normalised ``latents`` (the inverse of ``encode``)."""
+        latents = latents.to(self.device, self.dtype)
+        mean, inv_std = self._mean.to(latents.device, latents.dtype), self._inv_std.to(latents.device, latents.dtype)
+        return self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+
+
+def load_vae(pipeline_dir, dtype=torch.float32, device="cpu", tiling=False) -> WanVAE:
+    """The ``vae/`` of a diffusers Wan pipeline folder. ``tiling`` encodes and decodes in
+    overlapping spatial tiles, one video of a batch at a time (diffusers' tiling and slicing): what
+    lets a 720p x 81-frame clip fit; the result differs from untiled coding only near tile seams."""
+    from diffusers import AutoencoderKLWan
+
+    folder = check_pipeline_folder(pipeline_dir, ["vae"])
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device).eval()
+    if tiling:
+        vae.enable_tiling()
+        vae.enable_slicing()
+    return WanVAE(vae)
