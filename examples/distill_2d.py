@@ -30,7 +30,7 @@ from megatron_rcm.diffusion.mlp_velocity import MLPVelocity
 from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
 from megatron_rcm.diffusion.time_sampling import sample_time_dmd, sample_time_scm
 from megatron_rcm.losses.dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
-from megatron_rcm.losses.schedule import RCMSchedule
+from megatron_rcm.losses.config import RCMConfig
 from megatron_rcm.losses.scm import scm_loss, tangent_warmup_ratio
 from megatron_rcm.training.ema import PowerEMA
 
@@ -133,7 +133,7 @@ def pretrain_on_teacher(problem, args, generator):
 
 def distill(problem, args, generator):
     scm_on, dmd_on = args.method in ("scm", "rcm"), args.method in ("dmd", "rcm")
-    schedule = RCMSchedule(
+    schedule = RCMConfig(
         student_update_freq=args.student_update_freq,
         tangent_warmup=args.tangent_warmup,
         scm_weight=args.scm_weight if scm_on else 0.0,

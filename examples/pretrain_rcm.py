@@ -11,18 +11,18 @@ same command again resumes from it. examples/slurm/pretrain_rcm.sbatch requeues 
 
 import sys
 
-from megatron_rcm.training.arguments import ConfigError, parse_args
+from megatron_rcm.training.arguments import ConfigError, load_config
 from megatron_rcm.training.loop import train
 from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS
 
 
 def main(argv=None):
     try:
-        args = parse_args(argv)
-        progress = train(args)
+        config = load_config(argv)
+        progress = train(config)
     except ConfigError as e:
         sys.exit(f"configuration error: {e}")
-    if progress.iteration < args.train_iters:
+    if progress.iteration < config.train_iters:
         sys.exit(PREEMPTED_EXIT_STATUS)
 
 

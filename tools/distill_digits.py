@@ -27,7 +27,7 @@ import torch
 from eval_digits import METRICS, table  # tools/ is this script's directory
 
 from megatron_rcm.data.moving_digits import NEGATIVE_PROMPT_FILE, write_training_data
-from megatron_rcm.losses.schedule import RCMSchedule
+from megatron_rcm.losses.config import RCMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "assets" / "moving_digits" / "teacher"
@@ -39,7 +39,7 @@ NAMES = {"scm": "sCM only", "rcm": "rCM", "dmd": "DMD only"}
 
 def iterations_for(method, student_updates, tangent_warmup, student_update_freq):
     """Iterations after which the schedule has made ``student_updates`` student updates."""
-    schedule = RCMSchedule(student_update_freq, tangent_warmup, **METHODS[method])
+    schedule = RCMConfig(student_update_freq=student_update_freq, tangent_warmup=tangent_warmup, **METHODS[method])
     iteration = updates = 0
     while updates < student_updates:
         updates += schedule.updates_student(iteration)

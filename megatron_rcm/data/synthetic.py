@@ -1,33 +1,21 @@
 """Write synthetic latent shards in the training format, for tests and smoke runs."""
 
-import io
+import itertools
 from pathlib import Path
 
 import torch
-import webdataset as wds
 
-
-def _tensor_bytes(t):
-    buffer = io.BytesIO()
-    torch.save(t.clone(), buffer)
-    return buffer.getvalue()
+from .shard_writer import write_shard
 
 
 def write_shards(folder, samples, samples_per_shard, prefix="shard"):
     """Write (key, latent [C,T,H,W], embed [L,D], prompt) samples to ``{prefix}-000000.tar``, ...; returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths, sink = [], None
-    for i, (key, latent, embed, prompt) in enumerate(samples):
-        if i % samples_per_shard == 0:
-            if sink is not None:
-                sink.close()
-            paths.append(folder / f"{prefix}-{len(paths):06d}.tar")
-            sink = wds.TarWriter(str(paths[-1]))
-        sink.write({"__key__": key, "latent.pt": _tensor_bytes(latent), "embed.pt": _tensor_bytes(embed),
-                    "prompt.txt": prompt.encode()})
-    if sink is not None:
-        sink.close()
+    paths, samples = [], iter(samples)
+    while chunk := list(itertools.islice(samples, samples_per_shard)):
+        paths.append(folder / f"{prefix}-{len(paths):06d}.tar")
+        write_shard(paths[-1], chunk)
     return paths
 
 

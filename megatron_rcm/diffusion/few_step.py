@@ -8,6 +8,7 @@ import torch
 from megatron_rcm.diffusion.time import HALF_PI, sigma_to_trigflow
 
 DEFAULT_MID_TIMES = (1.5, 1.4, 1.0)
+DEFAULT_SIGMA_MAX = 80.0
 MAX_STEPS = 4
 
 
@@ -45,7 +46,7 @@ def consistency_rollout(denoiser, noises: Sequence[torch.Tensor], times: Sequenc
 
 @torch.no_grad()
 def sample_few_step(denoiser, noise: torch.Tensor, text: torch.Tensor, num_steps: int,
-                    sigma_max: float = 80.0, mid_times: Sequence[float] = DEFAULT_MID_TIMES,
+                    sigma_max: float = DEFAULT_SIGMA_MAX, mid_times: Sequence[float] = DEFAULT_MID_TIMES,
                     generator=None) -> torch.Tensor:
     """The rCM few-step sampler (eq. 6.1): start from noise at t_0 = arctan(sigma_max)."""
     times = few_step_times(num_steps, sigma_to_trigflow(sigma_max), mid_times)

@@ -5,7 +5,7 @@ import torch
 from megatron_rcm.diffusion.time import rf_to_trigflow, shift_rf
 
 
-def sample_time_scm(batch: int, p_mean: float, p_std: float = 1.6, *, generator=None,
+def sample_time_scm(batch: int, p_mean: float, p_std: float, *, generator=None,
                     dtype=torch.float64, device=None) -> torch.Tensor:
     """p_G (rcm-math.md section 3): log sigma ~ N(p_mean, p_std^2), t = arctan(sigma).
 
@@ -15,7 +15,7 @@ def sample_time_scm(batch: int, p_mean: float, p_std: float = 1.6, *, generator=
     return torch.atan(torch.exp(log_sigma))
 
 
-def sample_time_dmd(batch: int, shift: float = 5.0, *, generator=None, dtype=torch.float64,
+def sample_time_dmd(batch: int, shift: float, *, generator=None, dtype=torch.float64,
                     device=None) -> torch.Tensor:
     """p_D (rcm-math.md section 4): s = shift(u, k) with u ~ U[0, 1), t = arctan(s / (1 - s)).
 

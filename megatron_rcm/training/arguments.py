@@ -1,20 +1,24 @@
-"""Command line of ``examples/pretrain_rcm.py``: Megatron-LM-style flags, a YAML config, checks.
+"""Command line of ``examples/pretrain_rcm.py``: Megatron-LM-style flags and a YAML file -> ``TrainingConfig``.
 
-Precedence: built-in defaults < ``--config file.yaml`` < flags on the command line. YAML keys are
-the flag names with or without dashes (``tensor_model_parallel_size`` or
+Precedence: the config dataclasses' defaults < ``--config file.yaml`` < flags on the command line.
+YAML keys are the flag names with or without dashes (``tensor_model_parallel_size`` or
 ``tensor-model-parallel-size``); an unknown key is an error. ``validate`` checks sizes and
-combinations against the world size and the teacher's config before any model is built.
+combinations against the world size and the teacher's config before any model is built, and
+returns the one ``TrainingConfig`` the run uses.
 """
 
 import argparse
 import json
 import os
+from dataclasses import fields
 
 import torch
 import yaml
 
-from ..losses.schedule import RCMSchedule
+from ..losses.config import RCMConfig
 from ..parallel import ParallelConfig, ParallelSizeError, launch_env
+from .config import (CheckpointConfig, DataConfig, LoggingConfig, NetworksConfig, OptimizationConfig,
+                     TrainingConfig)
 
 
 class ConfigError(ValueError):
@@ -28,66 +32,88 @@ def _parser():
     flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--context-parallel-size", type=int, default=1)
-    g.add_argument("--sequence-parallel", action=flag, default=False)
-    g.add_argument("--cp-comm-type", choices=["a2a", "p2p"], default="a2a",
+    g.add_argument("--tensor-model-parallel-size", type=int)
+    g.add_argument("--context-parallel-size", type=int)
+    g.add_argument("--sequence-parallel", action=flag)
+    g.add_argument("--cp-comm-type", choices=["a2a", "p2p"],
                    help="context parallelism: all-to-all (a2a) or ring (p2p)")
-    g.add_argument("--recompute-granularity", choices=["full"], default=None)
-    g.add_argument("--recompute-method", choices=["uniform"], default="uniform")
-    g.add_argument("--recompute-num-layers", type=int, default=1)
+    g.add_argument("--recompute-granularity", choices=["full"])
+    g.add_argument("--recompute-method", choices=["uniform"])
+    g.add_argument("--recompute-num-layers", type=int)
 
     g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=1)
-    g.add_argument("--global-batch-size", type=int, default=None,
+    g.add_argument("--micro-batch-size", type=int)
+    g.add_argument("--global-batch-size", type=int,
                    help="micro batch x data-parallel size (the default; gradient accumulation is not supported)")
-    g.add_argument("--train-iters", type=int, default=None)
-    g.add_argument("--lr", type=float, default=2e-6, help="student learning rate")
-    g.add_argument("--fake-score-lr", type=float, default=4e-7)
-    g.add_argument("--lr-warmup-iters", type=int, default=100,
-                   help="linear warm-up, counted in each network's own updates")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--adam-beta1", type=float, default=0.0)
-    g.add_argument("--adam-beta2", type=float, default=0.999)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=0.0, help="gradient-norm clipping; 0 = off")
-    g.add_argument("--bf16", action=flag, default=False,
-                   help="bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--deterministic-mode", action=flag, default=False,
+    g.add_argument("--train-iters", type=int)
+    g.add_argument("--lr", type=float, help="student learning rate")
+    g.add_argument("--fake-score-lr", type=float)
+    g.add_argument("--lr-warmup-iters", type=int, help="linear warm-up, counted in each network's own updates")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--adam-beta1", type=float)
+    g.add_argument("--adam-beta2", type=float)
+    g.add_argument("--adam-eps", type=float)
+    g.add_argument("--clip-grad", type=float, help="gradient-norm clipping; 0 = off")
+    g.add_argument("--bf16", action=flag, help="bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--deterministic-mode", action=flag,
                    help="bit-identical reruns and resumes on GPUs (deterministic kernels, fixed cuBLAS "
                         "workspace, NCCL_ALGO=Ring), at some speed")
 
     g = p.add_argument_group("rCM")
     g.add_argument("--teacher", help="teacher checkpoint (diffusers folder, or what megatron_rcm.load_model reads)")
     g.add_argument("--negative-prompt-embedding", help=".pt tensor [L, text_dim] for the unconditional branch")
-    g.add_argument("--guidance-scale", type=float, default=5.0)
-    g.add_argument("--student-update-freq", type=int, default=5)
-    g.add_argument("--tangent-warmup", type=int, default=1000)
-    g.add_argument("--scm-weight", type=float, default=100.0)
-    g.add_argument("--dmd-weight", type=float, default=1.0)
-    g.add_argument("--p-mean", type=float, default=0.7)
-    g.add_argument("--p-std", type=float, default=1.6)
-    g.add_argument("--dmd-shift", type=float, default=5.0)
-    g.add_argument("--mid-times", type=float, nargs="+", default=[1.5, 1.4, 1.0],
-                   help="TrigFlow times of the student rollout after pi/2")
-    g.add_argument("--sigma-max", type=float, default=80.0,
+    g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--student-update-freq", type=int)
+    g.add_argument("--tangent-warmup", type=int)
+    g.add_argument("--scm-weight", type=float)
+    g.add_argument("--dmd-weight", type=float)
+    g.add_argument("--p-mean", type=float)
+    g.add_argument("--p-std", type=float)
+    g.add_argument("--dmd-shift", type=float)
+    g.add_argument("--mid-times", type=float, nargs="+", help="TrigFlow times of the student rollout after pi/2")
+    g.add_argument("--max-rollout-steps", type=int, help="the student rollout takes 1 to this many steps in turn")
+    g.add_argument("--sigma-max", type=float,
                    help="the few-step sampler's starting noise level, recorded with the EMA export")
-    g.add_argument("--ema-std", type=float, default=0.1, help="power-EMA relative std")
+    g.add_argument("--ema-std", type=float, help="power-EMA relative std")
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", help="webdataset shards: a folder, a glob or 'shard-{000..009}.tar'")
-    g.add_argument("--num-workers", type=int, default=2)
+    g.add_argument("--num-workers", type=int)
 
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--save", help="checkpoint folder")
     g.add_argument("--load", help="resume from the latest checkpoint here (default: --save, if it has one)")
-    g.add_argument("--save-interval", type=int, default=None)
-    g.add_argument("--keep-last", type=int, default=3)
-    g.add_argument("--log-interval", type=int, default=1, help="iterations between progress lines")
+    g.add_argument("--save-interval", type=int)
+    g.add_argument("--keep-last", type=int)
+    g.add_argument("--log-interval", type=int, help="iterations between progress lines")
     g.add_argument("--log-jsonl", help="per-iteration JSON lines")
     g.add_argument("--tensorboard-dir")
+    p.set_defaults(**_defaults())
     return p
+
+
+_SECTIONS = {"rcm": RCMConfig, "parallel": ParallelConfig, "networks": NetworksConfig,
+             "optimization": OptimizationConfig, "data": DataConfig, "checkpoint": CheckpointConfig,
+             "logging": LoggingConfig}
+
+
+def _plain_fields(cls):
+    return [f for f in fields(cls) if f.name not in _SECTIONS]
+
+
+def _defaults():
+    """Every flag's default, from the config dataclasses (the one place defaults are written)."""
+    return {f.name: f.default for cls in (TrainingConfig, *_SECTIONS.values()) for f in _plain_fields(cls)}
+
+
+def _config(args) -> TrainingConfig:
+    """The flat namespace as the nested config: each field takes the flag of its name."""
+    def build(cls):
+        return cls(**{f.name: getattr(args, f.name) for f in _plain_fields(cls)})
+
+    return TrainingConfig(**{f.name: getattr(args, f.name) for f in _plain_fields(TrainingConfig)},
+                          **{name: build(cls) for name, cls in _SECTIONS.items()})
 
 
 def _read_yaml(path, known):
@@ -134,8 +160,9 @@ def _check_teacher_shape(args):
         raise ConfigError(f"teacher {args.teacher}: {e}") from e
 
 
-def validate(args, world_size=None):
-    """Raise ConfigError for anything that cannot run; fills in global_batch_size. Needs no process group."""
+def validate(args, world_size=None) -> TrainingConfig:
+    """The run's config from ``parse_args``'s namespace, with global_batch_size filled in; raises
+    ConfigError for anything that cannot run. Needs no process group."""
     for name in ("teacher", "data_path", "train_iters"):
         if getattr(args, name) is None:
             raise ConfigError(f"--{name.replace('_', '-')} is required")
@@ -143,9 +170,8 @@ def validate(args, world_size=None):
         raise ConfigError(f"teacher checkpoint {args.teacher} does not exist")
     world_size = launch_env().world_size if world_size is None else world_size
     try:
-        parallel = ParallelConfig(args.tensor_model_parallel_size, args.context_parallel_size,
-                                  sequence_parallel=args.sequence_parallel)
-        dp = parallel.data_parallel_size(world_size)
+        dp = ParallelConfig(args.tensor_model_parallel_size, args.context_parallel_size,
+                            sequence_parallel=args.sequence_parallel).data_parallel_size(world_size)
     except ParallelSizeError as e:
         raise ConfigError(str(e)) from e
     if args.seed < 1:
@@ -160,11 +186,9 @@ def validate(args, world_size=None):
                           f"{args.micro_batch_size} x data-parallel size {dp} = {expected} "
                           f"(gradient accumulation is not supported)")
     try:
-        RCMSchedule(args.student_update_freq, args.tangent_warmup, args.scm_weight, args.dmd_weight)
+        config = _config(args)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if args.scm_weight < 0 or args.dmd_weight < 0 or args.scm_weight + args.dmd_weight == 0:
-        raise ConfigError("loss weights must be >= 0 and not both 0")
     if args.guidance_scale != 1.0 and not args.negative_prompt_embedding:
         raise ConfigError("--guidance-scale other than 1 needs --negative-prompt-embedding")
     if args.save_interval is not None and (args.save_interval < 0 or (args.save_interval and not args.save)):
@@ -173,7 +197,10 @@ def validate(args, world_size=None):
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0:
         raise ConfigError("--lr-warmup-iters, --clip-grad and --num-workers must be >= 0")
-    if len(args.mid_times) < 3:
-        raise ConfigError("--mid-times needs three times (the rollout takes up to 4 steps)")
     _check_teacher_shape(args)
-    return args
+    return config
+
+
+def load_config(argv=None, world_size=None) -> TrainingConfig:
+    """``validate(parse_args(argv))``: the config of the run the command line describes."""
+    return validate(parse_args(argv), world_size)

@@ -18,6 +18,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from .. import load_model
 from ..diffusion.denoiser import TrigFlowDenoiser
 from ..diffusion.guidance import ClassifierFreeGuidance
+from .config import TrainingConfig
 from .ema import PowerEMA
 from .optimizer import build_optimizer, build_scheduler
 
@@ -39,27 +40,30 @@ class Networks:
     ema: PowerEMA
 
 
-def model_overrides(args):
-    return dict(params_dtype=torch.bfloat16 if args.bf16 else torch.float32,
-                sequence_parallel=args.sequence_parallel, cp_comm_type=args.cp_comm_type,
+def model_overrides(config: TrainingConfig):
+    return dict(params_dtype=torch.bfloat16 if config.networks.bf16 else torch.float32,
+                sequence_parallel=config.parallel.sequence_parallel, cp_comm_type=config.networks.cp_comm_type,
                 use_cpu_initialization=not torch.cuda.is_available())
 
 
-def _load(args, device, recompute):
-    overrides = model_overrides(args)
-    if recompute and args.recompute_granularity:
-        overrides.update(recompute_granularity=args.recompute_granularity, recompute_method=args.recompute_method,
-                         recompute_num_layers=args.recompute_num_layers)
-    return load_model(args.teacher, **overrides).to(device)
+def _load(config: TrainingConfig, device, recompute):
+    overrides = model_overrides(config)
+    networks = config.networks
+    if recompute and networks.recompute_granularity:
+        overrides.update(recompute_granularity=networks.recompute_granularity,
+                         recompute_method=networks.recompute_method,
+                         recompute_num_layers=networks.recompute_num_layers)
+    return load_model(config.teacher, **overrides).to(device)
 
 
-def _trainable(args, device, lr):
-    module = _load(args, device, recompute=True)
+def _trainable(config: TrainingConfig, device, lr):
+    module = _load(config, device, recompute=True)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=torch.cuda.is_available())
     ddp = DistributedDataParallel(module.config, ddp_config, module)
-    optimizer = build_optimizer(ddp, args, lr)
-    return Trainable(module, ddp, optimizer, build_scheduler(optimizer, args, lr), TrigFlowDenoiser(module))
+    optimizer = build_optimizer(ddp, config.optimization, lr, config.networks.bf16)
+    scheduler = build_scheduler(optimizer, config.optimization, lr, config.train_iters)
+    return Trainable(module, ddp, optimizer, scheduler, TrigFlowDenoiser(module))
 
 
 def load_negative_embedding(path, text_dim, dtype, device):
@@ -70,14 +74,14 @@ def load_negative_embedding(path, text_dim, dtype, device):
     return embedding.to(device=device, dtype=dtype)
 
 
-def build_networks(args, device):
+def build_networks(config: TrainingConfig, device):
     """Teacher, student, fake score (inside an initialised parallel context) and the student EMA."""
-    teacher = _load(args, device, recompute=False).requires_grad_(False).eval()
+    teacher = _load(config, device, recompute=False).requires_grad_(False).eval()
     negative = None
-    if args.negative_prompt_embedding:
-        negative = load_negative_embedding(args.negative_prompt_embedding, teacher.config.text_dim,
+    if config.negative_prompt_embedding:
+        negative = load_negative_embedding(config.negative_prompt_embedding, teacher.config.text_dim,
                                            teacher.config.params_dtype, device)
-    guided = TrigFlowDenoiser(ClassifierFreeGuidance(teacher, negative, args.guidance_scale))
-    student = _trainable(args, device, args.lr)
-    fake_score = _trainable(args, device, args.fake_score_lr)
-    return Networks(guided, student, fake_score, PowerEMA(student.module, relative_std=args.ema_std))
+    guided = TrigFlowDenoiser(ClassifierFreeGuidance(teacher, negative, config.rcm.guidance_scale))
+    student = _trainable(config, device, config.optimization.lr)
+    fake_score = _trainable(config, device, config.optimization.fake_score_lr)
+    return Networks(guided, student, fake_score, PowerEMA(student.module, relative_std=config.ema_std))

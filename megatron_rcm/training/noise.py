@@ -13,15 +13,15 @@ from typing import List
 import numpy as np
 import torch
 
-from ..diffusion.few_step import MAX_STEPS
 from ..diffusion.time_sampling import sample_time_dmd, sample_time_scm
+from ..losses.config import RCMConfig
 
 
 @dataclass
 class IterationNoise:
     eps: torch.Tensor            # sCM noise, like x0
     t_scm: torch.Tensor          # [B] ~ p_G (float64)
-    rollout: List[torch.Tensor]  # MAX_STEPS noises for the student rollout, like x0
+    rollout: List[torch.Tensor]  # max_rollout_steps noises for the student rollout, like x0
     t_dmd: torch.Tensor          # [B] ~ p_D (float64)
     eps_dmd: torch.Tensor        # like x0
 
@@ -31,7 +31,7 @@ def sample_generator(seed, iteration, index):
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def draw_noise(seed, iteration, first_index, batch, latent_shape, args, device, dtype):
+def draw_noise(seed, iteration, first_index, batch, latent_shape, rcm: RCMConfig, device, dtype):
     """Noise for the samples first_index .. first_index + batch - 1 of the global batch."""
     per_sample = []
     for index in range(first_index, first_index + batch):
@@ -39,9 +39,9 @@ def draw_noise(seed, iteration, first_index, batch, latent_shape, args, device, 
         randn = lambda: torch.randn(latent_shape, generator=g)  # noqa: E731
         per_sample.append(dict(
             eps=randn(),
-            t_scm=sample_time_scm(1, args.p_mean, args.p_std, generator=g),
-            rollout=[randn() for _ in range(MAX_STEPS)],
-            t_dmd=sample_time_dmd(1, args.dmd_shift, generator=g),
+            t_scm=sample_time_scm(1, rcm.p_mean, rcm.p_std, generator=g),
+            rollout=[randn() for _ in range(rcm.max_rollout_steps)],
+            t_dmd=sample_time_dmd(1, rcm.dmd_shift, generator=g),
             eps_dmd=randn(),
         ))
 
@@ -51,7 +51,7 @@ def draw_noise(seed, iteration, first_index, batch, latent_shape, args, device, 
     return IterationNoise(
         eps=stack(lambda s: s["eps"], dtype),
         t_scm=stack(lambda s: s["t_scm"][0], torch.float64),
-        rollout=[stack(lambda s: s["rollout"][i], dtype) for i in range(MAX_STEPS)],
+        rollout=[stack(lambda s: s["rollout"][i], dtype) for i in range(rcm.max_rollout_steps)],
         t_dmd=stack(lambda s: s["t_dmd"][0], torch.float64),
         eps_dmd=stack(lambda s: s["eps_dmd"], dtype),
     )

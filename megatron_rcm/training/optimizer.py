@@ -17,13 +17,15 @@ from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.optimizer import FP32Optimizer, MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from .config import OptimizationConfig
 
-def optimizer_config(args, lr):
+
+def optimizer_config(settings: OptimizationConfig, lr: float, bf16: bool) -> OptimizerConfig:
     return OptimizerConfig(
-        optimizer="adam", lr=lr, min_lr=lr, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16,
-        params_dtype=torch.bfloat16 if args.bf16 else torch.float32,
-        use_distributed_optimizer=torch.cuda.is_available(), clip_grad=args.clip_grad,
+        optimizer="adam", lr=lr, min_lr=lr, weight_decay=settings.weight_decay, adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2, adam_eps=settings.adam_eps, bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=torch.cuda.is_available(), clip_grad=settings.clip_grad,
         loss_scale=1.0 if torch.cuda.is_available() else None,
     )
 
@@ -134,19 +136,19 @@ def unshare_steps(torch_optimizer):
             state["step"] = state["step"].clone()
 
 
-def build_optimizer(ddp_model, args, lr):
-    config = optimizer_config(args, lr)
+def build_optimizer(ddp_model, settings: OptimizationConfig, lr: float, bf16: bool = False):
+    config = optimizer_config(settings, lr, bf16)
     if torch.cuda.is_available():
         return get_megatron_optimizer(config, [ddp_model])
     return CpuFP32Optimizer(ddp_model.module, config)
 
 
-def build_scheduler(optimizer, args, lr):
-    """Linear warm-up from 0 over --lr-warmup-iters updates, then constant (rcm-math.md section 5)."""
+def build_scheduler(optimizer, settings: OptimizationConfig, lr: float, train_iters: int):
+    """Linear warm-up from 0 over ``lr_warmup_iters`` updates, then constant (docs/math.md section 5)."""
     return OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=lr, min_lr=lr, lr_warmup_steps=args.lr_warmup_iters,
-        lr_decay_steps=max(args.train_iters, args.lr_warmup_iters + 1), lr_decay_style="constant",
-        start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters,
+        optimizer, init_lr=0.0, max_lr=lr, min_lr=lr, lr_warmup_steps=settings.lr_warmup_iters,
+        lr_decay_steps=max(train_iters, settings.lr_warmup_iters + 1), lr_decay_style="constant",
+        start_wd=settings.weight_decay, end_wd=settings.weight_decay, wd_incr_steps=train_iters,
         wd_incr_style="constant",
     )
 

@@ -7,6 +7,7 @@
     ema.*                the student's fp32 power EMA, sharded like the weights
     ema_updates, progress, layout, recipe   plain values: EMA count, iteration and counters,
                          the parallel layout it was saved at, the settings that fix the noise
+                         and the data (seed, global batch and the whole ``RCMConfig``)
     rng                  per-rank RNG states (a ShardedObject per rank), restored only at the
                          same layout; elsewhere the ranks are reseeded. The training noise does
                          not come from these (see ``noise``), so either way the run is exact.
@@ -14,7 +15,7 @@
 
 import random
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -23,16 +24,15 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from ..loading import checkpoint_models
+from ..losses.config import RCMConfig
 from ..models.wan import weight_map
 from ..parallel import set_random_seed
 from .checkpointing import CheckpointManager, checkpoint_name
+from .config import TrainingConfig
 from .optimizer import init_state_for_loading, load_optimizer_state
 
 EMA_EXPORT = "ema_student"
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
-# settings a resumed run must share with the saved one, or its noise and data would differ
-RECIPE_KEYS = ("seed", "global_batch_size", "p_mean", "p_std", "dmd_shift", "student_update_freq",
-               "tangent_warmup", "scm_weight", "dmd_weight", "guidance_scale", "mid_times")
 
 
 @dataclass
@@ -74,7 +74,12 @@ def _strip_prefix(state, prefix):
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def sharded_state(nets, progress, args, is_loading=False, with_rng=True):
+def recipe_of(config: TrainingConfig) -> dict:
+    """The settings a resumed run must share with the saved one, or its noise and data would differ."""
+    return {"seed": config.seed, "global_batch_size": config.data.global_batch_size, **asdict(config.rcm)}
+
+
+def sharded_state(nets, progress, recipe: dict, is_loading=False, with_rng=True):
     out = {}
     for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
         model = net.module.sharded_state_dict(prefix=f"{name}.model.")
@@ -89,29 +94,36 @@ def sharded_state(nets, progress, args, is_loading=False, with_rng=True):
     out["ema_updates"] = nets.ema.num_updates
     out["progress"] = asdict(progress)
     out["layout"] = layout()
-    out["recipe"] = {k: getattr(args, k) for k in RECIPE_KEYS}
+    out["recipe"] = recipe
     if with_rng:
         out["rng"] = _rng_object()
     return out
 
 
-def _check_recipe(saved, args):
-    current = {k: getattr(args, k) for k in RECIPE_KEYS}
-    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+def _comparable(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_recipe(saved, current):
+    # a key that an older checkpoint lacks had its default value when it was saved
+    defaults = {f.name: f.default for f in fields(RCMConfig)}
+    changed = {k: (saved.get(k, defaults.get(k)), v) for k, v in current.items()
+               if _comparable(saved.get(k, defaults.get(k))) != _comparable(v)}
     if changed:
         raise ValueError("the checkpoint was trained with other settings (saved, now): "
                          + ", ".join(f"{k}={a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
 
-def load_state(manager, nets, args):
+def load_state(manager, nets, config: TrainingConfig):
     """Restore everything from the manager's latest checkpoint; returns its Progress."""
     iteration = manager.latest_iteration()
     common = dist_checkpointing.load_common_state_dict(str(manager.save_dir / checkpoint_name(iteration)))
-    _check_recipe(common["recipe"], args)
+    current = recipe_of(config)
+    _check_recipe(common["recipe"], current)
     same_layout = common["layout"] == layout()
     for net in (nets.student, nets.fake_score):
         init_state_for_loading(net.optimizer)
-    loaded = manager.load(sharded_state(nets, Progress(), args, is_loading=True, with_rng=same_layout), iteration)
+    loaded = manager.load(sharded_state(nets, Progress(), current, is_loading=True, with_rng=same_layout), iteration)
     for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
         with torch.no_grad():
             net.module.load_state_dict(_strip_prefix(loaded[f"{name}.model"], f"{name}.model."), strict=True)
@@ -122,15 +134,15 @@ def load_state(manager, nets, args):
     if same_layout:
         _set_rng_state(loaded["rng"])
     else:
-        set_random_seed(args.seed + iteration)
+        set_random_seed(config.seed + iteration)
     return Progress(**loaded["progress"])
 
 
-def export_ema(nets, iteration, args):
+def export_ema(nets, iteration, config: TrainingConfig):
     """The EMA student alone, under ``{save}/ema_student`` (collective): a Megatron distributed
     checkpoint that ``load_model`` and ``tools/convert_checkpoint.py --from megatron`` read as it is."""
     state = weight_map.sharded_state_dict(nets.student.module, "model.", tensors=nets.ema.shadow)
     state.update(checkpoint_models({"model.": nets.student.module.config}))
-    state["teacher"] = args.teacher
-    state["sampler"] = {"sigma_max": args.sigma_max, "mid_times": list(args.mid_times)}
-    return CheckpointManager(Path(args.save) / EMA_EXPORT, keep_last=1).save(iteration, state)
+    state["teacher"] = config.teacher
+    state["sampler"] = {"sigma_max": config.sigma_max, "mid_times": list(config.rcm.mid_times)}
+    return CheckpointManager(Path(config.checkpoint.save) / EMA_EXPORT, keep_last=1).save(iteration, state)

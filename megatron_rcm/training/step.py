@@ -44,35 +44,36 @@ def _update(net, loss, clip_grad, prefix):
     return metrics
 
 
-def student_step(nets, schedule, batch, noise, iteration, student_updates, args):
+def student_step(nets, rcm, batch, noise, iteration, student_updates, clip_grad):
     """sCM term (+ DMD term after the tangent warm-up), student update, EMA update."""
     x0, text = batch
     loss = torch.zeros((), dtype=torch.float64, device=x0.device)
     diagnostics = {}
     student = nets.student.denoiser
-    if schedule.scm_weight > 0:
-        ratio = tangent_warmup_ratio(iteration, schedule.tangent_warmup)
+    if rcm.scm_weight > 0:
+        ratio = tangent_warmup_ratio(iteration, rcm.tangent_warmup)
         loss_scm, diag = scm_loss(student, nets.teacher, x0, noise.eps, noise.t_scm, text, ratio)
-        loss = loss + schedule.scm_weight * loss_scm
+        loss = loss + rcm.scm_weight * loss_scm
         diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
-    if schedule.uses_dmd(iteration):
-        G = student_rollout(student, noise.rollout[:rollout_steps(student_updates)], text, args.mid_times)
+    if rcm.uses_dmd(iteration):
+        steps = rollout_steps(student_updates, rcm.max_rollout_steps)
+        G = student_rollout(student, noise.rollout[:steps], text, rcm.mid_times)
         loss_dmd, diag = dmd_loss(G, noise.t_dmd, noise.eps_dmd, text, nets.teacher, nets.fake_score.denoiser)
-        loss = loss + schedule.dmd_weight * loss_dmd
+        loss = loss + rcm.dmd_weight * loss_dmd
         diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})
     diagnostics["loss/student"] = loss.detach()
-    metrics = _update(nets.student, loss, args.clip_grad, "student")
+    metrics = _update(nets.student, loss, clip_grad, "student")
     if not (metrics["student/skipped_nonfinite_loss"] or metrics["student/skipped_nonfinite_grad"]):
         nets.ema.update(nets.student.module)
     return diagnostics, metrics
 
 
-def fake_score_step(nets, batch, noise, critic_updates, args):
+def fake_score_step(nets, rcm, batch, noise, critic_updates, clip_grad):
     """Fake-score (critic) update on a student rollout made without grad (eq. 4.4)."""
     _, text = batch
     with torch.no_grad():
-        G = student_rollout(nets.student.denoiser, noise.rollout[:rollout_steps(critic_updates)], text,
-                            args.mid_times)
+        steps = rollout_steps(critic_updates, rcm.max_rollout_steps)
+        G = student_rollout(nets.student.denoiser, noise.rollout[:steps], text, rcm.mid_times)
     loss, diagnostics = fake_score_loss(G, noise.t_dmd, noise.eps_dmd, text, nets.fake_score.denoiser)
     diagnostics["loss/fake_score"] = loss.detach()
-    return diagnostics, _update(nets.fake_score, loss, args.clip_grad, "fake_score")
+    return diagnostics, _update(nets.fake_score, loss, clip_grad, "fake_score")

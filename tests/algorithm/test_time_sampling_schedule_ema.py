@@ -7,7 +7,7 @@ import torch
 
 from megatron_rcm.diffusion.time import trigflow_to_rf
 from megatron_rcm.diffusion.time_sampling import sample_time_dmd, sample_time_scm
-from megatron_rcm.losses.schedule import RCMSchedule
+from megatron_rcm.losses.config import RCMConfig
 from megatron_rcm.training.ema import PowerEMA, power_ema_gamma
 
 N = 100000
@@ -34,22 +34,22 @@ def test_p_D_is_shifted_uniform_in_rf_time():
 
 
 def test_schedule_alternates_after_warmup():
-    schedule = RCMSchedule(student_update_freq=5, tangent_warmup=3)
+    schedule = RCMConfig(student_update_freq=5, tangent_warmup=3)
     assert [schedule.updates_student(k) for k in range(12)] == [
         True, True, True, False, False, True, False, False, False, False, True, False]
     assert [schedule.uses_dmd(k) for k in (0, 2, 3, 10)] == [False, False, True, True]
-    assert not RCMSchedule(dmd_weight=0.0, tangent_warmup=0).uses_dmd(10)
+    assert not RCMConfig(dmd_weight=0.0, tangent_warmup=0).uses_dmd(10)
 
 
 def test_schedule_without_a_term():
-    scm_only = RCMSchedule(student_update_freq=5, tangent_warmup=3, dmd_weight=0.0)
+    scm_only = RCMConfig(student_update_freq=5, tangent_warmup=3, dmd_weight=0.0)
     assert all(scm_only.updates_student(k) for k in range(12))
     assert not any(scm_only.uses_dmd(k) for k in range(12))
-    dmd_only = RCMSchedule(student_update_freq=2, tangent_warmup=3, scm_weight=0.0)
+    dmd_only = RCMConfig(student_update_freq=2, tangent_warmup=3, scm_weight=0.0)
     assert [dmd_only.updates_student(k) for k in range(6)] == [True, False, True, False, True, False]
     assert all(dmd_only.uses_dmd(k) for k in range(6))
     with pytest.raises(ValueError):
-        RCMSchedule(student_update_freq=0)
+        RCMConfig(student_update_freq=0)
 
 
 def test_power_ema_gamma_for_std_0_1():

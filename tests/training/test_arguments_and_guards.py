@@ -1,7 +1,5 @@
 """Config errors before any model is built; the non-finite gradient guard of the CPU optimizer."""
 
-import argparse
-
 import pytest
 import torch
 import yaml
@@ -10,6 +8,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron_rcm.parallel import parallel_context
 from megatron_rcm.testing import run_distributed
 from megatron_rcm.training.arguments import ConfigError, parse_args, validate
+from megatron_rcm.training.config import OptimizationConfig
 from megatron_rcm.training.optimizer import build_optimizer, optimizer_step
 
 from .tiny_setup import make_inputs
@@ -66,9 +65,8 @@ def _nonfinite_gradient_is_skipped():
         config = wan_config("tiny-a", use_cpu_initialization=True)
         model = WanModel(config)
         ddp = DistributedDataParallel(config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
-        args = argparse.Namespace(weight_decay=0.01, adam_beta1=0.0, adam_beta2=0.999, adam_eps=1e-8, bf16=False,
-                                  clip_grad=0.5)
-        optimizer = build_optimizer(ddp, args, lr=1e-2)
+        settings = OptimizationConfig(weight_decay=0.01, adam_beta1=0.0, adam_beta2=0.999, adam_eps=1e-8, clip_grad=0.5)
+        optimizer = build_optimizer(ddp, settings, lr=1e-2, bf16=False)
         g = torch.Generator().manual_seed(0)
         x, t, text = torch.randn(1, 4, 2, 4, 4, generator=g), torch.rand(1, generator=g) * 1000, torch.randn(1, 3, 24)
         results = []
@@ -78,7 +76,7 @@ def _nonfinite_gradient_is_skipped():
             model(x, t, text).square().sum().backward()
             if poison:
                 next(model.parameters()).main_grad.view(-1)[0] = float("nan")
-            updated, norm = optimizer_step(optimizer, args.clip_grad)
+            updated, norm = optimizer_step(optimizer, settings.clip_grad)
             clipped = torch.sqrt(sum(p.grad.double().square().sum() for p in model.parameters())).item()
             changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
             results.append((updated, norm, changed, clipped))

@@ -37,9 +37,9 @@ def test_recipe_command_is_valid_at_the_documented_size(tmp_path, recipe, preset
     # --no-bf16: the recipes train in bf16, which validate() refuses without CUDA
     command = _dry_run(ROOT / "examples" / "configs" / recipe, [*extra, "--no-bf16"], env)
     assert command[:2] == ["python", str(SCRIPT)]
-    args = validate(parse_args(command[2:]), world_size=world)
-    assert args.tensor_model_parallel_size == tp and args.sequence_parallel
-    assert args.save == env["SAVE"] and args.teacher == env["TEACHER"]
+    config = validate(parse_args(command[2:]), world_size=world)
+    assert config.parallel.tensor_model_parallel_size == tp and config.parallel.sequence_parallel
+    assert config.checkpoint.save == env["SAVE"] and config.teacher == env["TEACHER"]
     assert not (tmp_path / "save").exists()  # a dry run creates nothing
 
 

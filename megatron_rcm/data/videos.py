@@ -1,0 +1,66 @@
+"""Read the first frames of a video file as a [3, F, H, W] tensor in [-1, 1], resized and centre-cropped.
+
+Any format imageio reads: mp4, webm and mov through imageio-ffmpeg, gif through Pillow. Frames
+are taken from the start at the file's own rate (no temporal resampling); a clip with fewer
+frames than asked for is refused (``VideoReadError``), never padded.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".gif")
+
+
+class VideoReadError(ValueError):
+    """A video that cannot give the frames asked for: unreadable, or too short."""
+
+
+def _rgb(frame) -> torch.Tensor:
+    frame = torch.from_numpy(frame)
+    if frame.dim() == 2:  # greyscale
+        frame = frame.unsqueeze(-1).expand(-1, -1, 3)
+    return frame[..., :3]  # drops an alpha channel
+
+
+def _first_frames(path, num_frames: int) -> torch.Tensor:
+    import imageio.v3 as iio
+
+    frames = []
+    try:
+        with contextlib.closing(iio.imiter(path)) as reader:
+            for frame in reader:
+                frames.append(_rgb(frame))
+                if len(frames) == num_frames:
+                    break
+    except Exception as e:  # imageio and its plugins raise many types; the first line says why
+        if not frames:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise VideoReadError(f"unreadable video ({reason})") from None
+        # a file cut short mid-stream: the frames before the damage are still counted
+    if len(frames) < num_frames:
+        raise VideoReadError(f"has {len(frames)} frames, fewer than --num-frames {num_frames}")
+    return torch.stack(frames)  # [F, H, W, 3] uint8
+
+
+def resize_and_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 frames [F, H0, W0, 3] -> float [F, 3, height, width] in [0, 255]: scaled (bilinear,
+    antialiased) so that the frame covers height x width, then centre-cropped. Frames already at
+    height x width are returned unchanged."""
+    video = frames.permute(0, 3, 1, 2).float()
+    h0, w0 = video.shape[-2:]
+    if (h0, w0) == (height, width):
+        return video
+    scale = max(height / h0, width / w0)
+    size = (max(height, round(h0 * scale)), max(width, round(w0 * scale)))
+    if size != (h0, w0):
+        video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return video[..., top:top + height, left:left + width].clamp(0, 255)
+
+
+def read_video(path, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """The first ``num_frames`` frames of ``path`` as float32 [3, F, height, width] in [-1, 1]."""
+    video = resize_and_crop(_first_frames(str(path), num_frames), height, width)
+    return (video / 255 * 2 - 1).permute(1, 0, 2, 3).contiguous()

@@ -1,0 +1,69 @@
+"""The rCM recipe: loss weights, time distributions and the student / fake-score alternation."""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from ..diffusion.few_step import DEFAULT_MID_TIMES, MAX_STEPS
+
+
+@dataclass(frozen=True)
+class RCMConfig:
+    """Settings of the rCM objective (docs/math.md sections 3 and 4); defaults are Wan 1.3B's.
+
+    A zero weight turns a term off: sCM only (``dmd_weight=0``) has no fake score, so every
+    iteration updates the student; DMD only (``scm_weight=0``) has no tangent, so no warm-up.
+    """
+
+    scm_weight: float = 100.0
+    """Weight of the sCM term (eq. 3.4); 0 turns it off."""
+
+    dmd_weight: float = 1.0
+    """Weight of the DMD term (eq. 4.3); 0 turns it and the fake-score updates off."""
+
+    p_mean: float = 0.7
+    """Mean of log sigma under p_G, the sCM time distribution (eq. 3.5); 1.5 for Wan 14B."""
+
+    p_std: float = 1.6
+    """Standard deviation of log sigma under p_G (eq. 3.5)."""
+
+    dmd_shift: float = 5.0
+    """RF time shift of p_D, the DMD noise-level distribution (eq. 4.5)."""
+
+    tangent_warmup: int = 1000
+    """Iterations over which the tangent warm-up ratio r rises from 0 to 1 (eq. 3.2); during them
+    only the sCM term runs. 0: no warm-up (Wan 14B)."""
+
+    student_update_freq: int = 5
+    """After the warm-up, one iteration in this many updates the student, the others the fake
+    score (10 for Wan 14B)."""
+
+    mid_times: Tuple[float, ...] = DEFAULT_MID_TIMES
+    """TrigFlow times of the student rollout after pi/2 (eq. 4.1), falling."""
+
+    max_rollout_steps: int = MAX_STEPS
+    """The student rollout takes 1, 2, ..., max_rollout_steps steps in turn (eq. 4.1)."""
+
+    guidance_scale: float = 5.0
+    """Classifier-free guidance scale of the teacher (eq. 2.2); 1 means no guidance."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "mid_times", tuple(float(t) for t in self.mid_times))
+        if self.student_update_freq < 1 or self.tangent_warmup < 0:
+            raise ValueError("student_update_freq must be >= 1 and tangent_warmup >= 0")
+        if self.scm_weight < 0 or self.dmd_weight < 0 or self.scm_weight + self.dmd_weight == 0:
+            raise ValueError("loss weights must be >= 0 and not both 0")
+        if not 1 <= self.max_rollout_steps <= MAX_STEPS:
+            raise ValueError(f"max_rollout_steps must lie in 1..{MAX_STEPS}, got {self.max_rollout_steps}")
+        if len(self.mid_times) < self.max_rollout_steps - 1:
+            raise ValueError(f"mid_times needs {self.max_rollout_steps - 1} times (the rollout takes up to "
+                             f"{self.max_rollout_steps} steps), got {len(self.mid_times)}")
+
+    def in_warmup(self, iteration: int) -> bool:
+        return self.scm_weight > 0 and iteration < self.tangent_warmup
+
+    def updates_student(self, iteration: int) -> bool:
+        """True: this iteration updates the student; False: the fake score."""
+        return self.dmd_weight == 0 or self.in_warmup(iteration) or iteration % self.student_update_freq == 0
+
+    def uses_dmd(self, iteration: int) -> bool:
+        return self.dmd_weight > 0 and not self.in_warmup(iteration)

@@ -1,0 +1,157 @@
+"""The configuration of one training run, built once by ``arguments``; nothing below it sees argparse.
+
+Field names are the command-line flags' (``--micro-batch-size`` is ``data.micro_batch_size``), so
+a YAML file and the flags fill the same fields. Defaults live here and in ``RCMConfig`` only.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..diffusion.few_step import DEFAULT_SIGMA_MAX
+from ..losses.config import RCMConfig
+from ..parallel import ParallelConfig
+
+
+@dataclass(frozen=True)
+class NetworksConfig:
+    """How the teacher, student and fake score are built from the teacher checkpoint."""
+
+    bf16: bool = False
+    """bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise."""
+
+    cp_comm_type: str = "a2a"
+    """Context-parallel attention: all-to-all ("a2a") or ring ("p2p")."""
+
+    recompute_granularity: Optional[str] = None
+    """"full" recomputes whole layers in the backward pass (student and fake score); None: off."""
+
+    recompute_method: str = "uniform"
+    """megatron-core's recompute method."""
+
+    recompute_num_layers: int = 1
+    """Layers per recomputed chunk."""
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    """AdamW and the learning-rate schedule of the student and the fake score (docs/math.md section 5)."""
+
+    lr: float = 2e-6
+    """Student learning rate."""
+
+    fake_score_lr: float = 4e-7
+    """Fake-score learning rate."""
+
+    lr_warmup_iters: int = 100
+    """Linear warm-up from 0, counted in each network's own updates; then constant."""
+
+    weight_decay: float = 0.01
+    """Decoupled weight decay (not on biases and 1-D parameters)."""
+
+    adam_beta1: float = 0.0
+    """Adam's first-moment decay."""
+
+    adam_beta2: float = 0.999
+    """Adam's second-moment decay."""
+
+    adam_eps: float = 1e-8
+    """Adam's epsilon."""
+
+    clip_grad: float = 0.0
+    """Gradient-norm clipping threshold; 0 turns clipping off."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Latent shards and how they are batched."""
+
+    data_path: Optional[str] = None
+    """Webdataset shards: a folder, a glob or a brace pattern ('shard-{000..009}.tar')."""
+
+    micro_batch_size: int = 1
+    """Samples per data-parallel rank and iteration."""
+
+    global_batch_size: Optional[int] = None
+    """Samples per iteration over all ranks: micro batch x data-parallel size (no gradient
+    accumulation); None until ``arguments.validate`` fills it in."""
+
+    num_workers: int = 2
+    """Data-loader worker processes per rank."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where checkpoints go and how often."""
+
+    save: Optional[str] = None
+    """Save folder (``megatron_rcm.save_folder`` describes its layout); None: nothing is saved."""
+
+    load: Optional[str] = None
+    """Resume from the latest checkpoint here (default: ``save``, if it has one)."""
+
+    save_interval: Optional[int] = None
+    """Iterations between periodic saves; None or 0: only at the end and on a signal."""
+
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a save."""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Per-iteration metrics."""
+
+    log_interval: int = 1
+    """Iterations between progress lines on stderr."""
+
+    log_jsonl: Optional[str] = None
+    """File of per-iteration JSON lines (rank 0)."""
+
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event folder (rank 0)."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One rCM distillation run."""
+
+    teacher: Optional[str] = None
+    """Teacher checkpoint: a diffusers folder or anything ``megatron_rcm.load_model`` reads."""
+
+    negative_prompt_embedding: Optional[str] = None
+    """.pt tensor [L, text_dim] for the unconditional branch of guidance."""
+
+    train_iters: Optional[int] = None
+    """Iterations of the whole run (student and fake-score iterations together)."""
+
+    seed: int = 1234
+    """Seeds the data order, the per-sample noise and the ranks' RNGs."""
+
+    ema_std: float = 0.1
+    """Relative standard deviation of the student's power EMA (eq. 5.1)."""
+
+    sigma_max: float = DEFAULT_SIGMA_MAX
+    """The few-step sampler's starting noise level (eq. 6.1), recorded with the EMA export."""
+
+    deterministic_mode: bool = False
+    """Bit-identical reruns and resumes on GPUs (deterministic kernels, NCCL_ALGO=Ring), at some speed."""
+
+    rcm: RCMConfig = field(default_factory=RCMConfig)
+    """The objective."""
+
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor, context and sequence parallelism; data parallelism takes the remaining ranks."""
+
+    networks: NetworksConfig = field(default_factory=NetworksConfig)
+    """Precision, context-parallel attention and activation recomputation of the networks."""
+
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    """Optimizers and learning-rate schedules."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints."""
+
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics."""
