@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Text to video with a distilled rCM student in 1-4 steps (or with a teacher, for comparison).
+
+    python examples/generate.py --pipeline Wan2.1-T2V-1.3B-Diffusers --checkpoint runs/wan/ema_student \\
+        --prompt "a red fox runs across a snowy field at dawn" --steps 4 --seed 0 --output videos
+    torchrun --nproc-per-node 2 examples/generate.py ... --tensor-model-parallel-size 2   # or --context-parallel-size 2
+
+--pipeline is a diffusers Wan2.1 folder (its vae/, text_encoder/ and tokenizer/ are used);
+--checkpoint is anything ``megatron_rcm.load_model`` reads: a training save folder, its
+ema_student, a Megatron checkpoint or a diffusers transformer folder. Teacher mode:
+--teacher-steps 50 --guidance-scale 5 [--negative-prompt TEXT].
+
+Writes NAME.mp4 (16 fps), NAME.json (every setting, the seed) and with --save-latents NAME.pt
+(the final latents [1, C, T, h, w]) per prompt, into --output, which appears only when complete.
+Prompt i (from 0) uses seed --seed + i; the noise order is documented in megatron_rcm.generation
+and docs/generation.md. The model is sharded over TP x CP ranks (all of them sample the same
+prompt with the same noise); data-parallel ranks take every DP-th prompt.
+"""
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_rcm.diffusion.few_step import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX
+from megatron_rcm.diffusion.flow_matching import flow_matching_schedule
+from megatron_rcm.encoders import PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae
+from megatron_rcm.fs import OutputExistsError, atomic_output_dir
+from megatron_rcm.generation import (FPS, GenerationError, SamplingConfig, VideoSize, draw_noise, sample,
+                                     video_frames, video_name, write_mp4)
+from megatron_rcm.parallel import ParallelConfig, ParallelSizeError, current_device, parallel_context
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+USER_ERRORS = (GenerationError, PipelineFolderError, OutputExistsError, ParallelSizeError)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("inputs and output")
+    g.add_argument("--pipeline", required=True, help="diffusers Wan2.1 folder with vae/, text_encoder/, tokenizer/")
+    g.add_argument("--checkpoint", required=True, help="the model: what megatron_rcm.load_model reads")
+    g.add_argument("--megatron-prefix", help="a Megatron checkpoint recording several models: the one to sample")
+    prompts = g.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="one prompt")
+    prompts.add_argument("--prompts", help="a text file, one prompt per line (blank lines skipped)")
+    g.add_argument("--output", required=True, help="output folder (must not exist unless --force)")
+    g.add_argument("--force", action="store_true", help="replace an existing --output once the new one is complete")
+    g.add_argument("--save-latents", action="store_true", help="also write the final latents as NAME.pt")
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=4, help="student steps, 1..4")
+    g.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    g.add_argument("--height", type=int, default=480)
+    g.add_argument("--width", type=int, default=832)
+    g.add_argument("--num-frames", type=int, default=81)
+    g.add_argument("--sigma-max", type=float, default=DEFAULT_SIGMA_MAX, help="student: first step at arctan(this)")
+    g.add_argument("--mid-times", type=float, nargs="+", default=list(DEFAULT_MID_TIMES),
+                   help="student: TrigFlow times of the later steps")
+    g.add_argument("--teacher-steps", type=int, default=0, help="teacher mode: this many multi-step sampler steps")
+    g.add_argument("--guidance-scale", type=float, default=5.0, help="teacher mode: CFG scale")
+    g.add_argument("--negative-prompt", default="", help="teacher mode: the unconditional branch's prompt")
+    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="teacher mode sampler")
+    g.add_argument("--shift", type=float, default=3.0, help="teacher mode: RF time shift (Wan2.1: 3 at 480p)")
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--dtype", choices=sorted(DTYPES), help="transformer and text encoder (default: bfloat16 on "
+                   "CUDA, float32 on CPU)")
+    g.add_argument("--vae-dtype", choices=sorted(DTYPES), default="float32")
+    g.add_argument("--no-vae-tiling", action="store_true", help="decode whole frames (more memory)")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--cp-comm-type", choices=("a2a", "p2p"), default="a2a")
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--debug", action="store_true", help="full tracebacks")
+    return parser.parse_args(argv)
+
+
+def sampling_config(args) -> SamplingConfig:
+    return SamplingConfig(steps=args.steps, sigma_max=args.sigma_max, mid_times=tuple(args.mid_times),
+                          teacher_steps=args.teacher_steps, guidance_scale=args.guidance_scale,
+                          teacher_sampler=args.sampler, shift=args.shift)
+
+
+def read_prompts(args) -> list:
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        try:
+            prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines()]
+        except OSError as e:
+            raise GenerationError(f"--prompts {args.prompts}: {e.strerror}") from None
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise GenerationError("no prompt given: --prompt is empty or --prompts has only blank lines")
+    return prompts
+
+
+def load_transformer(args, dtype, device):
+    from megatron_rcm import load_model
+
+    if not Path(args.checkpoint).exists():
+        raise GenerationError(f"--checkpoint {args.checkpoint} does not exist")
+    try:
+        model = load_model(args.checkpoint, model_prefix=args.megatron_prefix, params_dtype=dtype,
+                           cp_comm_type=args.cp_comm_type, use_cpu_initialization=device.type == "cpu")
+    except (ValueError, KeyError, OSError) as e:
+        raise GenerationError(f"--checkpoint {args.checkpoint} is not a Wan transformer checkpoint: {e}") from None
+    return model.to(device).eval()
+
+
+def encode_prompts(args, prompts, dtype, device):
+    """Embeddings [1, L, D] of ``prompts`` on the CPU, and the negative prompt's [L, D] (teacher mode)."""
+    encoder = load_text_encoder(args.pipeline, dtype=dtype, device=device)
+    embeddings = [encoder.encode([p]).cpu() for p in prompts]
+    negative = encoder.encode([args.negative_prompt])[0].cpu() if args.teacher_steps else None
+    del encoder
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return embeddings, negative
+
+
+def sidecar(args, config, size, prompt, index, latent_shape, layout):
+    record = {"prompt": prompt, "index": index, "seed": args.seed + index, "checkpoint": args.checkpoint,
+              "pipeline": args.pipeline, "height": size.height, "width": size.width, "num_frames": size.num_frames,
+              "fps": FPS, "latent_shape": list(latent_shape), "dtype": str(args.dtype), "vae_dtype": args.vae_dtype,
+              "vae_tiling": not args.no_vae_tiling, "layout": layout,
+              "noise": "torch.Generator().manual_seed(seed): float32 draws of latent_shape, the initial noise "
+                       "first, then one per student step after the first"}
+    if config.teacher:
+        record.update(mode="teacher", teacher_steps=config.teacher_steps, sampler=config.teacher_sampler,
+                      shift=config.shift, guidance_scale=config.guidance_scale, negative_prompt=args.negative_prompt)
+    else:
+        schedule = flow_matching_schedule(config.steps, config.sigma_max, config.mid_times)
+        record.update(mode="student", steps=config.steps, sigma_max=config.sigma_max,
+                      mid_times=list(config.mid_times), flow_matching_sigmas=schedule.sigmas,
+                      flow_matching_timesteps=schedule.timesteps, initial_scale=schedule.initial_scale)
+    return record
+
+
+def _write(folder, name, latents, vae, device, args, record):
+    if args.save_latents:
+        torch.save(latents.cpu(), folder / f"{name}.pt")
+    write_mp4(folder / f"{name}.mp4", video_frames(vae.decode(latents.to(device))))
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
+
+
+def generate(args, folder):
+    """Sample this data-parallel rank's prompts into ``folder`` (inside a parallel context)."""
+    from megatron.core import parallel_state as ps
+    from tqdm import tqdm
+
+    config, size, prompts = sampling_config(args), VideoSize(args.num_frames, args.height, args.width), read_prompts(args)
+    device = current_device()
+    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    args.dtype = str(dtype).removeprefix("torch.")
+    vae = load_vae(args.pipeline, dtype=DTYPES[args.vae_dtype], device="cpu", tiling=not args.no_vae_tiling)
+    size.check(vae.spatial_stride, vae.temporal_stride)
+    model = load_transformer(args, dtype, device)
+    size.check(vae.spatial_stride, vae.temporal_stride, model.config.patch_size)
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
+    mine = list(range(dp_rank, len(prompts), dp))
+    embeddings, negative = encode_prompts(args, [prompts[i] for i in mine], dtype, device)
+    if writer:
+        vae.vae.to(device)
+    shape = size.latent_shape(vae.latent_channels, vae.spatial_stride, vae.temporal_stride)
+    layout = {"tensor_parallel": ps.get_tensor_model_parallel_world_size(),
+              "context_parallel": ps.get_context_parallel_world_size(), "data_parallel": dp}
+    bar = tqdm(total=len(mine) * config.network_calls, desc="sampling", unit="step",
+               disable=args.no_progress or dist.get_rank() != 0)
+    for i, text in zip(mine, embeddings):
+        latents = sample(model, config, draw_noise(shape, config.noise_draws, args.seed + i), text, negative,
+                         tick=bar.update)
+        if writer:
+            record = sidecar(args, config, size, prompts[i], i, shape, layout)
+            _write(folder, video_name(i, prompts[i]), latents, vae, device, args, record)
+    bar.close()
+    return len(prompts)
+
+
+def _shared_folder(folder):
+    """Rank 0's temporary output folder, on every rank."""
+    box = [str(folder) if folder is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def run(args):
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise OutputExistsError(f"--output {output} exists; choose another folder or pass --force")
+    sampling_config(args)
+    read_prompts(args)
+    check_pipeline_folder(args.pipeline, ["vae", "text_encoder", "tokenizer"])
+    parallel = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
+                              context_parallel_size=args.context_parallel_size)
+    with parallel_context(parallel):
+        if dist.get_rank() != 0:
+            count = generate(args, _shared_folder(None))
+            dist.barrier()
+            return count
+        with atomic_output_dir(output, overwrite=args.force) as folder:
+            count = generate(args, _shared_folder(folder))
+            dist.barrier()
+        print(f"wrote {count} video(s) to {output}")
+        return count
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except USER_ERRORS as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"generate: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Text to video with a Wan model: the rCM few-step sampler or the teacher's multi-step samplers,
+noise drawn in a documented order, frames written as mp4.
+
+Noise order (what makes a result reproducible, also by an exported diffusers pipeline): one
+``torch.Generator().manual_seed(seed)`` on the CPU per video; float32 draws of the latent shape
+[1, C, T, h, w], first the initial noise, then one per step after the first (the re-noising of
+eq. 6.1), in step order. The teacher samplers are deterministic and take only the initial draw.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import numpy as np
+import torch
+
+from .diffusion.denoiser import TrigFlowDenoiser
+from .diffusion.few_step import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, consistency_rollout, few_step_times
+from .diffusion.guidance import ClassifierFreeGuidance
+from .diffusion.teacher_sampling import sample_rf_euler, sample_rf_unipc
+from .diffusion.time import sigma_to_trigflow
+
+__all__ = ["FPS", "GenerationError", "SamplingConfig", "VideoSize", "draw_noise", "sample", "video_frames",
+           "video_name", "write_mp4"]
+
+FPS = 16  # Wan2.1's frame rate
+TEACHER_SAMPLERS = {"unipc": sample_rf_unipc, "euler": sample_rf_euler}
+
+
+class GenerationError(ValueError):
+    """Generation settings that cannot work (step count, video size, sampler)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How latents are sampled: the student's rCM sampler, or (``teacher_steps > 0``) a teacher's."""
+
+    steps: int = MAX_STEPS
+    """Student steps, 1..4 (eq. 6.1: times [arctan(sigma_max), *mid_times][:steps], then 0)."""
+
+    sigma_max: float = DEFAULT_SIGMA_MAX
+    """EDM noise level of the student's first step (t_0 = arctan(sigma_max))."""
+
+    mid_times: Tuple[float, ...] = DEFAULT_MID_TIMES
+    """TrigFlow times of the student's later steps, falling."""
+
+    teacher_steps: int = 0
+    """Teacher mode when > 0: this many steps of ``teacher_sampler`` with classifier-free guidance."""
+
+    guidance_scale: float = 5.0
+    """Teacher mode: classifier-free guidance scale (1 = no guidance, one network pass per step)."""
+
+    teacher_sampler: str = "unipc"
+    """Teacher mode: ``unipc`` (as the Wan pipelines sample) or ``euler``."""
+
+    shift: float = 3.0
+    """Teacher mode: RF time shift of the sampling times (Wan2.1 uses 3 at 480p, 5 at 720p)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "mid_times", tuple(float(t) for t in self.mid_times))
+        if self.teacher_steps:
+            if self.teacher_steps < 0:
+                raise GenerationError(f"--teacher-steps must be positive, got {self.teacher_steps}")
+            if self.teacher_sampler not in TEACHER_SAMPLERS:
+                raise GenerationError(f"unknown teacher sampler {self.teacher_sampler!r}; "
+                                      f"choose from {sorted(TEACHER_SAMPLERS)}")
+            return
+        limit = min(MAX_STEPS, len(self.mid_times) + 1)
+        if not 1 <= self.steps <= limit:
+            raise GenerationError(f"--steps must lie in 1..{limit} (the rCM sampler's step counts), got {self.steps}")
+        try:
+            few_step_times(self.steps, sigma_to_trigflow(self.sigma_max), self.mid_times)
+        except ValueError as e:
+            raise GenerationError(f"--sigma-max / --mid-times: {e}") from None
+
+    @property
+    def teacher(self) -> bool:
+        return self.teacher_steps > 0
+
+    @property
+    def noise_draws(self) -> int:
+        """Latent-shaped draws per video: the initial noise, and the student's re-noising."""
+        return 1 if self.teacher else self.steps
+
+    @property
+    def network_calls(self) -> int:
+        return self.teacher_steps if self.teacher else self.steps
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """Frames and pixel size of a video."""
+
+    num_frames: int
+    """Frame count: 1 + a multiple of the VAE's temporal stride (81 for Wan2.1)."""
+
+    height: int
+    """Pixels; a multiple of the VAE's spatial stride x the transformer's patch size."""
+
+    width: int
+    """Pixels; a multiple of the VAE's spatial stride x the transformer's patch size."""
+
+    def check(self, spatial_stride: int, temporal_stride: int, patch_size=(1, 1, 1)):
+        """Raise GenerationError unless latents of this size exist and patchify."""
+        for name, value, patch in (("--height", self.height, patch_size[1]), ("--width", self.width, patch_size[2])):
+            multiple = spatial_stride * patch
+            if value < multiple or value % multiple:
+                raise GenerationError(f"{name} {value} is not a positive multiple of {multiple} "
+                                      f"(VAE stride {spatial_stride} x patch size {patch})")
+        latent_frames = (self.num_frames - 1) // temporal_stride + 1
+        if self.num_frames < 1 or (self.num_frames - 1) % temporal_stride or latent_frames % patch_size[0]:
+            raise GenerationError(f"--num-frames {self.num_frames} must be 1 + a multiple of the VAE's temporal "
+                                  f"stride {temporal_stride} (e.g. 81)")
+
+    def latent_shape(self, channels: int, spatial_stride: int, temporal_stride: int) -> tuple:
+        """[1, C, T, h, w] of one video."""
+        return (1, channels, (self.num_frames - 1) // temporal_stride + 1, self.height // spatial_stride,
+                self.width // spatial_stride)
+
+
+def draw_noise(shape, count: int, seed: int) -> list:
+    """``count`` float32 CPU tensors of ``shape`` from ``torch.Generator().manual_seed(seed)``, in order."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator, dtype=torch.float32) for _ in range(count)]
+
+
+class _Network:
+    """The model as the samplers call it: inputs in the model's dtype, the velocity back in the
+    sampler's, ``tick`` once per call (a progress bar)."""
+
+    def __init__(self, model, dtype, tick):
+        self.model, self.dtype, self.tick = model, dtype, tick
+
+    def __call__(self, x, timestep, text):
+        velocity = self.model(x.to(self.dtype), timestep, text.to(self.dtype))
+        self.tick()
+        return velocity.to(x.dtype)
+
+
+@torch.no_grad()
+def sample(model, config: SamplingConfig, noises, text, negative=None, tick: Callable = lambda: None):
+    """Latents [1, C, T, h, w] (float32, or float64 for a float64 model) for one prompt.
+
+    ``noises``: the draws of ``draw_noise`` (``config.noise_draws`` of them); ``text`` [1, L, D] the
+    prompt embedding; ``negative`` [L, D] the negative prompt's (teacher mode with guidance).
+    """
+    if len(noises) != config.noise_draws:
+        raise ValueError(f"{config.noise_draws} noise tensors needed, got {len(noises)}")
+    model_dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    dtype = torch.promote_types(model_dtype, torch.float32)
+    noises = [n.to(device=device, dtype=dtype) for n in noises]
+    text = text.to(device=device, dtype=dtype)
+    net = _Network(model, model_dtype, tick)
+    if config.teacher:
+        if config.guidance_scale != 1.0:
+            net = ClassifierFreeGuidance(net, negative.to(device=device, dtype=dtype), config.guidance_scale)
+        return TEACHER_SAMPLERS[config.teacher_sampler](net, noises[0], text, config.teacher_steps, config.shift)
+    times = few_step_times(config.steps, sigma_to_trigflow(config.sigma_max), config.mid_times)
+    return consistency_rollout(TrigFlowDenoiser(net), noises, times, text)
+
+
+def video_frames(pixels: torch.Tensor) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] of one decoded video [1, 3, F, H, W] in [-1, 1]."""
+    frames = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def write_mp4(path, frames: np.ndarray, fps: int = FPS):
+    """H.264 mp4 (yuv420p, as players expect) of uint8 frames [F, H, W, 3] with imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    height, width = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1, quality=8)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def video_name(index: int, prompt: str) -> str:
+    """``0007_a-red-fox-runs``: the prompt's index and the start of its words, safe as a file name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-")
+    return f"{index:04d}_{slug or 'prompt'}"
