@@ -7,6 +7,8 @@ distributed checkpoint (loadable at any tensor/context-parallel size).
     python tools/convert_checkpoint.py --from wan --to megatron --input Wan2.1-T2V-14B --output wan14b-megatron --dtype bf16
     python tools/convert_checkpoint.py --from megatron --to diffusers --input runs/x/iter_0001000 --megatron-prefix ema. \\
         --output student-diffusers --verify
+    python tools/convert_checkpoint.py --from megatron --to diffusers-pipeline --pipeline Wan2.1-T2V-1.3B-Diffusers \\
+        --input runs/x/ema_student --output wan13b-rcm-pipeline   # a complete few-step WanPipeline folder
 
 Streams tensor by tensor (host memory bounded by a few tensors), checks every key and shape, and
 writes the output folder atomically. Exits non-zero with a one-line reason on bad input.
@@ -17,20 +19,27 @@ import sys
 
 import torch
 
-from megatron_rcm.convert.api import FORMATS, ConversionRequestError, convert_checkpoint
+from megatron_rcm.convert.api import FORMATS, ConversionRequestError, convert_checkpoint, open_checkpoint
+from megatron_rcm.convert.diffusers_pipeline import write_diffusers_pipeline
 from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.wan_keys import UnknownKeyError
 from megatron_rcm.convert.wan_native import ConfigMismatchError
+from megatron_rcm.encoders import PipelineFolderError
 from megatron_rcm.fs import OutputExistsError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-INPUT_ERRORS = (CheckpointFileError, ConfigMismatchError, ConversionRequestError, UnknownKeyError, OutputExistsError)
+INPUT_ERRORS = (CheckpointFileError, ConfigMismatchError, ConversionRequestError, UnknownKeyError, OutputExistsError,
+                PipelineFolderError)
+PIPELINE = "diffusers-pipeline"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, choices=FORMATS)
-    parser.add_argument("--to", dest="target", required=True, choices=FORMATS)
+    parser.add_argument("--to", dest="target", required=True, choices=(*FORMATS, PIPELINE),
+                        help=f"{PIPELINE}: the input as the transformer of a complete WanPipeline folder for "
+                             "few-step sampling, with --pipeline's VAE, text encoder and tokenizer")
+    parser.add_argument("--pipeline", help=f"--to {PIPELINE}: the base diffusers Wan2.1 folder")
     parser.add_argument("--input", required=True, help="checkpoint folder, .safetensors, .pt or .pth")
     parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1,
@@ -40,12 +49,16 @@ def main(argv=None):
     parser.add_argument("--verify", action="store_true",
                         help="run the input and output models in float64 on a random input and report the difference")
     parser.add_argument("--verify-layers", type=int, help="verify with only the first N blocks (large models)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder atomically")
+    parser.add_argument("--overwrite", "--force", action="store_true",
+                        help="replace an existing output folder atomically")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        convert_checkpoint(args.source, args.target, args.input, args.output, args.tensor_parallel_size,
-                           DTYPES.get(args.dtype), args.overwrite, not args.no_progress, args.megatron_prefix)
+        if args.target == PIPELINE:
+            _export_pipeline(args)
+        else:
+            convert_checkpoint(args.source, args.target, args.input, args.output, args.tensor_parallel_size,
+                               DTYPES.get(args.dtype), args.overwrite, not args.no_progress, args.megatron_prefix)
     except INPUT_ERRORS as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         return 1
@@ -53,10 +66,21 @@ def main(argv=None):
     if args.verify or args.verify_layers:
         from megatron_rcm.convert.verify import verify_conversion
 
-        error = verify_conversion(args.source, args.input, args.target, args.output, args.verify_layers,
-                                  args.megatron_prefix)
+        target, output = ("diffusers", f"{args.output}/transformer") if args.target == PIPELINE else \
+            (args.target, args.output)
+        error = verify_conversion(args.source, args.input, target, output, args.verify_layers, args.megatron_prefix)
         print(f"verify: max relative difference of the outputs {error:.3e}")
     return 0
+
+
+def _export_pipeline(args):
+    if not args.pipeline:
+        raise ConversionRequestError(f"--to {PIPELINE} needs --pipeline BASE (a diffusers Wan2.1 folder)")
+    if args.tensor_parallel_size != 1:
+        raise ConversionRequestError("--tensor-parallel-size applies only to a megatron output")
+    tensors = open_checkpoint(args.source, args.input, args.megatron_prefix)
+    write_diffusers_pipeline(tensors, args.pipeline, args.output, DTYPES.get(args.dtype), args.overwrite,
+                             not args.no_progress)
 
 
 if __name__ == "__main__":

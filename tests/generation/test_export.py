@@ -1,0 +1,104 @@
+"""tools/convert_checkpoint.py --to diffusers-pipeline: the folder loads with WanPipeline.from_pretrained
+and the model card's call reproduces examples/generate.py's latents (float32, 1, 2 and 4 steps)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from megatron_rcm.convert.api import convert_checkpoint
+from tests.wan_pipeline import TINY_TRANSFORMER, TINY_UMT5, TINY_VAE, tiny_wan_pipeline
+
+from .common import SIZE, generate, saved_latents, script
+
+PROMPT = "two cats sleep on a warm windowsill"
+COPIED = ("vae", "text_encoder", "tokenizer")
+
+
+def _convert(*argv) -> int:
+    return script("tools/convert_checkpoint.py").main([*map(str, argv), "--no-progress"])
+
+
+def _student(folder):
+    """A student unlike the base transformer, as a training run exports it (a Megatron checkpoint)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(4)
+    model = WanTransformer3DModel(**TINY_TRANSFORMER, in_channels=TINY_VAE["z_dim"], out_channels=TINY_VAE["z_dim"],
+                                  text_dim=TINY_UMT5["d_model"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder / "student_diffusers")
+    convert_checkpoint("diffusers", "megatron", folder / "student_diffusers", folder / "student", progress=False)
+    return folder / "student"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    student = _student(folder)
+    assert _convert("--from", "megatron", "--to", "diffusers-pipeline", "--pipeline", tiny_wan_pipeline(),
+                    "--input", student, "--output", folder / "pipeline") == 0
+    return student, folder / "pipeline"
+
+
+def test_folder_loads_and_shares_the_base_components(exported):
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    _, folder = exported
+    base = tiny_wan_pipeline()
+    pipe = WanPipeline.from_pretrained(folder)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.stochastic_sampling
+    for name in COPIED:
+        for path in (base / name).iterdir():
+            assert os.path.samefile(path, folder / name / path.name), path
+    assert json.loads((base / "model_index.json").read_text())["scheduler"][1] == "UniPCMultistepScheduler"
+    record = json.loads((folder / "rcm_sampler.json").read_text())
+    assert sorted(record["schedules"]) == ["1", "2", "3", "4"] and record["sigma_max"] == 80.0
+    assert "rcm_generate(pipe" in (folder / "README.md").read_text()
+
+
+def _card_call(folder):
+    """The model card's code up to its example lines: defines RCM_SCHEDULES and rcm_generate."""
+    card = (folder / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(code.split("\npipe = WanPipeline.from_pretrained", 1)[0], namespace)
+    return namespace["rcm_generate"]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_card_call_reproduces_generate(steps, exported, tmp_path):
+    from diffusers import WanPipeline
+
+    student, folder = exported
+    seed = 20 + steps
+    assert generate("--pipeline", tiny_wan_pipeline(), "--checkpoint", student, "--prompt", PROMPT, *SIZE,
+                    "--steps", steps, "--seed", seed, "--output", tmp_path / "out", "--save-latents") == 0
+    expected = saved_latents(tmp_path / "out")[0]
+
+    pipe = WanPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    latents = _card_call(folder)(pipe, PROMPT, steps=steps, seed=seed, height=32, width=32, num_frames=5,
+                                 output_type="latent")
+    assert latents.shape == expected.shape and expected.std() > 0.1
+    # float32: two implementations of the transformer and of the step arithmetic, equal to rounding
+    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_errors_are_one_line(exported, tmp_path, capsys):
+    student, folder = exported
+    base_args = ["--from", "megatron", "--to", "diffusers-pipeline", "--input", student]
+    (tmp_path / "no_vae").mkdir()
+    cases = [([*base_args, "--output", tmp_path / "a"], "needs --pipeline BASE"),
+             ([*base_args, "--pipeline", tmp_path / "no_vae", "--output", tmp_path / "b"], "has no vae/ folder"),
+             ([*base_args, "--pipeline", tiny_wan_pipeline(), "--output", folder], "exists")]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert _convert(*argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("convert_checkpoint: error:") and message in err[-1], err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert _convert(*base_args, "--pipeline", tiny_wan_pipeline(), "--output", folder, "--force") == 0
