@@ -54,3 +54,28 @@ def _fsync_tree(folder):
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(root)
+
+
+def new_file_mode() -> int:
+    """The permissions ``open`` gives a new file under the current umask (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to the file ``path`` through a temporary sibling renamed onto it: ``path``
+    holds either its old content or all of ``data``, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

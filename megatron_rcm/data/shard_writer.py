@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
+from ..fs import new_file_mode
+
 
 def _tensor_bytes(t):
     buffer = io.BytesIO()
@@ -35,6 +37,7 @@ def write_shard(path, samples) -> int:
             sink.close()
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

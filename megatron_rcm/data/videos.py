@@ -40,7 +40,7 @@ def _first_frames(path, num_frames: int) -> torch.Tensor:
             raise VideoReadError(f"unreadable video ({reason})") from None
         # a file cut short mid-stream: the frames before the damage are still counted
     if len(frames) < num_frames:
-        raise VideoReadError(f"has {len(frames)} frames, fewer than --num-frames {num_frames}")
+        raise VideoReadError(f"too few frames ({len(frames)}, --num-frames {num_frames})")
     return torch.stack(frames)  # [F, H, W, 3] uint8
 
 
@@ -57,7 +57,7 @@ def resize_and_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tens
     if size != (h0, w0):
         video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return video[..., top:top + height, left:left + width].clamp(0, 255)
+    return video[..., top:top + height, left:left + width]
 
 
 def read_video(path, num_frames: int, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Prepare training shards for examples/pretrain_rcm.py with the Wan2.1 VAE and UMT5 text encoder
+of a diffusers pipeline folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers).
+
+Videos with captions (NAME.mp4/.webm/.mov/.gif beside NAME.txt, or a --manifest JSONL of
+{"video": path, "caption": text}):
+    python tools/prepare_data.py --pipeline Wan2.1-T2V-1.3B-Diffusers --videos clips/ --output data/ \\
+        --height 480 --width 832 --num-frames 81 [--dtype bfloat16] [--samples-per-shard 64]
+Teacher samples of a prompt list (one prompt a line), with CFG and the teacher's multi-step sampler:
+    python tools/prepare_data.py --pipeline P --prompts prompts.txt --teacher P --output data/ \\
+        --height 480 --width 832 --num-frames 81 [--steps 50 --guidance-scale 5 --sampler unipc --shift 3]
+The negative-prompt embedding alone (without TEXT: Wan2.1's default negative prompt):
+    python tools/prepare_data.py --pipeline P --negative-prompt [TEXT] --output negative.pt
+
+Data modes also write OUTPUT/negative_prompt.pt (for --negative-prompt-embedding), OUTPUT/skipped.jsonl
+(every item left out or truncated, with the reason) and OUTPUT/prepare.json (the settings). Under
+torchrun or srun each data-parallel rank prepares its own shards (teacher mode: TP/CP groups with
+--tensor-model-parallel-size / --context-parallel-size). Re-running a command resumes it.
+Exit status: 0 when every item became a sample, 3 when some were skipped (--strict: 1 at the first),
+1 on bad input (one line on stderr; --debug shows the traceback).
+"""
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import torch
+
+EXIT_SKIPPED = 3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv=None):
+    from megatron_rcm.encoders import WAN_NEGATIVE_PROMPT
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", required=True, help="diffusers Wan2.1 folder with vae/, text_encoder/, tokenizer/")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--videos", help="folder of videos, each with its caption NAME.txt beside it")
+    source.add_argument("--manifest", help='JSONL file of {"video": path, "caption": text} lines')
+    source.add_argument("--prompts", help="text file of prompts, one a line, for the teacher to sample")
+    p.add_argument("--output", required=True, help="shard folder (data modes) or .pt file (negative prompt alone)")
+    p.add_argument("--height", type=int, help="pixels; videos are resized (short side) and centre-cropped")
+    p.add_argument("--width", type=int)
+    p.add_argument("--num-frames", type=int, help="frames from the start of each video: 1 + 4k (81 for Wan2.1)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="encoders' and teacher's dtype")
+    p.add_argument("--samples-per-shard", type=int, default=64)
+    p.add_argument("--vae-tiling", action="store_true", help="encode in spatial tiles (less memory at 720p)")
+    p.add_argument("--negative-prompt", nargs="?", const=WAN_NEGATIVE_PROMPT, default=WAN_NEGATIVE_PROMPT,
+                   help="negative prompt to embed (default and without TEXT: Wan2.1's)")
+    p.add_argument("--strict", action="store_true", help="stop with an error at the first item that is skipped")
+    teacher = p.add_argument_group("teacher samples (--prompts)")
+    teacher.add_argument("--teacher", help="teacher: diffusers transformer or pipeline folder, or Megatron checkpoint")
+    teacher.add_argument("--steps", type=int, default=50)
+    teacher.add_argument("--guidance-scale", type=float, default=5.0)
+    teacher.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
+    teacher.add_argument("--shift", type=float, default=3.0, help="RF time shift (Wan2.1: 3 at 480p, 5 at 720p)")
+    teacher.add_argument("--seed", type=int, default=0, help="sample i draws its noise with seed + i")
+    teacher.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    teacher.add_argument("--context-parallel-size", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p.parse_args(argv)
+
+
+def _check_flags(args):
+    from megatron_rcm.data.prepare import PrepareError
+
+    data_mode = args.videos or args.manifest or args.prompts
+    if not data_mode:
+        if not args.output.endswith(".pt"):
+            raise PrepareError("pass --videos, --manifest or --prompts to prepare shards, or --output FILE.pt to "
+                               "write the negative-prompt embedding alone")
+        return
+    missing = [flag for flag, value in (("--height", args.height), ("--width", args.width),
+                                        ("--num-frames", args.num_frames)) if value is None]
+    if args.prompts and not args.teacher:
+        missing.append("--teacher")
+    if missing:
+        raise PrepareError(f"{' '.join(missing)} needed to prepare shards")
+    if args.teacher and not args.prompts:
+        raise PrepareError("--teacher samples the prompts of --prompts; pass --prompts FILE")
+    if args.samples_per_shard < 1:
+        raise PrepareError(f"--samples-per-shard must be positive, got {args.samples_per_shard}")
+    if args.prompts and args.steps < 1:
+        raise PrepareError(f"--steps must be positive, got {args.steps}")
+
+
+def _items(args):
+    from megatron_rcm.data import prepare
+
+    if args.videos:
+        return prepare.list_videos(args.videos)
+    if args.manifest:
+        return prepare.list_manifest(args.manifest)
+    return prepare.list_prompts(args.prompts)
+
+
+def _check_size(args, vae, patch_size):
+    from megatron_rcm.data.prepare import PrepareError
+    from megatron_rcm.generation import GenerationError, VideoSize
+
+    try:
+        VideoSize(args.num_frames, args.height, args.width).check(vae.spatial_stride, vae.temporal_stride, patch_size)
+    except GenerationError as e:
+        raise PrepareError(str(e)) from None
+
+
+def _settings(args, items):
+    from megatron_rcm.data.prepare import items_digest
+
+    settings = dict(pipeline=str(Path(args.pipeline).resolve()), height=args.height, width=args.width,
+                    num_frames=args.num_frames, dtype=args.dtype, samples_per_shard=args.samples_per_shard,
+                    negative_prompt=args.negative_prompt, items=items_digest(items))
+    if args.prompts:
+        settings.update(teacher=str(Path(args.teacher).resolve()), steps=args.steps, sampler=args.sampler,
+                        guidance_scale=args.guidance_scale, shift=args.shift, seed=args.seed)
+    return settings
+
+
+def _save_tensor(path, tensor):
+    from megatron_rcm.fs import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().cpu().clone(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plan(args, items, is_rank0):
+    """Rank 0 records or checks the settings and lists the pending shards; every rank gets the list."""
+    import torch.distributed as dist
+
+    from megatron_rcm.data.prepare import PrepareError, check_settings, pending_shards
+
+    message = [None, None]
+    if is_rank0:
+        try:
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            check_settings(args.output, _settings(args, items))
+            message[0] = pending_shards(args.output, len(items), args.samples_per_shard)
+        except (PrepareError, OSError) as e:
+            message[1] = str(e)
+    dist.broadcast_object_list(message, src=0)
+    if message[1] is not None:
+        raise PrepareError(message[1])
+    return message[0]
+
+
+def _teacher_samples(args, vae, text_encoder, negative, device):
+    from megatron_rcm import load_model
+    from megatron_rcm.data.prepare import PrepareError, TeacherSamples
+    from megatron_rcm.generation import SamplingConfig
+
+    model = load_model(args.teacher, params_dtype=DTYPES[args.dtype]).to(device).eval()
+    if model.config.in_channels != vae.latent_channels or model.config.text_dim != text_encoder.text_dim:
+        raise PrepareError(f"--teacher takes {model.config.in_channels} latent channels and text dim "
+                           f"{model.config.text_dim}; --pipeline's VAE gives {vae.latent_channels} and its text "
+                           f"encoder {text_encoder.text_dim}")
+    _check_size(args, vae, model.config.patch_size)
+    config = SamplingConfig(teacher_steps=args.steps, guidance_scale=args.guidance_scale,
+                            teacher_sampler=args.sampler, shift=args.shift)
+    shape = vae.latent_shape(args.num_frames, args.height, args.width)
+    return TeacherSamples(model, text_encoder, config, shape, negative, args.seed)
+
+
+def _prepare(args, items):
+    from megatron.core import parallel_state as ps
+    from tqdm import tqdm
+
+    from megatron_rcm.data.prepare import NEGATIVE_FILE, VideoSamples, prepare_shard
+    from megatron_rcm.encoders import load_text_encoder, load_vae
+    from megatron_rcm.parallel import ParallelConfig, current_device, parallel_context
+
+    config = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
+                            context_parallel_size=args.context_parallel_size)
+    with parallel_context(config):
+        import torch.distributed as dist
+
+        is_rank0 = dist.get_rank() == 0
+        pending = _plan(args, items, is_rank0)
+        device, dtype = current_device(), DTYPES[args.dtype]
+        vae = load_vae(args.pipeline, dtype=dtype, device=device, tiling=args.vae_tiling)
+        text_encoder = load_text_encoder(args.pipeline, dtype=dtype, device=device)
+        negative = text_encoder.encode([args.negative_prompt])[0].cpu()
+        if args.prompts:
+            make_sample = _teacher_samples(args, vae, text_encoder, negative, device)
+        else:
+            _check_size(args, vae, (1, 1, 1))
+            make_sample = VideoSamples(vae, text_encoder, (args.num_frames, args.height, args.width))
+        if is_rank0:
+            _save_tensor(Path(args.output) / NEGATIVE_FILE, negative)
+        mine = pending[ps.get_data_parallel_rank()::ps.get_data_parallel_world_size()]
+        writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
+        per_shard = args.samples_per_shard
+        with tqdm(total=sum(len(items[s * per_shard:(s + 1) * per_shard]) for s in mine), unit="item",
+                  disable=args.no_progress or not is_rank0, desc=f"rank 0 of {dist.get_world_size()}") as bar:
+            for shard in mine:
+                prepare_shard(args.output, shard, items[shard * per_shard:(shard + 1) * per_shard], make_sample,
+                              args.strict, writer, tick=lambda: bar.update(1))
+        dist.barrier()
+        return is_rank0, -(-len(items) // per_shard) - len(pending)
+
+
+def _report(args, items, done_before):
+    from megatron_rcm.data.prepare import REPORT_FILE, summarize
+
+    summary = summarize(args.output, len(items), args.samples_per_shard)
+    resumed = f" ({done_before} shards were done before this run)" if done_before else ""
+    print(f"wrote {summary['written']} of {len(items)} samples to {args.output}{resumed}; "
+          f"{summary['truncated']} captions truncated, {summary['skipped']} items skipped")
+    for reason, count in summary["reasons"].most_common():
+        print(f"  skipped {count}: {reason}")
+    if summary["skipped"] or summary["truncated"]:
+        print(f"  each one is listed in {Path(args.output) / REPORT_FILE}")
+    return EXIT_SKIPPED if summary["skipped"] else 0
+
+
+def _negative_only(args):
+    from megatron_rcm.encoders import load_text_encoder
+
+    text_encoder = load_text_encoder(args.pipeline, dtype=DTYPES[args.dtype])
+    _save_tensor(args.output, text_encoder.encode([args.negative_prompt])[0])
+    print(f"wrote the negative-prompt embedding [{text_encoder.max_length}, {text_encoder.text_dim}] to {args.output}")
+    return 0
+
+
+def run(args):
+    from megatron_rcm.encoders import check_pipeline_folder
+
+    _check_flags(args)
+    needed = ["vae", "text_encoder", "tokenizer"] if (args.videos or args.manifest or args.prompts) else \
+        ["text_encoder", "tokenizer"]
+    check_pipeline_folder(args.pipeline, needed)
+    if not (args.videos or args.manifest or args.prompts):
+        return _negative_only(args)
+    items = _items(args)
+    is_rank0, done_before = _prepare(args, items)
+    return _report(args, items, done_before) if is_rank0 else 0
+
+
+def main(argv=None):
+    from megatron_rcm.data.prepare import PrepareError
+    from megatron_rcm.encoders import PipelineFolderError
+    from megatron_rcm.generation import GenerationError
+    from megatron_rcm.parallel import ParallelSizeError
+
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (PrepareError, PipelineFolderError, GenerationError, ParallelSizeError) as e:
+        if args.debug:
+            raise
+        print(f"prepare_data: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
