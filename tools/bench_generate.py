@@ -1,0 +1,159 @@
+"""Wall time of a 4-step rCM student video against a 50-step teacher video with CFG, end to end
+(text encode, denoise, VAE decode) and transformer only, with real-size random weights.
+
+One GPU:   python tools/bench_generate.py [--json out.json]
+TP=2:      torchrun --nproc-per-node 2 tools/bench_generate.py --tp 2
+CP=2:      torchrun --nproc-per-node 2 tools/bench_generate.py --cp 2
+CPU check: TRITON_INTERPRET=1 python tools/bench_generate.py --smoke
+
+Wan2.1 T2V 1.3B transformer (bf16), the Wan2.1 VAE (diffusers' AutoencoderKLWan defaults, float32,
+tiled decode) and UMT5-XXL (bf16), all randomly initialised; 480p x 81 frames. Text encoding runs
+UMT5 on 512 token ids (a random prompt of --prompt-tokens tokens, the rest masked as WanPipeline
+pads it); the teacher also encodes its negative prompt. Denoising is megatron_rcm.generation.sample,
+as examples/generate.py runs it: the student with the rCM sampler, the teacher with UniPC and
+classifier-free guidance (two transformer passes per step, batched). Each stage is timed once after
+a warm-up (the teacher's: a 2-step run); end to end is the sum of the stages. Under torchrun the
+transformer is sharded (TP or CP) and the text encoder and VAE are replicated on every rank; rank 0
+prints.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                feed_forward_proj="gated-gelu", dropout_rate=0.0)
+TINY_UMT5 = dict(vocab_size=96, d_model=24, d_kv=8, d_ff=40, num_layers=2, num_heads=3,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+TINY_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4,
+                latents_std=[1.0] * 4)
+
+
+def _parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--num-frames", type=int, default=81)
+    p.add_argument("--student-steps", type=int, default=4)
+    p.add_argument("--teacher-steps", type=int, default=50)
+    p.add_argument("--guidance-scale", type=float, default=5.0)
+    p.add_argument("--prompt-tokens", type=int, default=40)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--cp", type=int, default=1)
+    p.add_argument("--cp-mode", choices=("a2a", "p2p"), default="a2a")
+    p.add_argument("--no-vae-tiling", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--smoke", action="store_true", help="tiny models on the CPU (with TRITON_INTERPRET=1)")
+    return p.parse_args()
+
+
+def _build(args, device):
+    """(transformer, text encoder, VAE), random; the tiny ones with --smoke."""
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from megatron_rcm.encoders import WanVAE
+    from megatron_rcm.models.wan import WanModel, wan_config
+
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    torch.manual_seed(0)  # the same weights on every rank
+    text_config = UMT5Config(**(TINY_UMT5 if args.smoke else UMT5_XXL))
+    config = wan_config("tiny-a" if args.smoke else args.preset, params_dtype=dtype, bf16=not args.smoke,
+                        tensor_model_parallel_size=args.tp, context_parallel_size=args.cp, cp_comm_type=args.cp_mode,
+                        use_cpu_initialization=device.type == "cpu", text_dim=text_config.d_model,
+                        **({"in_channels": TINY_VAE["z_dim"], "out_channels": TINY_VAE["z_dim"]} if args.smoke else {}))
+    model = WanModel(config).to(device).eval()
+    with torch.device(device):
+        encoder = UMT5EncoderModel(text_config).to(dtype).eval()
+        vae = AutoencoderKLWan(**(TINY_VAE if args.smoke else {})).eval()
+    if not args.no_vae_tiling:
+        vae.enable_tiling()
+    return model, encoder, WanVAE(vae)
+
+
+def _timed(fn, device):
+    """(seconds, peak GiB allocated) of one call of fn."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fn()
+    sync()
+    seconds = time.perf_counter() - start
+    return seconds, (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+
+
+def main():
+    args = _parse()
+    from megatron_rcm.generation import SamplingConfig, VideoSize, draw_noise, sample
+    from megatron_rcm.parallel import ParallelConfig, current_device, destroy_parallel, initialize_parallel
+
+    if args.smoke:
+        args.height, args.width, args.num_frames, args.teacher_steps, args.prompt_tokens = 32, 32, 5, 3, 5
+    initialize_parallel(ParallelConfig(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp))
+    rank0 = torch.distributed.get_rank() == 0
+    device = current_device()
+    model, encoder, vae = _build(args, device)
+    size = VideoSize(args.num_frames, args.height, args.width)
+    size.check(vae.spatial_stride, vae.temporal_stride, model.config.patch_size)
+    shape = size.latent_shape(vae.latent_channels, vae.spatial_stride, vae.temporal_stride)
+    ids = torch.randint(1, encoder.config.vocab_size, (1, 512), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 512, dtype=torch.long)
+    mask[:, :args.prompt_tokens] = 1
+    ids, mask = ids.to(device), mask.to(device)
+
+    @torch.no_grad()
+    def encode():
+        return encoder(ids, mask).last_hidden_state.masked_fill(~mask.bool()[..., None], 0.0)
+
+    text = encode()
+    student = SamplingConfig(steps=args.student_steps)
+    teacher = SamplingConfig(teacher_steps=args.teacher_steps, guidance_scale=args.guidance_scale)
+    latents = {}
+
+    def denoise(name, config):
+        latents[name] = sample(model, config, draw_noise(shape, config.noise_draws, 0), text, text[0])
+
+    stages = {"text encode": (encode, encode),
+              "student denoise": (lambda: denoise("student", student), lambda: denoise("student", student)),
+              "teacher denoise": (lambda: denoise("warm-up", SamplingConfig(teacher_steps=2)),
+                                  lambda: denoise("teacher", teacher)),
+              "VAE decode": (lambda: vae.decode(latents["student"]), lambda: vae.decode(latents["student"]))}
+    for name, (warm_up, _) in stages.items():
+        warm_up()
+    stages = {name: _timed(run, device) for name, (_, run) in stages.items()}
+    seconds = {name: value[0] for name, value in stages.items()}
+    student_total = seconds["text encode"] + seconds["student denoise"] + seconds["VAE decode"]
+    teacher_total = 2 * seconds["text encode"] + seconds["teacher denoise"] + seconds["VAE decode"]
+    result = {
+        "preset": "tiny-a" if args.smoke else args.preset, "tp": args.tp, "cp": args.cp, "cp_mode": args.cp_mode,
+        "size": [args.num_frames, args.height, args.width], "latent_shape": list(shape),
+        "student_steps": args.student_steps, "teacher_steps": args.teacher_steps,
+        "guidance_scale": args.guidance_scale, "seconds": seconds,
+        "peak_gib": {name: value[1] for name, value in stages.items()},
+        "student_end_to_end": student_total, "teacher_end_to_end": teacher_total,
+        "speedup_end_to_end": teacher_total / student_total,
+        "speedup_transformer": seconds["teacher denoise"] / seconds["student denoise"],
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    }
+    if rank0:
+        print(f"| stage | seconds | ({result['device']}, {result['preset']}, TP={args.tp}, CP={args.cp})\n|---|---|")
+        for name, value in seconds.items():
+            print(f"| {name} | {value:.3f} |")
+        print(f"| student {args.student_steps} steps, end to end | {student_total:.3f} |")
+        print(f"| teacher {args.teacher_steps} steps x CFG, end to end | {teacher_total:.3f} |")
+        print(f"speed-up: end to end {result['speedup_end_to_end']:.1f}x, "
+              f"transformer only {result['speedup_transformer']:.1f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+    destroy_parallel()
+
+
+if __name__ == "__main__":
+    main()
