@@ -10,7 +10,7 @@ with the same bits, ~1e-15..1e-12 for diffusers against Megatron (different kern
 import torch
 
 from ..loading import load_model
-from ..models.wan.diffusers_float64 import DTYPE, float64_exact
+from ..models.diffusers_float64 import DTYPE, float64_exact
 from ..parallel import parallel_context
 from .api import open_checkpoint
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from megatron_rcm import load_model
+from megatron_rcm.models.wan import convert_diffusers_state_dict
 from megatron_rcm.parallel import parallel_context
 
+from .oracle import check_against_oracle
 from .wan_oracle import config, diffusers_model, inputs, our_model, oracle, relative_error
 
 TOL = 1e-10
@@ -39,20 +41,8 @@ def _check_against_diffusers(case):
     data = inputs(cfg, batch, latent, text_len, seed=2)
     expected = oracle(reference, data)
     with parallel_context():
-        model = our_model(cfg, reference)
-        x = data["x"].clone().requires_grad_()
-        out = model(x, data["t"], data["text"])
-        (out * data["w"]).sum().backward()
-        out_p, out_t = model.jvp(data["x"], data["t"], data["text"], data["x_t"], data["t_t"])
-        assert relative_error(out, expected["out"]) < TOL
-        assert relative_error(out_p, expected["out"]) < TOL
-        assert relative_error(out_t, expected["out_t"]) < TOL
-        assert relative_error(x.grad, expected["x_grad"]) < TOL
-        grads = {name: p.grad for name, p in model.named_parameters()}
-        from megatron_rcm.models.wan import convert_diffusers_state_dict
-
-        for name, g in convert_diffusers_state_dict(expected["grads"], cfg).items():
-            assert relative_error(grads[name], g) < TOL, name
+        check_against_oracle(our_model(cfg, reference), data, expected,
+                             lambda grads: convert_diffusers_state_dict(grads, cfg), TOL)
 
 
 def test_jvp_matches_finite_differences_of_our_forward():

@@ -3,8 +3,10 @@
 import torch
 from diffusers import WanTransformer3DModel
 
+from megatron_rcm.models.diffusers_float64 import DTYPE, float64_exact
 from megatron_rcm.models.wan import WanModel, load_diffusers_weights, wan_config
-from megatron_rcm.models.wan.diffusers_float64 import DTYPE, float64_exact
+
+from .oracle import random_inputs, relative_error, run_oracle  # noqa: F401 (relative_error: for the tests)
 
 
 def diffusers_model(config, seed):
@@ -35,27 +37,9 @@ def our_model(cfg, diffusers):
 
 def inputs(cfg, batch, latent_shape, text_len, seed):
     """(x, t, text, x_t, t_t, w): latents, timesteps in (0, 1000), text, tangents and an output weight."""
-    g = torch.Generator().manual_seed(seed)
-    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=DTYPE)
-    x = randn(batch, cfg.in_channels, *latent_shape)
-    t = torch.rand(batch, generator=g, dtype=DTYPE) * 1000
-    text = randn(batch, text_len, cfg.text_dim)
-    out_shape = (batch, cfg.out_channels, *latent_shape)
-    return dict(x=x, t=t, text=text, x_t=randn(*x.shape), t_t=randn(batch) * 100, w=randn(*out_shape))
+    return random_inputs(cfg, batch, latent_shape, text_len, seed, t_max=1000)
 
 
 def oracle(model, data):
     """diffusers' forward, JVP (torch.func.jvp) and gradients of sum(w * out), in exact float64."""
-    with float64_exact():
-        x = data["x"].clone().requires_grad_()
-        out = model(x, data["t"], data["text"]).sample
-        model.zero_grad()
-        (out * data["w"]).sum().backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-        _, out_t = torch.func.jvp(lambda x_, t_: model(x_, t_, data["text"]).sample,
-                                  (data["x"], data["t"]), (data["x_t"], data["t_t"]))
-    return dict(out=out.detach(), out_t=out_t.detach(), x_grad=x.grad, grads=grads)
-
-
-def relative_error(actual, expected):
-    return float((actual.detach() - expected).abs().max() / expected.abs().max())
+    return run_oracle(lambda x, t: model(x, t, data["text"]).sample, model, data)

@@ -11,13 +11,12 @@ from .diffusers_weights import (
     save_diffusers_folder,
 )
 from .model import WanModel
-from .weight_map import WanParameter, diffusers_shapes, wan_parameters
+from .weight_map import diffusers_shapes, wan_parameters
 
 __all__ = [
     "PRESETS",
     "WanConfig",
     "WanModel",
-    "WanParameter",
     "architecture",
     "config_from_architecture",
     "config_from_diffusers",

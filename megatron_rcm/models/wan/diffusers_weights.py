@@ -4,15 +4,13 @@ Only Wan2.1 text-to-video is supported (no image branch). Which diffusers tensor
 parameter, and how it is split over TP ranks, is ``weight_map``'s table.
 """
 
-import glob
-import json
-import os
-
-import torch
-from megatron.core import parallel_state
-
+from .. import weight_map
+from ..weight_map import diffusers_state_dict, load_diffusers_weights, read_diffusers_folder
 from .config import WanConfig, config_from_architecture
 from .weight_map import wan_parameters
+
+__all__ = ["config_from_diffusers", "convert_diffusers_state_dict", "diffusers_config", "diffusers_state_dict",
+           "load_diffusers_weights", "read_diffusers_folder", "save_diffusers_folder"]
 
 _T2V_ONLY = {"image_dim": None, "added_kv_proj_dim": None, "pos_embed_seq_len": None,
              "qk_norm": "rms_norm_across_heads"}
@@ -48,85 +46,12 @@ def diffusers_config(config: WanConfig) -> dict:
     }
 
 
-def read_diffusers_folder(path):
-    """(config dict, state dict) of a diffusers transformer folder (or a pipeline folder's transformer/)."""
-    if os.path.isfile(os.path.join(path, "transformer", "config.json")):
-        path = os.path.join(path, "transformer")
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {path}")
-    from safetensors.torch import load_file
-
-    state = {}
-    for file in files:
-        state.update(load_file(file))
-    return cfg, state
-
-
 def convert_diffusers_state_dict(state, config: WanConfig, tp_rank: int = 0) -> dict:
     """This TP rank's state dict of ``WanModel`` from a diffusers state dict; lists missing/unknown keys."""
-    table = wan_parameters(config)
-    expected = {key for p in table.values() for key in p.sources}
-    missing, unknown = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    problems = []
-    if missing:
-        problems.append(f"missing from the diffusers weights: {missing}")
-    if unknown:
-        problems.append(f"unknown diffusers weights (Wan2.1 T2V has none of these): {unknown}")
-    if problems:
-        raise KeyError("; ".join(problems))
-    wrong = [f"{k}: {tuple(state[k].shape)} != {p.source_shape}" for p in table.values() for k in p.sources
-             if tuple(state[k].shape) != p.source_shape]
-    if wrong:
-        raise ValueError(f"diffusers weights disagree with the config's shapes: {wrong}")
-    return {name: p.tp_slice(p.to_global([state[k] for k in p.sources]), config.tensor_model_parallel_size, tp_rank)
-            for name, p in table.items()}
-
-
-def load_diffusers_weights(model, source):
-    """Copy diffusers weights into ``model`` (this rank's TP slice).
-
-    ``source``: a ``WanTransformer3DModel``, its state dict, or a diffusers folder.
-    """
-    from megatron.core import parallel_state
-
-    if isinstance(source, (str, os.PathLike)):
-        _, state = read_diffusers_folder(source)
-    elif isinstance(source, torch.nn.Module):
-        state = source.state_dict()
-    else:
-        state = source
-    tp_rank = parallel_state.get_tensor_model_parallel_rank() if parallel_state.model_parallel_is_initialized() else 0
-    converted = convert_diffusers_state_dict(state, model.config, tp_rank)
-    result = model.load_state_dict(converted, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise KeyError(f"model keys without a diffusers weight: {result.missing_keys}; "
-                       f"converted keys the model lacks: {result.unexpected_keys}")
-    return model
-
-
-def diffusers_state_dict(model) -> dict:
-    """diffusers ``WanTransformer3DModel`` tensors of a TP=1 ``WanModel`` (the inverse of loading)."""
-    if parallel_state.model_parallel_is_initialized() and parallel_state.get_tensor_model_parallel_world_size() > 1:
-        raise ValueError("diffusers_state_dict needs a TP=1 model; export a TP>1 model through a distributed "
-                         "checkpoint and tools/convert_checkpoint.py --from megatron --to diffusers")
-    table = wan_parameters(model.config)
-    state = {}
-    for name, param in model.named_parameters():
-        spec = table[name]
-        state.update(spec.from_global(param.detach().reshape(spec.global_shape)))
-    return {key: t.contiguous().clone() for key, t in state.items()}
+    return weight_map.convert_state_dict(state, wan_parameters(config), config.tensor_model_parallel_size, tp_rank,
+                                         "Wan2.1 T2V")
 
 
 def save_diffusers_folder(model, folder, overwrite=True):
     """Write a TP=1 ``WanModel`` as a diffusers folder (config.json + safetensors), atomically."""
-    from safetensors.torch import save_file
-
-    from ...fs import atomic_output_dir
-
-    with atomic_output_dir(folder, overwrite=overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(diffusers_config(model.config), indent=2) + "\n")
-        save_file(diffusers_state_dict(model), str(tmp / "diffusion_pytorch_model.safetensors"))
-
+    weight_map.save_diffusers_folder(model, folder, diffusers_config(model.config), overwrite)

@@ -7,70 +7,25 @@ The math is diffusers' ``WanTransformer3DModel`` (Wan2.1 T2V), including where i
 float32 (``upcast``: float32, or float64 for a float64 model).
 
 Replicated parameters that see only this rank's share of the tokens under sequence parallelism
-carry ``sequence_parallel = config.sequence_parallel``: as in Megatron, their gradients are
-summed over the TP group after the backward (``finalize_model_grads``). Under context
+carry ``sequence_parallel = config.sequence_parallel`` (see ``models.layers``). Under context
 parallelism every gradient is a per-rank partial sum, reduced with the data-parallel gradients
 over Megatron's data+context group.
 """
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
     reduce_from_tensor_model_parallel_region,
 )
 from megatron.core.transformer.module import MegatronModule
 
-from ..attention import cross_attention, self_attention
-from ..tangent import add_bias, compute_dtype, linear, linear_parts, pointwise, upcast
 from .. import elementwise
-
-
-def param_device(config):
-    return torch.device("cpu") if config.use_cpu_initialization else torch.device("cuda", torch.cuda.current_device())
-
-
-def replicated_linear(config, in_features, out_features, sequence_parallel):
-    layer = torch.nn.Linear(in_features, out_features, device=param_device(config), dtype=config.params_dtype)
-    for p in layer.parameters():
-        p.sequence_parallel = sequence_parallel
-    return layer
-
-
-def _parallel_linear_classes(config):
-    if config.transformer_impl == "local":
-        return ColumnParallelLinear, RowParallelLinear
-    from megatron.core.extensions import transformer_engine as te
-
-    if not te.HAVE_TE:
-        raise ImportError("transformer_impl='transformer_engine' needs Transformer Engine installed; "
-                          "use transformer_impl='local'")
-    return te.TEColumnParallelLinear, te.TERowParallelLinear
-
-
-def column_linear(config, in_features, out_features):
-    column, _ = _parallel_linear_classes(config)
-    return column(in_features, out_features, config=config, init_method=config.init_method, bias=True,
-                  gather_output=False, skip_bias_add=True, is_expert=False)
-
-
-def row_linear(config, in_features, out_features):
-    _, row = _parallel_linear_classes(config)
-    return row(in_features, out_features, config=config, init_method=config.output_layer_init_method, bias=True,
-               input_is_parallel=True, skip_bias_add=True, is_expert=False)
-
-
-def timestep_sinusoid(timestep, dim, dtype):
-    """diffusers' ``get_timestep_embedding(flip_sin_to_cos=True, downscale_freq_shift=0)`` in ``dtype``."""
-    half = dim // 2
-    exponent = -math.log(10000.0) * torch.arange(half, dtype=dtype, device=timestep.device) / half
-    angles = timestep.to(dtype)[..., None] * torch.exp(exponent)
-    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+from ..attention import cross_attention, self_attention
+from ..layers import column_linear, param_device, replicated_linear, row_linear, timestep_sinusoid
+from ..tangent import add_bias, compute_dtype, linear, linear_parts, pointwise, upcast
 
 
 class ConditionEmbedder(MegatronModule):

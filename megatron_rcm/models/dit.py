@@ -1,0 +1,198 @@
+"""What every family's model shares: full tensors in and out, TP/SP/CP inside, forward and exact JVP.
+
+``model(x, t, text)`` is the family's diffusers transformer output for latents x [B, C, T, H, W],
+timesteps t [B] and text-encoder states [B, L, text_dim]; ``model.jvp(x, t, text, x_t, t_t)``
+returns (output, its directional derivative) with no autograd, one pass: see
+``megatron_rcm.models.tangent`` for how primal and tangent share every GEMM and collective.
+
+Token layout: the patch grid (frames x height x width, row-major, as diffusers flattens it) is
+padded to a multiple of CP x (TP if sequence parallel), split into one contiguous chunk per
+context-parallel rank, and under sequence parallelism each chunk into one piece per TP rank.
+The input split's backward all-gathers and the output gather's backward splits, so with the
+same loss on every rank input gradients come out whole and parameter gradients are per-rank
+partial sums in Megatron's convention (see ``models.layers``).
+
+A family subclasses ``VideoDiT`` and provides ``patch_embedding`` and ``blocks`` (modules),
+``_condition`` (timestep and text -> the blocks' and the head's conditioning), ``_head`` (the
+last norm and projection), ``_rope_thetas`` and ``_max_patches``, and ``parameter_table`` (its
+weight map, see ``models.weight_map``).
+"""
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.mappings import (
+    gather_from_sequence_parallel_region,
+    scatter_to_sequence_parallel_region,
+)
+from megatron.core.transformer.module import MegatronModule
+
+from . import weight_map
+from .attention import SequenceLayout
+from .tangent import compute_dtype, linear, stack, upcast
+
+
+def _group_size(getter):
+    return getter() if parallel_state.model_parallel_is_initialized() else 1
+
+
+def rope_angles(grid, head_dim, thetas):
+    """Per-token RoPE angles [N, head_dim/2] in float64: frame, height and width parts side by side,
+    each with its own base ``thetas[axis]``."""
+    h_dim = w_dim = 2 * (head_dim // 6)
+    parts = []
+    for axis, (size, dim, theta) in enumerate(zip(grid, (head_dim - h_dim - w_dim, h_dim, w_dim), thetas)):
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        angles = torch.outer(torch.arange(size, dtype=torch.float64), freqs)
+        shape = [1, 1, 1, dim // 2]
+        shape[axis] = size
+        parts.append(angles.view(shape).expand(*grid, dim // 2))
+    return torch.cat(parts, dim=-1).reshape(math.prod(grid), head_dim // 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _rope_table(grid, head_dim, thetas, padded_len, start, length, device, dtype):
+    """(cos, sin) [length, 1, 1, head_dim/2] of padded positions start..start+length (padding: angle 0)."""
+    angles = F.pad(rope_angles(grid, head_dim, thetas), (0, 0, 0, padded_len - math.prod(grid)))
+    angles = angles[start:start + length].to(device)[:, None, None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class VideoDiT(MegatronModule):
+    PROJ_OUT_ORDER = "thw"
+    """Order of the patch axes (frames, height, width) in ``proj_out``'s features, before the channels."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        tp = _group_size(parallel_state.get_tensor_model_parallel_world_size)
+        cp = _group_size(parallel_state.get_context_parallel_world_size)
+        if (tp, cp) != (config.tensor_model_parallel_size, config.context_parallel_size):
+            raise ValueError(
+                f"config asks for tensor-parallel {config.tensor_model_parallel_size} x context-parallel "
+                f"{config.context_parallel_size} but the initialised groups are {tp} x {cp}"
+            )
+
+    # ---- public API -------------------------------------------------------------------------
+    def forward(self, hidden_states, timestep, encoder_hidden_states):
+        """Output [B, C_out, T, H, W] for latents [B, C, T, H, W], timesteps [B] and text [B, L, text_dim]."""
+        return self._run(hidden_states, timestep, encoder_hidden_states, None, None)
+
+    @torch.no_grad()
+    def jvp(self, hidden_states, timestep, encoder_hidden_states, hidden_states_t, timestep_t):
+        """(output, d output) along the tangent (hidden_states_t, timestep_t); the text is held fixed."""
+        return self._jvp(hidden_states, timestep, encoder_hidden_states, hidden_states_t, timestep_t)
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        """megatron-core distributed-checkpoint state: the same global tensors at every TP/CP size."""
+        return weight_map.sharded_state_dict(self, prefix, sharded_offsets, metadata)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _jvp(self, x, t, text, x_t, t_t, extra_channels=None):
+        if x_t.shape != x.shape or t_t.shape != t.shape:
+            raise ValueError(
+                f"tangent shapes {tuple(x_t.shape)}, {tuple(t_t.shape)} must equal the primal "
+                f"shapes {tuple(x.shape)}, {tuple(t.shape)}"
+            )
+        return self._run(x, t, text, x_t, t_t, extra_channels).chunk(2, dim=0)
+
+    def _check_inputs(self, x, t, text):
+        c = self.config
+        if x.dim() != 5 or x.shape[1] != c.in_channels:
+            raise ValueError(f"hidden_states must be [B, {c.in_channels}, T, H, W], got {tuple(x.shape)}")
+        batch = x.shape[0]
+        if t.shape != (batch,):
+            raise ValueError(f"timestep must have shape [{batch}], got {tuple(t.shape)}")
+        if text.dim() != 3 or text.shape[0] != batch:
+            raise ValueError(f"encoder_hidden_states must be [{batch}, L, {c.text_dim}], got {tuple(text.shape)}")
+        if text.shape[2] != c.text_dim:
+            raise ValueError(f"encoder_hidden_states has text dim {text.shape[2]}, the model expects {c.text_dim}")
+        for name, size, p, most in zip(("frames", "height", "width"), x.shape[2:], c.patch_size, self._max_patches()):
+            if size % p:
+                raise ValueError(f"latent {name} {size} is not divisible by the patch size {p} ({c.patch_size})")
+            if size // p > most:
+                raise ValueError(f"{size // p} patches along {name} exceed the model's {most} RoPE positions")
+
+    def _patchify(self, x):
+        """[B, C, T, H, W] -> [N, B, C*pt*ph*pw], channels ordered as diffusers' patch embedding flattens them."""
+        b, c, t, h, w = x.shape
+        pt, ph, pw = self.config.patch_size
+        x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(2, 4, 6, 0, 1, 3, 5, 7)
+        return x.reshape((t // pt) * (h // ph) * (w // pw), b, c * pt * ph * pw)
+
+    def _unpatchify(self, tokens, grid):
+        """[N, B, (patch axes in PROJ_OUT_ORDER), C] -> [B, C, T, H, W]."""
+        patch = dict(zip("thw", self.config.patch_size))
+        f, h, w = grid
+        b = tokens.shape[1]
+        x = tokens.reshape(f, h, w, b, *(patch[a] for a in self.PROJ_OUT_ORDER), -1)
+        axis = {a: 4 + i for i, a in enumerate(self.PROJ_OUT_ORDER)}
+        x = x.permute(3, 7, 0, axis["t"], 1, axis["h"], 2, axis["w"])
+        return x.reshape(b, -1, f * patch["t"], h * patch["h"], w * patch["w"])
+
+    def _layout(self, valid_len):
+        c = self.config
+        shards = c.context_parallel_size * (c.tensor_model_parallel_size if c.sequence_parallel else 1)
+        cp_group = parallel_state.get_context_parallel_group() if c.context_parallel_size > 1 else None
+        cp_rank = parallel_state.get_context_parallel_rank() if c.context_parallel_size > 1 else 0
+        return SequenceLayout.build(valid_len, shards, cp_group, c.context_parallel_size, cp_rank, c.cp_comm_type)
+
+    def _shard(self, tokens, layout):
+        tokens = F.pad(tokens, (0, 0, 0, 0, 0, layout.padded_len - layout.valid_len))
+        if layout.cp_size > 1:
+            tokens = scatter_to_sequence_parallel_region(tokens, group=layout.cp_group)
+        if self.config.sequence_parallel:
+            tokens = scatter_to_sequence_parallel_region(tokens)
+        return tokens
+
+    def _unshard(self, tokens, layout):
+        if self.config.sequence_parallel:
+            tokens = gather_from_sequence_parallel_region(tokens, tensor_parallel_output_grad=False)
+        if layout.cp_size > 1:
+            tokens = gather_from_sequence_parallel_region(tokens, False, group=layout.cp_group)
+        return tokens[: layout.valid_len]
+
+    def _rope(self, grid, layout, device, dtype):
+        return _rope_table(grid, self.config.head_dim, self._rope_thetas(), layout.padded_len,
+                           layout.cp_rank * layout.chunk_len, layout.chunk_len, device, dtype)
+
+    def _blocks(self, x, cond, rope, layout, tangent):
+        """Every block on x; ``cond`` (a tuple of tensors) is passed to each one after x."""
+        c = self.config
+        if c.recompute_granularity != "full" or not torch.is_grad_enabled():
+            for block in self.blocks:
+                x = block(x, *cond, rope, layout, tangent)
+            return x
+        for start in range(0, len(self.blocks), c.recompute_num_layers):
+            chunk = self.blocks[start:start + c.recompute_num_layers]
+
+            def run(x, *cond, chunk=chunk):
+                for block in chunk:
+                    x = block(x, *cond, rope, layout, False)
+                return x
+
+            x = tensor_parallel.checkpoint(run, False, x, *cond)
+        return x
+
+    def _run(self, x, t, text, x_t, t_t, extra_channels=None):
+        """``extra_channels`` [B, k, T, H, W] (no tangent) are appended to the latent channels."""
+        self._check_inputs(x, t, text)
+        tangent = x_t is not None
+        grid = tuple(s // p for s, p in zip(x.shape[2:], self.config.patch_size))
+        layout = self._layout(math.prod(grid))
+
+        def latent_tokens(latents, extra):
+            return self._patchify(latents if extra is None else torch.cat([latents, extra], dim=1))
+
+        tokens = latent_tokens(x, extra_channels)
+        time = t[None].to(compute_dtype(self.patch_embedding.weight.dtype))
+        if tangent:
+            extra_t = None if extra_channels is None else torch.zeros_like(extra_channels)
+            tokens, time = stack(tokens, latent_tokens(x_t, extra_t)), stack(time, t_t[None].to(time.dtype))
+        h = linear(self.patch_embedding, self._shard(tokens, layout), tangent)
+        block_cond, head_cond = self._condition(time, text.transpose(0, 1).to(h.dtype), tangent)
+        rope = self._rope(grid, layout, h.device, upcast(h).dtype)
+        h = self._blocks(h, block_cond, rope, layout, tangent)
+        return self._unpatchify(self._unshard(self._head(h, head_cond, tangent), layout), grid)
