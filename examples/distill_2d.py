@@ -29,9 +29,9 @@ from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
 from megatron_rcm.diffusion.mlp_velocity import MLPVelocity
 from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
 from megatron_rcm.diffusion.time_sampling import sample_time_dmd, sample_time_scm
-from megatron_rcm.losses.dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
 from megatron_rcm.losses.config import RCMConfig
-from megatron_rcm.losses.scm import scm_loss, tangent_warmup_ratio
+from megatron_rcm.losses.dmd import rollout_steps
+from megatron_rcm.losses.rcm import Denoisers, IterationNoise, critic_loss, student_loss
 from megatron_rcm.training.ema import PowerEMA
 
 TEXT_DIM = 8
@@ -133,56 +133,59 @@ def pretrain_on_teacher(problem, args, generator):
 
 def distill(problem, args, generator):
     scm_on, dmd_on = args.method in ("scm", "rcm"), args.method in ("dmd", "rcm")
-    schedule = RCMConfig(
-        student_update_freq=args.student_update_freq,
-        tangent_warmup=args.tangent_warmup,
+    config = RCMConfig(
         scm_weight=args.scm_weight if scm_on else 0.0,
         dmd_weight=args.dmd_weight if dmd_on else 0.0,
+        p_mean=args.p_mean, p_std=args.p_std, dmd_shift=args.dmd_shift,
+        tangent_warmup=args.tangent_warmup, student_update_freq=args.student_update_freq,
+        guidance_scale=problem.cfg_scale,
     )
     teacher_copy = pretrain_on_teacher(problem, args, generator)
     student_net, fake_net = copy.deepcopy(teacher_copy), copy.deepcopy(teacher_copy)
-    student, fake_score = TrigFlowDenoiser(student_net), TrigFlowDenoiser(fake_net)
+    nets = Denoisers(problem.teacher, TrigFlowDenoiser(student_net), TrigFlowDenoiser(fake_net))
     student_opt = torch.optim.AdamW(student_net.parameters(), lr=args.lr, betas=(0.0, 0.999), weight_decay=0.01)
     fake_opt = torch.optim.AdamW(fake_net.parameters(), lr=args.fake_lr, betas=(0.0, 0.999), weight_decay=0.01)
     ema = PowerEMA(student_net, relative_std=0.1)
-    student_step = fake_step = iteration = 0
-    while student_step < args.student_iters:
+    student_updates = critic_updates = iteration = 0
+    while student_updates < args.student_iters:
         x0, text, _ = problem.batch(args.batch, generator)
-        if schedule.updates_student(iteration):
-            loss = torch.zeros((), dtype=torch.float64)
-            if schedule.scm_weight > 0:
-                t = sample_time_scm(args.batch, args.p_mean, args.p_std, generator=generator).float()
-                eps = torch.randn(x0.shape, generator=generator)
-                ratio = tangent_warmup_ratio(iteration, schedule.tangent_warmup)
-                loss_scm, _ = scm_loss(student, problem.teacher, x0, eps, t, text, ratio)
-                loss = loss + schedule.scm_weight * loss_scm
-            if schedule.uses_dmd(iteration):
-                G = student_rollout(student, _noises(rollout_steps(student_step), x0, generator), text)
-                t_D = sample_time_dmd(args.batch, args.dmd_shift, generator=generator).float()
-                loss_dmd, _ = dmd_loss(G, t_D, torch.randn(x0.shape, generator=generator), text,
-                                       problem.teacher, fake_score)
-                loss = loss + schedule.dmd_weight * loss_dmd
+        if config.updates_student(iteration):
+            noise = _student_noise(config, iteration, student_updates, x0, generator)
+            loss, _ = student_loss(nets, config, x0, text, noise, iteration, student_updates)
             student_opt.zero_grad()
             loss.backward()
             student_opt.step()
             ema.update(student_net)
-            student_step += 1
+            student_updates += 1
         else:
-            with torch.no_grad():
-                G = student_rollout(student, _noises(rollout_steps(fake_step), x0, generator), text)
-            t_D = sample_time_dmd(args.batch, args.dmd_shift, generator=generator).float()
-            loss_fake, _ = fake_score_loss(G, t_D, torch.randn(x0.shape, generator=generator), text, fake_score)
+            noise = IterationNoise(None, None, *_dmd_draws(config, critic_updates, x0, generator))
+            loss, _ = critic_loss(nets, config, text, noise, critic_updates)
             fake_opt.zero_grad()
-            loss_fake.backward()
+            loss.backward()
             fake_opt.step()
-            fake_step += 1
+            critic_updates += 1
         iteration += 1
     ema.copy_to(student_net)
-    return student
+    return nets.student
 
 
-def _noises(n, like, generator):
-    return [torch.randn(like.shape, generator=generator) for _ in range(n)]
+def _student_noise(config, iteration, updates, x0, generator):
+    """The draws of the terms that run at this student iteration, in the order they are used."""
+    t_scm = eps = None
+    if config.scm_weight > 0:
+        t_scm = sample_time_scm(len(x0), config.p_mean, config.p_std, generator=generator).float()
+        eps = torch.randn(x0.shape, generator=generator)
+    if not config.uses_dmd(iteration):
+        return IterationNoise(eps, t_scm, [], None, None)
+    return IterationNoise(eps, t_scm, *_dmd_draws(config, updates, x0, generator))
+
+
+def _dmd_draws(config, updates, x0, generator):
+    """Rollout noises, t_D and the DMD noise."""
+    steps = rollout_steps(updates, config.max_rollout_steps)
+    rollout = [torch.randn(x0.shape, generator=generator) for _ in range(steps)]
+    t_dmd = sample_time_dmd(len(x0), config.dmd_shift, generator=generator).float()
+    return rollout, t_dmd, torch.randn(x0.shape, generator=generator)
 
 
 @torch.no_grad()

@@ -54,7 +54,8 @@ def _parser():
     g.add_argument("--adam-beta2", type=float)
     g.add_argument("--adam-eps", type=float)
     g.add_argument("--clip-grad", type=float, help="gradient-norm clipping; 0 = off")
-    g.add_argument("--bf16", action=flag, help="bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise")
+    g.add_argument("--bf16", action=flag,
+                   help="bf16 parameters with fp32 master weights (needs CUDA); float32 otherwise")
     g.add_argument("--seed", type=int)
     g.add_argument("--deterministic-mode", action=flag,
                    help="bit-identical reruns and resumes on GPUs (deterministic kernels, fixed cuBLAS "

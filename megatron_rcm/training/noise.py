@@ -7,23 +7,12 @@ another layout draws what the original run would have. Each sample draws the sam
 (whether or not this iteration uses every entry), so the streams never shift.
 """
 
-from dataclasses import dataclass
-from typing import List
-
 import numpy as np
 import torch
 
 from ..diffusion.time_sampling import sample_time_dmd, sample_time_scm
 from ..losses.config import RCMConfig
-
-
-@dataclass
-class IterationNoise:
-    eps: torch.Tensor            # sCM noise, like x0
-    t_scm: torch.Tensor          # [B] ~ p_G (float64)
-    rollout: List[torch.Tensor]  # max_rollout_steps noises for the student rollout, like x0
-    t_dmd: torch.Tensor          # [B] ~ p_D (float64)
-    eps_dmd: torch.Tensor        # like x0
+from ..losses.rcm import IterationNoise
 
 
 def sample_generator(seed, iteration, index):

@@ -1,4 +1,5 @@
-"""One rCM iteration (rcm-math.md section 4): a student step (sCM + DMD) or a fake-score step.
+"""The Megatron update of one rCM iteration: the student's (losses.rcm.student_loss) or the fake
+score's (losses.rcm.critic_loss).
 
 Both end in ``_update``: a collective finiteness check of the loss (a non-finite or graph-less
 loss on any rank skips the step everywhere), the backward, megatron's ``finalize_model_grads``
@@ -11,8 +12,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 
-from ..losses.dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
-from ..losses.scm import scm_loss, tangent_warmup_ratio
+from ..losses.rcm import Denoisers, critic_loss, student_loss
 from ..parallel import current_device
 from .optimizer import optimizer_step
 
@@ -44,24 +44,13 @@ def _update(net, loss, clip_grad, prefix):
     return metrics
 
 
+def _denoisers(nets):
+    return Denoisers(nets.teacher, nets.student.denoiser, nets.fake_score.denoiser)
+
+
 def student_step(nets, rcm, batch, noise, iteration, student_updates, clip_grad):
-    """sCM term (+ DMD term after the tangent warm-up), student update, EMA update."""
-    x0, text = batch
-    loss = torch.zeros((), dtype=torch.float64, device=x0.device)
-    diagnostics = {}
-    student = nets.student.denoiser
-    if rcm.scm_weight > 0:
-        ratio = tangent_warmup_ratio(iteration, rcm.tangent_warmup)
-        loss_scm, diag = scm_loss(student, nets.teacher, x0, noise.eps, noise.t_scm, text, ratio)
-        loss = loss + rcm.scm_weight * loss_scm
-        diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
-    if rcm.uses_dmd(iteration):
-        steps = rollout_steps(student_updates, rcm.max_rollout_steps)
-        G = student_rollout(student, noise.rollout[:steps], text, rcm.mid_times)
-        loss_dmd, diag = dmd_loss(G, noise.t_dmd, noise.eps_dmd, text, nets.teacher, nets.fake_score.denoiser)
-        loss = loss + rcm.dmd_weight * loss_dmd
-        diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})
-    diagnostics["loss/student"] = loss.detach()
+    """Student update on its rCM loss, then the EMA update; returns (diagnostics, metrics)."""
+    loss, diagnostics = student_loss(_denoisers(nets), rcm, *batch, noise, iteration, student_updates)
     metrics = _update(nets.student, loss, clip_grad, "student")
     if not (metrics["student/skipped_nonfinite_loss"] or metrics["student/skipped_nonfinite_grad"]):
         nets.ema.update(nets.student.module)
@@ -69,11 +58,7 @@ def student_step(nets, rcm, batch, noise, iteration, student_updates, clip_grad)
 
 
 def fake_score_step(nets, rcm, batch, noise, critic_updates, clip_grad):
-    """Fake-score (critic) update on a student rollout made without grad (eq. 4.4)."""
+    """Fake-score (critic) update; returns (diagnostics, metrics)."""
     _, text = batch
-    with torch.no_grad():
-        steps = rollout_steps(critic_updates, rcm.max_rollout_steps)
-        G = student_rollout(nets.student.denoiser, noise.rollout[:steps], text, rcm.mid_times)
-    loss, diagnostics = fake_score_loss(G, noise.t_dmd, noise.eps_dmd, text, nets.fake_score.denoiser)
-    diagnostics["loss/fake_score"] = loss.detach()
+    loss, diagnostics = critic_loss(_denoisers(nets), rcm, text, noise, critic_updates)
     return diagnostics, _update(nets.fake_score, loss, clip_grad, "fake_score")

@@ -1,0 +1,80 @@
+"""The rCM objective (docs/math.md section 4): the student's loss and the fake score's, with diagnostics.
+
+Pure functions of three TrigFlow denoisers, the recipe and the iteration's random draws; no
+optimizer, no process group. ``training.step`` and ``examples/distill_2d.py`` both call them.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+from ..diffusion.denoiser import TrigFlowDenoiser
+from .config import RCMConfig
+from .dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
+from .scm import scm_loss, tangent_warmup_ratio
+
+
+class Denoisers(NamedTuple):
+    """The three networks the objective reads, each as a TrigFlow denoiser."""
+
+    teacher: TrigFlowDenoiser
+    """Frozen, around classifier-free guidance."""
+    student: TrigFlowDenoiser
+    fake_score: TrigFlowDenoiser
+
+
+@dataclass
+class IterationNoise:
+    """The random draws of one iteration; a term that does not run may leave its own as None."""
+
+    eps: Optional[torch.Tensor]
+    """sCM noise, like x0."""
+    t_scm: Optional[torch.Tensor]
+    """[B] sCM times, drawn from p_G (eq. 3.5)."""
+    rollout: Sequence[torch.Tensor]
+    """At least as many noises as the rollout takes steps (eq. 4.1), each like x0."""
+    t_dmd: torch.Tensor
+    """[B] DMD noise levels, drawn from p_D (eq. 4.5)."""
+    eps_dmd: torch.Tensor
+    """DMD noise, like x0."""
+
+
+def _rollout(student, config: RCMConfig, noise: IterationNoise, text, updates: int):
+    steps = rollout_steps(updates, config.max_rollout_steps)
+    return student_rollout(student, noise.rollout[:steps], text, config.mid_times)
+
+
+def student_loss(nets: Denoisers, config: RCMConfig, x0: torch.Tensor, text: torch.Tensor,
+                 noise: IterationNoise, iteration: int, student_updates: int):
+    """scm_weight L_sCM (eq. 3.4) + dmd_weight L_DMD (eq. 4.3) once the tangent warm-up is over.
+
+    ``iteration`` sets the warm-up ratio (eq. 3.2), ``student_updates`` (the student updates made
+    so far) the rollout length (eq. 4.1). Returns (float64 loss, diagnostics of detached 0-dim
+    tensors). The loss has no graph when no sample gave a finite sCM term and DMD is off.
+    """
+    loss = torch.zeros((), dtype=torch.float64, device=x0.device)
+    diagnostics = {}
+    if config.scm_weight > 0:
+        ratio = tangent_warmup_ratio(iteration, config.tangent_warmup)
+        loss_scm, diag = scm_loss(nets.student, nets.teacher, x0, noise.eps, noise.t_scm, text, ratio)
+        loss = loss + config.scm_weight * loss_scm
+        diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
+    if config.uses_dmd(iteration):
+        rollout = _rollout(nets.student, config, noise, text, student_updates)
+        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, nets.teacher, nets.fake_score)
+        loss = loss + config.dmd_weight * loss_dmd
+        diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})
+    diagnostics["loss/student"] = loss.detach()
+    return loss, diagnostics
+
+
+def critic_loss(nets: Denoisers, config: RCMConfig, text: torch.Tensor, noise: IterationNoise,
+                critic_updates: int):
+    """L_fake (eq. 4.4) on a student rollout made without grad; ``critic_updates`` (the fake-score
+    updates made so far) sets its length. Returns (loss, diagnostics)."""
+    with torch.no_grad():
+        rollout = _rollout(nets.student, config, noise, text, critic_updates)
+    loss, diagnostics = fake_score_loss(rollout, noise.t_dmd, noise.eps_dmd, text, nets.fake_score)
+    diagnostics["loss/fake_score"] = loss.detach()
+    return loss, diagnostics
