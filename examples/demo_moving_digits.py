@@ -28,7 +28,7 @@ GIF_PROMPTS = [(d, d % 8) for d in range(8)]  # (digit, direction) per column
 
 
 def train(work, iters, nproc):
-    from megatron_rcm.data.moving_digits import NEGATIVE_PROMPT_FILE, write_training_data
+    from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, write_training_data
 
     data = work / "data"
     if not (data / NEGATIVE_PROMPT_FILE).exists():

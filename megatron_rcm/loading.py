@@ -5,6 +5,8 @@ import os
 
 from megatron.core import parallel_state
 
+from .save_folder import latest_checkpoint_path
+
 MODELS_KEY = "megatron_rcm_models"  # common-state key: {key prefix: {"class": ..., "config": architecture}}
 
 
@@ -67,8 +69,6 @@ def load_model(path, model_prefix=None, **config_overrides):
     models recorded in a distributed checkpoint. ``config_overrides`` go to ``WanConfig``
     (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
-    from .training.checkpointing import latest_checkpoint_path
-
     path = latest_checkpoint_path(path)
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _load_distributed(path, model_prefix, config_overrides)

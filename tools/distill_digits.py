@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from eval_digits import METRICS, table  # tools/ is this script's directory
 
-from megatron_rcm.data.moving_digits import NEGATIVE_PROMPT_FILE, write_training_data
+from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, write_training_data
 from megatron_rcm.losses.config import RCMConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ so the shards match the shipped teacher.
 
 import argparse
 
-from megatron_rcm.data.moving_digits import write_training_data
+from megatron_rcm.data.toy_text_encoder import write_training_data
 
 
 def main():

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from ..fs import atomic_output_dir
 from ..loading import MODELS_KEY, checkpoint_models
-from ..training.checkpointing import latest_checkpoint_path
 from ..models.wan import config_from_architecture, config_from_diffusers, diffusers_config, wan_parameters
+from ..save_folder import latest_checkpoint_path
 from .tensor_files import CheckpointFileError, TensorInfo
 from .wan_native import ConfigMismatchError, DiffusersTensors, cast_to
 

@@ -11,7 +11,6 @@ deterministic function of (split, seed, index).
 """
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -145,18 +144,3 @@ def write_moving_digits_shards(folder, split: str, num_samples: int, samples_per
                 batch.prompts[i]) for i in range(num_samples))
     return write_shards(folder, samples, samples_per_shard, prefix=split)
 
-
-NEGATIVE_PROMPT_FILE = "negative_prompt.pt"
-
-
-def write_training_data(folder, num_samples: int, samples_per_shard: int = 1024, seed: int = 0):
-    """What ``examples/pretrain_rcm.py`` needs to distil the shipped teacher: train-split shards
-    with the toy text encoder's embeddings, and its negative prompt as ``folder/negative_prompt.pt``
-    (written last: its presence marks complete data). Returns the negative prompt's path."""
-    from .toy_text_encoder import ToyTextEncoder
-
-    encoder = ToyTextEncoder()
-    write_moving_digits_shards(folder, "train", num_samples, samples_per_shard, encoder, seed=seed)
-    negative = os.path.join(folder, NEGATIVE_PROMPT_FILE)
-    torch.save(encoder.negative(), negative)
-    return negative

@@ -3,12 +3,15 @@
 Each word of a closed vocabulary has a fixed random embedding (standard normal, from a seeded
 generator, one row per word in vocabulary order). A prompt is split on spaces; its embedding is
 the words' rows followed by zero rows up to ``length`` (zero padding, as Wan pads umT5 outputs).
-Words outside the vocabulary are an error rather than silently ignored.
+Words outside the vocabulary are an error rather than silently ignored. ``write_training_data``
+writes Moving Digits shards embedded with it, for the shipped teacher.
 """
+
+import os
 
 import torch
 
-from .moving_digits import DIRECTIONS, NUM_DIGITS
+from .moving_digits import DIRECTIONS, NUM_DIGITS, write_moving_digits_shards
 
 NEGATIVE_PROMPT = "a blurry static noisy smudge"
 VOCABULARY = ("a", "moving", *(str(d) for d in range(NUM_DIGITS)), *(name for name, _, _ in DIRECTIONS),
@@ -46,3 +49,17 @@ class ToyTextEncoder:
     def negative(self) -> torch.Tensor:
         """[length, text_dim] embedding of ``NEGATIVE_PROMPT`` (the CFG unconditional branch)."""
         return self.encode(NEGATIVE_PROMPT)
+
+
+NEGATIVE_PROMPT_FILE = "negative_prompt.pt"
+
+
+def write_training_data(folder, num_samples: int, samples_per_shard: int = 1024, seed: int = 0):
+    """What ``examples/pretrain_rcm.py`` needs to distil the shipped teacher: train-split shards
+    with the toy text encoder's embeddings, and its negative prompt as ``folder/negative_prompt.pt``
+    (written last: its presence marks complete data). Returns the negative prompt's path."""
+    encoder = ToyTextEncoder()
+    write_moving_digits_shards(folder, "train", num_samples, samples_per_shard, encoder, seed=seed)
+    negative = os.path.join(folder, NEGATIVE_PROMPT_FILE)
+    torch.save(encoder.negative(), negative)
+    return negative

@@ -1,10 +1,5 @@
-"""Resumable sharded checkpoints: megatron-core distributed checkpoints, written atomically.
-
-Layout under ``save_dir``::
-
-    iter_0000100/        a megatron.core.dist_checkpointing checkpoint (loads at any TP/CP/DP size)
-    iter_0000200/
-    latest_checkpointed_iteration.txt
+"""Resumable sharded checkpoints: megatron-core distributed checkpoints, written atomically into
+a save folder laid out as ``megatron_rcm.save_folder`` describes.
 
 Every rank writes into ``.iter_XXXXXXX.tmp``; only after all ranks finished does rank 0 rename
 it, then replace the tracker file (write + ``os.replace``), then delete the oldest checkpoints
@@ -19,11 +14,8 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-TRACKER = "latest_checkpointed_iteration.txt"
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """No usable checkpoint where one was asked for."""
+from ..save_folder import (TRACKER, CheckpointNotFoundError, checkpoint_name, complete_iterations, is_complete,
+                           latest_iteration)
 
 
 def _barrier():
@@ -33,10 +25,6 @@ def _barrier():
 
 def _is_rank0():
     return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def checkpoint_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
 
 
 class CheckpointManager:
@@ -71,25 +59,11 @@ class CheckpointManager:
 
     def iterations(self):
         """Iterations of the complete checkpoints on disk, oldest first."""
-        if not self.save_dir.exists():
-            return []
-        found = []
-        for p in self.save_dir.iterdir():
-            if p.is_dir() and p.name.startswith("iter_") and (p / "metadata.json").exists():
-                found.append(int(p.name[len("iter_"):]))
-        return sorted(found)
+        return complete_iterations(self.save_dir)
 
     def latest_iteration(self):
         """The tracker's iteration, or None when nothing was saved yet."""
-        tracker = self.save_dir / TRACKER
-        if not tracker.exists():
-            return None
-        iteration = int(tracker.read_text().strip())
-        if not (self.save_dir / checkpoint_name(iteration) / "metadata.json").exists():
-            raise CheckpointNotFoundError(
-                f"{tracker} names iteration {iteration}, but {checkpoint_name(iteration)} is missing or incomplete"
-            )
-        return iteration
+        return latest_iteration(self.save_dir)
 
     def load(self, sharded_state_dict: dict, iteration=None) -> dict:
         """Collective: load into the layout of ``sharded_state_dict`` (this run's TP/CP/DP sizes)."""
@@ -98,14 +72,7 @@ class CheckpointManager:
             if iteration is None:
                 raise CheckpointNotFoundError(f"no checkpoint in {self.save_dir} (no {TRACKER})")
         path = self.save_dir / checkpoint_name(iteration)
-        if not (path / "metadata.json").exists():
+        if not is_complete(path):
             raise CheckpointNotFoundError(f"{path} is not a complete checkpoint")
         return dist_checkpointing.load(sharded_state_dict, str(path))
 
-
-def latest_checkpoint_path(path) -> str:
-    """A save folder (tracker next to ``iter_*``, e.g. ``SAVE`` or ``SAVE/ema_student``) -> its latest
-    complete checkpoint; any other path as it is."""
-    if not os.path.isfile(os.path.join(path, TRACKER)):
-        return str(path)
-    return os.path.join(path, checkpoint_name(CheckpointManager(path).latest_iteration()))

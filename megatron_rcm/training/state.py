@@ -14,8 +14,8 @@
 """
 
 import random
-from pathlib import Path
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,11 +27,11 @@ from ..loading import checkpoint_models
 from ..losses.config import RCMConfig
 from ..models.wan import weight_map
 from ..parallel import set_random_seed
-from .checkpointing import CheckpointManager, checkpoint_name
+from ..save_folder import EMA_EXPORT, checkpoint_name
+from .checkpointing import CheckpointManager
 from .config import TrainingConfig
 from .optimizer import init_state_for_loading, load_optimizer_state
 
-EMA_EXPORT = "ema_student"
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 

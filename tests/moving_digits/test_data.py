@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from megatron_rcm.data.latent_shards import LatentShardDataset
-from megatron_rcm.data.moving_digits import (DIRECTIONS, NEGATIVE_PROMPT_FILE, MovingDigitsSpec, _digits, make_videos,
-                                             prompt_grid, split_indices, write_moving_digits_shards,
-                                             write_training_data)
-from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
+from megatron_rcm.data.moving_digits import (DIRECTIONS, MovingDigitsSpec, _digits, make_videos, prompt_grid,
+                                             split_indices, write_moving_digits_shards)
+from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, ToyTextEncoder, write_training_data
 
 
 def test_split_is_by_source_image_disjoint_and_complete():
