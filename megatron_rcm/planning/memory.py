@@ -1,0 +1,143 @@
+"""Bytes per GPU of one rCM layout: the four networks' states counted exactly, activations per block.
+
+States (``state_bytes``), per rank, from the weight map of the model (``wan_parameters``: which
+tensors TP splits) and the layouts megatron-core and ``training.ema`` give them:
+
+* teacher: its TP shard in the training dtype; frozen (no gradient, no optimizer state);
+* student and fake score: parameters, megatron DDP's fp32 gradient buffer (with the distributed
+  optimizer, padded as megatron pads it), and Adam state: with the distributed optimizer fp32
+  master weights + exp_avg + exp_avg_sq of the rank's 1/(DP x CP) buffer shard (12 bytes a shard
+  element), without it (CPU) exp_avg + exp_avg_sq of every local parameter (8 bytes);
+* EMA: fp32, the rank's 1/(DP x CP) slice of the flattened local parameters (``ShardedPowerEMA``).
+
+Activations (``activation_bytes``) follow the block's saved tensors, with coefficients from the
+Profile: full recompute keeps each block's input and rebuilds one block at a time.
+"""
+
+import math
+from dataclasses import dataclass
+
+from ..models.wan import wan_parameters
+from .profile import Profile
+from .workload import Layout, Workload
+
+GIB = 2**30
+FP32 = 4
+BF16 = 2  # bytes of a bf16 activation or parameter
+# megatron DDP with the distributed optimizer: parameters start at multiples of 64 elements and
+# the buffer ends at a multiple of lcm(DP x CP, 128) (param_and_grad_buffer.py)
+PARAM_ALIGN, BUFFER_ALIGN = 64, 128
+
+
+def local_parameter_numels(config, tp: int) -> list:
+    """Elements of every parameter one TP rank holds, in weight-map order (whose first entry,
+    patch_embedding.weight, is also the module's first parameter)."""
+    return [math.prod(p.global_shape) // (tp if p.tp_axis is not None else 1) for p in wan_parameters(config).values()]
+
+
+def ddp_buffer_numel(numels, dp_cp: int, distributed_optimizer: bool) -> int:
+    """Elements of megatron DDP's gradient (and, with the distributed optimizer, parameter) buffer.
+
+    DDP places parameters in reverse module order, each start padded to 64 elements, and pads the
+    end to lcm(DP x CP, 128) so that every rank's shard has the same size. Only the first
+    parameter (placed last) keeps its unpadded length.
+    """
+    if not distributed_optimizer:
+        return sum(numels)
+    end = sum(math.ceil(n / PARAM_ALIGN) * PARAM_ALIGN for n in numels[1:]) + numels[0]
+    align = math.lcm(dp_cp, BUFFER_ALIGN)
+    return math.ceil(end / align) * align
+
+
+def ema_shard_numel(numels, dp_cp: int) -> int:
+    """Elements of one rank's EMA slice: the local parameters flattened, split evenly over DP x CP."""
+    return math.ceil(sum(numels) / dp_cp)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the networks are stored."""
+
+    param_bytes: int = 2
+    """Bytes per parameter of teacher, student and fake score (bf16 on GPU, 4 for float32)."""
+    distributed_optimizer: bool = True
+    """megatron's DistributedOptimizer (GPU); False: the CPU FP32 optimizer, unsharded."""
+
+
+def state_bytes(config, layout: Layout, precision: Precision = Precision()) -> dict:
+    """{network: {part: bytes}} of one rank, with "where" (gpu/host) per network."""
+    numels = local_parameter_numels(config, layout.tp)
+    local = sum(numels)
+    dp_cp = layout.dp * layout.cp
+    buffer = ddp_buffer_numel(numels, dp_cp, precision.distributed_optimizer)
+    if precision.distributed_optimizer:
+        trainable = {"parameters": buffer * precision.param_bytes, "gradients": buffer * FP32,
+                     "optimizer": 3 * FP32 * buffer // dp_cp}
+    else:
+        trainable = {"parameters": local * precision.param_bytes, "gradients": buffer * FP32,
+                     "optimizer": 2 * FP32 * local}
+    return {
+        "teacher": {"parameters": local * precision.param_bytes,
+                    "where": "host" if layout.offload_teacher else "gpu"},
+        "student": dict(trainable, where="gpu"),
+        "fake_score": dict(trainable, where="gpu"),
+        "ema": {"parameters": FP32 * ema_shard_numel(numels, dp_cp), "where": "host" if layout.offload_ema else "gpu"},
+    }
+
+
+def network_total(parts: dict) -> int:
+    return sum(v for k, v in parts.items() if k != "where")
+
+
+def padded_tokens(tokens: int, layout: Layout) -> int:
+    """Tokens after the model pads them to a multiple of CP x (TP under SP)."""
+    shards = layout.cp * (layout.tp if layout.sp else 1)
+    return math.ceil(tokens / shards) * shards
+
+
+def activation_bytes(config, tokens: int, layout: Layout, profile: Profile, batch: int) -> dict:
+    """Per-rank activation bytes of one block: "saved" (all of its saved tensors, for a backward
+    without recompute) and "checkpoint" (its input, kept under full recompute)."""
+    local = padded_tokens(tokens, layout) / layout.cp
+    stream = local / (layout.tp if layout.sp else 1)
+    d, f, tp = config.hidden_size, config.ffn_hidden_size, layout.tp
+    saved = batch * (stream * profile.activation_outer_bytes * d
+                     + local * (profile.activation_inner_bytes * d + profile.activation_ffn_bytes * f) / tp)
+    return {"saved": saved, "checkpoint": batch * stream * d * BF16}
+
+
+def training_graph_bytes(config, tokens, layout, profile, batch, graphs: int) -> float:
+    """Peak activation bytes of a backward with ``graphs`` student-sized graphs alive at once."""
+    block = activation_bytes(config, tokens, layout, profile, batch)
+    layers = config.num_layers
+    per_graph = layers * (block["checkpoint"] if layout.recompute == "full" else block["saved"])
+    return graphs * per_graph + profile.backward_working_factor * block["saved"]
+
+
+def peak_memory(workload: Workload, layout: Layout, profile: Profile, config=None,
+                precision: Precision = Precision()) -> dict:
+    """Predicted peak allocated bytes per GPU, its parts, and the host bytes per rank."""
+    config = config or workload.config()
+    tokens = workload.tokens(config)
+    states = state_bytes(config, layout, precision)
+    on_gpu = sum(network_total(p) for p in states.values() if p["where"] == "gpu")
+    on_host = sum(network_total(p) for p in states.values() if p["where"] == "host")
+    b = workload.micro_batch_size
+    # a student iteration backpropagates the sCM student pass and the DMD rollout's last step together
+    student = training_graph_bytes(config, tokens, layout, profile, b, graphs=2)
+    critic = training_graph_bytes(config, tokens, layout, profile, b, graphs=1)
+    if layout.offload_teacher:  # the teacher is resident during its calls, with the rollout's graph alive
+        student = max(student, states["teacher"]["parameters"]
+                      + training_graph_bytes(config, tokens, layout, profile, b, graphs=1))
+    dp_cp = layout.dp * layout.cp
+    numels = local_parameter_numels(config, layout.tp)
+    # torch's foreach AdamW holds one fp32 temporary per state shard; an offloaded EMA visits the GPU
+    optimizer_step = FP32 * ddp_buffer_numel(numels, dp_cp, precision.distributed_optimizer) // dp_cp
+    ema_visit = states["ema"]["parameters"] if layout.offload_ema else 0
+    # sequence parallelism all-gathers into megatron's global buffer, which stays allocated
+    sp_buffer = (2 * b * padded_tokens(tokens, layout) / layout.cp * config.hidden_size * BF16
+                 if layout.sp else 0)
+    transient = max(student, critic, optimizer_step, ema_visit)
+    return {"peak": on_gpu + sp_buffer + transient, "states_gpu": on_gpu, "states_host": on_host,
+            "activations_student": student, "activations_critic": critic, "sp_buffer": sp_buffer,
+            "optimizer_step": optimizer_step, "networks": states}

@@ -1,0 +1,138 @@
+"""Which parallel layouts fit an rCM run on a cluster, how much memory each needs and how fast it runs.
+
+    python tools/plan.py --model wan2.1-t2v-14b --gpus 8 --gpu-memory-gib 80 --height 480 --width 832 --frames 81
+    python tools/plan.py ... --json                    # one JSON object: {"layouts": [...], ...}
+    python tools/plan.py ... --calibrate --profile h200.json   # measure this GPU first (CUDA), then plan
+    python tools/plan.py ... --profile h200.json       # plan with a measured profile
+
+Lists the layouts that fit (TP, CP and its mode, SP, DP, recompute, offloads), fastest first,
+with the predicted peak memory per GPU and seconds per student and critic iteration. When none
+fits it says so, names the smallest cluster of such GPUs that would, and exits with status 1.
+Impossible requests (heads not divisible by --tp, too many CP ranks for the tokens, more GPUs than
+a fixed global batch can use) are refused with one line (status 2). The models are described in
+docs/planning.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_rcm.models.wan import PRESETS  # noqa: E402
+from megatron_rcm.planning import (  # noqa: E402
+    DEFAULT_PROFILE, Cluster, Constraints, PlanError, Workload, load_profile, plan, save_profile, smallest_cluster,
+    usable_gib)
+
+COLUMNS = ("tp", "cp", "cp_mode", "sp", "dp", "recompute", "offload_ema", "offload_teacher", "peak_memory_gib",
+           "student_seconds", "critic_seconds", "samples_per_second", "model_tflops_per_gpu")
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=sorted(PRESETS), help="Wan preset")
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--gpu-memory-gib", type=float, required=True)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=None, help="nodes the GPUs are spread over (default: 8 GPUs a node)")
+    p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
+    p.add_argument("--student-update-freq", type=int, default=5)
+    p.add_argument("--tp", type=int, default=None, help="fix the tensor-parallel size")
+    p.add_argument("--cp", type=int, default=None, help="fix the context-parallel size")
+    p.add_argument("--cp-mode", choices=["a2a", "p2p"], default=None)
+    p.add_argument("--global-batch-size", type=int, default=None, help="fix DP = global batch / micro batch")
+    p.add_argument("--top", type=int, default=10, help="layouts printed (all with --json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--profile", type=Path, help="profile JSON (written by --calibrate); default: H200 figures")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure a few layers of this width on the local GPU(s) first, write --profile")
+    p.add_argument("--calibration-layers", type=int, default=2)
+    p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
+    return p
+
+
+def _cluster(args):
+    per_node = 8
+    if args.nodes is not None:
+        if args.nodes < 1 or args.gpus % args.nodes:
+            raise PlanError(f"--gpus {args.gpus} must be a multiple of --nodes {args.nodes}")
+        per_node = args.gpus // args.nodes
+    return Cluster(args.gpus, args.gpu_memory_gib, gpus_per_node=per_node)
+
+
+def _profile(args, workload):
+    if args.calibrate:
+        if args.profile is None:
+            raise PlanError("--calibrate needs --profile FILE to write the measurements to")
+        from megatron_rcm.planning.calibrate import calibrate
+
+        profile = calibrate(workload, layers=args.calibration_layers)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes and plans
+            save_profile(profile, args.profile)
+        return profile
+    if args.profile is None:
+        return DEFAULT_PROFILE
+    if not args.profile.is_file():
+        raise PlanError(f"--profile {args.profile} does not exist; write it with --calibrate")
+    return load_profile(args.profile)
+
+
+def _table(rows):
+    lines = ["  ".join(f"{c:>10}" for c in COLUMNS)]
+    lines += ["  ".join(f"{str(r[c]):>10}" for c in COLUMNS) for r in rows]
+    return "\n".join(lines)
+
+
+def run(args):
+    workload = Workload(args.model, args.height, args.width, args.frames, args.micro_batch_size,
+                        num_layers=args.num_layers, student_update_freq=args.student_update_freq)
+    cluster = _cluster(args)
+    constraints = Constraints(args.tp, args.cp, args.cp_mode, args.global_batch_size)
+    profile = _profile(args, workload)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    rows = plan(workload, cluster, profile, constraints)
+    fitting = [r for r in rows if r["fits"]]
+    smallest = None if fitting else smallest_cluster(workload, cluster, profile, constraints)
+    if args.json:
+        print(json.dumps({"model": args.model, "gpus": args.gpus, "gpu_memory_gib": args.gpu_memory_gib,
+                          "tokens_per_sample": workload.tokens(workload.config()), "profile": profile.device,
+                          "fits": bool(fitting), "layouts": fitting,
+                          "least_memory": None if fitting else min(rows, key=lambda r: r["peak_memory_gib"]),
+                          "smallest_cluster": smallest}))
+        return 0 if fitting else 1
+    print(f"{args.model}, {args.height}x{args.width}x{args.frames}, {args.gpus} x {args.gpu_memory_gib:g} GiB "
+          f"(profile: {profile.device})")
+    if fitting:
+        print(_table(fitting[:args.top]))
+        print(f"best: {' '.join(fitting[0]['flags'])}")
+        return 0
+    least = min(rows, key=lambda r: r["peak_memory_gib"])
+    print(f"nothing fits: the leanest layout ({' '.join(least['flags'])}) needs {least['peak_memory_gib']} GiB "
+          f"per GPU, {usable_gib(cluster):.1f} GiB are usable")
+    if smallest:
+        print(f"smallest cluster of {args.gpu_memory_gib:g} GiB GPUs that fits: {smallest['gpus']} GPUs, "
+              f"TP {smallest['tp']} x CP {smallest['cp']} x DP {smallest['dp']} ({smallest['peak_memory_gib']} GiB)")
+    else:
+        print(f"no cluster of {args.gpu_memory_gib:g} GiB GPUs up to 4096 GPUs fits")
+    return 1
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except (PlanError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
