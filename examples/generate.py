@@ -151,7 +151,8 @@ def generate(args, folder):
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
 
-    config, size, prompts = sampling_config(args), VideoSize(args.num_frames, args.height, args.width), read_prompts(args)
+    config, prompts = sampling_config(args), read_prompts(args)
+    size = VideoSize(args.num_frames, args.height, args.width)
     device = current_device()
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     args.dtype = str(dtype).removeprefix("torch.")

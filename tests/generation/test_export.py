@@ -60,15 +60,6 @@ def test_folder_loads_and_shares_the_base_components(exported):
     assert "rcm_generate(pipe" in (folder / "README.md").read_text()
 
 
-def _card_call(folder):
-    """The model card's code up to its example lines: defines RCM_SCHEDULES and rcm_generate."""
-    card = (folder / "README.md").read_text()
-    code = card.split("```python\n", 1)[1].split("```", 1)[0]
-    namespace = {}
-    exec(code.split("\npipe = WanPipeline.from_pretrained", 1)[0], namespace)
-    return namespace["rcm_generate"]
-
-
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_card_call_reproduces_generate(steps, exported, tmp_path):
     from diffusers import WanPipeline
@@ -81,8 +72,9 @@ def test_card_call_reproduces_generate(steps, exported, tmp_path):
 
     pipe = WanPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    latents = _card_call(folder)(pipe, PROMPT, steps=steps, seed=seed, height=32, width=32, num_frames=5,
-                                 output_type="latent")
+    rcm_generate = script("tools/compare_pipeline_call.py").card_call(folder)  # the model card's code
+    latents = rcm_generate(pipe, PROMPT, steps=steps, seed=seed, height=32, width=32, num_frames=5,
+                           output_type="latent")
     assert latents.shape == expected.shape and expected.std() > 0.1
     # float32: two implementations of the transformer and of the step arithmetic, equal to rounding
     torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
@@ -102,3 +94,17 @@ def test_errors_are_one_line(exported, tmp_path, capsys):
         assert err[-1].startswith("convert_checkpoint: error:") and message in err[-1], err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert _convert(*base_args, "--pipeline", tiny_wan_pipeline(), "--output", folder, "--force") == 0
+
+
+def test_compare_tool_reports_the_card_call_and_the_stock_gaps(exported, tmp_path, capsys):
+    student, folder = exported
+    assert generate("--pipeline", tiny_wan_pipeline(), "--checkpoint", student, "--prompt", PROMPT, *SIZE,
+                    "--steps", 2, "--seed", 9, "--output", tmp_path / "out", "--save-latents") == 0
+    capsys.readouterr()
+    script("tools/compare_pipeline_call.py").main(["--pipeline", str(folder), "--videos", str(tmp_path / "out"),
+                                                   "--stock-variants"])
+    rows = [line.split("|")[3:6] for line in capsys.readouterr().out.splitlines() if "| 2 |" in line]
+    ratio = {call.strip(): float(relative) for call, _, relative in rows}
+    assert ratio["model card"] < 1e-5
+    # the stock pipeline without the bound sigmas or generator is a different sampler
+    assert ratio["without sigmas"] > 0.1 and ratio["without generator"] > 0.1
