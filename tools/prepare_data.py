@@ -23,9 +23,13 @@ Exit status: 0 when every item became a sample, 3 when some were skipped (--stri
 import argparse
 import io
 import sys
+import warnings
 from pathlib import Path
 
 import torch
+
+# megatron-core says so at import; this tool uses neither
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 EXIT_SKIPPED = 3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -97,14 +101,21 @@ def _items(args):
     return prepare.list_prompts(args.prompts)
 
 
-def _check_size(args, vae, patch_size):
-    from megatron_rcm.data.prepare import PrepareError
-    from megatron_rcm.generation import GenerationError, VideoSize
+def _check_size(args, patch_size):
+    """Raises unless the pipeline's VAE gives latents of this video size that ``patch_size`` divides."""
+    from megatron_rcm.encoders import vae_geometry
+    from megatron_rcm.generation import VideoSize
 
-    try:
-        VideoSize(args.num_frames, args.height, args.width).check(vae.spatial_stride, vae.temporal_stride, patch_size)
-    except GenerationError as e:
-        raise PrepareError(str(e)) from None
+    _, spatial_stride, temporal_stride = vae_geometry(args.pipeline)
+    VideoSize(args.num_frames, args.height, args.width).check(spatial_stride, temporal_stride, patch_size)
+
+
+def _pipeline_patch_size(pipeline):
+    """The patch size of the pipeline's transformer, which latents for it must divide into."""
+    import json
+
+    config = Path(pipeline) / "transformer" / "config.json"
+    return tuple(json.loads(config.read_text())["patch_size"]) if config.is_file() else (1, 1, 1)
 
 
 def _settings(args, items):
@@ -157,7 +168,7 @@ def _teacher_samples(args, vae, text_encoder, negative, device):
         raise PrepareError(f"--teacher takes {model.config.in_channels} latent channels and text dim "
                            f"{model.config.text_dim}; --pipeline's VAE gives {vae.latent_channels} and its text "
                            f"encoder {text_encoder.text_dim}")
-    _check_size(args, vae, model.config.patch_size)
+    _check_size(args, model.config.patch_size)
     config = SamplingConfig(teacher_steps=args.steps, guidance_scale=args.guidance_scale,
                             teacher_sampler=args.sampler, shift=args.shift)
     shape = vae.latent_shape(args.num_frames, args.height, args.width)
@@ -186,7 +197,6 @@ def _prepare(args, items):
         if args.prompts:
             make_sample = _teacher_samples(args, vae, text_encoder, negative, device)
         else:
-            _check_size(args, vae, (1, 1, 1))
             make_sample = VideoSamples(vae, text_encoder, (args.num_frames, args.height, args.width))
         if is_rank0:
             _save_tensor(Path(args.output) / NEGATIVE_FILE, negative)
@@ -226,14 +236,19 @@ def _negative_only(args):
 
 
 def run(args):
+    from transformers.utils import logging as transformers_logging
+
     from megatron_rcm.encoders import check_pipeline_folder
 
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars: stderr is for errors
     _check_flags(args)
     needed = ["vae", "text_encoder", "tokenizer"] if (args.videos or args.manifest or args.prompts) else \
         ["text_encoder", "tokenizer"]
     check_pipeline_folder(args.pipeline, needed)
     if not (args.videos or args.manifest or args.prompts):
         return _negative_only(args)
+    # the teacher's patch size is checked once it is loaded
+    _check_size(args, (1, 1, 1) if args.prompts else _pipeline_patch_size(args.pipeline))
     items = _items(args)
     is_rank0, done_before = _prepare(args, items)
     return _report(args, items, done_before) if is_rank0 else 0
@@ -243,7 +258,7 @@ def main(argv=None):
     from megatron_rcm.data.prepare import PrepareError
     from megatron_rcm.encoders import PipelineFolderError
     from megatron_rcm.generation import GenerationError
-    from megatron_rcm.parallel import ParallelSizeError
+    from megatron_rcm.parallel.config import ParallelSizeError
 
     args = parse_args(argv)
     try:

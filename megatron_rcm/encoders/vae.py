@@ -54,6 +54,17 @@ class WanVAE:
         return self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
 
 
+def vae_geometry(pipeline_dir) -> tuple:
+    """(latent_channels, spatial_stride, temporal_stride) of a pipeline folder's VAE, from its config
+    with diffusers' defaults filled in, without reading the weights."""
+    from diffusers import AutoencoderKLWan
+
+    folder = check_pipeline_folder(pipeline_dir, ["vae"])
+    with torch.device("meta"):
+        config = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder / "vae")).config
+    return config.z_dim, config.scale_factor_spatial, config.scale_factor_temporal
+
+
 def load_vae(pipeline_dir, dtype=torch.float32, device="cpu", tiling=False) -> WanVAE:
     """The ``vae/`` of a diffusers Wan pipeline folder. ``tiling`` encodes and decodes in
     overlapping spatial tiles, one video of a batch at a time (diffusers' tiling and slicing): what

@@ -1,0 +1,187 @@
+"""tools/prepare_data.py on bad input: a bad item is skipped and reported with its reason (the
+exit status says so; --strict stops), a bad command stops with one line naming what to change."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from megatron_rcm.data.latent_shards import LatentShardDataset
+from tests.wan_pipeline import tiny_wan_pipeline
+
+from .video_files import ROOT, captioned_video, prepare_tool, random_frames, write_video
+
+SIZE = ["--height", "16", "--width", "16", "--num-frames", "9"]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return tiny_wan_pipeline()
+
+
+@pytest.fixture(scope="module")
+def bad_videos(tmp_path_factory):
+    """One good video and one of each kind of bad item, with the reason each must be skipped for."""
+    folder = tmp_path_factory.mktemp("bad_videos")
+    frames = random_frames(9, 16, 16, seed=1)
+    captioned_video(folder, "a_good.mp4", frames, "a red fox runs")
+    (folder / "b_garbage.mp4").write_bytes(b"this is not a video file " * 20)
+    (folder / "b_garbage.txt").write_text("garbage")
+    whole = write_video(folder / "whole.mp4", frames).read_bytes()
+    (folder / "whole.mp4").unlink()
+    (folder / "c_truncated.mp4").write_bytes(whole[:len(whole) // 2])
+    (folder / "c_truncated.txt").write_text("cut in half")
+    captioned_video(folder, "d_short.webm", frames[:5], "five frames")
+    captioned_video(folder, "e_no_caption.gif", frames, None)
+    captioned_video(folder, "f_empty_caption.mov", frames, " \n\t ")
+    captioned_video(folder, "g_latin1.mp4", frames, None).with_suffix(".txt").write_bytes("caf\xe9".encode("latin-1"))
+    (folder / "notes.md").write_text("not a video: ignored")
+    reasons = {
+        "b_garbage.mp4": "unreadable video (",
+        "c_truncated.mp4": "unreadable video (",
+        "d_short.webm": "too few frames (5, --num-frames 9)",
+        "e_no_caption.gif": "no caption file beside the video (e_no_caption.txt)",
+        "f_empty_caption.mov": "caption file is empty (f_empty_caption.txt)",
+        "g_latin1.mp4": "caption file is not UTF-8 text (g_latin1.txt)",
+    }
+    return folder, reasons
+
+
+def _main(argv, capsys):
+    code = prepare_tool().main([*argv, "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bad_items_are_skipped_with_their_reason(pipeline, bad_videos, tmp_path, capsys):
+    folder, reasons = bad_videos
+    out = tmp_path / "out"
+    code, stdout, _ = _main(["--pipeline", str(pipeline), "--videos", str(folder), "--output", str(out), *SIZE],
+                            capsys)
+    assert code == 3, stdout
+    assert "wrote 1 of 7 samples" in stdout and "6 items skipped" in stdout
+    records = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    got = {record["source"].rsplit("/", 1)[1]: record for record in records}
+    assert sorted(got) == sorted(reasons)
+    for name, reason in reasons.items():
+        assert got[name]["action"] == "skipped" and got[name]["reason"].startswith(reason), got[name]
+    assert "Traceback" not in got["b_garbage.mp4"]["reason"] and "\n" not in got["b_garbage.mp4"]["reason"]
+    data = LatentShardDataset(out)
+    assert len(data) == 1 and data[0]["prompt"] == "a red fox runs" and data[0]["key"] == "00000000"
+
+
+def test_strict_stops_at_the_first_skip(pipeline, bad_videos, tmp_path, capsys):
+    folder, _ = bad_videos
+    code, _, err = _main(["--pipeline", str(pipeline), "--videos", str(folder), "--output", str(tmp_path / "o"),
+                          *SIZE, "--strict"], capsys)
+    assert code == 1
+    assert err.startswith("prepare_data: error: --strict: ") and "b_garbage.mp4: unreadable video (" in err
+    assert err.count("\n") == 1
+    assert not list((tmp_path / "o").glob("*.tar"))
+
+
+def test_manifest_items(pipeline, tmp_path, capsys):
+    frames = random_frames(9, 16, 16, seed=2)
+    (tmp_path / "clips").mkdir()
+    write_video(tmp_path / "clips" / "one.mp4", frames)
+    lines = [{"video": "clips/one.mp4", "caption": "a child flies a kite"},
+             {"video": "clips/missing.mp4", "caption": "gone"},
+             {"video": "clips/one.mp4", "caption": "   "}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    code, stdout, _ = _main(["--pipeline", str(pipeline), "--manifest", str(tmp_path / "m.jsonl"),
+                             "--output", str(tmp_path / "o"), *SIZE], capsys)
+    assert code == 3 and "wrote 1 of 3 samples" in stdout
+    records = [json.loads(line) for line in (tmp_path / "o" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["reason"]) for r in records] == [("00000001", "video file not found"),
+                                                          ("00000002", "empty caption")]
+
+
+def _pipeline_without(pipeline, tmp_path, component):
+    copy = tmp_path / "pipeline"
+    shutil.copytree(pipeline, copy)
+    shutil.rmtree(copy / component)
+    return copy
+
+
+@pytest.mark.parametrize("make_argv, message", [
+    (lambda p, t: ["--pipeline", str(t / "nope"), "--videos", str(t), "--output", str(t / "o"), *SIZE],
+     "pipeline folder .*/nope does not exist"),
+    (lambda p, t: ["--pipeline", str(_pipeline_without(p, t, "text_encoder")), "--videos", str(t),
+                   "--output", str(t / "o"), *SIZE], "has no text_encoder/ folder"),
+    (lambda p, t: ["--pipeline", str(p / "transformer"), "--videos", str(t), "--output", str(t / "o"), *SIZE],
+     "is the folder of one model .WanTransformer3DModel., not a pipeline"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t / "nope"), "--output", str(t / "o"), *SIZE],
+     "--videos .*/nope is not a folder"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), *SIZE],
+     r"--videos .* holds no videos \(.mp4, .webm, .mov, .gif\)"),
+    (lambda p, t: ["--pipeline", str(p), "--manifest", str(t / "m.jsonl"), "--output", str(t / "o"), *SIZE],
+     "--manifest .*m.jsonl cannot be read"),
+    (lambda p, t: ["--pipeline", str(p), "--prompts", str(t / "p.txt"), "--teacher", str(p), "--output",
+                   str(t / "o"), *SIZE], "--prompts .*p.txt cannot be read"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), "--height", "16",
+                   "--width", "16", "--num-frames", "10"],
+     r"--num-frames 10 must be 1 \+ a multiple of the VAE's temporal stride 4"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), "--height", "24",
+                   "--width", "16", "--num-frames", "9"],
+     r"--height 24 is not a positive multiple of 16 \(VAE stride 8 x patch size 2\)"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), "--num-frames", "9"],
+     "--height --width needed to prepare shards"),
+    (lambda p, t: ["--pipeline", str(p), "--prompts", str(t), "--output", str(t / "o"), *SIZE],
+     "--teacher needed to prepare shards"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--teacher", str(p), "--output", str(t / "o"), *SIZE],
+     "--teacher samples the prompts of --prompts"),
+    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), *SIZE,
+                   "--samples-per-shard", "0"], "--samples-per-shard must be positive, got 0"),
+    (lambda p, t: ["--pipeline", str(p), "--output", str(t / "negative.bin")],
+     "pass --videos, --manifest or --prompts to prepare shards, or --output FILE.pt"),
+], ids=["no-pipeline", "no-text-encoder", "model-folder", "no-videos-folder", "empty-videos-folder",
+        "no-manifest", "no-prompts", "frames", "height", "no-size", "no-teacher", "teacher-without-prompts",
+        "samples-per-shard", "negative-not-pt"])
+def test_bad_commands_stop_with_one_line(pipeline, tmp_path, capsys, make_argv, message):
+    code, _, err = _main(make_argv(pipeline, tmp_path), capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("prepare_data: error: "), err
+    assert re.search(message, err), err
+
+
+def test_bad_manifest_line_is_named(pipeline, tmp_path, capsys):
+    (tmp_path / "m.jsonl").write_text('{"video": "a.mp4", "caption": "ok"}\n{"video": "b.mp4"}\n')
+    code, _, err = _main(["--pipeline", str(pipeline), "--manifest", str(tmp_path / "m.jsonl"),
+                          "--output", str(tmp_path / "o"), *SIZE], capsys)
+    assert code == 1 and "m.jsonl line 2 is not a JSON object with string 'video' and 'caption' fields" in err
+
+
+def test_output_prepared_with_other_settings_or_by_another_tool(pipeline, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    captioned_video(folder, "a.mp4", random_frames(9, 32, 32, seed=3), "a red fox")
+    argv = ["--pipeline", str(pipeline), "--videos", str(folder), "--output", str(tmp_path / "o")]
+    assert _main([*argv, *SIZE], capsys)[0] == 0
+    code, _, err = _main([*argv, "--height", "32", "--width", "16", "--num-frames", "9"], capsys)
+    assert code == 1 and "holds data prepared with other settings (height: 16, now 32)" in err
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "data-0.tar").write_bytes(b"")
+    code, _, err = _main([*argv[:-1], str(tmp_path / "foreign"), *SIZE], capsys)
+    assert code == 1 and "holds shards that this tool did not record" in err
+
+
+def test_parallel_sizes_that_do_not_fit(pipeline, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    code, _, err = _main(["--pipeline", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "--teacher",
+                          str(pipeline), "--output", str(tmp_path / "o"), *SIZE, "--tensor-model-parallel-size",
+                          "2"], capsys)
+    assert code == 1 and "world size 1 is not divisible by tensor (2)" in err
+
+
+def test_error_line_on_the_command_line_and_debug_traceback(pipeline, tmp_path):
+    argv = [sys.executable, str(ROOT / "tools" / "prepare_data.py"), "--pipeline", str(pipeline), "--videos",
+            str(tmp_path), "--output", str(tmp_path / "o"), *SIZE]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"prepare_data: error: --videos {tmp_path} holds no videos "
+                                                  "(.mp4, .webm, .mov, .gif)"]
+    debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "PrepareError" in debug.stderr
