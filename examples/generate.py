@@ -56,9 +56,10 @@ def parse_args(argv=None):
     g.add_argument("--height", type=int, default=480)
     g.add_argument("--width", type=int, default=832)
     g.add_argument("--num-frames", type=int, default=81)
-    g.add_argument("--sigma-max", type=float, default=DEFAULT_SIGMA_MAX, help="student: first step at arctan(this)")
-    g.add_argument("--mid-times", type=float, nargs="+", default=list(DEFAULT_MID_TIMES),
-                   help="student: TrigFlow times of the later steps")
+    g.add_argument("--sigma-max", type=float, help="student: first step at arctan(this) (default: what the "
+                   f"checkpoint records, else {DEFAULT_SIGMA_MAX})")
+    g.add_argument("--mid-times", type=float, nargs="+", help="student: TrigFlow times of the later steps "
+                   f"(default: what the checkpoint records, else {' '.join(map(str, DEFAULT_MID_TIMES))})")
     g.add_argument("--teacher-steps", type=int, default=0, help="teacher mode: this many multi-step sampler steps")
     g.add_argument("--guidance-scale", type=float, default=5.0, help="teacher mode: CFG scale")
     g.add_argument("--negative-prompt", default="", help="teacher mode: the unconditional branch's prompt")
@@ -75,6 +76,22 @@ def parse_args(argv=None):
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--debug", action="store_true", help="full tracebacks")
     return parser.parse_args(argv)
+
+
+def recorded_settings(args):
+    """Fill --sigma-max / --mid-times from the checkpoint's record (a training run's ema_student), else defaults."""
+    from megatron_rcm.loading import recorded_sampler
+
+    if not Path(args.checkpoint).exists():
+        raise GenerationError(f"--checkpoint {args.checkpoint} does not exist")
+    try:
+        recorded = recorded_sampler(args.checkpoint) if args.sigma_max is None or args.mid_times is None else {}
+    except (OSError, ValueError) as e:
+        raise GenerationError(f"--checkpoint {args.checkpoint}: {e}") from None
+    if args.sigma_max is None:
+        args.sigma_max = float(recorded.get("sigma_max", DEFAULT_SIGMA_MAX))
+    if args.mid_times is None:
+        args.mid_times = list(recorded.get("mid_times", DEFAULT_MID_TIMES))
 
 
 def sampling_config(args) -> SamplingConfig:
@@ -100,8 +117,6 @@ def read_prompts(args) -> list:
 def load_transformer(args, dtype, device):
     from megatron_rcm import load_model
 
-    if not Path(args.checkpoint).exists():
-        raise GenerationError(f"--checkpoint {args.checkpoint} does not exist")
     try:
         model = load_model(args.checkpoint, model_prefix=args.megatron_prefix, params_dtype=dtype,
                            cp_comm_type=args.cp_comm_type, use_cpu_initialization=device.type == "cpu")
@@ -192,6 +207,7 @@ def run(args):
     output = Path(args.output)
     if output.exists() and not args.force:
         raise OutputExistsError(f"--output {output} exists; choose another folder or pass --force")
+    recorded_settings(args)
     sampling_config(args)
     read_prompts(args)
     check_pipeline_folder(args.pipeline, ["vae", "text_encoder", "tokenizer"])

@@ -8,6 +8,7 @@ from megatron.core import parallel_state
 from .save_folder import latest_checkpoint_path
 
 MODELS_KEY = "megatron_rcm_models"  # common-state key: {key prefix: {"class": ..., "config": architecture}}
+SAMPLER_KEY = "sampler"  # common-state key of a student export: {"sigma_max": ..., "mid_times": [...]}
 
 
 def _world_sizes():
@@ -33,6 +34,17 @@ def checkpoint_models(models: dict) -> dict:
 
     return {MODELS_KEY: {prefix: {"class": "WanModel", "config": architecture(config)}
                          for prefix, config in models.items()}}
+
+
+def recorded_sampler(path) -> dict:
+    """The few-step sampler settings a Megatron checkpoint records under ``SAMPLER_KEY`` (a training
+    run's ``ema_student`` export does), or {} for any other checkpoint."""
+    from megatron.core import dist_checkpointing
+
+    path = latest_checkpoint_path(path)
+    if not os.path.isfile(os.path.join(path, "metadata.json")):
+        return {}
+    return dict(dist_checkpointing.load_common_state_dict(path).get(SAMPLER_KEY) or {})
 
 
 def _load_distributed(path, prefix, config_overrides):

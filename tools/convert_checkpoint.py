@@ -26,6 +26,7 @@ from megatron_rcm.convert.wan_keys import UnknownKeyError
 from megatron_rcm.convert.wan_native import ConfigMismatchError
 from megatron_rcm.encoders import PipelineFolderError
 from megatron_rcm.fs import OutputExistsError
+from megatron_rcm.loading import recorded_sampler
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_ERRORS = (CheckpointFileError, ConfigMismatchError, ConversionRequestError, UnknownKeyError, OutputExistsError,
@@ -79,8 +80,9 @@ def _export_pipeline(args):
     if args.tensor_parallel_size != 1:
         raise ConversionRequestError("--tensor-parallel-size applies only to a megatron output")
     tensors = open_checkpoint(args.source, args.input, args.megatron_prefix)
+    sampler = recorded_sampler(args.input) if args.source == "megatron" else {}
     write_diffusers_pipeline(tensors, args.pipeline, args.output, DTYPES.get(args.dtype), args.overwrite,
-                             not args.no_progress)
+                             not args.no_progress, **sampler)
 
 
 if __name__ == "__main__":

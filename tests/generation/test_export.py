@@ -7,13 +7,16 @@ import os
 import pytest
 import torch
 
-from megatron_rcm.convert.api import convert_checkpoint
+from megatron_rcm import load_model
+from megatron_rcm.loading import SAMPLER_KEY, checkpoint_models
+from megatron_rcm.parallel import parallel_context
 from tests.wan_pipeline import TINY_TRANSFORMER, TINY_UMT5, TINY_VAE, tiny_wan_pipeline
 
 from .common import SIZE, generate, saved_latents, script
 
 PROMPT = "two cats sleep on a warm windowsill"
 COPIED = ("vae", "text_encoder", "tokenizer")
+RECORDED = {"sigma_max": 40.0, "mid_times": [1.45, 1.2, 0.9]}  # not the defaults: both tools must read them
 
 
 def _convert(*argv) -> int:
@@ -21,8 +24,10 @@ def _convert(*argv) -> int:
 
 
 def _student(folder):
-    """A student unlike the base transformer, as a training run exports it (a Megatron checkpoint)."""
+    """A student unlike the base transformer, as a training run exports it: a Megatron checkpoint
+    that records its model and the sampler settings it was trained for."""
     from diffusers import WanTransformer3DModel
+    from megatron.core import dist_checkpointing
 
     torch.manual_seed(4)
     model = WanTransformer3DModel(**TINY_TRANSFORMER, in_channels=TINY_VAE["z_dim"], out_channels=TINY_VAE["z_dim"],
@@ -31,7 +36,12 @@ def _student(folder):
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(folder / "student_diffusers")
-    convert_checkpoint("diffusers", "megatron", folder / "student_diffusers", folder / "student", progress=False)
+    with parallel_context():
+        megatron = load_model(folder / "student_diffusers")
+        state = megatron.sharded_state_dict(prefix="model.")
+        state.update(checkpoint_models({"model.": megatron.config}), **{SAMPLER_KEY: RECORDED})
+        (folder / "student").mkdir()
+        dist_checkpointing.save(state, str(folder / "student"))
     return folder / "student"
 
 
@@ -56,7 +66,8 @@ def test_folder_loads_and_shares_the_base_components(exported):
             assert os.path.samefile(path, folder / name / path.name), path
     assert json.loads((base / "model_index.json").read_text())["scheduler"][1] == "UniPCMultistepScheduler"
     record = json.loads((folder / "rcm_sampler.json").read_text())
-    assert sorted(record["schedules"]) == ["1", "2", "3", "4"] and record["sigma_max"] == 80.0
+    assert sorted(record["schedules"]) == ["1", "2", "3", "4"]
+    assert {k: record[k] for k in RECORDED} == RECORDED
     assert "rcm_generate(pipe" in (folder / "README.md").read_text()
 
 
@@ -69,6 +80,8 @@ def test_card_call_reproduces_generate(steps, exported, tmp_path):
     assert generate("--pipeline", tiny_wan_pipeline(), "--checkpoint", student, "--prompt", PROMPT, *SIZE,
                     "--steps", steps, "--seed", seed, "--output", tmp_path / "out", "--save-latents") == 0
     expected = saved_latents(tmp_path / "out")[0]
+    sidecar = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert {k: sidecar[k] for k in RECORDED} == RECORDED
 
     pipe = WanPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
