@@ -11,11 +11,15 @@
 #   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2, DP4
 #   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, then bench_wan.py's 1-GPU
 #                                  # JVP ratio and bench_attention.py's first-call time, one after the other
+#   bash tools/gpu_runs.sh generate    # tools/bench_generate.py on 1 GPU: 4-step student vs 50-step CFG teacher
+#   bash tools/gpu_runs.sh generate2   # the same with the transformer at TP=2, then at CP=2 (2 GPUs)
+#                                      # (both need transformers for UMT5: its wheel in .whl/ if not installed)
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|train|kernel) ;; *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|train|kernel|generate|generate2) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel|generate|generate2" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -114,5 +118,18 @@ kernel)
   grep -A24 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
   grep "tuned for" "$OUT/wan_1gpu.log"; grep -A8 "^Wan " "$OUT/wan_1gpu.log" || tail -5 "$OUT/wan_1gpu.log"
   tail -6 "$OUT/bench_attention.log"
+  ;;
+generate)
+  CUDA_VISIBLE_DEVICES=0 timeout 560 python3 tools/bench_generate.py --json "$OUT/generate_1gpu.json" \
+    > "$OUT/generate_1gpu.log" 2>&1
+  grep -A9 "^| stage" "$OUT/generate_1gpu.log" || tail -5 "$OUT/generate_1gpu.log"
+  ;;
+generate2)
+  for layout in "--tp 2" "--cp 2"; do
+    name=$(echo $layout | tr -d ' -')
+    CUDA_VISIBLE_DEVICES=0,1 timeout 280 $TORCHRUN tools/bench_generate.py $layout --json "$OUT/generate_$name.json" \
+      > "$OUT/generate_$name.log" 2>&1
+    grep -A9 "^| stage" "$OUT/generate_$name.log" || tail -5 "$OUT/generate_$name.log"
+  done
   ;;
 esac
