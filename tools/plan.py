@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_rcm import cli  # noqa: E402
 from megatron_rcm.models.wan import PRESETS  # noqa: E402
 from megatron_rcm.planning import (  # noqa: E402
     DEFAULT_PROFILE, Cluster, Constraints, PlanError, Workload, load_profile, plan, save_profile, smallest_cluster,
@@ -31,7 +32,7 @@ COLUMNS = ("tp", "cp", "cp_mode", "sp", "dp", "recompute", "offload_ema", "offlo
 
 
 def _parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=sorted(PRESETS), help="Wan preset")
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--gpu-memory-gib", type=float, required=True)
@@ -52,7 +53,7 @@ def _parser():
     p.add_argument("--calibrate", action="store_true",
                    help="measure a few layers of this width on the local GPU(s) first, write --profile")
     p.add_argument("--calibration-layers", type=int, default=2)
-    p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
+    cli.add_debug_flag(p)
     return p
 
 
@@ -127,11 +128,8 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         return run(args)
-    except (PlanError, ValueError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (PlanError, ValueError, OSError) as e:
+        cli.fail("plan", e, status=2, debug=args.debug)
 
 
 if __name__ == "__main__":

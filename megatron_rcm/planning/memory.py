@@ -17,9 +17,8 @@ Profile: full recompute keeps each block's input and rebuilds one block at a tim
 import math
 from dataclasses import dataclass
 
-from ..models.wan import wan_parameters
 from .profile import Profile
-from .workload import Layout, Workload
+from .workload import Layout, Workload, parameter_table
 
 GIB = 2**30
 FP32 = 4
@@ -30,9 +29,8 @@ PARAM_ALIGN, BUFFER_ALIGN = 64, 128
 
 
 def local_parameter_numels(config, tp: int) -> list:
-    """Elements of every parameter one TP rank holds, in weight-map order (whose first entry,
-    patch_embedding.weight, is also the module's first parameter)."""
-    return [math.prod(p.global_shape) // (tp if p.tp_axis is not None else 1) for p in wan_parameters(config).values()]
+    """Elements of every parameter one TP rank holds, in weight-map order."""
+    return [math.prod(shape) // (tp if axis is not None else 1) for shape, axis in parameter_table(config)]
 
 
 def ddp_buffer_numel(numels, dp_cp: int, distributed_optimizer: bool) -> int:

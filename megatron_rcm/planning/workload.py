@@ -10,10 +10,20 @@ from ..models.wan import wan_config, wan_parameters
 VAE_TIME, VAE_SPACE = 4, 8
 # the attention kernels tile queries in blocks of 128: a context-parallel chunk needs at least one
 MIN_TOKENS_PER_CP_RANK = 128
+_TABLES = {}
 
 
 class PlanError(ValueError):
     """A request that no layout can serve; the message says what to change."""
+
+
+def parameter_table(config) -> tuple:
+    """((global shape, TP axis or None), ...) of every parameter, in weight-map order (whose first
+    entry, patch_embedding.weight, is also the module's first parameter)."""
+    key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(config.architecture().items()))
+    if key not in _TABLES:  # the planner asks for it once per layout it scores
+        _TABLES[key] = tuple((p.global_shape, p.tp_axis) for p in wan_parameters(config).values())
+    return _TABLES[key]
 
 
 @dataclass(frozen=True)
@@ -132,11 +142,10 @@ def check_layout(workload: Workload, layout: Layout, config=None):
     if heads % layout.tp:
         raise PlanError(f"{heads} attention heads are not divisible by TP {layout.tp}; "
                         f"pick a TP among {[t for t in range(1, heads + 1) if heads % t == 0]}")
-    split = [name for name, p in wan_parameters(config).items()
-             if p.tp_axis is not None and p.global_shape[p.tp_axis] % layout.tp]
+    split = sorted({shape[axis] for shape, axis in parameter_table(config) if axis is not None and shape[axis] % layout.tp})
     if split:
-        raise PlanError(f"TP {layout.tp} does not divide the split dimension of {split[0]} "
-                        f"({config.ffn_hidden_size} FFN channels); pick a TP that divides it")
+        raise PlanError(f"TP {layout.tp} does not divide {split[0]} channels of a split weight (hidden "
+                        f"{config.hidden_size}, FFN {config.ffn_hidden_size}); pick a TP that divides both")
     if layout.sp and layout.tp == 1:
         raise PlanError("sequence parallelism needs TP > 1")
     if layout.cp_mode not in ("a2a", "p2p"):
