@@ -142,7 +142,7 @@ def distill(problem, args, generator):
     )
     teacher_copy = pretrain_on_teacher(problem, args, generator)
     student_net, fake_net = copy.deepcopy(teacher_copy), copy.deepcopy(teacher_copy)
-    nets = Denoisers(problem.teacher, TrigFlowDenoiser(student_net), TrigFlowDenoiser(fake_net))
+    denoisers = Denoisers(problem.teacher, TrigFlowDenoiser(student_net), TrigFlowDenoiser(fake_net))
     student_opt = torch.optim.AdamW(student_net.parameters(), lr=args.lr, betas=(0.0, 0.999), weight_decay=0.01)
     fake_opt = torch.optim.AdamW(fake_net.parameters(), lr=args.fake_lr, betas=(0.0, 0.999), weight_decay=0.01)
     ema = PowerEMA(student_net, relative_std=0.1)
@@ -151,7 +151,7 @@ def distill(problem, args, generator):
         x0, text, _ = problem.batch(args.batch, generator)
         if config.updates_student(iteration):
             noise = _student_noise(config, iteration, student_updates, x0, generator)
-            loss, _ = student_loss(nets, config, x0, text, noise, iteration, student_updates)
+            loss, _ = student_loss(denoisers, config, x0, text, noise, iteration, student_updates)
             student_opt.zero_grad()
             loss.backward()
             student_opt.step()
@@ -159,14 +159,14 @@ def distill(problem, args, generator):
             student_updates += 1
         else:
             noise = IterationNoise(None, None, *_dmd_draws(config, critic_updates, x0, generator))
-            loss, _ = critic_loss(nets, config, text, noise, critic_updates)
+            loss, _ = critic_loss(denoisers, config, text, noise, critic_updates)
             fake_opt.zero_grad()
             loss.backward()
             fake_opt.step()
             critic_updates += 1
         iteration += 1
     ema.copy_to(student_net)
-    return nets.student
+    return denoisers.student
 
 
 def _student_noise(config, iteration, updates, x0, generator):

@@ -10,7 +10,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 
 from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS, MovingDigitsSpec, prompt_for
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
@@ -42,7 +42,7 @@ class DigitsClassifier(torch.nn.Module):
     def features(self, videos):
         x = videos
         for conv in self.convs:
-            x = F.gelu(conv(x))
+            x = nn_functional.gelu(conv(x))
         return x.mean(dim=(2, 3, 4))
 
     def forward(self, videos):

@@ -45,7 +45,7 @@ def _rollout(student, config: RCMConfig, noise: IterationNoise, text, updates: i
     return student_rollout(student, noise.rollout[:steps], text, config.mid_times)
 
 
-def student_loss(nets: Denoisers, config: RCMConfig, x0: torch.Tensor, text: torch.Tensor,
+def student_loss(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text: torch.Tensor,
                  noise: IterationNoise, iteration: int, student_updates: int):
     """scm_weight L_sCM (eq. 3.4) + dmd_weight L_DMD (eq. 4.3) once the tangent warm-up is over.
 
@@ -57,24 +57,24 @@ def student_loss(nets: Denoisers, config: RCMConfig, x0: torch.Tensor, text: tor
     diagnostics = {}
     if config.scm_weight > 0:
         ratio = tangent_warmup_ratio(iteration, config.tangent_warmup)
-        loss_scm, diag = scm_loss(nets.student, nets.teacher, x0, noise.eps, noise.t_scm, text, ratio)
+        loss_scm, diag = scm_loss(denoisers.student, denoisers.teacher, x0, noise.eps, noise.t_scm, text, ratio)
         loss = loss + config.scm_weight * loss_scm
         diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
     if config.uses_dmd(iteration):
-        rollout = _rollout(nets.student, config, noise, text, student_updates)
-        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, nets.teacher, nets.fake_score)
+        rollout = _rollout(denoisers.student, config, noise, text, student_updates)
+        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, denoisers.teacher, denoisers.fake_score)
         loss = loss + config.dmd_weight * loss_dmd
         diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})
     diagnostics["loss/student"] = loss.detach()
     return loss, diagnostics
 
 
-def critic_loss(nets: Denoisers, config: RCMConfig, text: torch.Tensor, noise: IterationNoise,
+def critic_loss(denoisers: Denoisers, config: RCMConfig, text: torch.Tensor, noise: IterationNoise,
                 critic_updates: int):
     """L_fake (eq. 4.4) on a student rollout made without grad; ``critic_updates`` (the fake-score
     updates made so far) sets its length. Returns (loss, diagnostics)."""
     with torch.no_grad():
-        rollout = _rollout(nets.student, config, noise, text, critic_updates)
-    loss, diagnostics = fake_score_loss(rollout, noise.t_dmd, noise.eps_dmd, text, nets.fake_score)
+        rollout = _rollout(denoisers.student, config, noise, text, critic_updates)
+    loss, diagnostics = fake_score_loss(rollout, noise.t_dmd, noise.eps_dmd, text, denoisers.fake_score)
     diagnostics["loss/fake_score"] = loss.detach()
     return loss, diagnostics

@@ -47,7 +47,7 @@ def _plus(y, bias):
     return y if bias is None else y + bias
 
 
-class _Recorded(torch.autograd.Function):
+class _HandWrittenBackward(torch.autograd.Function):
     """A plain call that autograd records: the forward without autograd, the backward form after."""
 
     @staticmethod
@@ -90,7 +90,7 @@ class Elementwise:
         if tangent:
             return self.run(self.with_tangent, args, compiled)
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            return _Recorded.apply(self, compiled, *args)
+            return _HandWrittenBackward.apply(self, compiled, *args)
         return self.run(self.plain, args, compiled)
 
 

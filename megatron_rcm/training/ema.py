@@ -1,4 +1,4 @@
-"""Power EMA of the student weights, EDM2 style (rcm-math.md section 5)."""
+"""Power EMA of the student weights, EDM2 style (docs/math.md section 5)."""
 
 import numpy as np
 import torch
@@ -8,7 +8,7 @@ def power_ema_gamma(relative_std: float) -> float:
     """The exponent gamma of the power EMA whose averaging profile has this relative std.
 
     gamma is the real root of gamma^3 + 7 gamma^2 + (16 - s^-2) gamma + (12 - s^-2) = 0
-    (section 5; EDM2 eq. 3 solved for gamma); s = 0.1 gives gamma ~ 6.94.
+    (eq. 5.1, EDM2's eq. 3 solved for gamma); s = 0.1 gives gamma ~ 6.94.
     """
     if not 0 < relative_std < 12 ** -0.5:
         raise ValueError(f"relative std must lie in (0, 12^-1/2), got {relative_std}")
@@ -43,11 +43,3 @@ class PowerEMA:
     def copy_to(self, model: torch.nn.Module) -> None:
         for name, p in model.named_parameters():
             p.copy_(self.shadow[name])
-
-    def state_dict(self) -> dict:
-        return {"num_updates": self.num_updates, "gamma": self.gamma, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.num_updates = state["num_updates"]
-        self.gamma = state["gamma"]
-        self.shadow = {name: tensor.float().clone() for name, tensor in state["shadow"].items()}

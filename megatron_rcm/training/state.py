@@ -79,19 +79,19 @@ def recipe_of(config: TrainingConfig) -> dict:
     return {"seed": config.seed, "global_batch_size": config.data.global_batch_size, **asdict(config.rcm)}
 
 
-def sharded_state(nets, progress, recipe: dict, is_loading=False, with_rng=True):
+def sharded_state(networks, progress, recipe: dict, is_loading=False, with_rng=True):
     out = {}
-    for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
+    for name, net in (("student", networks.student), ("fake_score", networks.fake_score)):
         model = net.module.sharded_state_dict(prefix=f"{name}.model.")
         out[f"{name}.model"] = model
         out[f"{name}.optimizer"] = net.optimizer.sharded_state_dict(model, is_loading=is_loading,
                                                                    metadata=OPTIMIZER_FORMAT)
         out[f"{name}.scheduler"] = net.scheduler.state_dict()
-    out["ema"] = weight_map.sharded_state_dict(nets.student.module, "ema.", tensors=nets.ema.shadow)
+    out["ema"] = weight_map.sharded_state_dict(networks.student.module, "ema.", tensors=networks.ema.shadow)
     # load_model(checkpoint, model_prefix="ema.") and the converter read these models directly
-    config = nets.student.module.config
+    config = networks.student.module.config
     out.update(checkpoint_models({"student.model.": config, "fake_score.model.": config, "ema.": config}))
-    out["ema_updates"] = nets.ema.num_updates
+    out["ema_updates"] = networks.ema.num_updates
     out["progress"] = asdict(progress)
     out["layout"] = layout()
     out["recipe"] = recipe
@@ -114,23 +114,24 @@ def _check_recipe(saved, current):
                          + ", ".join(f"{k}={a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
 
-def load_state(manager, nets, config: TrainingConfig):
+def load_state(manager, networks, config: TrainingConfig):
     """Restore everything from the manager's latest checkpoint; returns its Progress."""
     iteration = manager.latest_iteration()
     common = dist_checkpointing.load_common_state_dict(str(manager.save_dir / checkpoint_name(iteration)))
     current = recipe_of(config)
     _check_recipe(common["recipe"], current)
     same_layout = common["layout"] == layout()
-    for net in (nets.student, nets.fake_score):
+    for net in (networks.student, networks.fake_score):
         init_state_for_loading(net.optimizer)
-    loaded = manager.load(sharded_state(nets, Progress(), current, is_loading=True, with_rng=same_layout), iteration)
-    for name, net in (("student", nets.student), ("fake_score", nets.fake_score)):
+    sharded = sharded_state(networks, Progress(), current, is_loading=True, with_rng=same_layout)
+    loaded = manager.load(sharded, iteration)
+    for name, net in (("student", networks.student), ("fake_score", networks.fake_score)):
         with torch.no_grad():
             net.module.load_state_dict(_strip_prefix(loaded[f"{name}.model"], f"{name}.model."), strict=True)
         load_optimizer_state(net.optimizer, loaded[f"{name}.optimizer"])
         net.scheduler.load_state_dict(loaded[f"{name}.scheduler"])
-    nets.ema.shadow = {k: v.float().clone() for k, v in _strip_prefix(loaded["ema"], "ema.").items()}
-    nets.ema.num_updates = loaded["ema_updates"]
+    networks.ema.shadow = {k: v.float().clone() for k, v in _strip_prefix(loaded["ema"], "ema.").items()}
+    networks.ema.num_updates = loaded["ema_updates"]
     if same_layout:
         _set_rng_state(loaded["rng"])
     else:
@@ -138,11 +139,11 @@ def load_state(manager, nets, config: TrainingConfig):
     return Progress(**loaded["progress"])
 
 
-def export_ema(nets, iteration, config: TrainingConfig):
+def export_ema(networks, iteration, config: TrainingConfig):
     """The EMA student alone, under ``{save}/ema_student`` (collective): a Megatron distributed
     checkpoint that ``load_model`` and ``tools/convert_checkpoint.py --from megatron`` read as it is."""
-    state = weight_map.sharded_state_dict(nets.student.module, "model.", tensors=nets.ema.shadow)
-    state.update(checkpoint_models({"model.": nets.student.module.config}))
+    state = weight_map.sharded_state_dict(networks.student.module, "model.", tensors=networks.ema.shadow)
+    state.update(checkpoint_models({"model.": networks.student.module.config}))
     state["teacher"] = config.teacher
     state["sampler"] = {"sigma_max": config.sigma_max, "mid_times": list(config.rcm.mid_times)}
     return CheckpointManager(Path(config.checkpoint.save) / EMA_EXPORT, keep_last=1).save(iteration, state)

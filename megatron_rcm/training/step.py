@@ -44,21 +44,21 @@ def _update(net, loss, clip_grad, prefix):
     return metrics
 
 
-def _denoisers(nets):
-    return Denoisers(nets.teacher, nets.student.denoiser, nets.fake_score.denoiser)
+def _denoisers(networks):
+    return Denoisers(networks.teacher, networks.student.denoiser, networks.fake_score.denoiser)
 
 
-def student_step(nets, rcm, batch, noise, iteration, student_updates, clip_grad):
+def student_step(networks, rcm, batch, noise, iteration, student_updates, clip_grad):
     """Student update on its rCM loss, then the EMA update; returns (diagnostics, metrics)."""
-    loss, diagnostics = student_loss(_denoisers(nets), rcm, *batch, noise, iteration, student_updates)
-    metrics = _update(nets.student, loss, clip_grad, "student")
+    loss, diagnostics = student_loss(_denoisers(networks), rcm, *batch, noise, iteration, student_updates)
+    metrics = _update(networks.student, loss, clip_grad, "student")
     if not (metrics["student/skipped_nonfinite_loss"] or metrics["student/skipped_nonfinite_grad"]):
-        nets.ema.update(nets.student.module)
+        networks.ema.update(networks.student.module)
     return diagnostics, metrics
 
 
-def fake_score_step(nets, rcm, batch, noise, critic_updates, clip_grad):
+def fake_score_step(networks, rcm, batch, noise, critic_updates, clip_grad):
     """Fake-score (critic) update; returns (diagnostics, metrics)."""
     _, text = batch
-    loss, diagnostics = critic_loss(_denoisers(nets), rcm, text, noise, critic_updates)
-    return diagnostics, _update(nets.fake_score, loss, clip_grad, "fake_score")
+    loss, diagnostics = critic_loss(_denoisers(networks), rcm, text, noise, critic_updates)
+    return diagnostics, _update(networks.fake_score, loss, clip_grad, "fake_score")
