@@ -1,20 +1,21 @@
-"""Benchmark examples/pretrain_rcm.py: a Wan-1.3B-shaped random-weight run at 480p (GPU).
+"""Benchmark examples/pretrain_rcm.py: a random-weight Wan run at 480p (GPU).
 
-    python tools/bench_train.py --nproc 1 --work /tmp/bench                      # 1 GPU
+    python tools/bench_train.py --nproc 1 --work /tmp/bench                      # 1 GPU, Wan 1.3B
     python tools/bench_train.py --nproc 4 --tp 2 --cp 2 --work /tmp/bench        # 4 GPUs (TP/CP/DP mix)
+    python tools/bench_train.py --preset wan2.1-t2v-14b --num-layers 6 --config examples/configs/wan14b_rcm.yaml \
+        --work /tmp/bench -- --offload-ema                                        # 14B width, 6 blocks
 
-Writes a random diffusers teacher (once per --work folder), synthetic 480p x 81-frame latent
-shards ([16, 21, 60, 104], text [512, 4096]) and a negative embedding, runs --iters iterations
-in bf16 with full recompute (student every 2nd iteration, no tangent warm-up, so both kinds of
-iteration occur), then prints one JSON line: median seconds per student and per critic
-iteration (the first of each kind left out), tokens/s, model FLOP utilisation against this
-card's measured bf16 matmul rate, and peak GPU memory.
+Writes a random diffusers teacher of the preset (once per --work folder and layer count),
+synthetic latent shards of the video size ([16, 21, 60, 104] at 480p x 81 frames, text [512,
+4096]) and a negative embedding, runs --iters iterations in bf16 with full recompute (unless
+--no-recompute; student every 2nd iteration, no tangent warm-up, so both kinds of iteration
+occur; flags after ``--`` go to the trainer), then prints one JSON line: median seconds per
+student and per critic iteration (the first of each kind left out), tokens/s, model FLOP
+utilisation against this card's measured bf16 matmul rate, and peak GPU memory.
 
 Model FLOPs count network passes in forward equivalents F (one Wan forward, the formula of
-architecture.md): student iteration = guided teacher 2F + student JVP 2F + student forward and
-backward 3F + DMD (rollout of n steps: (n - 1)F + 3F, guided teacher 2F, fake score F) with
-n = 2.5 on average; critic iteration = rollout 2.5F + fake score forward and backward 3F.
-Recompute adds work that is not counted (MFU, not hardware utilisation).
+architecture.md): ``megatron_rcm.planning.timing.FORWARD_EQUIVALENTS``. Recompute adds work
+that is not counted (MFU, not hardware utilisation).
 """
 
 import argparse
@@ -22,101 +23,118 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENT = (16, 21, 60, 104)
-TEXT = (512, 4096)
+TEXT_LEN = 512
 
 
-def wan_forward_flops(config, tokens, text_len):
-    d, f, layers = config.hidden_size, config.ffn_hidden_size, config.num_layers
-    per_layer = 8 * tokens * d * d + 4 * tokens**2 * d + 4 * tokens * d * d + 4 * tokens * text_len * d
-    return layers * (per_layer + 4 * tokens * d * f)
-
-
-def measured_matmul_tflops(n=8192, repeats=20):
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
-
-
-def prepare(work):
+def prepare(work, preset="wan2.1-t2v-1.3b", num_layers=None, latent=(21, 60, 104)):
+    """(teacher folder, shard folder, negative embedding) under ``work``, written once per model and
+    video size."""
     from diffusers import WanTransformer3DModel
 
     from megatron_rcm.data.synthetic import write_synthetic_shards
+    from megatron_rcm.models.wan import diffusers_config, wan_config
 
-    teacher = work / "teacher"
+    config = wan_config(preset, **({"num_layers": num_layers} if num_layers else {}))
+    teacher = work / f"teacher-{preset}-{config.num_layers}"
     if not (teacher / "config.json").exists():
         torch.manual_seed(0)
-        model = WanTransformer3DModel(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30)
-        model.to(torch.bfloat16).save_pretrained(teacher)
-        write_synthetic_shards(work / "data", num_samples=8, samples_per_shard=4, latent_shape=LATENT,
-                               text_shape=TEXT, seed=1)
-        torch.save(torch.randn(*TEXT).to(torch.bfloat16), work / "negative.pt")
-    return teacher
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = WanTransformer3DModel.from_config(diffusers_config(config)).to(torch.bfloat16)
+        model.save_pretrained(teacher)
+        del model
+    text = (TEXT_LEN, config.text_dim)
+    data = work / ("data-" + "x".join(map(str, (config.in_channels, *latent, *text))))
+    if not data.exists():
+        write_synthetic_shards(data, num_samples=8, samples_per_shard=4, latent_shape=(config.in_channels, *latent),
+                               text_shape=text, seed=1)
+    negative = work / f"negative-{config.text_dim}.pt"
+    if not negative.exists():
+        torch.save(torch.randn(*text), negative)
+    return teacher, data, negative
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--cp", type=int, default=1)
-    parser.add_argument("--sequence-parallel", action="store_true")
-    parser.add_argument("--cp-comm-type", default="a2a")
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="write the teacher, shards and negative embedding (CPU work), then stop")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    teacher = prepare(args.work)
-    if args.prepare_only:
-        return
-    log = args.work / f"log-n{args.nproc}-tp{args.tp}-cp{args.cp}.jsonl"
+def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, width=832, nproc=1, tp=1, cp=1,
+        sequence_parallel=False, cp_comm_type="a2a", iters=10, recompute=True, config=None, extra=()):
+    """Train ``iters`` iterations under torchrun; returns the JSON-ready result (rank 0's log)."""
+    from megatron_rcm.models.wan import wan_config
+    from megatron_rcm.planning import Workload
+    from megatron_rcm.planning.calibrate import measured_matmul_tflops
+    from megatron_rcm.planning.timing import FORWARD_EQUIVALENTS, wan_forward_flops
+
+    workload = Workload(preset, height, width, frames, num_layers=num_layers)
+    teacher, data, negative = prepare(work, preset, num_layers, workload.latent_shape())
+    config = config or ROOT / "examples" / "configs" / "wan1.3b_rcm.yaml"
+    log = work / f"log-{preset}-{num_layers}-{frames}-n{nproc}-tp{tp}-cp{cp}.jsonl"
     log.unlink(missing_ok=True)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-        str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(ROOT / "examples" / "configs" / "wan1.3b_rcm.yaml"),
-        "--teacher", str(teacher), "--data-path", str(args.work / "data"),
-        "--negative-prompt-embedding", str(args.work / "negative.pt"), "--train-iters", str(args.iters),
-        "--student-update-freq", "2", "--tangent-warmup", "0", "--lr-warmup-iters", "0", "--num-workers", "1", "--save-interval", "0",
-        "--tensor-model-parallel-size", str(args.tp), "--context-parallel-size", str(args.cp),
-        "--cp-comm-type", args.cp_comm_type, "--log-jsonl", str(log),
-    ] + (["--sequence-parallel"] if args.sequence_parallel else [])
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(config),
+        "--teacher", str(teacher), "--data-path", str(data),
+        "--negative-prompt-embedding", str(negative), "--train-iters", str(iters),
+        "--student-update-freq", "2", "--tangent-warmup", "0", "--lr-warmup-iters", "0", "--num-workers", "1",
+        "--save-interval", "0", "--tensor-model-parallel-size", str(tp), "--context-parallel-size", str(cp),
+        "--cp-comm-type", cp_comm_type, "--log-jsonl", str(log),
+    ] + (["--sequence-parallel" if sequence_parallel else "--no-sequence-parallel"]) + (
+        ["--recompute-granularity", "full" if recompute else "none"]) + list(extra)
     subprocess.run(command, check=True, cwd=ROOT)
     records = [json.loads(line) for line in log.read_text().splitlines()]
 
-    from megatron_rcm.models.wan import wan_config
-
-    config = wan_config("wan2.1-t2v-1.3b")
-    tokens = LATENT[1] * (LATENT[2] // 2) * (LATENT[3] // 2)
-    forward = wan_forward_flops(config, tokens, TEXT[0])
-    dp = args.nproc // (args.tp * args.cp)
-    flops = {"student": forward * (2 + 2 + 3 + (1.5 + 3 + 2 + 1)) * dp, "fake_score": forward * (2.5 + 3) * dp}
-    peak = measured_matmul_tflops() * 1e12 * args.nproc
-    result = {"gpus": args.nproc, "tp": args.tp, "cp": args.cp, "dp": dp, "sequence_parallel": args.sequence_parallel,
-              "device": torch.cuda.get_device_name(), "tokens_per_sample": tokens,
-              "matmul_tflops_per_gpu": peak / args.nproc / 1e12}
-    for network in ("student", "fake_score"):
+    model = wan_config(preset, **({"num_layers": num_layers} if num_layers else {}))
+    tokens = workload.tokens(model)
+    forward = wan_forward_flops(model, tokens, TEXT_LEN)
+    dp = nproc // (tp * cp)
+    cuda = torch.cuda.is_available()
+    peak = measured_matmul_tflops() * 1e12 * nproc if cuda else None
+    result = {"preset": preset, "layers": model.num_layers, "frames": frames, "gpus": nproc, "tp": tp, "cp": cp,
+              "dp": dp, "sequence_parallel": sequence_parallel, "recompute": recompute, "extra": list(extra),
+              "device": torch.cuda.get_device_name() if cuda else "cpu", "tokens_per_sample": tokens,
+              "matmul_tflops_per_gpu": peak / nproc / 1e12 if cuda else None}
+    for network, kind in (("student", "student"), ("fake_score", "critic")):
         seconds = [r["seconds"] for r in records if r["network"] == network][1:]
         if seconds:
             s = statistics.median(seconds)
             result[f"{network}_seconds"] = s
             result[f"{network}_tokens_per_second"] = dp * tokens / s
-            result[f"{network}_mfu"] = flops[network] / s / peak
+            result[f"{network}_mfu"] = forward * FORWARD_EQUIVALENTS[kind] * dp / s / peak if cuda else None
     result["peak_memory_gib"] = max(r.get("memory/peak_allocated_gib", 0.0) for r in records)
-    print(json.dumps(result))
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
+    parser.add_argument("--num-layers", type=int, default=None, help="fewer blocks than the preset's")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--config", type=Path, default=None, help="trainer YAML (default: wan1.3b_rcm.yaml)")
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--cp", type=int, default=1)
+    parser.add_argument("--sequence-parallel", action="store_true")
+    parser.add_argument("--cp-comm-type", default="a2a")
+    parser.add_argument("--no-recompute", action="store_true")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the teacher, shards and negative embedding, then stop")
+    parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.prepare_only:
+        from megatron_rcm.planning import Workload
+
+        latent = Workload(args.preset, args.height, args.width, args.frames).latent_shape()
+        prepare(args.work, args.preset, args.num_layers, latent)
+        return
+    print(json.dumps(run(args.work, args.preset, args.num_layers, args.frames, args.height, args.width, args.nproc,
+                         args.tp, args.cp, args.sequence_parallel, args.cp_comm_type, args.iters,
+                         not args.no_recompute, args.config, args.extra)))
 
 
 if __name__ == "__main__":

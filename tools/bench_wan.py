@@ -75,13 +75,6 @@ class Timer:
         return statistics.median(times), peak
 
 
-def model_flops(cfg, tokens, text_len):
-    """Forward FLOPs: per layer 8Nd^2 + 4N^2d (self), 4Nd^2 + 4NLd (cross), 4N d ffn (FFN)."""
-    n, d = tokens, cfg.hidden_size
-    per_layer = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * n * text_len * d + 4 * n * d * cfg.ffn_hidden_size
-    return per_layer * cfg.num_layers
-
-
 def _diffusers_model(cfg, device, dtype):
     from diffusers import WanTransformer3DModel
 
@@ -101,6 +94,7 @@ def main():
     args = _parse()
     from megatron_rcm.models.wan import WanModel, load_diffusers_weights, wan_config
     from megatron_rcm.parallel import ParallelConfig, current_device, initialize_parallel, destroy_parallel
+    from megatron_rcm.planning import wan_forward_flops
 
     if args.cpu_smoke:
         args.preset, args.frames, args.height, args.width, args.text_len, args.repeats = "tiny-b", 5, 16, 24, 8, 1
@@ -126,7 +120,7 @@ def main():
     text = torch.randn(1, args.text_len, cfg.text_dim, device=device, dtype=dtype)
     x_t, t_t = torch.randn_like(x), torch.tensor([1.0], device=device)
     timer = Timer(device, args.repeats)
-    flops = model_flops(cfg, tokens, args.text_len)
+    flops = wan_forward_flops(cfg, tokens, args.text_len)
     rows = []
 
     def record(model, what, result, flop=None):

@@ -26,6 +26,12 @@ A2A_PER_BLOCK = 4  # q, k, v in; output back
 OPTIMIZER_BYTES_PER_ELEMENT = 36  # AdamW reads and writes 3 fp32 states, reads the gradient, writes the bf16 param
 
 
+# network passes of one iteration in forward equivalents, for model FLOPs (recompute not counted):
+# student = guided teacher 2 + JVP 2 + forward and backward 3 + DMD (rollout n - 1 + 3, guided
+# teacher 2, fake score 1); critic = rollout n + fake score forward and backward 3
+FORWARD_EQUIVALENTS = {"student": 2 + 2 + 3 + (MEAN_ROLLOUT_STEPS - 1) + 3 + 2 + 1, "critic": MEAN_ROLLOUT_STEPS + 3}
+
+
 def wan_forward_flops(config, tokens: int, text_len: int) -> float:
     """Model FLOPs of one Wan forward of one sample (matmuls and attention)."""
     d, f = config.hidden_size, config.ffn_hidden_size
@@ -105,8 +111,6 @@ def samples_per_second(workload: Workload, layout: Layout, seconds: dict) -> flo
 def model_tflops_per_gpu(workload: Workload, layout: Layout, seconds: dict, config) -> float:
     """Model TFLOP/s per GPU over the update cycle (bench_train.py's forward-equivalent count)."""
     forward = wan_forward_flops(config, workload.tokens(config), workload.text_len) * workload.micro_batch_size
-    student = forward * (2 + 2 + 3 + (MEAN_ROLLOUT_STEPS - 1) + 3 + 2 + 1)
-    critic = forward * (MEAN_ROLLOUT_STEPS + 3)
     freq = workload.student_update_freq
-    flops = (student + (freq - 1) * critic) / freq
+    flops = forward * (FORWARD_EQUIVALENTS["student"] + (freq - 1) * FORWARD_EQUIVALENTS["critic"]) / freq
     return flops / seconds["mean"] / (layout.tp * layout.cp) / 1e12

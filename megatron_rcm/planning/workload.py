@@ -50,7 +50,7 @@ class Workload:
     def config(self, **overrides):
         """The WanConfig of this workload (on CPU, no process group needed)."""
         if self.num_layers is not None:
-            overrides["num_layers"] = self.num_layers
+            overrides.setdefault("num_layers", self.num_layers)
         return wan_config(self.preset, **{"use_cpu_initialization": True, **overrides})
 
     def latent_shape(self):

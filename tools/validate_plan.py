@@ -1,0 +1,133 @@
+"""The planner against measurement on the local GPU: predicted and measured peak memory and seconds
+per student / critic iteration of examples/pretrain_rcm.py, for layouts that run on one GPU.
+
+    python tools/validate_plan.py --work /tmp/plan [--cases 1.3b,14b-6] [--json out.json]
+
+First calibrates a profile at each width (``megatron_rcm.planning.calibrate``, unless
+--skip-calibration), then trains each case for a few iterations with random weights
+(``bench_train.run``: median of the iterations of each kind after the first) and prints a
+markdown table with the predictions of the default (H200) profile and of the calibrated one,
+and each prediction's error. ``--smoke`` runs one tiny case on CPU (TRITON_INTERPRET=1) to check
+the plumbing; its numbers mean nothing.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_train  # noqa: E402
+
+from megatron_rcm.planning import DEFAULT_PROFILE, Cluster, Layout, Workload, predict, save_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WAN14B = ROOT / "examples" / "configs" / "wan14b_rcm.yaml"
+OFFLOAD = dict(offload_ema=True, offload_teacher=True)
+# all on one GPU; config: the trainer's YAML (None: wan1.3b_rcm.yaml)
+CASES = {
+    "1.3b": dict(preset="wan2.1-t2v-1.3b", layout=Layout()),
+    "1.3b-offload": dict(preset="wan2.1-t2v-1.3b", layout=Layout(**OFFLOAD)),
+    "1.3b-17f-no-recompute": dict(preset="wan2.1-t2v-1.3b", frames=17, layout=Layout(recompute="none")),
+    "14b-6": dict(preset="wan2.1-t2v-14b", layers=6, config=WAN14B, layout=Layout()),
+    "14b-6-offload": dict(preset="wan2.1-t2v-14b", layers=6, config=WAN14B, layout=Layout(**OFFLOAD)),
+}
+SMOKE = dict(preset="tiny-a", frames=5, height=32, width=32, config=ROOT / "examples" / "configs" / "tiny_cpu.yaml",
+             layout=Layout(recompute="none"))
+
+
+def _error(predicted, measured):
+    return f"{100 * (predicted - measured) / measured:+.1f}%" if measured else "-"
+
+
+def _workload(case):
+    return Workload(case["preset"], case.get("height", 480), case.get("width", 832), case.get("frames", 81),
+                    num_layers=case.get("layers"), student_update_freq=2)
+
+
+def _calibrated(work, cases):
+    """{preset: Profile} measured on this GPU, at the first case's video size of each preset."""
+    import torch
+
+    from megatron_rcm.planning.calibrate import calibrate
+
+    profiles = {}
+    for case in cases:
+        preset = case["preset"]
+        if preset in profiles:
+            continue
+        profile = calibrate(replace(_workload(case), num_layers=None))
+        save_profile(profile, work / f"profile-{preset}.json")
+        profiles[preset] = profile
+        torch.cuda.empty_cache()
+    return profiles
+
+
+def run_case(work, name, iters, memory_gib, profiles):
+    case = CASES[name]
+    workload, layout = _workload(case), case["layout"]
+    extra = (["--offload-ema"] if layout.offload_ema else []) + (["--offload-teacher"] if layout.offload_teacher else [])
+    measured = bench_train.run(work, workload.preset, workload.num_layers, workload.frames, workload.height,
+                               workload.width, iters=iters, recompute=layout.recompute == "full",
+                               config=case.get("config"), extra=extra)
+    row = {"case": name, "measured": measured}
+    for label, profile in profiles.items():
+        row[label] = predict(workload, layout, Cluster(1, memory_gib), profile)
+    return row
+
+
+def _markdown(rows):
+    lines = ["| case | measured peak GiB | measured student s | measured critic s | profile | predicted peak GiB "
+             "(error) | predicted student s (error) | predicted critic s (error) |", "|---" * 8 + "|"]
+    for row in rows:
+        m = row["measured"]
+        for label in (k for k in row if k not in ("case", "measured")):
+            p = row[label]
+            lines.append(
+                f"| {row['case']} | {m['peak_memory_gib']:.2f} | {m.get('student_seconds', 0):.3f} | "
+                f"{m.get('fake_score_seconds', 0):.3f} | {label} | {p['peak_memory_gib']:.2f} "
+                f"({_error(p['peak_memory_gib'], m['peak_memory_gib'])}) | {p['student_seconds']:.3f} "
+                f"({_error(p['student_seconds'], m.get('student_seconds'))}) | {p['critic_seconds']:.3f} "
+                f"({_error(p['critic_seconds'], m.get('fake_score_seconds'))}) |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {sorted(CASES)}")
+    parser.add_argument("--iters", type=int, default=4, help="2 student + 2 critic iterations at 4")
+    parser.add_argument("--skip-calibration", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="one tiny CPU case: plumbing only")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        CASES["smoke"] = SMOKE
+        args.cases, args.skip_calibration = "smoke", True
+    names = args.cases.split(",")
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
+    import torch
+
+    memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 24.0
+    profiles = {"default": DEFAULT_PROFILE}
+    if not args.skip_calibration:
+        for preset, profile in _calibrated(args.work, [CASES[n] for n in names]).items():
+            profiles[f"calibrated at {preset}"] = profile
+    rows = []
+    for name in names:
+        preset = CASES[name]["preset"]
+        own = {k: v for k, v in profiles.items() if k == "default" or k.endswith(preset)}
+        rows.append(run_case(args.work, name, args.iters, memory_gib, own))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
