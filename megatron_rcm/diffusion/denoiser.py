@@ -1,7 +1,8 @@
 """TrigFlow denoiser around a rectified-flow velocity network (rcm-math.md eq. 2.1).
 
-The network has the Wan interface: ``net(x, timestep, text) -> v`` with the RF timestep
-``1000 * s`` and RF velocity ``v = eps - x0``, and ``net.jvp(x, timestep, text, x_tangent,
+The network has the model families' interface: ``net(x, timestep, text) -> v`` with the RF
+timestep ``timestep_scale * s`` (the family's ``TIMESTEP_SCALE``: 1000 or 1, see docs/models.md)
+and RF velocity ``v = eps - x0``, and ``net.jvp(x, timestep, text, x_tangent,
 timestep_tangent) -> (v, v_tangent)``, an exact no-grad forward-mode pass. The tangents of the
 x0 and F predictions are built from that one jvp by the chain rule through c_in, c_noise,
 c_skip and c_out, all functions of t: the big model's jvp is the only forward-mode pass.
@@ -30,22 +31,22 @@ class TrigFlowDenoiser:
     """x0 and TrigFlow-velocity predictions of an RF velocity network (eq. 2.1).
 
     With c = cos t + sin t: the network sees c_in x_t = x_t / c (the RF sample x_s) at timestep
-    c_noise = 1000 sin t / c, and
+    c_noise = timestep_scale sin t / c, and
         x0_hat = x_t / c - (sin t / c) v,
         F_hat = (cos t x_t - x0_hat) / sin t = ((cos t - sin t) x_t + v) / c.
     The second form of F_hat is the same expression with sin t cancelled, so it stays finite as
     t -> 0. Teacher (wrap a ClassifierFreeGuidance net), student and fake score all use this.
     """
 
-    def __init__(self, net):
+    def __init__(self, net, timestep_scale: float = 1000.0):
         self.net = net
+        self.timestep_scale = timestep_scale
 
-    @staticmethod
-    def _coefficients(t: torch.Tensor):
+    def _coefficients(self, t: torch.Tensor):
         check_trigflow_time(t)
         cos, sin = torch.cos(t), torch.sin(t)
         c = cos + sin
-        return cos, sin, c, 1000 * sin / c
+        return cos, sin, c, self.timestep_scale * sin / c
 
     @staticmethod
     def _timestep_dtype(x_t):
@@ -76,13 +77,13 @@ class TrigFlowDenoiser:
         """x0_hat, F_hat and their directional derivatives along (x_t_tangent, t_tangent).
 
         Chain rule through eq. 2.1, with dc = (cos t - sin t) dt:
-            d(net input) = dx_t / c - x_t dc / c^2,   d(c_noise) = 1000 dt / c^2,
+            d(net input) = dx_t / c - x_t dc / c^2,   d(c_noise) = timestep_scale dt / c^2,
             dx0 = (dx_t - sin t dv - cos t v dt - x0 dc) / c,
             dF = ((cos t - sin t) dx_t - c x_t dt + dv - F dc) / c.
         Used with the tangents of eq. 3.1 by the sCM term.
         """
         cos, sin, c, c_noise = self._coefficients(t)
-        c_noise_tangent = 1000 * t_tangent / c**2
+        c_noise_tangent = self.timestep_scale * t_tangent / c**2
         cos, sin, c, dt = (expand_like(a, x_t) for a in (cos, sin, c, t_tangent))
         dc = (cos - sin) * dt
         net_input = x_t / c

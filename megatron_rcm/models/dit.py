@@ -12,7 +12,11 @@ The input split's backward all-gathers and the output gather's backward splits, 
 same loss on every rank input gradients come out whole and parameter gradients are per-rank
 partial sums in Megatron's convention (see ``models.layers``).
 
-A family subclasses ``VideoDiT`` and provides ``patch_embedding`` and ``blocks`` (modules),
+Every family's network is a rectified-flow velocity ``eps - x0`` at RF time sigma / (1 + sigma),
+whose timestep input is that time times the family's ``TIMESTEP_SCALE`` (its denoiser
+parametrisation: ``megatron_rcm.diffusion.denoiser`` maps it to TrigFlow).
+
+A family subclasses ``VideoDiT`` and provides ``TIMESTEP_SCALE``, ``patch_embedding`` and ``blocks`` (modules),
 ``_condition`` (timestep and text -> the blocks' and the head's conditioning), ``_head`` (the
 last norm and projection), ``_rope_thetas`` and ``_max_patches``, and ``parameter_table`` (its
 weight map, see ``models.weight_map``).

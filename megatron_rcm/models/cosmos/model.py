@@ -23,6 +23,7 @@ from .weight_map import cosmos_parameters
 
 
 class CosmosModel(VideoDiT):
+    TIMESTEP_SCALE = 1.0  # the pipeline's t = sigma / (sigma + 1) itself
     PROJ_OUT_ORDER = "hwt"
 
     def __init__(self, config: CosmosConfig):

@@ -20,6 +20,7 @@ from .layers import ConditionEmbedder, WanBlock
 
 
 class WanModel(VideoDiT):
+    TIMESTEP_SCALE = 1000.0
     def __init__(self, config: WanConfig):
         super().__init__(config)
         dim, patch_volume = config.hidden_size, math.prod(config.patch_size)

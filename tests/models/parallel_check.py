@@ -1,0 +1,60 @@
+"""One model-family-independent check on gloo: a TP / SP / CP layout equals the float64 diffusers oracle.
+
+``check_layout`` runs on every rank (``run_distributed``): it builds the family's model in the
+layout, and compares the forward, the JVP, the input gradient and every parameter gradient after
+Megatron's reductions (``finalize_model_grads``' rule: the TP sum of sequence-parallel parameters
+and of q/k layernorm weights, then the sum over the CP group) with the oracle's.
+"""
+
+import importlib
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_rcm.parallel import ParallelConfig, parallel_context
+
+from .oracle import relative_error
+
+TOL = 1e-10
+
+
+def _reduced_grads(model, sp, cp):
+    qk_norms = model.config.qk_layernorm
+    grads = {}
+    for name, p in model.named_parameters():
+        g = p.grad.clone()
+        if (sp and getattr(p, "sequence_parallel", False)) or (qk_norms and ("q_layernorm" in name or
+                                                                             "k_layernorm" in name)):
+            dist.all_reduce(g, group=parallel_state.get_tensor_model_parallel_group())
+        if cp > 1:
+            dist.all_reduce(g, group=parallel_state.get_context_parallel_group())
+        grads[name] = g
+    return grads
+
+
+def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expected):
+    """Errors of one layout against the oracle (asserted below ``TOL``); returns how many were checked."""
+    oracle = importlib.import_module(f"tests.models.{family}_oracle")
+    weights = importlib.import_module(f"megatron_rcm.models.{family}")
+    with parallel_context(ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp,
+                                         sequence_parallel=sp)):
+        overrides = dict(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp,
+                         cp_comm_type=mode)
+        if recompute:
+            overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=2)
+        cfg = oracle.config(preset, **overrides)
+        model = oracle.our_model(cfg, state)
+        x = data["x"].clone().requires_grad_()
+        out = model(x, data["t"], data["text"])
+        (out * data["w"]).sum().backward()
+        out_p, out_t = model.jvp(data["x"], data["t"], data["text"], data["x_t"], data["t_t"])
+        errors = dict(out=relative_error(out, expected["out"]), jvp_primal=relative_error(out_p, expected["out"]),
+                      jvp=relative_error(out_t, expected["out_t"]), x_grad=relative_error(x.grad, expected["x_grad"]))
+        grads = _reduced_grads(model, sp, cp)
+        want = weights.convert_diffusers_state_dict(expected["grads"], cfg,
+                                                    parallel_state.get_tensor_model_parallel_rank())
+        assert want.keys() == grads.keys()
+        errors.update({name: relative_error(grads[name], g) for name, g in want.items()})
+        bad = {k: v for k, v in errors.items() if not v < TOL}
+        assert not bad, bad
+        return len(errors)
