@@ -7,7 +7,7 @@ known in closed form (the teacher is analytic, nothing to train), on CPU in minu
 The class label is given to the networks as a text-embedding vector; the unconditional branch of
 classifier-free guidance uses a fixed negative-prompt embedding whose distribution is the mixture of
 all classes. An MLP student, initialised by regression onto the teacher's velocity (as the real
-student starts from the teacher's weights), is distilled with the sCM term (rcm-math.md section 3),
+student starts from the teacher's weights), is distilled with the sCM term (docs/math.md section 3),
 the DMD regulariser with its fake-score critic (section 4), or both (rCM), and its power EMA is
 sampled with the few-step sampler (section 6). Prints one JSON line with the energy distance to the
 target distribution (averaged over classes) of the student at 1, 2 and 4 steps and of the guided

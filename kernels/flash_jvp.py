@@ -1,4 +1,4 @@
-"""FlashAttention-2 forward + JVP in Triton (rcm-math.md section 7).
+"""FlashAttention-2 forward + JVP in Triton (docs/math.md section 7).
 
 One program owns BLOCK_M query rows of one (batch, head) and streams the keys in
 blocks of BLOCK_N, keeping the online-softmax state (m, l) together with

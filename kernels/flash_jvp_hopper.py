@@ -1,6 +1,6 @@
 """The attention forward + JVP kernel for Hopper (sm_90), in Gluon, with asynchronous wgmma.
 
-The math and the outputs are those of ``flash_jvp`` (rcm-math.md section 7); this kernel only
+The math and the outputs are those of ``flash_jvp`` (docs/math.md section 7); this kernel only
 schedules them differently. Triton's ``tl.dot`` waits for every wgmma before the next
 instruction, so the tensor cores idle while the softmax runs. Here each warpgroup owns 64 query
 rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs of

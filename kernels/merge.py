@@ -1,4 +1,4 @@
-"""Exact merge of attention (with tangents) over disjoint key chunks (rcm-math.md section 8)."""
+"""Exact merge of attention (with tangents) over disjoint key chunks (docs/math.md section 8)."""
 from typing import Sequence
 
 import torch

@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python tools/train_digits_teacher.py --out assets/moving_digits/teacher \
         2>&1 | tee assets/moving_digits/teacher_train.log
 
-RF (rcm-math.md section 1): x_s = (1 - s) x0 + s eps, target v = eps - x0, the network sees 1000 s;
+RF (docs/math.md section 1): x_s = (1 - s) x0 + s eps, target v = eps - x0, the network sees 1000 s;
 s is logit-normal (mean 0, std 1). Every step draws fresh training videos (seeded by the step);
 ``--uncond-prob`` of the samples get the negative-prompt embedding, which trains the
 unconditional branch of classifier-free guidance. The exported weights are an EMA of the

@@ -1,4 +1,4 @@
-"""Classifier-free guidance with a negative-prompt embedding (rcm-math.md eq. 2.2)."""
+"""Classifier-free guidance with a negative-prompt embedding (docs/math.md eq. 2.2)."""
 
 import torch
 

@@ -1,7 +1,7 @@
 """The teacher's ODE samplers in RF time: Euler and UniPC (bh2, x0-prediction, order 2).
 
 Both take an RF velocity network with the Wan interface; wrap it in ClassifierFreeGuidance for CFG
-(rcm-math.md section 6: 50 steps, shift, CFG 5 is the teacher baseline).
+(docs/math.md section 6: 50 steps, shift, CFG 5 is the teacher baseline).
 """
 
 import math

@@ -1,4 +1,4 @@
-"""Rectified-flow and TrigFlow time parameterisations (rcm-math.md section 1).
+"""Rectified-flow and TrigFlow time parameterisations (docs/math.md section 1).
 
 RF time s in [0, 1] (x_s = (1 - s) x0 + s eps) and TrigFlow time t in [0, pi/2]
 (x_t = cos t x0 + sin t eps) describe the same noise level through sigma = tan t = s / (1 - s).

@@ -1,4 +1,4 @@
-"""The sCM term: continuous-time consistency in TrigFlow form (rcm-math.md section 3)."""
+"""The sCM term: continuous-time consistency in TrigFlow form (docs/math.md section 3)."""
 
 import torch
 

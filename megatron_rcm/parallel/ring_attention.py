@@ -17,7 +17,7 @@ padding only is skipped); each rank derives that from the chunk's index, so leng
   speed) use plain torch math, which materialises the [B, H, S_chunk, S_chunk] scores.
 * ``ring_attention_jvp`` (no autograd): primal and tangent chunks travel together in one
   message; each chunk goes through ``flash_attention_jvp`` and the parts are merged exactly by
-  ``merge_attention_jvp`` (rcm-math section 8).
+  ``merge_attention_jvp`` (docs/math.md section 8).
 """
 
 import torch

@@ -1,0 +1,91 @@
+"""The docs belong to the repository: every relative link in README.md and docs/*.md resolves, every
+source file a doc names exists, and no file cites a document the repository does not have."""
+
+import ast
+import io
+import os
+import re
+import tokenize
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SKIPPED_DIRS = {".git", ".venv", "__pycache__", "runs", "build", "dist"}
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".sbatch", ".txt", ".cfg", ".ini", ".toml"}
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+CODE_PATH = re.compile(r"`([\w./-]+\.(?:py|md|yaml|sbatch))`")
+DOCUMENT = re.compile(r"[\w./-]*[\w-]\.md\b")
+
+
+def _repo_files():
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            yield Path(folder, name).relative_to(ROOT)
+
+
+FILES = sorted(_repo_files())
+POSIX = [p.as_posix() for p in FILES]
+# a named file is checked when it starts at the repository's or the package's top level
+TOP_LEVEL = {p.parts[0] for p in FILES} | {p.parts[1] for p in FILES if len(p.parts) > 2 and p.parts[0] == "megatron_rcm"}
+
+
+def _exists_as_suffix(path):
+    """True if some repository file's path ends with ``path`` (docs name files relative to the
+    repository, to the package or by their own name)."""
+    path = path.lstrip("./")
+    return any(p == path or p.endswith("/" + path) for p in POSIX)
+
+
+def _relative_links(doc):
+    for target in LINK.findall(doc.read_text()):
+        if not re.match(r"[a-z]+:", target) and not target.startswith("#"):
+            yield target.split("#")[0]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(doc):
+    missing = [t for t in _relative_links(doc) if not (doc.parent / t).exists()]
+    assert not missing, f"{doc.name} links to {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_named_source_files_exist(doc):
+    named = {p for p in CODE_PATH.findall(doc.read_text()) if p.split("/")[0] in TOP_LEVEL or "/" not in p}
+    missing = sorted(p for p in named if not _exists_as_suffix(p))
+    assert not missing, f"{doc.name} names files that do not exist: {missing}"
+
+
+def _prose(path):
+    """What a file says to its reader: a Python file's comments and docstrings (its string
+    literals are data, such as output names), any other text file whole."""
+    text = (ROOT / path).read_text(errors="replace")
+    if path.suffix != ".py":
+        return text
+    tree = ast.parse(text)
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    docstrings = [ast.get_docstring(n) or "" for n in nodes]
+    comments = [t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT]
+    return "\n".join(docstrings + comments)
+
+
+def _cited_documents(path):
+    """Documents a file refers to; an output under a placeholder folder (``WORK/table.md``) is none."""
+    return {m for m in DOCUMENT.findall(_prose(path))
+            if "://" not in m and not any(part.isupper() for part in m.split("/")[:-1])}
+
+
+def test_no_file_cites_a_missing_document():
+    text_files = [p for p in FILES if p.suffix in TEXT_SUFFIXES or p.name == "Makefile"]
+    missing = {str(p): sorted(d for d in _cited_documents(p) if not _exists_as_suffix(d)) for p in text_files}
+    missing = {p: d for p, d in missing.items() if d}
+    assert not missing, f"files cite documents that are not in the repository: {missing}"
+
+
+def test_the_checks_find_what_they_look_for():
+    assert _exists_as_suffix("training/loop.py") and _exists_as_suffix("docs/math.md")
+    assert not _exists_as_suffix("rcm-math.md")
+    assert DOCUMENT.findall("see rcm-math.md section 4 and [x](docs/math.md)") == ["rcm-math.md", "docs/math.md"]
+    assert list(LINK.findall("[a](math.md#x) [b](https://example.com)")) == ["math.md#x", "https://example.com"]
