@@ -9,22 +9,33 @@ save a checkpoint and exit with status 75 (EX_TEMPFAIL: not finished, run again)
 same command again resumes from it. examples/slurm/pretrain_rcm.sbatch requeues on that status.
 """
 
+import signal
 import sys
 
-from megatron_rcm.training.arguments import ConfigError, load_config
-from megatron_rcm.training.loop import train
-from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS
+from megatron_rcm import cli
+from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS, preemption_handler
 
 
 def main(argv=None):
-    try:
+    preemption = preemption_handler()  # first: from here on a signal means "save and stop", never a crash
+    from megatron_rcm.data.latent_shards import ShardFormatError
+    from megatron_rcm.training.arguments import ConfigError, load_config
+    from megatron_rcm.training.checkpointing import CheckpointNotFoundError
+    from megatron_rcm.training.loop import train
+
+    argv = sys.argv[1:] if argv is None else argv
+    with cli.one_line_errors("pretrain_rcm", (ConfigError, CheckpointNotFoundError, ShardFormatError, OSError),
+                             debug="--debug" in argv):
         config = load_config(argv)
         progress = train(config)
-    except ConfigError as e:
-        sys.exit(f"configuration error: {e}")
     if progress.iteration < config.train_iters:
-        sys.exit(PREEMPTED_EXIT_STATUS)
+        saved = ("saved it; the same command resumes from there" if config.checkpoint.save
+                 else "nothing saved (no --save)")
+        print(f"pretrain_rcm: {signal.Signals(preemption.received).name}: stopped after iteration "
+              f"{progress.iteration}, {saved}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT_STATUS
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,6 @@
 """The rCM training loop: data, networks, resume, iterations, checkpoints, logging, preemption."""
 
 import math
-import signal
 import time
 
 import torch
@@ -17,16 +16,9 @@ from .determinism import enable_deterministic_mode
 from .logger import MetricsLogger, memory_metrics, reduce_diagnostics
 from .networks import build_networks
 from .noise import draw_noise
-from .signals import PreemptionHandler
+from .signals import preemption_handler, stop_loader_workers
 from .state import Progress, export_ema, load_state, recipe_of, sharded_state
 from .step import fake_score_step, student_step
-
-
-def _ignore_preemption(worker_id):
-    # Slurm signals every process of the job: a data worker killed by it would abort the
-    # iteration that the trainer is finishing before it saves
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def _collate(samples):
@@ -37,8 +29,7 @@ def data_loader(dataset, data: DataConfig, seed, consumed_samples):
     sampler = ResumableDistributedSampler(
         len(dataset), data.micro_batch_size, parallel_state.get_data_parallel_rank(),
         parallel_state.get_data_parallel_world_size(), seed=seed, consumed_samples=consumed_samples)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=_collate,
-                      worker_init_fn=_ignore_preemption)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=_collate)
 
 
 def _resume(config: TrainingConfig, nets):
@@ -55,7 +46,8 @@ def train(config: TrainingConfig):
     if config.deterministic_mode:
         enable_deterministic_mode()
     rcm, data, checkpoint = config.rcm, config.data, config.checkpoint
-    with parallel_context(config.parallel, seed=config.seed), PreemptionHandler() as preemption:
+    preemption = preemption_handler()  # before the data workers and checkpoint helpers start
+    with parallel_context(config.parallel, seed=config.seed):
         device = current_device()
         dataset = LatentShardDataset(data.data_path)
         nets = build_networks(config, device)
@@ -100,5 +92,6 @@ def train(config: TrainingConfig):
             if saver and progress.iteration == config.train_iters:
                 export_ema(nets, progress.iteration, config)
         finally:
+            stop_loader_workers(batches)
             logger.close()
     return progress

@@ -1,7 +1,6 @@
 """Sharded checkpoints: TP=2 save loads at TP=1, old ones pruned, a crash mid-save loses nothing."""
 
 import os
-import signal
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from megatron.core.transformer.module import MegatronModule
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed
 from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, CheckpointNotFoundError
-from megatron_rcm.training.signals import PreemptionHandler
 
 
 class _Net(MegatronModule):
@@ -86,14 +84,3 @@ def test_missing_checkpoint_is_reported(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="names iteration 7, but iter_0000007 is missing"):
         manager.latest_iteration()
 
-
-def _signal_on_rank_one():
-    with parallel_context(ParallelConfig()), PreemptionHandler() as handler:
-        first = handler.should_stop()
-        if dist.get_rank() == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return first, handler.should_stop()
-
-
-def test_a_signal_on_one_rank_stops_all():
-    assert run_distributed(_signal_on_rank_one, world_size=2) == [(False, True), (False, True)]
