@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_rcm.diffusion.few_step import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX
-from megatron_rcm.diffusion.flow_matching import flow_matching_schedule
+from megatron_rcm.diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, flow_matching_schedule
 from megatron_rcm.encoders import PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae
 from megatron_rcm.fs import OutputExistsError, atomic_output_dir
 from megatron_rcm.generation import (FPS, GenerationError, SamplingConfig, VideoSize, draw_noise, sample,

@@ -14,11 +14,8 @@ from typing import Callable, Tuple
 import numpy as np
 import torch
 
-from .diffusion.denoiser import TrigFlowDenoiser
-from .diffusion.few_step import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, consistency_rollout, few_step_times
-from .diffusion.guidance import ClassifierFreeGuidance
-from .diffusion.teacher_sampling import sample_rf_euler, sample_rf_unipc
-from .diffusion.time import sigma_to_trigflow
+from .diffusion import (DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, ClassifierFreeGuidance, TrigFlowDenoiser,
+                        consistency_rollout, few_step_times, sample_rf_euler, sample_rf_unipc, sigma_to_trigflow)
 
 __all__ = ["FPS", "GenerationError", "SamplingConfig", "VideoSize", "draw_noise", "sample", "video_frames",
            "video_name", "write_mp4"]

@@ -13,8 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..diffusion.few_step import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS
-from ..diffusion.flow_matching import flow_matching_schedule
+from ..diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, flow_matching_schedule
 from ..encoders import PipelineFolderError, check_pipeline_folder
 from ..fs import atomic_output_dir
 from .wan_native import ConfigMismatchError, DiffusersTensors, write_diffusers

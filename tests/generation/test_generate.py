@@ -9,10 +9,7 @@ import pytest
 import torch
 
 from megatron_rcm import load_model
-from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
-from megatron_rcm.diffusion.few_step import sample_few_step
-from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
-from megatron_rcm.diffusion.teacher_sampling import sample_rf_unipc
+from megatron_rcm.diffusion import ClassifierFreeGuidance, TrigFlowDenoiser, sample_few_step, sample_rf_unipc
 from megatron_rcm.parallel import parallel_context
 from tests.wan_pipeline import tiny_wan_pipeline
 
