@@ -1,4 +1,4 @@
-"""TrigFlow denoiser around a rectified-flow velocity network (rcm-math.md eq. 2.1).
+"""TrigFlow denoiser around a rectified-flow velocity network (docs/math.md eq. 2.1).
 
 The network has the model families' interface: ``net(x, timestep, text) -> v`` with the RF
 timestep ``timestep_scale * s`` (the family's ``TIMESTEP_SCALE``: 1000 or 1, see docs/models.md)

@@ -8,7 +8,7 @@ reduce-scatters of the token stream over TP, and 4 all-to-alls (or the ring's ke
 over CP; once per update the data-parallel reduce-scatter of the fp32 gradients and all-gather
 of the parameters. Offloads add their host copies.
 
-Passes of a student iteration (rcm-math.md section 4): guided teacher (batch 2), student JVP,
+Passes of a student iteration (docs/math.md section 4): guided teacher (batch 2), student JVP,
 student forward+backward (sCM); rollout of n steps (n - 1 without grad, the last with backward;
 n cycles 1..4), guided teacher, fake score (DMD). Critic iteration: rollout without grad, fake
 score forward+backward.
