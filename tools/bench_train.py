@@ -13,8 +13,8 @@ occur; flags after ``--`` go to the trainer), then prints one JSON line: median 
 student and per critic iteration (the first of each kind left out), tokens/s, model FLOP
 utilisation against this card's measured bf16 matmul rate, and peak GPU memory.
 
-Model FLOPs count network passes in forward equivalents F (one Wan forward, the formula of
-architecture.md): ``megatron_rcm.planning.timing.FORWARD_EQUIVALENTS``. Recompute adds work
+Model FLOPs count network passes in forward equivalents F of one Wan forward
+(``megatron_rcm.planning.timing``: ``wan_forward_flops``, ``FORWARD_EQUIVALENTS``). Recompute adds work
 that is not counted (MFU, not hardware utilisation).
 """
 

@@ -14,12 +14,14 @@
 #   bash tools/gpu_runs.sh generate    # tools/bench_generate.py on 1 GPU: 4-step student vs 50-step CFG teacher
 #   bash tools/gpu_runs.sh generate2   # the same with the transformer at TP=2, then at CP=2 (2 GPUs)
 #                                      # (both need transformers for UMT5: its wheel in .whl/ if not installed)
+#   bash tools/gpu_runs.sh plan    # tools/validate_plan.py on GPU 0: planner vs measured training runs
+#                                  # (PLAN_CASES=a,b picks cases; PLAN_CALIBRATE=0 skips the calibrations)
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|train|kernel|generate|generate2) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel|generate|generate2" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|train|kernel|generate|generate2|plan) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel|generate|generate2|plan" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -123,6 +125,16 @@ generate)
   CUDA_VISIBLE_DEVICES=0 timeout 560 python3 tools/bench_generate.py --json "$OUT/generate_1gpu.json" \
     > "$OUT/generate_1gpu.log" 2>&1
   grep -A9 "^| stage" "$OUT/generate_1gpu.log" || tail -5 "$OUT/generate_1gpu.log"
+  ;;
+plan)
+  # a profile calibrated at each width, then each case trains 4 iterations with random weights
+  # (Wan 1.3B with and without offloads and recompute; the 14B width with 6 blocks, wan14b_rcm.yaml)
+  flags=""
+  [ -n "${PLAN_CASES:-}" ] && flags="--cases $PLAN_CASES"
+  [ "${PLAN_CALIBRATE:-1}" = 0 ] && flags="$flags --skip-calibration"
+  CUDA_VISIBLE_DEVICES=0 timeout 585 python3 tools/validate_plan.py --work /tmp/plan $flags \
+    --json "$OUT/plan.json" > "$OUT/plan.log" 2>&1
+  grep -A12 "^| case" "$OUT/plan.log" || tail -20 "$OUT/plan.log"
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do

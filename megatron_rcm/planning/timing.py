@@ -1,7 +1,7 @@
 """Seconds per student and per critic iteration of one rCM layout.
 
-Network passes are counted in forward equivalents of one Wan forward (``wan_forward_flops``,
-architecture.md's formula), timed at the Profile's matmul rate and forward efficiency, with the
+Network passes are counted in forward equivalents of one Wan forward (``wan_forward_flops``),
+timed at the Profile's matmul rate and forward efficiency, with the
 JVP and the backward as measured multiples of the forward. Collectives are modelled by the bytes
 they move over the Profile's effective bandwidths: per block 6 sequence-parallel all-gathers /
 reduce-scatters of the token stream over TP, and 4 all-to-alls (or the ring's key/value passes)
@@ -14,7 +14,6 @@ n cycles 1..4), guided teacher, fake score (DMD). Critic iteration: rollout with
 score forward+backward.
 """
 
-import math
 
 from .memory import BF16, FP32, ddp_buffer_numel, ema_shard_numel, local_parameter_numels, padded_tokens
 from .profile import Profile
@@ -33,7 +32,8 @@ FORWARD_EQUIVALENTS = {"student": 2 + 2 + 3 + (MEAN_ROLLOUT_STEPS - 1) + 3 + 2 +
 
 
 def wan_forward_flops(config, tokens: int, text_len: int) -> float:
-    """Model FLOPs of one Wan forward of one sample (matmuls and attention)."""
+    """Model FLOPs of one Wan forward of one sample: per block 8Nd^2 + 4N^2d (self-attention),
+    4Nd^2 + 4NLd (cross-attention to L text tokens), 4Ndf (FFN)."""
     d, f = config.hidden_size, config.ffn_hidden_size
     per_layer = 8 * tokens * d * d + 4 * tokens**2 * d + 4 * tokens * d * d + 4 * tokens * text_len * d
     return config.num_layers * (per_layer + 4 * tokens * d * f)
