@@ -14,7 +14,6 @@ n cycles 1..4), guided teacher, fake score (DMD). Critic iteration: rollout with
 score forward+backward.
 """
 
-
 from .memory import BF16, FP32, ddp_buffer_numel, ema_shard_numel, local_parameter_numels, padded_tokens
 from .profile import Profile
 from .workload import Cluster, Layout, Workload
