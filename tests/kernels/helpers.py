@@ -18,15 +18,6 @@ def reference_jvp(inputs, softmax_scale=None, key_padding_mask=None):
     return out, out_t, lse, lse_t
 
 
-def max_rel_error(actual, expected):
-    """max |actual - expected| / max |expected| over finite entries; non-finite entries must match exactly."""
-    actual = actual.double()
-    finite = torch.isfinite(expected)
-    assert torch.equal(actual[~finite], expected[~finite]), "non-finite entries differ"
-    diff = (actual[finite] - expected[finite]).abs().max()
-    return (diff / expected[finite].abs().max()).item()
-
-
 def inputs_with_key_rows_past_2_to_the_31(device="cuda"):
     """(compact inputs, the same with k, k_t, v, v_t as views of one 4.4 GB buffer whose rows are
     2^20 elements apart), so that key row offsets pass 2^31 elements, as long sequences with wide

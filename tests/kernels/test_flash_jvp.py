@@ -7,7 +7,8 @@ import torch
 from megatron_rcm.kernels import AttentionJVPOutput, flash_attention_jvp
 from megatron_rcm.kernels.flash_jvp import launch, launch_config
 
-from .helpers import max_rel_error, random_inputs, reference_jvp
+from ..numerics import relative_error
+from .helpers import random_inputs, reference_jvp
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
@@ -24,7 +25,7 @@ def check_against_reference(inputs, dtype, softmax_scale=None, key_padding_mask=
     result = flash_attention_jvp(*inputs, softmax_scale=softmax_scale, key_padding_mask=key_padding_mask)
     expected = reference_jvp(inputs, softmax_scale, key_padding_mask)
     for name, actual, want in zip(AttentionJVPOutput._fields, result, expected):
-        error = max_rel_error(actual, want)
+        error = relative_error(actual, want)
         assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.2e}"
     return result
 
@@ -92,8 +93,8 @@ def test_tangent_is_a_directional_derivative():
     plus = flash_attention_jvp(q + eps * q_t, k + eps * k_t, v + eps * v_t, q_t, k_t, v_t)
     minus = flash_attention_jvp(q - eps * q_t, k - eps * k_t, v - eps * v_t, q_t, k_t, v_t)
     result = flash_attention_jvp(q, k, v, q_t, k_t, v_t)
-    assert max_rel_error(result.out_t, (plus.out - minus.out) / (2 * eps)) < 1e-8
-    assert max_rel_error(result.lse_t, (plus.lse - minus.lse) / (2 * eps)) < 1e-8
+    assert relative_error(result.out_t, (plus.out - minus.out) / (2 * eps)) < 1e-8
+    assert relative_error(result.lse_t, (plus.lse - minus.lse) / (2 * eps)) < 1e-8
 
 
 def _growing_scores(dtype, key_gain):
@@ -114,7 +115,7 @@ def test_launch_config_matches_reference_in_float64(masked, tma):
     mask = padding_mask(2, 97) if masked else None
     result = launch(*inputs, 32 ** -0.5, mask, launch_config(32, 16, 4, 2, tma))
     for name, actual, want in zip(AttentionJVPOutput._fields, result, reference_jvp(inputs, None, mask)):
-        assert max_rel_error(actual, want) <= TOLERANCE[torch.float64], name
+        assert relative_error(actual, want) <= TOLERANCE[torch.float64], name
 
 
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
@@ -127,7 +128,7 @@ def test_keys_and_values_without_tangent_match_zero_tangents_in_float64(masked, 
     want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)], 0.3, mask)
     result = launch(q, k, v, q_t, None, None, 0.3, mask, launch_config(32, 16, 4, 2, tma))
     for name, actual, expected in zip(AttentionJVPOutput._fields, result, want):
-        assert max_rel_error(actual, expected) <= TOLERANCE[torch.float64], name
+        assert relative_error(actual, expected) <= TOLERANCE[torch.float64], name
 
 
 def test_one_missing_key_or_value_tangent_is_zero():
@@ -137,7 +138,7 @@ def test_one_missing_key_or_value_tangent_is_zero():
         want = reference_jvp([q, k, v, q_t, full["k_t"], full["v_t"]])
         result = flash_attention_jvp(q, k, v, q_t, **given)
         for name, actual, expected in zip(AttentionJVPOutput._fields, result, want):
-            assert max_rel_error(actual, expected) <= TOLERANCE[torch.float64], name
+            assert relative_error(actual, expected) <= TOLERANCE[torch.float64], name
 
 
 def test_64_bit_key_row_offsets_match_reference_in_float64():
@@ -152,7 +153,7 @@ def test_64_bit_key_row_offsets_match_reference_in_float64():
     config = launch_config(32, 16, 4, 2)
     _flash_jvp_kernel[(2, 4)](*args, **dict(meta, LONG_ROWS=True), **config.kwargs)
     for name, actual, want in zip(AttentionJVPOutput._fields, outputs, reference_jvp(inputs, 0.3)):
-        assert max_rel_error(actual, want) <= TOLERANCE[torch.float64], name
+        assert relative_error(actual, want) <= TOLERANCE[torch.float64], name
 
 
 def test_descriptors_on_strided_inputs_match_reference_in_float64():
@@ -161,7 +162,7 @@ def test_descriptors_on_strided_inputs_match_reference_in_float64():
     strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in tensors]
     result = launch(*strided, 0.3, None, launch_config(32, 16, 4, 2, tma=True))
     for name, actual, want in zip(AttentionJVPOutput._fields, result, reference_jvp(tensors, 0.3)):
-        assert max_rel_error(actual, want) <= TOLERANCE[torch.float64], name
+        assert relative_error(actual, want) <= TOLERANCE[torch.float64], name
 
 
 def test_float32_scores_growing_past_overflow_stay_accurate():
@@ -170,7 +171,7 @@ def test_float32_scores_growing_past_overflow_stay_accurate():
     inputs = _growing_scores(torch.float32, key_gain=40.0)
     result = launch(*inputs, 32 ** -0.5, None, launch_config(32, 16, 4, 2))
     for name, actual, want in zip(AttentionJVPOutput._fields, result, reference_jvp(inputs)):
-        assert torch.isfinite(actual).all() and max_rel_error(actual, want) <= TOLERANCE[torch.float32], name
+        assert torch.isfinite(actual).all() and relative_error(actual, want) <= TOLERANCE[torch.float32], name
 
 
 def _valid():

@@ -6,7 +6,8 @@ import torch
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels.flash_jvp import _empty_outputs, _install_descriptor_allocator, flash_jvp_hopper, launch, launch_config
 
-from .helpers import inputs_with_key_rows_past_2_to_the_31, max_rel_error, random_inputs, reference_jvp
+from ..numerics import relative_error
+from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     flash_jvp_hopper is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -36,7 +37,7 @@ def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, hea
     got = _hopper(q, k, v, q_t, *((k_t, v_t) if kv_tangent else (None, None)))
     triton_kernel = launch(q, k, v, q_t, k_t, v_t, head_dim ** -0.5, None, launch_config(64, 32, 4, 2))
     for name, g, t, w in zip(("out", "out_t", "lse", "lse_t"), got, triton_kernel, want):
-        error, triton_error = max_rel_error(g, w), max_rel_error(t, w)
+        error, triton_error = relative_error(g, w), relative_error(t, w)
         assert error <= tolerance, name
         # the same bf16/fp16 roundings in another order: within 1.5x of the Triton kernel's error
         assert error <= 1.5 * triton_error + 1e-5, (name, error, triton_error)
@@ -46,7 +47,7 @@ def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, hea
 def test_other_pipeline_shapes(block_m, block_n, stages):
     inputs = _sbhd(random_inputs(1, 2, 300, 333, 128, torch.bfloat16, device="cuda"))
     for got, want in zip(_hopper(*inputs, block_m=block_m, block_n=block_n, stages=stages), reference_jvp(inputs)):
-        assert max_rel_error(got, want) <= 2e-2
+        assert relative_error(got, want) <= 2e-2
 
 
 def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask():
@@ -56,13 +57,13 @@ def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask():
     mask = torch.rand(2, 190, device="cuda") > 0.3
     masked = flash_attention_jvp(*inputs, key_padding_mask=mask)
     for got, want in zip(masked, reference_jvp(inputs, key_padding_mask=mask)):
-        assert max_rel_error(got, want) <= 2e-2
+        assert relative_error(got, want) <= 2e-2
 
 
 def test_key_rows_past_2_to_the_31_elements():
     compact, long_rows = inputs_with_key_rows_past_2_to_the_31()
     for got, want in zip(_hopper(*long_rows), reference_jvp(compact)):
-        assert max_rel_error(got, want) <= 2e-2
+        assert relative_error(got, want) <= 2e-2
 
 
 def test_a_compile_failure_falls_back_to_the_triton_kernel_with_a_warning(monkeypatch):
@@ -83,4 +84,4 @@ def test_a_compile_failure_falls_back_to_the_triton_kernel_with_a_warning(monkey
         first = flash_attention_jvp(*inputs)
     assert not flash_jvp._hopper_kernel_serves(*inputs, None)
     for got, want in zip(first, reference_jvp(inputs)):
-        assert max_rel_error(got, want) <= 2e-2
+        assert relative_error(got, want) <= 2e-2

@@ -4,7 +4,8 @@ import torch
 
 from megatron_rcm.kernels import flash_attention_jvp
 
-from .helpers import inputs_with_key_rows_past_2_to_the_31, max_rel_error, random_inputs, reference_jvp
+from ..numerics import relative_error
+from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
 
 pytestmark = pytest.mark.gpu
 
@@ -26,7 +27,7 @@ def test_compiled_kernel_matches_reference(dtype, tolerance, head_dim):
     mask[1] = False
     result = flash_attention_jvp(*inputs, key_padding_mask=mask)
     for got, want in zip(result, reference_jvp(inputs, key_padding_mask=mask)):
-        assert max_rel_error(got, want) <= tolerance
+        assert relative_error(got, want) <= tolerance
 
 
 def test_constant_keys_and_values_bf16(kernel):
@@ -34,7 +35,7 @@ def test_constant_keys_and_values_bf16(kernel):
     q, k, v, q_t, _, _ = random_inputs(2, 3, 700, 512, 128, torch.bfloat16, device="cuda")
     want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)])
     for got, expected in zip(flash_attention_jvp(q, k, v, q_t), want):
-        assert max_rel_error(got, expected) <= 2e-2
+        assert relative_error(got, expected) <= 2e-2
 
 
 def test_key_rows_past_2_to_the_31_elements():
@@ -46,7 +47,7 @@ def test_key_rows_past_2_to_the_31_elements():
     want = reference_jvp(compact)
     for config in (launch_config(64, 32, 4, 2), launch_config(64, 64, 4, 3, tma=True)):
         for got, expected in zip(launch(*long_rows, 128 ** -0.5, None, config), want):
-            assert max_rel_error(got, expected) <= 2e-2, config
+            assert relative_error(got, expected) <= 2e-2, config
 
 
 def test_wan_shape_bf16_tangent_error_on_a_row_slice(kernel):
@@ -95,7 +96,7 @@ def test_tensor_descriptor_configs_match_reference(config):
     errors = {}
     for tma in (False, True):
         result = launch(*strided, 128 ** -0.5, mask, launch_config(*config, tma=tma))
-        errors[tma] = max(max_rel_error(got, w) for got, w in zip(result, want))
+        errors[tma] = max(relative_error(got, w) for got, w in zip(result, want))
     assert errors[True] <= 2e-2 and errors[True] <= 1.5 * errors[False] + 1e-3, errors
 
 
@@ -116,7 +117,7 @@ def test_autotuned_pick_with_descriptors_is_not_reused_for_misaligned_tensors(mo
     rows = torch.arange(0, 2048, 16, device="cuda")
     sliced = [t[:, :, rows] if i in (0, 3) else t for i, t in enumerate(misaligned)]
     for got, want in zip(result[:2], reference_jvp(sliced)[:2]):
-        assert max_rel_error(got[:, :, rows], want) <= 2e-2
+        assert relative_error(got[:, :, rows], want) <= 2e-2
     # the misaligned call was tuned under its own key, and only pointer configs were weighed
     fits = _flash_jvp_tuned.keys.index("DESCRIPTORS_FIT")
     picks = [config for key, config in _flash_jvp_tuned.cache.items() if key[fits] == 0]

@@ -5,6 +5,8 @@ import torch
 
 from megatron_rcm.models.diffusers_float64 import DTYPE, float64_exact
 
+from ..numerics import relative_error
+
 
 def random_inputs(cfg, batch, latent_shape, text_len, seed, t_max):
     """(x, t, text, x_t, t_t, w): latents, timesteps in (0, t_max), text, tangents and an output weight."""
@@ -28,10 +30,6 @@ def run_oracle(forward, model, data):
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         _, out_t = torch.func.jvp(forward, (data["x"], data["t"]), (data["x_t"], data["t_t"]))
     return dict(out=out.detach(), out_t=out_t.detach(), x_grad=x.grad, grads=grads)
-
-
-def relative_error(actual, expected):
-    return float((actual.detach() - expected).abs().max() / expected.abs().max())
 
 
 def check_against_oracle(model, data, expected, convert_grads, tol):

@@ -7,6 +7,8 @@ import torch
 from megatron_rcm.models.tangent import stack
 from megatron_rcm.models import elementwise as ew
 
+from ..numerics import norm_relative_error
+
 S, B, HEADS, HEAD_DIM = 6, 2, 3, 8
 C = HEADS * HEAD_DIM
 
@@ -85,12 +87,7 @@ def test_backward_form_is_autograd_of_the_plain_form(name):
         assert b.abs().max() > 0.1
 
 
-def _relative(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_pieces_are_as_accurate_as_eager_on_gpu(name, dtype):
@@ -104,7 +101,7 @@ def test_compiled_pieces_are_as_accurate_as_eager_on_gpu(name, dtype):
         reference = piece(*args64(*inputs64), tangent=tangent, compiled=False)
         eager, fused = (piece(*args(*inputs), tangent=tangent, compiled=c) for c in (False, True))
         assert fused.dtype == eager.dtype
-        assert _relative(fused, reference) <= 1.5 * _relative(eager, reference) + 1e-6, (tangent, dtype)
+        assert norm_relative_error(fused, reference) <= 1.5 * norm_relative_error(eager, reference) + 1e-6, (tangent, dtype)
     # the backward form, compiled, against the same form in float64
     grads = []
     for xs, make, compiled in ((stacked, args, False), (stacked, args, True), (stacked64, args64, False)):
@@ -112,4 +109,4 @@ def test_compiled_pieces_are_as_accurate_as_eager_on_gpu(name, dtype):
         out = piece(*make(*inputs), tangent=False, compiled=compiled)
         grads.append(torch.autograd.grad(out.double().sin().sum().to(out.dtype), inputs))
     for eager, fused, reference in zip(*grads):
-        assert _relative(fused, reference) <= 1.5 * _relative(eager, reference) + 1e-6, dtype
+        assert norm_relative_error(fused, reference) <= 1.5 * norm_relative_error(eager, reference) + 1e-6, dtype

@@ -12,6 +12,8 @@ from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.parallel.ring_attention import ring_attention, ring_attention_jvp
 from megatron_rcm.testing import run_distributed
 
+from ..numerics import norm_relative_error
+
 BATCH, HEADS, DIM, SCALE = 2, 3, 16, 0.3
 
 
@@ -70,10 +72,6 @@ def test_ring_attention_equals_whole_sequence(cp, seq, valid, kernel):
         assert all(e < 1e-12 for e in errors.values()), errors
 
 
-def _relative(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def _gpu_body(seq, valid, kernel):
     with parallel_context(ParallelConfig(context_parallel_size=2)):
         group = parallel_state.get_context_parallel_group()
@@ -90,7 +88,7 @@ def _gpu_body(seq, valid, kernel):
         (out.float() * w[:, :, rank * chunk:(rank + 1) * chunk]).sum().backward()
         rows = min(chunk, valid - rank * chunk)
         local = slice(rank * chunk, rank * chunk + rows)
-        return {name: _relative(got[:, :, :rows], want[:, :, local]) for name, got, want in
+        return {name: norm_relative_error(got[:, :, :rows], want[:, :, local]) for name, got, want in
                 [("out", out, out_ref), ("dq", mine[0].grad, ref[0].grad), ("dk", mine[1].grad, ref[1].grad),
                  ("dv", mine[2].grad, ref[2].grad)]}
 
