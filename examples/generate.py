@@ -137,7 +137,7 @@ def encode_prompts(args, prompts, dtype, device):
 
 def sidecar(args, config, size, prompt, index, latent_shape, layout):
     record = {"prompt": prompt, "index": index, "seed": args.seed + index, "checkpoint": args.checkpoint,
-              "pipeline": args.pipeline, "height": size.height, "width": size.width, "num_frames": size.num_frames,
+              "megatron_prefix": args.megatron_prefix, "pipeline": args.pipeline, "height": size.height, "width": size.width, "num_frames": size.num_frames,
               "fps": FPS, "latent_shape": list(latent_shape), "dtype": str(args.dtype), "vae_dtype": args.vae_dtype,
               "vae_tiling": not args.no_vae_tiling, "layout": layout,
               "noise": "torch.Generator().manual_seed(seed): float32 draws of latent_shape, the initial noise "

@@ -94,10 +94,17 @@ def test_card_call_reproduces_generate(steps, exported, tmp_path):
 
 
 def test_errors_are_one_line(exported, tmp_path, capsys):
+    from diffusers import WanTransformer3DModel
+
     student, folder = exported
     base_args = ["--from", "megatron", "--to", "diffusers-pipeline", "--input", student]
     (tmp_path / "no_vae").mkdir()
-    cases = [([*base_args, "--output", tmp_path / "a"], "needs --pipeline BASE"),
+    WanTransformer3DModel(**TINY_TRANSFORMER, in_channels=TINY_VAE["z_dim"], out_channels=TINY_VAE["z_dim"],
+                          text_dim=TINY_UMT5["d_model"] + 8).save_pretrained(tmp_path / "other_text_dim")
+    other = ["--from", "diffusers", "--to", "diffusers-pipeline", "--input", tmp_path / "other_text_dim"]
+    cases = [([*other, "--pipeline", tiny_wan_pipeline(), "--output", tmp_path / "c"],
+              "the student's text_dim is 32 but the base pipeline's text encoder gives 24"),
+             ([*base_args, "--output", tmp_path / "a"], "needs --pipeline BASE"),
              ([*base_args, "--pipeline", tmp_path / "no_vae", "--output", tmp_path / "b"], "has no vae/ folder"),
              ([*base_args, "--pipeline", tiny_wan_pipeline(), "--output", folder], "exists")]
     for argv, message in cases:
@@ -105,7 +112,7 @@ def test_errors_are_one_line(exported, tmp_path, capsys):
         assert _convert(*argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("convert_checkpoint: error:") and message in err[-1], err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / name).exists() for name in "abc") and not list(tmp_path.glob(".*.tmp-*"))
     assert _convert(*base_args, "--pipeline", tiny_wan_pipeline(), "--output", folder, "--force") == 0
 
 
