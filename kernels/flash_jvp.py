@@ -319,10 +319,9 @@ def launch_config(block_m, block_n, warps, stages, tma=False) -> triton.Config:
 
 
 _WIDE_DTYPE_CONFIG = launch_config(64, 32, 8, 2)
-# tools/tune_flash_jvp.py times each candidate on its own. On an H200 at Wan-1.3B's shape the
-# descriptor (TMA) variants won: 64 x 64 with 4 warps and 3 stages 35.8 ms, 128 x 64 with 8 warps
-# 37.3, against 39.1 to 40.6 for the best pointer configs (docs/benchmarks.md). The pointer
-# configs stay for GPUs or tensors that descriptors cannot serve. Each config adds compile and
+# tools/tune_flash_jvp.py times each candidate on its own; on an H200 at Wan-1.3B's shape the two
+# descriptor (TMA) configs were the fastest, so they lead (times in docs/benchmarks.md). The
+# pointer configs stay for GPUs or tensors that descriptors cannot serve. Each config adds compile and
 # benchmark time to the first call.
 _CONFIGS = [launch_config(*c) for c in [
     (64, 64, 4, 3, True), (128, 64, 8, 2, True),

@@ -32,10 +32,10 @@ def data_loader(dataset, data: DataConfig, seed, consumed_samples):
     return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=_collate)
 
 
-def _resume(config: TrainingConfig, nets):
+def _resume(config: TrainingConfig, networks):
     load_dir = config.checkpoint.load or config.checkpoint.save
     if load_dir and CheckpointManager(load_dir).latest_iteration() is not None:
-        return load_state(CheckpointManager(load_dir), nets, config)
+        return load_state(CheckpointManager(load_dir), networks, config)
     if config.checkpoint.load:
         raise CheckpointNotFoundError(f"--load {config.checkpoint.load}: no checkpoint there")
     return Progress()
@@ -50,12 +50,12 @@ def train(config: TrainingConfig):
     with parallel_context(config.parallel, seed=config.seed):
         device = current_device()
         dataset = LatentShardDataset(data.data_path)
-        nets = build_networks(config, device)
-        progress = _resume(config, nets)
+        networks = build_networks(config, device)
+        progress = _resume(config, networks)
         saver = CheckpointManager(checkpoint.save, checkpoint.keep_last) if checkpoint.save else None
         logger = MetricsLogger(config.logging.log_jsonl, config.logging.tensorboard_dir, config.logging.log_interval)
-        dtype = nets.student.module.config.params_dtype
-        patch = nets.student.module.config.patch_size
+        dtype = networks.student.module.config.params_dtype
+        patch = networks.student.module.config.patch_size
         first_sample = parallel_state.get_data_parallel_rank() * data.micro_batch_size
         batches = iter(data_loader(dataset, data, config.seed, progress.consumed_samples))
         try:
@@ -63,15 +63,15 @@ def train(config: TrainingConfig):
                 start = time.perf_counter()
                 latent, embed = next(batches)
                 x0, text = latent.to(device, dtype), embed.to(device, dtype)
-                it = progress.iteration
-                noise = draw_noise(config.seed, it, first_sample, x0.shape[0], x0.shape[1:], rcm, device, dtype)
-                if rcm.updates_student(it):
-                    diagnostics, metrics = student_step(nets, rcm, (x0, text), noise, it,
+                iteration = progress.iteration
+                noise = draw_noise(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm, device, dtype)
+                if rcm.updates_student(iteration):
+                    diagnostics, metrics = student_step(networks, rcm, (x0, text), noise, iteration,
                                                         progress.student_updates, config.optimization.clip_grad)
                     progress.student_updates += 1
                     network = "student"
                 else:
-                    diagnostics, metrics = fake_score_step(nets, rcm, (x0, text), noise, progress.critic_updates,
+                    diagnostics, metrics = fake_score_step(networks, rcm, (x0, text), noise, progress.critic_updates,
                                                            config.optimization.clip_grad)
                     progress.critic_updates += 1
                     network = "fake_score"
@@ -86,11 +86,11 @@ def train(config: TrainingConfig):
                 stop = preemption.should_stop()
                 periodic = checkpoint.save_interval and progress.iteration % checkpoint.save_interval == 0
                 if saver and (stop or periodic or progress.iteration == config.train_iters):
-                    saver.save(progress.iteration, sharded_state(nets, progress, recipe_of(config)))
+                    saver.save(progress.iteration, sharded_state(networks, progress, recipe_of(config)))
                 if stop:
                     break
             if saver and progress.iteration == config.train_iters:
-                export_ema(nets, progress.iteration, config)
+                export_ema(networks, progress.iteration, config)
         finally:
             stop_loader_workers(batches)
             logger.close()
