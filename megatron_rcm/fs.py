@@ -25,6 +25,7 @@ def atomic_output_dir(path, overwrite=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, new_dir_mode())
         yield tmp
         _fsync_tree(tmp)
         old = None
@@ -56,11 +57,20 @@ def _fsync_tree(folder):
         _fsync_dir(root)
 
 
-def new_file_mode() -> int:
-    """The permissions ``open`` gives a new file under the current umask (``mkstemp`` gives 0600)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def new_file_mode() -> int:
+    """The permissions ``open`` gives a new file under the current umask (``mkstemp`` gives 0600)."""
+    return 0o666 & ~_umask()
+
+
+def new_dir_mode() -> int:
+    """The permissions ``mkdir`` gives a new folder under the current umask (``mkdtemp`` gives 0700)."""
+    return 0o777 & ~_umask()
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

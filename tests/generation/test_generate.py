@@ -10,6 +10,7 @@ import torch
 
 from megatron_rcm import load_model
 from megatron_rcm.diffusion import ClassifierFreeGuidance, TrigFlowDenoiser, sample_few_step, sample_rf_unipc
+from megatron_rcm.fs import new_dir_mode
 from megatron_rcm.parallel import parallel_context
 from tests.wan_pipeline import tiny_wan_pipeline
 
@@ -37,6 +38,7 @@ def _reference(pipeline, sampler):
 
 def test_student_writes_mp4_sidecar_and_the_sampler_latents(pipeline, tmp_path):
     _run(pipeline, tmp_path / "out", "--steps", "2", "--seed", "5")
+    assert (tmp_path / "out").stat().st_mode & 0o777 == new_dir_mode()  # as mkdir would make it, not 0700
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [f"0000_a-red-fox-runs-across-a-snowy-field-at-d{s}" for s in (".json", ".mp4", ".pt")]
 
