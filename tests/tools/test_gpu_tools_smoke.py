@@ -12,7 +12,9 @@ import pytest
     (["tools/tune_flash_jvp.py", "--cpu-smoke"], "TMA | nan"),
     (["tools/bench_attention.py", "--cpu-smoke"], "out_t rel. error"),
     (["tools/bench_wan.py", "--cpu-smoke"], "jvp_bf16_vs_fp32"),
+    (["tools/bench_cosmos.py", "--smoke"], "jvp_bf16_vs_fp32"),
     (["tools/bench_generate.py", "--smoke"], "speed-up: end to end"),
+    (["tools/bench_encoders.py", "--smoke"], "teacher-synthetic samples per minute"),
 ], ids=lambda c: c[0] if isinstance(c, list) else "")
 def test_tool_cpu_smoke(command, expected):
     env = dict(os.environ, TRITON_INTERPRET="1")
