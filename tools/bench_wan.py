@@ -1,6 +1,7 @@
-"""Benchmark the Megatron Wan model against diffusers' WanTransformer3DModel (same config, same run).
+"""Benchmark a Megatron model (Wan by default) against its diffusers transformer (same config, same run).
 
 One GPU:   python tools/bench_wan.py [--frames 81] [--layers 30] [--json out.json]
+Any family's preset: --preset (tools/bench_cosmos.py runs this with Cosmos-Predict2 defaults)
 TP=2:      torchrun --nproc-per-node 2 tools/bench_wan.py --tp 2 --sp
 CP=2:      torchrun --nproc-per-node 2 tools/bench_wan.py --cp 2 --cp-mode a2a   (or --cp-mode p2p, ring)
 CPU check: TRITON_INTERPRET=1 python tools/bench_wan.py --cpu-smoke
@@ -23,14 +24,18 @@ import time
 import torch
 
 
-def _parse():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b")
-    p.add_argument("--frames", type=int, default=81, help="video frames (latent frames = (frames - 1) / 4 + 1)")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
+WAN_DEFAULTS = dict(preset="wan2.1-t2v-1.3b", smoke_preset="tiny-b", frames=81, height=480, width=832, text_len=512)
+
+
+def _parse(defaults, description):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(**defaults)
+    p.add_argument("--preset")
+    p.add_argument("--frames", type=int, help="video frames (latent frames = (frames - 1) / 4 + 1)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
     p.add_argument("--layers", type=int, default=None, help="fewer blocks for quick runs")
-    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--text-len", type=int)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--cp", type=int, default=1)
     p.add_argument("--cp-mode", choices=("a2a", "p2p"), default="a2a")
@@ -40,7 +45,7 @@ def _parse():
     p.add_argument("--skip-error", action="store_true", help="skip the bf16-vs-float32 error runs")
     p.add_argument("--no-fuse-elementwise", action="store_true", help="run the elementwise pieces eagerly")
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU (needs TRITON_INTERPRET=1)")
+    p.add_argument("--cpu-smoke", "--smoke", action="store_true", help="tiny model on CPU (needs TRITON_INTERPRET=1)")
     return p.parse_args()
 
 
@@ -75,29 +80,28 @@ class Timer:
         return statistics.median(times), peak
 
 
-def _diffusers_model(cfg, device, dtype):
-    from diffusers import WanTransformer3DModel
+def _diffusers_model(family, cfg, device, dtype):
+    import diffusers
 
-    return WanTransformer3DModel(
-        patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.kv_channels,
-        in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_hidden_size, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm,
-        eps=cfg.layernorm_epsilon,
-    ).to(device=device, dtype=dtype)
+    kwargs = family.diffusers_config(cfg)
+    return getattr(diffusers, kwargs.pop("_class_name"))(**kwargs).to(device=device, dtype=dtype)
 
 
 def _relative_error(actual, expected):
     return float((actual.float() - expected.float()).norm() / expected.float().norm())
 
 
-def main():
-    args = _parse()
-    from megatron_rcm.models.wan import WanModel, load_diffusers_weights, wan_config
+def main(defaults=WAN_DEFAULTS, description=__doc__):
+    args = _parse(defaults, description)
+    from megatron_rcm.models import family_of_preset
+    from megatron_rcm.models.weight_map import load_diffusers_weights
     from megatron_rcm.parallel import ParallelConfig, current_device, initialize_parallel, destroy_parallel
     from megatron_rcm.planning import wan_forward_flops
 
     if args.cpu_smoke:
-        args.preset, args.frames, args.height, args.width, args.text_len, args.repeats = "tiny-b", 5, 16, 24, 8, 1
+        args.preset, args.height, args.width, args.text_len, args.repeats = args.smoke_preset, 32, 48, 8, 1
+        args.frames = min(args.frames, 5)
+    family = family_of_preset(args.preset)
     initialize_parallel(ParallelConfig(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp,
                                        sequence_parallel=args.sp))
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -108,15 +112,15 @@ def main():
                      fuse_elementwise=not args.no_fuse_elementwise)
     if args.layers is not None:
         overrides["num_layers"] = args.layers
-    cfg = wan_config(args.preset, params_dtype=dtype, bf16=True, **overrides)
+    cfg = family.config_class.from_preset(args.preset, params_dtype=dtype, bf16=True, **overrides)
     latent = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
     tokens = math.prod(s // p for s, p in zip(latent, cfg.patch_size))
 
     torch.manual_seed(0)  # the same random weights and inputs on every rank
-    reference = _diffusers_model(cfg, device, dtype)
-    ours = load_diffusers_weights(WanModel(cfg), reference)
+    reference = _diffusers_model(family, cfg, device, dtype)
+    ours = load_diffusers_weights(family.model_class(cfg), reference)
     x = torch.randn(1, cfg.in_channels, *latent, device=device, dtype=dtype)
-    t = torch.tensor([700.0], device=device)
+    t = torch.tensor([0.7 * ours.TIMESTEP_SCALE], device=device)  # RF time 0.7
     text = torch.randn(1, args.text_len, cfg.text_dim, device=device, dtype=dtype)
     x_t, t_t = torch.randn_like(x), torch.tensor([1.0], device=device)
     timer = Timer(device, args.repeats)
@@ -159,7 +163,7 @@ def main():
     set_recompute(False)
 
     if not args.skip_diffusers:
-        call = lambda: reference(x, t, text).sample
+        call = lambda: family.diffusers_forward(reference, x, t, text)
         with torch.no_grad():
             record("diffusers", "forward", timer(call), flops)
         reference.enable_gradient_checkpointing()
@@ -196,7 +200,7 @@ def main():
 def _markdown(result):
     fmt = lambda v, spec: "-" if v is None else (v if isinstance(v, str) else format(v, spec))
     forward = {r["model"]: r["seconds"] for r in result["rows"] if r["measurement"] == "forward"}
-    lines = [f"Wan {result['preset']} x {result['layers']} layers, latent {result['latent']} = {result['tokens']} "
+    lines = [f"{result['preset']} x {result['layers']} layers, latent {result['latent']} = {result['tokens']} "
              f"tokens, text {result['text_len']}, TP={result['tp']} CP={result['cp']} ({result['cp_mode']}) "
              f"SP={result['sp']}, fused elementwise={result['fused']}, {result['device']}, bf16",
              "",

@@ -8,16 +8,10 @@ application), the Cosmos RoPE table (float32 ``arange`` positions and frequencie
 leave float64 tensors alone, builds the Cosmos RoPE table's float32 ``arange`` tensors in
 float64, computes the timestep embedding in float64 and selects the math SDPA backend (the one
 with forward-mode AD), for building and running diffusers. Nothing else changes.
-
-The Cosmos transformer resizes its padding mask with torchvision, which a CPU-only install may
-lack; there the context supplies torchvision's nearest-neighbour tensor resize
-(``torch.nn.functional.interpolate(mode="nearest")``, what torchvision calls for tensors).
 """
 
 import contextlib
-import enum
 import math
-import types
 
 import torch
 from diffusers.models import embeddings as diffusers_embeddings
@@ -36,18 +30,6 @@ def _timestep_embedding_float64(timesteps, embedding_dim, flip_sin_to_cos=False,
     if flip_sin_to_cos:
         emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
     return torch.nn.functional.pad(emb, (0, embedding_dim % 2))
-
-
-class _InterpolationMode(enum.Enum):
-    NEAREST = "nearest"
-
-
-def _resize(image, size, interpolation=_InterpolationMode.NEAREST):
-    return torch.nn.functional.interpolate(image, size=size, mode=interpolation.value)
-
-
-_NEAREST_RESIZE = types.SimpleNamespace(functional=types.SimpleNamespace(resize=_resize),
-                                        InterpolationMode=_InterpolationMode)
 
 
 def _keep_float64(dtype):
@@ -90,14 +72,9 @@ def float64_exact():
     torch.Tensor.float = lambda self, *a, **k: self if self.dtype == DTYPE else original_float(self, *a, **k)
     torch.Tensor.to, rope.forward = to, rope_forward
     diffusers_embeddings.get_timestep_embedding = _timestep_embedding_float64
-    supply_resize = not hasattr(transformer_cosmos, "transforms")
-    if supply_resize:
-        transformer_cosmos.transforms = _NEAREST_RESIZE
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
         torch.Tensor.float, torch.Tensor.to, rope.forward = original_float, original_to, original_rope
         diffusers_embeddings.get_timestep_embedding = original_embedding
-        if supply_resize:
-            del transformer_cosmos.transforms

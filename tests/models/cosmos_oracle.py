@@ -4,7 +4,13 @@ import torch
 from diffusers import CosmosTransformer3DModel
 
 from megatron_rcm.models.diffusers_float64 import DTYPE, float64_exact
-from megatron_rcm.models.cosmos import CosmosModel, cosmos_config, diffusers_config, load_diffusers_weights
+from megatron_rcm.models.cosmos import (  # noqa: F401 (diffusers_forward: for the tests)
+    CosmosModel,
+    cosmos_config,
+    diffusers_config,
+    diffusers_forward,
+    load_diffusers_weights,
+)
 
 from .oracle import random_inputs, relative_error, run_oracle  # noqa: F401 (relative_error: for the tests)
 
@@ -37,13 +43,7 @@ def inputs(cfg, batch, latent_shape, text_len, seed):
     return random_inputs(cfg, batch, latent_shape, text_len, seed, t_max=1)
 
 
-def diffusers_forward(model, x, t, text, padding_mask=None):
-    """The diffusers transformer as the text-to-image pipeline calls it (all-zero padding mask by default)."""
-    if model.config.concat_padding_mask and padding_mask is None:
-        padding_mask = x.new_zeros(1, 1, *x.shape[-2:])
-    return model(x, t, text, padding_mask=padding_mask).sample
-
-
 def oracle(model, data, padding_mask=None):
-    """diffusers' forward, JVP (torch.func.jvp) and gradients of sum(w * out), in exact float64."""
+    """diffusers' forward, JVP (torch.func.jvp) and gradients of sum(w * out), in exact float64;
+    by default with the pipeline's all-zero padding mask."""
     return run_oracle(lambda x, t: diffusers_forward(model, x, t, data["text"], padding_mask), model, data)

@@ -7,6 +7,7 @@ import torch
 from diffusers import Cosmos2TextToImagePipeline, FlowMatchEulerDiscreteScheduler
 
 from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
+from megatron_rcm.models.cosmos.diffusers_weights import nearest_resize
 from megatron_rcm.models.diffusers_float64 import float64_exact
 from megatron_rcm.parallel import parallel_context
 
@@ -34,7 +35,7 @@ def _pipeline_steps(transformer, noise, text, steps):
         return {}
 
     height, width = (8 * s for s in noise.shape[-2:])  # the pixel size of these latents (VAE factor 8)
-    with float64_exact():
+    with float64_exact(), nearest_resize():
         pipe(prompt_embeds=text, height=height, width=width, num_inference_steps=steps, guidance_scale=1.0,
              latents=noise, output_type="latent", callback_on_step_end=record,
              callback_on_step_end_tensor_inputs=["latents"])

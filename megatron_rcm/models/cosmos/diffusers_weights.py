@@ -1,4 +1,10 @@
-"""diffusers ``CosmosTransformer3DModel`` (Cosmos-Predict2 text-to-image) <-> this model: config and weights."""
+"""diffusers ``CosmosTransformer3DModel`` (Cosmos-Predict2 text-to-image) <-> this model: config, weights, calls."""
+
+import contextlib
+import enum
+import types
+
+import torch
 
 from .. import weight_map
 from .config import CosmosConfig
@@ -57,3 +63,37 @@ def convert_diffusers_state_dict(state, config: CosmosConfig, tp_rank: int = 0) 
 def save_diffusers_folder(model, folder, overwrite=True):
     """Write a TP=1 ``CosmosModel`` as a diffusers folder (config.json + safetensors), atomically."""
     weight_map.save_diffusers_folder(model, folder, diffusers_config(model.config), overwrite)
+
+
+class _InterpolationMode(enum.Enum):
+    NEAREST = "nearest"
+
+
+def _resize(image, size, interpolation=_InterpolationMode.NEAREST):
+    return torch.nn.functional.interpolate(image, size=size, mode=interpolation.value)
+
+
+@contextlib.contextmanager
+def nearest_resize():
+    """diffusers resizes the padding mask with torchvision, which a CPU-only install may lack: there
+    supply torchvision's nearest-neighbour tensor resize (``interpolate(mode="nearest")``)."""
+    from diffusers.models.transformers import transformer_cosmos
+
+    if hasattr(transformer_cosmos, "transforms"):
+        yield
+        return
+    transformer_cosmos.transforms = types.SimpleNamespace(functional=types.SimpleNamespace(resize=_resize),
+                                                          InterpolationMode=_InterpolationMode)
+    try:
+        yield
+    finally:
+        del transformer_cosmos.transforms
+
+
+def diffusers_forward(model, x, t, text, padding_mask=None):
+    """diffusers' ``CosmosTransformer3DModel`` output as ``Cosmos2TextToImagePipeline`` calls it: with an
+    all-zero padding mask unless one is given."""
+    if padding_mask is None and model.config.concat_padding_mask:
+        padding_mask = x.new_zeros(1, 1, *x.shape[-2:])
+    with nearest_resize():
+        return model(x, t, text, padding_mask=padding_mask).sample

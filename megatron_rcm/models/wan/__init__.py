@@ -10,10 +10,19 @@ from .diffusers_weights import (
     read_diffusers_folder,
     save_diffusers_folder,
 )
+from ..family import ModelFamily
 from .model import WanModel
 from .weight_map import diffusers_shapes, wan_parameters
 
+FAMILY = ModelFamily(
+    name="wan", config_class=WanConfig, model_class=WanModel, diffusers_class="WanTransformer3DModel",
+    config_from_diffusers=config_from_diffusers, diffusers_config=diffusers_config,
+    convert_diffusers_state_dict=convert_diffusers_state_dict,
+    diffusers_forward=lambda model, x, t, text: model(x, t, text).sample,
+)
+
 __all__ = [
+    "FAMILY",
     "PRESETS",
     "WanConfig",
     "WanModel",
