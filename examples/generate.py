@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from megatron_rcm.diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, flow_matching_schedule
 from megatron_rcm.encoders import PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae
-from megatron_rcm.fs import OutputExistsError, atomic_output_dir
+from megatron_rcm.atomic_output import OutputExistsError, atomic_output_dir
 from megatron_rcm.generation import (FPS, GenerationError, SamplingConfig, VideoSize, draw_noise, sample,
                                      video_frames, video_name, write_mp4)
 from megatron_rcm.parallel import ParallelConfig, ParallelSizeError, current_device, parallel_context

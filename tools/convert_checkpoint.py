@@ -25,7 +25,7 @@ from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.wan_keys import UnknownKeyError
 from megatron_rcm.convert.wan_native import ConfigMismatchError
 from megatron_rcm.encoders import PipelineFolderError
-from megatron_rcm.fs import OutputExistsError
+from megatron_rcm.atomic_output import OutputExistsError
 from megatron_rcm.loading import recorded_sampler
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

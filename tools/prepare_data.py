@@ -36,9 +36,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv=None):
+    from megatron_rcm import cli
     from megatron_rcm.encoders import WAN_NEGATIVE_PROMPT
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True, help="diffusers Wan2.1 folder with vae/, text_encoder/, tokenizer/")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--videos", help="folder of videos, each with its caption NAME.txt beside it")
@@ -64,7 +65,7 @@ def parse_args(argv=None):
     teacher.add_argument("--tensor-model-parallel-size", type=int, default=1)
     teacher.add_argument("--context-parallel-size", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    cli.add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -131,7 +132,7 @@ def _settings(args, items):
 
 
 def _save_tensor(path, tensor):
-    from megatron_rcm.fs import atomic_write_bytes
+    from megatron_rcm.atomic_output import atomic_write_bytes
 
     buffer = io.BytesIO()
     torch.save(tensor.detach().cpu().clone(), buffer)
@@ -255,19 +256,16 @@ def run(args):
 
 
 def main(argv=None):
+    from megatron_rcm import cli
     from megatron_rcm.data.prepare import PrepareError
     from megatron_rcm.encoders import PipelineFolderError
     from megatron_rcm.generation import GenerationError
     from megatron_rcm.parallel.config import ParallelSizeError
 
     args = parse_args(argv)
-    try:
+    with cli.one_line_errors("prepare_data", (PrepareError, PipelineFolderError, GenerationError,
+                                              ParallelSizeError, OSError), args.debug):
         return run(args)
-    except (PrepareError, PipelineFolderError, GenerationError, ParallelSizeError) as e:
-        if args.debug:
-            raise
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

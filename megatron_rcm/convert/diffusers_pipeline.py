@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, flow_matching_schedule
 from ..encoders import PipelineFolderError, check_pipeline_folder
-from ..fs import atomic_output_dir
+from ..atomic_output import atomic_output_dir
 from .wan_native import ConfigMismatchError, DiffusersTensors, write_diffusers
 
 COPIED = ("vae", "text_encoder", "tokenizer")

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 from tqdm import tqdm
 
-from ..fs import atomic_output_dir
+from ..atomic_output import atomic_output_dir
 from ..loading import MODELS_KEY, checkpoint_models
 from ..models.wan import config_from_architecture, config_from_diffusers, diffusers_config, wan_parameters
 from ..save_folder import latest_checkpoint_path

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..fs import atomic_output_dir
+from ..atomic_output import atomic_output_dir
 from ..models.wan import config_from_diffusers, diffusers_shapes
 from . import wan_keys
 from .tensor_files import CheckpointFileError, TensorInfo, TensorReader, write_safetensors_shards

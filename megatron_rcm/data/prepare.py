@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..fs import atomic_write_bytes
+from ..atomic_output import atomic_write_bytes
 from .shard_writer import write_shard
 from .videos import VIDEO_EXTENSIONS, VideoReadError, read_video
 

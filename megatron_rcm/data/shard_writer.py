@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from ..fs import new_file_mode
+from ..atomic_output import new_file_mode
 
 
 def _tensor_bytes(t):

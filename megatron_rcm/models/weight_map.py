@@ -128,7 +128,7 @@ def save_diffusers_folder(model, folder, diffusers_config: dict, overwrite=True)
     """Write a TP=1 model as a diffusers folder (config.json + safetensors), atomically."""
     from safetensors.torch import save_file
 
-    from ..fs import atomic_output_dir
+    from ..atomic_output import atomic_output_dir
 
     with atomic_output_dir(folder, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(diffusers_config, indent=2) + "\n")

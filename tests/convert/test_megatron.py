@@ -15,7 +15,7 @@ from megatron_rcm.convert.megatron_dist import MODEL_PREFIX
 from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.verify import verify_conversion
 from megatron_rcm.convert.wan_native import ConfigMismatchError
-from megatron_rcm.fs import OutputExistsError
+from megatron_rcm.atomic_output import OutputExistsError
 from megatron_rcm.loading import MODELS_KEY, checkpoint_models
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed

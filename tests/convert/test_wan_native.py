@@ -15,7 +15,7 @@ from megatron_rcm.convert.wan_native import (
     convert_native_to_diffusers,
     expected_diffusers_shapes,
 )
-from megatron_rcm.fs import OutputExistsError
+from megatron_rcm.atomic_output import OutputExistsError
 
 from .checkpoints import TINY, leftovers as _leftovers, random_diffusers as _random_diffusers, tensors as _tensors
 

@@ -10,7 +10,7 @@ import torch
 
 from megatron_rcm import load_model
 from megatron_rcm.diffusion import ClassifierFreeGuidance, TrigFlowDenoiser, sample_few_step, sample_rf_unipc
-from megatron_rcm.fs import new_dir_mode
+from megatron_rcm.atomic_output import new_dir_mode
 from megatron_rcm.parallel import parallel_context
 from tests.wan_pipeline import tiny_wan_pipeline
 
