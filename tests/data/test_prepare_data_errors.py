@@ -51,7 +51,10 @@ def bad_videos(tmp_path_factory):
 
 
 def _main(argv, capsys):
-    code = prepare_tool().main([*argv, "--no-progress"])
+    try:
+        code = prepare_tool().main([*argv, "--no-progress"])
+    except SystemExit as e:  # an error exits
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -185,3 +188,6 @@ def test_error_line_on_the_command_line_and_debug_traceback(pipeline, tmp_path):
                                                   "(.mp4, .webm, .mov, .gif)"]
     debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True, timeout=120)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "PrepareError" in debug.stderr
+    misspelt = subprocess.run([*argv, "--num-frame", "9"], capture_output=True, text=True, timeout=120)
+    assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1
+    assert "unrecognized arguments: --num-frame 9 (see --help)" in misspelt.stderr
