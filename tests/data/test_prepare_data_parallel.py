@@ -108,7 +108,7 @@ def test_a_killed_run_rerun_gives_the_same_shards(pipeline, videos, reference, t
 
 def test_the_shards_train(pipeline, reference, tmp_path):
     log = tmp_path / "log.jsonl"
-    torchrun(1, ["--config", str(TINY_CONFIG), "--teacher", str(pipeline / "transformer"), "--data-path",
+    torchrun(1, ["--config", str(TINY_CONFIG), "--teacher", str(pipeline), "--data-path",
                  str(reference), "--negative-prompt-embedding", str(reference / "negative_prompt.pt"),
                  "--train-iters", "3", "--log-jsonl", str(log)])
     records = read_jsonl(log)
