@@ -103,28 +103,29 @@ class VideoDiT(MegatronModule):
         return self._run(x, t, text, x_t, t_t, extra_channels).chunk(2, dim=0)
 
     def _check_inputs(self, x, t, text):
-        c = self.config
-        if x.dim() != 5 or x.shape[1] != c.in_channels:
-            raise ValueError(f"hidden_states must be [B, {c.in_channels}, T, H, W], got {tuple(x.shape)}")
+        config = self.config
+        if x.dim() != 5 or x.shape[1] != config.in_channels:
+            raise ValueError(f"hidden_states must be [B, {config.in_channels}, T, H, W], got {tuple(x.shape)}")
         batch = x.shape[0]
         if t.shape != (batch,):
             raise ValueError(f"timestep must have shape [{batch}], got {tuple(t.shape)}")
         if text.dim() != 3 or text.shape[0] != batch:
-            raise ValueError(f"encoder_hidden_states must be [{batch}, L, {c.text_dim}], got {tuple(text.shape)}")
-        if text.shape[2] != c.text_dim:
-            raise ValueError(f"encoder_hidden_states has text dim {text.shape[2]}, the model expects {c.text_dim}")
-        for name, size, p, most in zip(("frames", "height", "width"), x.shape[2:], c.patch_size, self._max_patches()):
+            raise ValueError(f"encoder_hidden_states must be [{batch}, L, {config.text_dim}], got {tuple(text.shape)}")
+        if text.shape[2] != config.text_dim:
+            raise ValueError(f"encoder_hidden_states has text dim {text.shape[2]}, the model expects {config.text_dim}")
+        dims = zip(("frames", "height", "width"), x.shape[2:], config.patch_size, self._max_patches())
+        for name, size, p, most in dims:
             if size % p:
-                raise ValueError(f"latent {name} {size} is not divisible by the patch size {p} ({c.patch_size})")
+                raise ValueError(f"latent {name} {size} is not divisible by the patch size {p} ({config.patch_size})")
             if size // p > most:
                 raise ValueError(f"{size // p} patches along {name} exceed the model's {most} RoPE positions")
 
     def _patchify(self, x):
         """[B, C, T, H, W] -> [N, B, C*pt*ph*pw], channels ordered as diffusers' patch embedding flattens them."""
-        b, c, t, h, w = x.shape
+        b, channels, t, h, w = x.shape
         pt, ph, pw = self.config.patch_size
-        x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(2, 4, 6, 0, 1, 3, 5, 7)
-        return x.reshape((t // pt) * (h // ph) * (w // pw), b, c * pt * ph * pw)
+        x = x.reshape(b, channels, t // pt, pt, h // ph, ph, w // pw, pw).permute(2, 4, 6, 0, 1, 3, 5, 7)
+        return x.reshape((t // pt) * (h // ph) * (w // pw), b, channels * pt * ph * pw)
 
     def _unpatchify(self, tokens, grid):
         """[N, B, (patch axes in PROJ_OUT_ORDER), C] -> [B, C, T, H, W]."""
@@ -137,11 +138,12 @@ class VideoDiT(MegatronModule):
         return x.reshape(b, -1, f * patch["t"], h * patch["h"], w * patch["w"])
 
     def _layout(self, valid_len):
-        c = self.config
-        shards = c.context_parallel_size * (c.tensor_model_parallel_size if c.sequence_parallel else 1)
-        cp_group = parallel_state.get_context_parallel_group() if c.context_parallel_size > 1 else None
-        cp_rank = parallel_state.get_context_parallel_rank() if c.context_parallel_size > 1 else 0
-        return SequenceLayout.build(valid_len, shards, cp_group, c.context_parallel_size, cp_rank, c.cp_comm_type)
+        config = self.config
+        shards = config.context_parallel_size * (config.tensor_model_parallel_size if config.sequence_parallel else 1)
+        cp_group = parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
+        cp_rank = parallel_state.get_context_parallel_rank() if config.context_parallel_size > 1 else 0
+        return SequenceLayout.build(valid_len, shards, cp_group, config.context_parallel_size, cp_rank,
+                                    config.cp_comm_type)
 
     def _shard(self, tokens, layout):
         tokens = F.pad(tokens, (0, 0, 0, 0, 0, layout.padded_len - layout.valid_len))
@@ -164,13 +166,13 @@ class VideoDiT(MegatronModule):
 
     def _blocks(self, x, cond, rope, layout, tangent):
         """Every block on x; ``cond`` (a tuple of tensors) is passed to each one after x."""
-        c = self.config
-        if c.recompute_granularity != "full" or not torch.is_grad_enabled():
+        config = self.config
+        if config.recompute_granularity != "full" or not torch.is_grad_enabled():
             for block in self.blocks:
                 x = block(x, *cond, rope, layout, tangent)
             return x
-        for start in range(0, len(self.blocks), c.recompute_num_layers):
-            chunk = self.blocks[start:start + c.recompute_num_layers]
+        for start in range(0, len(self.blocks), config.recompute_num_layers):
+            chunk = self.blocks[start:start + config.recompute_num_layers]
 
             def run(x, *cond, chunk=chunk):
                 for block in chunk:

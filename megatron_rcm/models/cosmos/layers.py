@@ -79,9 +79,9 @@ class HeadRMSNorm(torch.nn.Module):
         self.weight = _ones(config, config.head_dim)
 
     def forward(self, y, tangent, rope=(None, None)):
-        c = self.config
-        return elementwise.head_rms_norm(y, self.weight, c.qk_layernorm_epsilon, c.head_dim, *rope, tangent=tangent,
-                                         compiled=c.fuse_elementwise)
+        config = self.config
+        return elementwise.head_rms_norm(y, self.weight, config.qk_layernorm_epsilon, config.head_dim, *rope,
+                                         tangent=tangent, compiled=config.fuse_elementwise)
 
 
 class SelfAttention(MegatronModule):

@@ -67,8 +67,8 @@ class CosmosModel(VideoDiT):
         return padding_mask.to(x.dtype)[:, :, None].expand(b, 1, t, h, w)
 
     def _max_patches(self):
-        c = self.config
-        return (max(s // p for s, p in zip(c.max_size, c.patch_size)),) * 3
+        config = self.config
+        return (max(s // p for s, p in zip(config.max_size, config.patch_size)),) * 3
 
     def _rope_thetas(self):
         hd = self.config.head_dim

@@ -75,12 +75,13 @@ class HeadsRMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(local_dim, device=param_device(config), dtype=config.params_dtype))
 
     def forward(self, y, bias, tangent, rope=(None, None)):
-        c = self.config
-        squares = elementwise.bias_sum_squares(y, bias, tangent=tangent, compiled=c.fuse_elementwise)
-        if c.tensor_model_parallel_size > 1:
+        config = self.config
+        squares = elementwise.bias_sum_squares(y, bias, tangent=tangent, compiled=config.fuse_elementwise)
+        if config.tensor_model_parallel_size > 1:
             squares = reduce_from_tensor_model_parallel_region(copy_to_tensor_model_parallel_region(squares))
-        return elementwise.bias_rms_normalise(y, bias, squares, self.weight, c.hidden_size, c.layernorm_epsilon,
-                                              c.head_dim, *rope, tangent=tangent, compiled=c.fuse_elementwise)
+        return elementwise.bias_rms_normalise(y, bias, squares, self.weight, config.hidden_size,
+                                              config.layernorm_epsilon, config.head_dim, *rope, tangent=tangent,
+                                              compiled=config.fuse_elementwise)
 
 
 class SelfAttention(MegatronModule):
