@@ -59,7 +59,6 @@ def _vae_rows(args, device, timer):
                 seconds, peak = timer(lambda: wan_vae.encode(video))
                 rows.append(dict(stage="VAE encode", clip=f"{name} x {frames}", dtype=str(dtype)[6:], tiled=tiled,
                                  seconds=seconds, per_second=None if seconds == "OOM" else 1 / seconds, peak_gib=peak))
-            del video
     return rows
 
 

@@ -12,17 +12,11 @@ from PIL import Image
 from megatron_rcm.data.latent_shards import LatentShardDataset
 from megatron_rcm.data.videos import read_video, resize_and_crop
 from megatron_rcm.encoders import WAN_NEGATIVE_PROMPT
-from tests.wan_pipeline import tiny_wan_pipeline
 
 from .video_files import captioned_video, prepare_tool, random_frames, write_video
 
 FRAMES, HEIGHT, WIDTH = 9, 16, 16
 LONG_CAPTION = "waves crash against black rocks under a grey sky " * 60  # > 512 tokens
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    return tiny_wan_pipeline()
 
 
 @pytest.fixture(scope="module")

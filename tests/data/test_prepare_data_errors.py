@@ -10,16 +10,10 @@ import sys
 import pytest
 
 from megatron_rcm.data.latent_shards import LatentShardDataset
-from tests.wan_pipeline import tiny_wan_pipeline
 
 from .video_files import ROOT, captioned_video, prepare_tool, random_frames, write_video
 
 SIZE = ["--height", "16", "--width", "16", "--num-frames", "9"]
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    return tiny_wan_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,10 @@ import torch
 from megatron_rcm.data.latent_shards import LatentShardDataset
 from megatron_rcm.testing import run_distributed
 from tests.training.tiny_setup import TINY_CONFIG, read_jsonl, torchrun
-from tests.wan_pipeline import tiny_wan_pipeline
 
 from .video_files import ROOT, captioned_video, prepare_tool, random_frames
 
 SIZE = ["--height", "16", "--width", "16", "--num-frames", "9"]
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    return tiny_wan_pipeline()
 
 
 @pytest.fixture(scope="module")
