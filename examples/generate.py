@@ -20,12 +20,12 @@ prompt with the same noise); data-parallel ranks take every DP-th prompt.
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from megatron_rcm import cli
 from megatron_rcm.diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, flow_matching_schedule
 from megatron_rcm.encoders import PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae
 from megatron_rcm.atomic_output import OutputExistsError, atomic_output_dir
@@ -38,7 +38,7 @@ USER_ERRORS = (GenerationError, PipelineFolderError, OutputExistsError, Parallel
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("inputs and output")
     g.add_argument("--pipeline", required=True, help="diffusers Wan2.1 folder with vae/, text_encoder/, tokenizer/")
     g.add_argument("--checkpoint", required=True, help="the model: what megatron_rcm.load_model reads")
@@ -73,7 +73,7 @@ def parse_args(argv=None):
     g.add_argument("--context-parallel-size", type=int, default=1)
     g.add_argument("--cp-comm-type", choices=("a2a", "p2p"), default="a2a")
     g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--debug", action="store_true", help="full tracebacks")
+    cli.add_debug_flag(g)
     return parser.parse_args(argv)
 
 
@@ -226,13 +226,8 @@ def run(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+    with cli.one_line_errors("generate", USER_ERRORS, args.debug):
         run(args)
-    except USER_ERRORS as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"generate: error: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

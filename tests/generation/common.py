@@ -21,7 +21,11 @@ def script(relative):
 
 
 def generate(*argv) -> int:
-    return script("examples/generate.py").main([*map(str, argv), "--no-progress"])
+    """examples/generate.py's exit status."""
+    try:
+        return script("examples/generate.py").main([*map(str, argv), "--no-progress"])
+    except SystemExit as e:
+        return e.code
 
 
 def embed(pipeline, prompts, dtype=torch.float32):

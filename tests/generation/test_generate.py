@@ -119,3 +119,10 @@ def test_debug_shows_the_traceback(pipeline, tmp_path, capsys):
     argv = ["--pipeline", pipeline, "--checkpoint", pipeline / "vae", "--prompt", PROMPT, "--output", tmp_path / "o"]
     assert generate(*argv, *SIZE, "--debug") == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_misspelt_flag_is_one_line_and_exit_2(pipeline, tmp_path, capsys):
+    argv = ["--pipeline", pipeline, "--checkpoint", pipeline / "transformer", "--prompt", PROMPT, "--output", tmp_path]
+    assert generate(*argv, "--step", "2") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unrecognized arguments: --step 2" in line and line.endswith("(see --help)")
