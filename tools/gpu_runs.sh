@@ -128,7 +128,8 @@ generate)
   ;;
 plan)
   # a profile calibrated at each width, then each case trains 4 iterations with random weights
-  # (Wan 1.3B with and without offloads and recompute; the 14B width with 6 blocks, wan14b_rcm.yaml)
+  # (Wan 1.3B with and without offloads and recompute; the 14B width, wan14b_rcm.yaml, with 6 blocks and
+  # with 8 blocks and both offloads)
   flags=""
   [ -n "${PLAN_CASES:-}" ] && flags="--cases $PLAN_CASES"
   [ "${PLAN_CALIBRATE:-1}" = 0 ] && flags="$flags --skip-calibration"
