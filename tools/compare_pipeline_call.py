@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_rcm import cli
+from megatron_rcm.convert.diffusers_pipeline import SAMPLER_FILE
+
 
 def card_call(folder: Path):
     """``rcm_generate`` as the model card defines it."""
@@ -32,7 +35,7 @@ def card_call(folder: Path):
 
 def _stock_variant(pipe, folder, record, drop):
     """The card's call without its pieces named in ``drop`` (``sigmas``, ``generator``, ``scale``)."""
-    schedule = json.loads((folder / "rcm_sampler.json").read_text())["schedules"][str(record["steps"])]
+    schedule = json.loads((folder / SAMPLER_FILE).read_text())["schedules"][str(record["steps"])]
     sigmas, timesteps, initial_scale = schedule["sigmas"], schedule["timesteps"], schedule["initial_scale"]
     generator = torch.Generator().manual_seed(record["seed"])
     latents = torch.randn(record["latent_shape"], generator=generator)
@@ -49,7 +52,7 @@ def _stock_variant(pipe, folder, record, drop):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="a folder written by --to diffusers-pipeline")
     parser.add_argument("--videos", required=True, help="an examples/generate.py --save-latents output folder")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -59,11 +62,18 @@ def main(argv=None):
     from diffusers import WanPipeline
 
     folder = Path(args.pipeline)
+    if not (folder / SAMPLER_FILE).is_file():
+        cli.fail("compare_pipeline_call", f"--pipeline {folder} has no {SAMPLER_FILE}: pass a folder written by "
+                 "tools/convert_checkpoint.py --to diffusers-pipeline")
+    sidecars = [p for p in sorted(Path(args.videos).glob("*.json")) if p.with_suffix(".pt").is_file()]
+    if not sidecars:
+        cli.fail("compare_pipeline_call", f"--videos {args.videos} holds no NAME.json with NAME.pt: pass an "
+                 "examples/generate.py --save-latents output folder")
     pipe = WanPipeline.from_pretrained(folder, torch_dtype=getattr(torch, args.dtype)).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     rcm_generate = card_call(folder)
     print("| video | steps | call | max abs difference | / max abs latent |\n|---|---|---|---|---|")
-    for sidecar in sorted(Path(args.videos).glob("*.json")):
+    for sidecar in sidecars:
         record = json.loads(sidecar.read_text())
         if record.get("mode") != "student":
             continue
