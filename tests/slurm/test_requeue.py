@@ -6,16 +6,19 @@ requeues the job, and the second run resumes; the JSONL log then equals an unint
 value for value."""
 
 import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
 
-from ..training.tiny_setup import ROOT, make_inputs, read_jsonl, torchrun
+from ..training.tiny_setup import ROOT, make_inputs, read_jsonl, torchrun_command, torchrun_env
 from .cluster import SlurmCluster, missing_requirements
 
 SBATCH = ROOT / "examples" / "slurm" / "pretrain_rcm.sbatch"
-ITERS = 30
-SAVE_INTERVAL = 3
+ITERS = 12
+SAVE_INTERVAL = 4
 # what differs between two runs of the same computation
 UNTIMED = ("seconds", "tokens_per_second")
 
@@ -31,12 +34,11 @@ def cluster(tmp_path_factory):
 
 
 def _job_environment(inputs_dir, save):
-    venv_bin = os.path.dirname(os.path.abspath(os.sys.executable))
+    venv_bin = os.path.dirname(os.path.abspath(sys.executable))
     return dict(TEACHER=str(inputs_dir / "teacher"), DATA=str(inputs_dir / "data"),
                 NEGATIVE=str(inputs_dir / "negative.pt"), SAVE=str(save), REPO=str(ROOT),
                 PATH=f"{venv_bin}:{os.environ['PATH']}", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-                PYTHONWARNINGS="ignore",
-                TRITON_INTERPRET="1")
+                PYTHONWARNINGS="ignore", TRITON_INTERPRET="1")
 
 
 def _wait(predicate, what, cluster, job_id, output, timeout=300):
@@ -63,26 +65,33 @@ def test_usr1_after_a_periodic_save_requeues_and_resumes_exactly(cluster, tmp_pa
                              "--train-iters", str(ITERS), "--save-interval", str(SAVE_INTERVAL),
                              env_extra=_job_environment(tmp_path / "inputs", save))
     job_id = submit.stdout.strip().split(";")[0]
+    # meanwhile the uninterrupted run, on the same layout (2 data-parallel ranks)
+    reference_log, reference_err = tmp_path / "reference.jsonl", tmp_path / "reference.err"
+    with open(reference_err, "w") as err:
+        reference = subprocess.Popen(
+            torchrun_command(2, [*flags, "--train-iters", str(ITERS), "--log-jsonl", str(reference_log)]),
+            env=torchrun_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        first = save / f"iter_{SAVE_INTERVAL:07d}" / "metadata.json"
+        _wait(first.exists, "the first periodic checkpoint", cluster, job_id, output)
+        cluster.command("scancel", "-s", "USR1", job_id)
+        _wait(lambda: cluster.job(job_id)["JobState"] == "COMPLETED", "the requeued run to finish", cluster,
+              job_id, output)
+        assert reference.wait(timeout=300) == 0, reference_err.read_text()[-4000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
 
-    first = save / f"iter_{SAVE_INTERVAL:07d}" / "metadata.json"
-    _wait(first.exists, "the first periodic checkpoint", cluster, job_id, output)
-    cluster.command("scancel", "-s", "USR1", job_id)
-    _wait(lambda: cluster.job(job_id)["JobState"] == "COMPLETED", "the requeued run to finish", cluster, job_id,
-          output)
-
-    job = cluster.job(job_id)
-    text = output.read_text()
+    job, text = cluster.job(job_id), output.read_text()
     assert job["Restarts"] == "1" and job["ExitCode"] == "0:0", (job, text[-4000:])
-    # the script requeues only when srun returned 75; --open-mode=append keeps the first run's lines
+    # each task says where it stopped; the script requeues only when srun returned 75, and
+    # --open-mode=append keeps the first run's lines
+    stops = re.findall(r"SIGUSR1: stopped after iteration (\d+), saved it", text)
+    assert len(stops) == 2 and stops[0] == stops[1], text[-4000:]
+    assert SAVE_INTERVAL <= int(stops[0]) < ITERS
     assert text.count("preempted after saving a checkpoint") == 1, text[-4000:]
+    assert f"iter {int(stops[0]) + 1}/{ITERS}" in text.split("preempted after saving")[1]
     assert not list(save.glob(".*.tmp")), "a temporary checkpoint folder was left behind"
     records = read_jsonl(save / "log.jsonl")
     assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
-    first_run = text.split("preempted after saving")[0]
-    preempted_at = int(first_run.rsplit("iter ", 1)[1].split("/")[0])  # rank 0's last progress line
-    assert SAVE_INTERVAL <= preempted_at < ITERS
-    assert f"iter {preempted_at + 1}/{ITERS}" in text.split("preempted after saving")[1]
-
-    reference_log = tmp_path / "reference.jsonl"
-    torchrun(2, [*flags, "--train-iters", str(ITERS), "--log-jsonl", str(reference_log)])
     assert _untimed(records) == _untimed(read_jsonl(reference_log))
