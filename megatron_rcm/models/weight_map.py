@@ -46,6 +46,13 @@ class ParameterSpec:
         return piece.flatten(0, 1) if self.fused else piece
 
 
+def refuse_unsupported(cfg: dict, supported: dict, what: str):
+    """Raise if the diffusers config ``cfg`` sets a key of ``supported`` to another value than the one ``what`` has."""
+    for key, value in supported.items():
+        if cfg.get(key, value) != value:
+            raise ValueError(f"diffusers config has {key}={cfg[key]!r}; only {what} ({key}={value!r}) is supported")
+
+
 def source_shapes(table) -> dict:
     """{diffusers key: shape} of every parameter of a weight map."""
     return {key: p.source_shape for p in table.values() for key in p.sources}

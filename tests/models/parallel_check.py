@@ -6,16 +6,45 @@ Megatron's reductions (``finalize_model_grads``' rule: the TP sum of sequence-pa
 and of q/k layernorm weights, then the sum over the CP group) with the oracle's.
 """
 
+import functools
 import importlib
 
 import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_rcm.parallel import ParallelConfig, parallel_context
+from megatron_rcm.testing import run_distributed
 
 from .oracle import relative_error
 
 TOL = 1e-10
+BATCH, TEXT_LEN = 2, 3
+
+
+def _oracle(family):
+    return importlib.import_module(f"tests.models.{family}_oracle")
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(family, preset, latent):
+    oracle = _oracle(family)
+    cfg = oracle.config(preset)
+    model = oracle.diffusers_model(cfg, seed=11)
+    data = oracle.inputs(cfg, BATCH, latent, TEXT_LEN, seed=12)
+    return model.state_dict(), data, oracle.oracle(model, data)
+
+
+def case_id(tp, cp, sp, mode, recompute, padded):
+    return f"tp{tp}-cp{cp}-{'sp' if sp else 'nosp'}-{mode}{'-recompute' if recompute else ''}-" + \
+        ("padded" if padded else "even")
+
+
+def check_parallel_equals_serial(family, preset, latent, tp, cp, sp, mode, recompute):
+    """Run ``check_layout`` on tp x cp gloo ranks against the serial oracle of ``latent``."""
+    state, data, expected = _reference(family, preset, latent)
+    checked = run_distributed(check_layout, world_size=tp * cp,
+                              args=(family, preset, tp, cp, sp, mode, recompute, state, data, expected))
+    assert all(n > 40 for n in checked)
 
 
 def _reduced_grads(model, sp, cp):
@@ -34,7 +63,7 @@ def _reduced_grads(model, sp, cp):
 
 def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expected):
     """Errors of one layout against the oracle (asserted below ``TOL``); returns how many were checked."""
-    oracle = importlib.import_module(f"tests.models.{family}_oracle")
+    oracle = _oracle(family)
     weights = importlib.import_module(f"megatron_rcm.models.{family}")
     with parallel_context(ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp,
                                          sequence_parallel=sp)):

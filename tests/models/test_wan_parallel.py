@@ -5,27 +5,12 @@ Megatron's reductions (TP all-reduce of sequence-parallel parameters, sum over t
 Token counts that do not divide the shard count exercise the padding path.
 """
 
-import functools
-
 import pytest
 
-from megatron_rcm.testing import run_distributed
+from .parallel_check import case_id, check_parallel_equals_serial
 
-from .parallel_check import check_layout
-from .wan_oracle import config, diffusers_model, inputs, oracle
-
-PRESET, BATCH, TEXT_LEN = "tiny-b", 2, 3
+PRESET = "tiny-b"
 EVEN, ODD = (2, 2, 3), (2, 1, 7)  # patch (2, 1, 1): 12 tokens, and 7 tokens (padded)
-
-
-@functools.lru_cache(maxsize=None)
-def _reference(latent):
-    cfg = config(PRESET)
-    model = diffusers_model(cfg, seed=11)
-    data = inputs(cfg, BATCH, latent, TEXT_LEN, seed=12)
-    return model.state_dict(), data, oracle(model, data)
-
-
 CASES = [
     # tp, cp, sp, mode, recompute, latent
     (2, 1, True, "a2a", False, EVEN),
@@ -38,11 +23,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("tp,cp,sp,mode,recompute,latent", CASES,
-                         ids=[f"tp{c[0]}-cp{c[1]}-{'sp' if c[2] else 'nosp'}-{c[3]}{'-recompute' if c[4] else ''}-"
-                              f"{'padded' if c[5] == ODD else 'even'}" for c in CASES])
+@pytest.mark.parametrize("tp,cp,sp,mode,recompute,latent", CASES, ids=[case_id(*c[:5], c[5] == ODD) for c in CASES])
 def test_parallel_equals_serial(tp, cp, sp, mode, recompute, latent):
-    state, data, expected = _reference(latent)
-    checked = run_distributed(check_layout, world_size=tp * cp,
-                              args=("wan", PRESET, tp, cp, sp, mode, recompute, state, data, expected))
-    assert all(n > 40 for n in checked)
+    check_parallel_equals_serial("wan", PRESET, latent, tp, cp, sp, mode, recompute)

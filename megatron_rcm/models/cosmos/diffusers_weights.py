@@ -17,10 +17,7 @@ _PREDICT2_ONLY = {"extra_pos_embed_type": None, "use_crossattn_projection": Fals
 
 def config_from_diffusers(cfg: dict, **overrides) -> CosmosConfig:
     """A ``CosmosConfig`` from a diffusers ``config.json`` dict; ``overrides`` set parallel sizes, dtype, etc."""
-    for key, supported in _PREDICT2_ONLY.items():
-        if cfg.get(key, supported) != supported:
-            raise ValueError(f"diffusers config has {key}={cfg[key]!r}; only Cosmos-Predict2 text-to-image "
-                             f"({key}={supported!r}) is supported")
+    weight_map.refuse_unsupported(cfg, _PREDICT2_ONLY, "Cosmos-Predict2 text-to-image")
     heads, head_dim = cfg.get("num_attention_heads", 32), cfg.get("attention_head_dim", 128)
     hidden = heads * head_dim
     fields = dict(

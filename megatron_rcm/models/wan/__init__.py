@@ -1,5 +1,6 @@
 """Wan2.1 text-to-video DiT on megatron-core (TP, SP, CP; forward and exact JVP)."""
 
+from ..family import ModelFamily
 from .config import PRESETS, WanConfig, architecture, config_from_architecture, wan_config
 from .diffusers_weights import (
     config_from_diffusers,
@@ -10,7 +11,6 @@ from .diffusers_weights import (
     read_diffusers_folder,
     save_diffusers_folder,
 )
-from ..family import ModelFamily
 from .model import WanModel
 from .weight_map import diffusers_shapes, wan_parameters
 

@@ -18,10 +18,7 @@ _T2V_ONLY = {"image_dim": None, "added_kv_proj_dim": None, "pos_embed_seq_len": 
 
 def config_from_diffusers(cfg: dict, **overrides) -> WanConfig:
     """A ``WanConfig`` from a diffusers ``config.json`` dict; ``overrides`` set parallel sizes, dtype, etc."""
-    for key, supported in _T2V_ONLY.items():
-        if cfg.get(key, supported) != supported:
-            raise ValueError(f"diffusers config has {key}={cfg[key]!r}; only Wan2.1 text-to-video "
-                             f"({key}={supported!r}) is supported")
+    weight_map.refuse_unsupported(cfg, _T2V_ONLY, "Wan2.1 text-to-video")
     heads, head_dim = cfg.get("num_attention_heads", 40), cfg.get("attention_head_dim", 128)
     fields = dict(
         num_layers=cfg.get("num_layers", 40), hidden_size=heads * head_dim, num_attention_heads=heads,
