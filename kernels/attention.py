@@ -8,7 +8,7 @@ autograd.Function whose jvp runs flash_attention_jvp; that path has no backward.
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 from torch.autograd import forward_ad
 
 from .flash_jvp import flash_attention_jvp
@@ -16,7 +16,7 @@ from .flash_jvp import flash_attention_jvp
 
 def _sdpa(q, k, v, softmax_scale, key_padding_mask):
     attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=softmax_scale)
+    return nn_functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=softmax_scale)
 
 
 def _last_dim_contiguous(t):

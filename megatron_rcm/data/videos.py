@@ -8,7 +8,7 @@ frames than asked for is refused (``VideoReadError``), never padded.
 import contextlib
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".gif")
 
@@ -55,7 +55,7 @@ def resize_and_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tens
     scale = max(height / h0, width / w0)
     size = (max(height, round(h0 * scale)), max(width, round(w0 * scale)))
     if size != (h0, w0):
-        video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
+        video = nn_functional.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
     return video[..., top:top + height, left:left + width]
 

@@ -26,7 +26,7 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.mappings import (
     gather_from_sequence_parallel_region,
@@ -60,7 +60,7 @@ def rope_angles(grid, head_dim, thetas):
 @functools.lru_cache(maxsize=8)
 def _rope_table(grid, head_dim, thetas, padded_len, start, length, device, dtype):
     """(cos, sin) [length, 1, 1, head_dim/2] of padded positions start..start+length (padding: angle 0)."""
-    angles = F.pad(rope_angles(grid, head_dim, thetas), (0, 0, 0, padded_len - math.prod(grid)))
+    angles = nn_functional.pad(rope_angles(grid, head_dim, thetas), (0, 0, 0, padded_len - math.prod(grid)))
     angles = angles[start:start + length].to(device)[:, None, None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -146,7 +146,7 @@ class VideoDiT(MegatronModule):
                                     config.cp_comm_type)
 
     def _shard(self, tokens, layout):
-        tokens = F.pad(tokens, (0, 0, 0, 0, 0, layout.padded_len - layout.valid_len))
+        tokens = nn_functional.pad(tokens, (0, 0, 0, 0, 0, layout.padded_len - layout.valid_len))
         if layout.cp_size > 1:
             tokens = scatter_to_sequence_parallel_region(tokens, group=layout.cp_group)
         if self.config.sequence_parallel:

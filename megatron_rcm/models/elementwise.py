@@ -24,7 +24,7 @@ formulas. Rounding follows diffusers: reduced-precision inputs are computed on i
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 
 from .tangent import BATCH_DIM, stack, upcast
 
@@ -102,13 +102,13 @@ def _gelu_slope(a):
 
 
 def _bias_gelu(y, bias):
-    return F.gelu(_plus(y, bias), approximate="tanh")
+    return nn_functional.gelu(_plus(y, bias), approximate="tanh")
 
 
 def _bias_gelu_with_tangent(y, bias):
     (y_p, y_t), = _halves(y)
     a = upcast(_plus(y_p, bias))
-    return stack(F.gelu(a, approximate="tanh").to(y.dtype), (_gelu_slope(a) * upcast(y_t)).to(y.dtype))
+    return stack(nn_functional.gelu(a, approximate="tanh").to(y.dtype), (_gelu_slope(a) * upcast(y_t)).to(y.dtype))
 
 
 def _bias_gelu_backward(grad, y, bias):
@@ -126,13 +126,13 @@ def _erf_gelu_slope(a):
 
 
 def _bias_gelu_erf(y, bias):
-    return F.gelu(_plus(y, bias))
+    return nn_functional.gelu(_plus(y, bias))
 
 
 def _bias_gelu_erf_with_tangent(y, bias):
     (y_p, y_t), = _halves(y)
     a = upcast(_plus(y_p, bias))
-    return stack(F.gelu(a).to(y.dtype), (_erf_gelu_slope(a) * upcast(y_t)).to(y.dtype))
+    return stack(nn_functional.gelu(a).to(y.dtype), (_erf_gelu_slope(a) * upcast(y_t)).to(y.dtype))
 
 
 def _bias_gelu_erf_backward(grad, y, bias):
@@ -160,7 +160,7 @@ def _normalized_jacobian(normed, rstd, t):
 
 
 def _modulate(x, shift, scale, eps):
-    return (F.layer_norm(upcast(x), (x.shape[-1],), eps=eps) * (1 + scale) + shift).to(x.dtype)
+    return (nn_functional.layer_norm(upcast(x), (x.shape[-1],), eps=eps) * (1 + scale) + shift).to(x.dtype)
 
 
 def _modulate_with_tangent(x, shift, scale, eps):
@@ -183,7 +183,7 @@ modulate = Elementwise(_modulate, _modulate_with_tangent, _modulate_backward)
 
 def _layer_norm(x, weight, bias, eps):
     """diffusers' FP32LayerNorm: normalise in float32 (float64 for float64), return the input dtype."""
-    return F.layer_norm(upcast(x), (x.shape[-1],), upcast(weight), upcast(bias), eps).to(x.dtype)
+    return nn_functional.layer_norm(upcast(x), (x.shape[-1],), upcast(weight), upcast(bias), eps).to(x.dtype)
 
 
 def _layer_norm_with_tangent(x, weight, bias, eps):

@@ -9,7 +9,7 @@ after the backward (``finalize_model_grads``).
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 
@@ -54,4 +54,4 @@ def timestep_sinusoid(timestep, dim, dtype):
     exponent = -math.log(10000.0) * torch.arange(half, dtype=dtype, device=timestep.device) / half
     angles = timestep.to(dtype)[..., None] * torch.exp(exponent)
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    return nn_functional.pad(emb, (0, dim % 2))

@@ -13,7 +13,7 @@ With ``tangent=False`` every helper is the plain op, so autograd sees the ordina
 """
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 
 BATCH_DIM = 1
 
@@ -50,7 +50,7 @@ def linear_parts(layer, x):
     """(x W^T, bias) of a torch ``nn.Linear`` or a Megatron parallel linear built with
     ``skip_bias_add=True``, for a caller that adds the bias inside its next fused piece."""
     if isinstance(layer, torch.nn.Linear):
-        return F.linear(x, layer.weight), layer.bias
+        return nn_functional.linear(x, layer.weight), layer.bias
     return layer(x)
 
 

@@ -16,7 +16,7 @@ gradient, which megatron's ``finalize_model_grads`` sums over TP for such names 
 import dataclasses
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 from megatron.core.transformer.module import MegatronModule
 
 from .. import elementwise
@@ -44,7 +44,8 @@ class TimeEmbedding(MegatronModule):
         dtype, eps = self.norm_weight.dtype, self.config.layernorm_epsilon
         proj = pointwise(lambda t: timestep_sinusoid(t, self.config.hidden_size, compute_dtype(dtype)).to(dtype),
                          timestep, tangent=tangent)
-        temb = linear(self.linear_2, pointwise(F.silu, linear(self.linear_1, proj, tangent), tangent=tangent), tangent)
+        hidden = pointwise(nn_functional.silu, linear(self.linear_1, proj, tangent), tangent=tangent)
+        temb = linear(self.linear_2, hidden, tangent)
 
         def rms_norm(p):
             a = upcast(p)

@@ -11,7 +11,7 @@ the latent size is the extra input channel; the pipeline's is all zero, the defa
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 
 from .. import elementwise
 from ..dit import VideoDiT
@@ -77,7 +77,7 @@ class CosmosModel(VideoDiT):
 
     def _condition(self, time, text, tangent):
         temb, embedding = self.time_embedder(time, tangent)
-        silu_embedding = pointwise(F.silu, embedding, tangent=tangent)
+        silu_embedding = pointwise(nn_functional.silu, embedding, tangent=tangent)
         return (text, silu_embedding, temb), (silu_embedding, temb)
 
     def _head(self, h, cond, tangent):

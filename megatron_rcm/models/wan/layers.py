@@ -15,7 +15,7 @@ over Megatron's data+context group.
 import dataclasses
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nn_functional
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
     reduce_from_tensor_model_parallel_region,
@@ -49,14 +49,14 @@ class ConditionEmbedder(MegatronModule):
         emb = pointwise(lambda t: timestep_sinusoid(t, self.config.freq_dim, compute_dtype(dtype)).to(dtype),
                         timestep, tangent=tangent)
         emb = linear(self.time_embedder.linear_1, emb, tangent)
-        emb = pointwise(F.silu, emb, tangent=tangent)
+        emb = pointwise(nn_functional.silu, emb, tangent=tangent)
         temb = linear(self.time_embedder.linear_2, emb, tangent)
-        modulation = linear(self.time_proj, pointwise(F.silu, temb, tangent=tangent), tangent)
+        modulation = linear(self.time_proj, pointwise(nn_functional.silu, temb, tangent=tangent), tangent)
         return temb, modulation.unflatten(-1, (6, -1))
 
     def text(self, text):
         """text [L, B, text_dim] -> context [L, B, dim] (text has no tangent)."""
-        h = F.gelu(self.text_embedder.linear_1(text), approximate="tanh")
+        h = nn_functional.gelu(self.text_embedder.linear_1(text), approximate="tanh")
         return self.text_embedder.linear_2(h)
 
 
