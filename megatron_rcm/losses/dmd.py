@@ -4,13 +4,13 @@ from typing import Sequence
 
 import torch
 
-from megatron_rcm.diffusion.few_step import DEFAULT_MID_TIMES, consistency_rollout, few_step_times
+from megatron_rcm.diffusion.few_step import DEFAULT_MID_TIMES, MAX_STEPS, consistency_rollout, few_step_times
 from megatron_rcm.diffusion.time import HALF_PI, check_trigflow_time, expand_like
 
 DIRECTION_MIN_SCALE = 1e-5
 
 
-def rollout_steps(student_step: int, max_steps: int = 4) -> int:
+def rollout_steps(student_step: int, max_steps: int = MAX_STEPS) -> int:
     """Number of rollout steps n in 1..max_steps, cycling with the student step counter (eq. 4.1)."""
     return student_step % max_steps + 1
 

@@ -24,7 +24,7 @@ class PowerEMA:
     Call update() on student iterations only; copy_to() writes the average into a model for export.
     """
 
-    def __init__(self, model: torch.nn.Module, relative_std: float = 0.1):
+    def __init__(self, model: torch.nn.Module, relative_std: float):
         self.gamma = power_ema_gamma(relative_std)
         self.num_updates = 0
         self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}

@@ -79,7 +79,7 @@ def test_power_ema_profile_has_the_requested_relative_std():
 def test_power_ema_first_update_copies_and_copy_to_writes_the_average():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2).to(torch.bfloat16)
-    ema = PowerEMA(model)
+    ema = PowerEMA(model, relative_std=0.1)
     ema.update(model)
     assert all(v.dtype == torch.float32 for v in ema.shadow.values())
     assert torch.equal(ema.shadow["weight"], model.weight.float())
