@@ -28,11 +28,12 @@ def _folder_format(path):
 
 def checkpoint_models(models: dict) -> dict:
     """The common-state entry that records the models of a distributed checkpoint: pass
-    ``{key prefix: WanConfig}`` (e.g. ``{"student.": cfg, "ema.": cfg}``) and merge the result into
+    ``{key prefix: model config}`` (e.g. ``{"student.": cfg, "ema.": cfg}``) and merge the result into
     the state dict given to ``dist_checkpointing.save``; ``load_model`` then needs nothing else."""
-    from .models.wan import architecture
+    from .models import family_of_config
 
-    return {MODELS_KEY: {prefix: {"class": "WanModel", "config": architecture(config)}
+    return {MODELS_KEY: {prefix: {"class": family_of_config(config).model_class.__name__,
+                                  "config": config.architecture()}
                          for prefix, config in models.items()}}
 
 
@@ -50,7 +51,7 @@ def recorded_sampler(path) -> dict:
 def _load_distributed(path, prefix, config_overrides):
     from megatron.core import dist_checkpointing
 
-    from .models.wan import WanModel, config_from_architecture
+    from .models import family_of_model_class
 
     if not parallel_state.model_parallel_is_initialized():
         raise ValueError(f"{path} is a Megatron distributed checkpoint: load it inside "
@@ -62,9 +63,10 @@ def _load_distributed(path, prefix, config_overrides):
         raise ValueError(f"{path}: recorded models {sorted(records)}; pass one of them as model_prefix "
                          f"(got {prefix!r})")
     tp, cp = _world_sizes()
-    config = config_from_architecture(records[prefix]["config"], tensor_model_parallel_size=tp,
-                                      context_parallel_size=cp, **config_overrides)
-    model = WanModel(config)
+    family = family_of_model_class(records[prefix]["class"])
+    config = family.config_class.from_architecture(records[prefix]["config"], tensor_model_parallel_size=tp,
+                                                   context_parallel_size=cp, **config_overrides)
+    model = family.model_class(config)
     sharded = model.sharded_state_dict(prefix=prefix)
     state = dist_checkpointing.load(sharded, str(path))
     model.load_state_dict({key[len(prefix):]: state[key] for key in sharded})
@@ -72,26 +74,29 @@ def _load_distributed(path, prefix, config_overrides):
 
 
 def load_model(path, model_prefix=None, **config_overrides):
-    """A ``WanModel`` from a diffusers ``WanTransformer3DModel`` folder (or pipeline folder) or a
-    Megatron distributed checkpoint that records its model config (``checkpoint_models``), or
+    """A model of any family (``megatron_rcm.models``) from its diffusers transformer folder (or
+    pipeline folder; ``WanTransformer3DModel``, ``CosmosTransformer3DModel``) or a Megatron
+    distributed checkpoint that records its model config (``checkpoint_models``), or
     the latest checkpoint of a training save folder (``SAVE``, ``SAVE/ema_student``).
 
     Inside an initialised parallel context the model takes the groups' TP/CP sizes and loads this
     rank's slice (a distributed checkpoint needs that context). ``model_prefix`` picks one of several
-    models recorded in a distributed checkpoint. ``config_overrides`` go to ``WanConfig``
+    models recorded in a distributed checkpoint. ``config_overrides`` go to the family's config
     (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
     path = latest_checkpoint_path(path)
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _load_distributed(path, model_prefix, config_overrides)
     class_name = _folder_format(path)
-    if class_name == "WanTransformer3DModel":
-        from .models.wan import WanModel, config_from_diffusers, load_diffusers_weights, read_diffusers_folder
+    if class_name is None:
+        raise ValueError(f"{path} is neither a Megatron distributed checkpoint (metadata.json) nor a diffusers "
+                         "transformer folder (config.json)")
+    from .models import family_of_diffusers
+    from .models.weight_map import load_diffusers_weights, read_diffusers_folder
 
-        cfg, state = read_diffusers_folder(path)
-        tp, cp = _world_sizes()
-        config = config_from_diffusers(cfg, tensor_model_parallel_size=tp, context_parallel_size=cp,
-                                       **config_overrides)
-        return load_diffusers_weights(WanModel(config), state)
-    raise ValueError(f"{path} is neither a Megatron distributed checkpoint (metadata.json) nor a diffusers "
-                     f"WanTransformer3DModel folder (config.json _class_name is {class_name!r})")
+    family = family_of_diffusers(class_name)
+    cfg, state = read_diffusers_folder(path)
+    tp, cp = _world_sizes()
+    config = family.config_from_diffusers(cfg, tensor_model_parallel_size=tp, context_parallel_size=cp,
+                                          **config_overrides)
+    return load_diffusers_weights(family.model_class(config), state)

@@ -96,3 +96,19 @@ def test_bad_inputs_and_configs_are_refused():
         config_from_diffusers({"extra_pos_embed_type": "learnable"})
     with pytest.raises(ValueError, match="not divisible by the tensor-parallel size"):
         config("cosmos-tiny-b", tensor_model_parallel_size=3)
+
+
+def test_load_model_from_a_diffusers_folder(tmp_path):
+    from megatron_rcm import load_model
+
+    cfg = config("cosmos-tiny-a")
+    reference = diffusers_model(cfg, seed=9)
+    reference.save_pretrained(tmp_path)
+    data = inputs(cfg, 1, (1, 2, 4), 3, seed=10)
+    expected = oracle(reference, data)
+    with parallel_context(), torch.no_grad():
+        model = load_model(str(tmp_path), params_dtype=torch.float64)
+        assert isinstance(model, CosmosModel)
+        assert relative_error(model(data["x"], data["t"], data["text"]), expected["out"]) < TOL
+        _, out_t = model.jvp(data["x"], data["t"], data["text"], data["x_t"], data["t_t"])
+        assert relative_error(out_t, expected["out_t"]) < TOL

@@ -75,6 +75,9 @@ def test_weights_of_another_shape_are_refused():
 
 
 def test_load_model_refuses_other_folders(tmp_path):
-    (tmp_path / "config.json").write_text('{"_class_name": "CosmosTransformer3DModel"}')
-    with pytest.raises(ValueError, match="nor a diffusers WanTransformer3DModel folder"):
+    (tmp_path / "config.json").write_text('{"_class_name": "FluxTransformer2DModel"}')
+    with pytest.raises(ValueError, match="'FluxTransformer2DModel' is not a supported diffusers transformer; "
+                                         "supported: .'CosmosTransformer3DModel', 'WanTransformer3DModel'."):
         load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="nor a diffusers transformer folder"):
+        load_model(str(tmp_path / "missing"))
