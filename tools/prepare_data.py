@@ -159,20 +159,23 @@ def _plan(args, items, is_rank0):
     return message[0]
 
 
-def _teacher_samples(args, vae, text_encoder, negative, device):
+def _teacher_samples(args, text_encoder, negative, device):
     from megatron_rcm import load_model
     from megatron_rcm.data.prepare import PrepareError, TeacherSamples
-    from megatron_rcm.generation import SamplingConfig
+    from megatron_rcm.encoders import vae_geometry
+    from megatron_rcm.generation import SamplingConfig, VideoSize
 
     model = load_model(args.teacher, params_dtype=DTYPES[args.dtype]).to(device).eval()
-    if model.config.in_channels != vae.latent_channels or model.config.text_dim != text_encoder.text_dim:
+    channels, spatial_stride, temporal_stride = vae_geometry(args.pipeline)
+    if model.config.in_channels != channels or model.config.text_dim != text_encoder.text_dim:
         raise PrepareError(f"--teacher takes {model.config.in_channels} latent channels and text dim "
-                           f"{model.config.text_dim}; --pipeline's VAE gives {vae.latent_channels} and its text "
+                           f"{model.config.text_dim}; --pipeline's VAE gives {channels} and its text "
                            f"encoder {text_encoder.text_dim}")
     _check_size(args, model.config.patch_size)
     config = SamplingConfig(teacher_steps=args.steps, guidance_scale=args.guidance_scale,
                             teacher_sampler=args.sampler, shift=args.shift)
-    shape = vae.latent_shape(args.num_frames, args.height, args.width)
+    shape = VideoSize(args.num_frames, args.height, args.width).latent_shape(channels, spatial_stride,
+                                                                             temporal_stride)[1:]
     return TeacherSamples(model, text_encoder, config, shape, negative, args.seed)
 
 
@@ -192,12 +195,12 @@ def _prepare(args, items):
         is_rank0 = dist.get_rank() == 0
         pending = _plan(args, items, is_rank0)
         device, dtype = current_device(), DTYPES[args.dtype]
-        vae = load_vae(args.pipeline, dtype=dtype, device=device, tiling=args.vae_tiling)
         text_encoder = load_text_encoder(args.pipeline, dtype=dtype, device=device)
         negative = text_encoder.encode([args.negative_prompt])[0].cpu()
         if args.prompts:
-            make_sample = _teacher_samples(args, vae, text_encoder, negative, device)
+            make_sample = _teacher_samples(args, text_encoder, negative, device)
         else:
+            vae = load_vae(args.pipeline, dtype=dtype, device=device, tiling=args.vae_tiling)
             make_sample = VideoSamples(vae, text_encoder, (args.num_frames, args.height, args.width))
         if is_rank0:
             _save_tensor(Path(args.output) / NEGATIVE_FILE, negative)

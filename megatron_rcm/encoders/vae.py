@@ -34,11 +34,6 @@ class WanVAE:
     def dtype(self):
         return next(self.vae.parameters()).dtype
 
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple:
-        """The [C, T, h, w] latent of one video of that size."""
-        return (self.latent_channels, (num_frames - 1) // self.temporal_stride + 1,
-                height // self.spatial_stride, width // self.spatial_stride)
-
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Normalised latents (in the VAE's dtype) of ``video`` [B, 3, F, H, W] in [-1, 1]."""
