@@ -1,4 +1,5 @@
-"""Run a test body on N local ranks (gloo on CPU, NCCL on GPU), with readable failures and no hangs.
+"""Test helpers: the two error metrics tests and benchmarks compare with, and ``run_distributed``,
+which runs a test body on N local ranks (gloo on CPU, NCCL on GPU), with readable failures and no hangs.
 
     def _body(tp):                       # module level, so that it pickles
         with parallel_context(ParallelConfig(tensor_model_parallel_size=tp)):
@@ -129,3 +130,18 @@ def run_distributed(fn, world_size, args=(), kwargs=None, timeout=300.0):
         rank = min(failures)
         raise DistributedTestError(f"{fn.__qualname__} failed on rank {rank} of {world_size}:\n{failures[rank]}")
     return [pickle.loads(values[r]) for r in range(world_size)]
+
+
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected| over the finite entries of ``expected``, in float64;
+    non-finite entries must match exactly."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    finite = torch.isfinite(expected)
+    assert torch.equal(actual[~finite], expected[~finite]), "non-finite entries differ"
+    return ((actual[finite] - expected[finite]).abs().max() / expected[finite].abs().max()).item()
+
+
+def norm_relative_error(actual, expected) -> float:
+    """||actual - expected||_2 / ||expected||_2, in float64."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return ((actual - expected).norm() / expected.norm()).item()

@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from megatron_rcm.testing import norm_relative_error
+
 
 WAN_DEFAULTS = dict(preset="wan2.1-t2v-1.3b", smoke_preset="tiny-b", frames=81, height=480, width=832, text_len=512)
 
@@ -85,10 +87,6 @@ def _diffusers_model(family, cfg, device, dtype):
 
     kwargs = family.diffusers_config(cfg)
     return getattr(diffusers, kwargs.pop("_class_name"))(**kwargs).to(device=device, dtype=dtype)
-
-
-def _relative_error(actual, expected):
-    return float((actual.float() - expected.float()).norm() / expected.float().norm())
 
 
 def main(defaults=WAN_DEFAULTS, description=__doc__):
@@ -183,7 +181,7 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
             if rank0:
                 print(f"float32 reference jvp: {time.perf_counter() - start:.1f} s", flush=True)
             cfg.fuse_elementwise = timed_fused
-        errors = dict(forward_bf16_vs_fp32=_relative_error(out, ref), jvp_bf16_vs_fp32=_relative_error(out_t, ref_t))
+        errors = dict(forward_bf16_vs_fp32=norm_relative_error(out, ref), jvp_bf16_vs_fp32=norm_relative_error(out_t, ref_t))
 
     if rank0:
         result = dict(preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,

@@ -21,6 +21,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels import flash_jvp
+from megatron_rcm.testing import norm_relative_error
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, 1 = tensor descriptors (TMA)])
 CANDIDATES = [
@@ -53,10 +54,6 @@ def _time_ms(fn, device):
     return triton.testing.do_bench(fn, warmup=50, rep=300)
 
 
-def _relative(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def _hopper_rows(inputs, configs, reference, compared_with, device):
     from megatron_rcm.kernels import flash_jvp_hopper
 
@@ -74,7 +71,7 @@ def _hopper_rows(inputs, configs, reference, compared_with, device):
             continue
         note = "" if reference is None else (
             f"differs from {compared_with} by "
-            f"{max(_relative(outputs[0], reference[0]), _relative(outputs[1], reference[1])):.1e}")
+            f"{max(norm_relative_error(outputs[0], reference[0]), norm_relative_error(outputs[1], reference[1])):.1e}")
         rows.append((name, _time_ms(run, device), 6, note))
     return rows
 
@@ -122,7 +119,7 @@ def main():
             continue
         if reference is None:
             reference, compared_with = outputs, name
-        differs = max(_relative(outputs[0], reference[0]), _relative(outputs[1], reference[1]))
+        differs = max(norm_relative_error(outputs[0], reference[0]), norm_relative_error(outputs[1], reference[1]))
         in_configs = (*numbers[:4], config.kwargs["USE_TMA"]) in kept
         note = ("in _CONFIGS" if in_configs else "candidate") + f"; differs from {compared_with} by {differs:.1e}"
         rows.append((name, _time_ms(lambda: flash_jvp.launch(*inputs, scale, None, config), device), 6, note))

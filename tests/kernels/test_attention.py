@@ -8,7 +8,7 @@ from torch.autograd import forward_ad
 from megatron_rcm.kernels import attention
 from megatron_rcm.kernels.reference import attention_reference
 
-from ..numerics import relative_error
+from megatron_rcm.testing import relative_error
 from .helpers import random_inputs, reference_jvp
 
 

@@ -7,7 +7,7 @@ import torch
 from megatron_rcm.kernels import AttentionJVPOutput, flash_attention_jvp
 from megatron_rcm.kernels.flash_jvp import launch, launch_config
 
-from ..numerics import relative_error
+from megatron_rcm.testing import relative_error
 from .helpers import random_inputs, reference_jvp
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}

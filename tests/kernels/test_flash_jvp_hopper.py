@@ -6,7 +6,7 @@ import torch
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels.flash_jvp import _empty_outputs, _install_descriptor_allocator, flash_jvp_hopper, launch, launch_config
 
-from ..numerics import relative_error
+from megatron_rcm.testing import relative_error
 from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(

@@ -4,7 +4,7 @@ import torch
 
 from megatron_rcm.kernels import flash_attention_jvp
 
-from ..numerics import relative_error
+from megatron_rcm.testing import relative_error
 from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
 
 pytestmark = pytest.mark.gpu

@@ -4,7 +4,7 @@ import torch
 
 from megatron_rcm.kernels import AttentionJVPOutput, flash_attention_jvp, merge_attention_jvp
 
-from ..numerics import relative_error
+from megatron_rcm.testing import relative_error
 from .helpers import random_inputs, reference_jvp
 
 

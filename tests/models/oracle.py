@@ -5,7 +5,7 @@ import torch
 
 from megatron_rcm.models.diffusers_float64 import DTYPE, float64_exact
 
-from ..numerics import relative_error
+from megatron_rcm.testing import relative_error
 
 
 def random_inputs(cfg, batch, latent_shape, text_len, seed, t_max):

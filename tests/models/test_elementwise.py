@@ -7,7 +7,7 @@ import torch
 from megatron_rcm.models.tangent import stack
 from megatron_rcm.models import elementwise as ew
 
-from ..numerics import norm_relative_error
+from megatron_rcm.testing import norm_relative_error
 
 S, B, HEADS, HEAD_DIM = 6, 2, 3, 8
 C = HEADS * HEAD_DIM

@@ -12,7 +12,7 @@ from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.parallel.ring_attention import ring_attention, ring_attention_jvp
 from megatron_rcm.testing import run_distributed
 
-from ..numerics import norm_relative_error
+from megatron_rcm.testing import norm_relative_error
 
 BATCH, HEADS, DIM, SCALE = 2, 3, 16, 0.3
 
