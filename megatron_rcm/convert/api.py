@@ -4,6 +4,10 @@ Every direction reads the source one tensor at a time under diffusers names (``D
 checks keys and shapes against the config, and streams into the target written atomically.
 """
 
+import json
+from pathlib import Path
+
+from ..save_folder import is_complete, latest_checkpoint_path
 from .megatron_dist import megatron_tensors, write_megatron
 from .wan_native import diffusers_tensors, native_tensors, write_diffusers, write_native
 
@@ -13,6 +17,29 @@ _WRITERS = {"diffusers": write_diffusers, "wan": write_native}
 
 class ConversionRequestError(ValueError):
     """Arguments that ask for no valid conversion."""
+
+
+def detect_format(path) -> str:
+    """The format of the checkpoint at ``path``: a Megatron checkpoint or save folder, a diffusers
+    model folder, or Wan's native release (a .safetensors/.pth/.pt file, or a folder of them)."""
+    path = Path(path)
+    if path.is_file():
+        return "wan"
+    if not path.is_dir():
+        raise ConversionRequestError(f"--input {path} does not exist")
+    if is_complete(latest_checkpoint_path(path)):
+        return "megatron"
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            class_name = json.loads(config.read_text()).get("_class_name", "")
+        except (ValueError, AttributeError):
+            class_name = ""
+        if class_name.endswith("Transformer3DModel"):
+            return "diffusers"
+    if any(path.glob("*.safetensors")) or any(path.glob("*.pth")) or any(path.glob("*.pt")):
+        return "wan"
+    raise ConversionRequestError(f"cannot tell the format of {path}; pass --from {'|'.join(FORMATS)}")
 
 
 def open_checkpoint(fmt, path, megatron_prefix=None):

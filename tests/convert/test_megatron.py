@@ -10,7 +10,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from torch.distributed.checkpoint import FileSystemReader
 
 from megatron_rcm import load_model
-from megatron_rcm.convert.api import ConversionRequestError, convert_checkpoint
+from megatron_rcm.convert.api import ConversionRequestError, convert_checkpoint, detect_format
 from megatron_rcm.convert.megatron_dist import MODEL_PREFIX
 from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.verify import verify_conversion
@@ -50,6 +50,10 @@ def test_diffusers_megatron_tp2_diffusers_is_bit_exact(tmp_path):
     convert_checkpoint("wan", "megatron", wan, tmp_path / "megatron2", tensor_parallel_size=2, progress=False)
     convert_checkpoint("megatron", "diffusers", tmp_path / "megatron2", wan_back, progress=False)
     assert all(torch.equal(original[k], v) for k, v in tensors(wan_back).items())
+    assert [detect_format(p) for p in (folder, megatron, wan)] == ["diffusers", "megatron", "wan"]
+    for unknown in (tmp_path / "missing", tmp_path):
+        with pytest.raises(ConversionRequestError, match="pass --from|does not exist"):
+            detect_format(unknown)
     bf16 = tmp_path / "bf16"
     convert_checkpoint("diffusers", "megatron", folder, bf16, dtype=torch.bfloat16, progress=False)
     convert_checkpoint("megatron", "diffusers", bf16, tmp_path / "bf16_back", progress=False)
