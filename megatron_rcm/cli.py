@@ -12,12 +12,21 @@ An error that is not listed is a bug: its traceback shows.
 
 import argparse
 import contextlib
+import signal
 import sys
 import traceback
+import warnings
 
-__all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "one_line_errors"]
+__all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_sigterm",
+           "one_line_errors", "positive_int"]
 
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+# megatron-core says at import that it falls back to plain torch without Transformer Engine and
+# Apex (always so on CPU), and warns about its own default CUDA-graph scope: noise around the
+# one line an entry point prints
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings("ignore", message="full scope is deprecated")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -32,6 +41,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_debug_flag(parser):
     parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
 
@@ -42,6 +59,17 @@ def fail(prog, message, status=1, debug=False):
         traceback.print_exc()
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     raise SystemExit(status)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: cleanup code runs (temporary outputs are
+    removed) and ``one_line_errors`` reports ``interrupted``. Not for the trainer, whose SIGTERM
+    means "save and stop" (``training.signals``)."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,9 @@ import sys
 
 import torch
 
-from megatron_rcm.convert.api import FORMATS, ConversionRequestError, convert_checkpoint, open_checkpoint
+from megatron_rcm import cli
+from megatron_rcm.convert.api import (FORMATS, ConversionRequestError, convert_checkpoint, detect_format,
+                                     open_checkpoint)
 from megatron_rcm.convert.diffusers_pipeline import write_diffusers_pipeline
 from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.wan_keys import UnknownKeyError
@@ -35,34 +37,37 @@ PIPELINE = "diffusers-pipeline"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, choices=FORMATS)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", choices=FORMATS,
+                        help="input format (default: detected from --input: a Megatron checkpoint or save folder, a "
+                             "diffusers model folder, else Wan native files)")
     parser.add_argument("--to", dest="target", required=True, choices=(*FORMATS, PIPELINE),
                         help=f"{PIPELINE}: the input as the transformer of a complete WanPipeline folder for "
                              "few-step sampling, with --pipeline's VAE, text encoder and tokenizer")
     parser.add_argument("--pipeline", help=f"--to {PIPELINE}: the base diffusers Wan2.1 folder")
     parser.add_argument("--input", required=True, help="checkpoint folder, .safetensors, .pt or .pth")
     parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1,
+    parser.add_argument("--tensor-parallel-size", type=cli.positive_int, default=1,
                         help="megatron output: chunk tensors as this many TP ranks hold them (loads at any size)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating-point tensors (default: keep)")
     parser.add_argument("--megatron-prefix", help="megatron input recording several models: the one to export")
     parser.add_argument("--verify", action="store_true",
                         help="run the input and output models in float64 on a random input and report the difference")
-    parser.add_argument("--verify-layers", type=int, help="verify with only the first N blocks (large models)")
+    parser.add_argument("--verify-layers", type=cli.positive_int,
+                        help="verify with only the first N blocks (large models)")
     parser.add_argument("--overwrite", "--force", action="store_true",
                         help="replace an existing output folder atomically")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
+    cli.interrupt_on_sigterm()  # a killed conversion removes its temporary output like Ctrl-C does
+    with cli.one_line_errors("convert_checkpoint", INPUT_ERRORS, args.debug):
+        args.source = args.source or detect_format(args.input)
         if args.target == PIPELINE:
             _export_pipeline(args)
         else:
             convert_checkpoint(args.source, args.target, args.input, args.output, args.tensor_parallel_size,
                                DTYPES.get(args.dtype), args.overwrite, not args.no_progress, args.megatron_prefix)
-    except INPUT_ERRORS as e:
-        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
-        return 1
     print(f"wrote {args.output}")
     if args.verify or args.verify_layers:
         from megatron_rcm.convert.verify import verify_conversion

@@ -8,6 +8,7 @@ computed from shapes and dtypes first, then each tensor's bytes are appended as 
 import json
 import math
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,23 @@ _DTYPE_NAMES = {
 
 class CheckpointFileError(ValueError):
     """A checkpoint file or folder that cannot be read as it is."""
+
+
+def load_torch_file(path, mmap=False):
+    """``torch.load`` with ``weights_only=True``, errors as one-line ``CheckpointFileError``s: a
+    file that needs more than tensors and plain containers to unpickle is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+        raise CheckpointFileError(f"{path}: not a file of tensors that loads with weights_only=True ({lines[0]}); "
+                                  "other pickles are refused, never run") from e
+    except RuntimeError as e:
+        if mmap and "mmap can only be used" in str(e):  # the pre-zip torch.save format
+            return load_torch_file(path, mmap=False)
+        raise CheckpointFileError(f"{path}: not a readable torch state dict ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # torch raises several types for damaged archives
+        raise CheckpointFileError(f"{path}: not a readable torch state dict ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -62,11 +80,7 @@ class TensorReader:
         elif path.suffix == ".safetensors":
             self._index_file(path)
         elif path.suffix in (".pt", ".pth"):
-            try:
-                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as e:  # torch raises several types for damaged zip archives
-                raise CheckpointFileError(f"{path}: not a readable torch state dict ({e})") from e
-            self._state = _unwrap_state_dict(state, path)
+            self._state = _unwrap_state_dict(load_torch_file(path, mmap=True), path)
         elif not path.exists():
             raise CheckpointFileError(f"{path}: no such file or folder")
         else:
