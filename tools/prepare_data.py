@@ -23,13 +23,9 @@ Exit status: 0 when every item became a sample, 3 when some were skipped (--stri
 import argparse
 import io
 import sys
-import warnings
 from pathlib import Path
 
 import torch
-
-# megatron-core says so at import; this tool uses neither
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 EXIT_SKIPPED = 3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
