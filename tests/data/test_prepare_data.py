@@ -119,3 +119,18 @@ def test_teacher_samples_equal_the_teacher_sampler(pipeline, tmp_path):
                 expected = solve(teacher, noise, embeds[i:i + 1], 3, 2.0)[0]
                 torch.testing.assert_close(data[i]["embed"], embeds[i], rtol=0, atol=1e-6)
                 torch.testing.assert_close(data[i]["latent"], expected, rtol=0, atol=1e-6)
+
+
+def test_negative_prompt_embedding_alone(pipeline, tmp_path, capsys):
+    from diffusers import WanPipeline
+
+    tool = prepare_tool()
+    assert tool.main(["--pipeline", str(pipeline), "--negative-prompt", "--output", str(tmp_path / "wan.pt")]) == 0
+    assert tool.main(["--pipeline", str(pipeline), "--negative-prompt", "blurry, static",
+                      "--output", str(tmp_path / "own.pt")]) == 0
+    assert "wrote the negative-prompt embedding [512, 24]" in capsys.readouterr().out
+    with torch.no_grad():
+        expected, _ = WanPipeline.from_pretrained(pipeline).encode_prompt(
+            [WAN_NEGATIVE_PROMPT, "blurry, static"], do_classifier_free_guidance=False, max_sequence_length=512)
+    torch.testing.assert_close(torch.load(tmp_path / "wan.pt"), expected[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.load(tmp_path / "own.pt"), expected[1], rtol=0, atol=1e-6)
