@@ -65,7 +65,7 @@ def _caption_beside(video: Path):
     if not path.is_file():
         return None, f"no caption file beside the video ({path.name})"
     try:
-        caption = path.read_text(encoding="utf-8").strip()
+        caption = path.read_text(encoding="utf-8-sig").strip()  # -sig: a byte-order mark is no text
     except UnicodeDecodeError:
         return None, f"caption file is not UTF-8 text ({path.name})"
     return (caption, None) if caption else (None, f"caption file is empty ({path.name})")
@@ -139,9 +139,10 @@ def check_settings(output, settings: dict) -> None:
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if changed:
             first = changed[0]
-            raise PrepareError(f"{output} holds data prepared with other settings ({first}: "
-                               f"{previous.get(first)!r}, now {settings.get(first)!r}); pass a new --output, "
-                               "or the same settings to resume")
+            what = ("other videos, captions or prompts" if first == "items" else
+                    f"other settings ({first}: {previous.get(first)!r}, now {settings.get(first)!r})")
+            raise PrepareError(f"{output} holds data prepared from {what}; pass a new --output, "
+                               "or the same inputs and settings to resume")
     elif Path(output).is_dir() and any(p.name.endswith(".tar") for p in Path(output).iterdir()):
         raise PrepareError(f"{output} holds shards that this tool did not record; pass a new --output")
     else:

@@ -21,7 +21,7 @@ def bad_videos(tmp_path_factory):
     """One good video and one of each kind of bad item, with the reason each must be skipped for."""
     folder = tmp_path_factory.mktemp("bad_videos")
     frames = random_frames(9, 16, 16, seed=1)
-    captioned_video(folder, "a_good.mp4", frames, "a red fox runs")
+    captioned_video(folder, "a_good.mp4", frames, "\ufeffa red fox runs")  # a byte-order mark is no text
     (folder / "b_garbage.mp4").write_bytes(b"this is not a video file " * 20)
     (folder / "b_garbage.txt").write_text("garbage")
     whole = write_video(folder / "whole.mp4", frames).read_bytes()
@@ -158,7 +158,10 @@ def test_output_prepared_with_other_settings_or_by_another_tool(pipeline, tmp_pa
     argv = ["--pipeline", str(pipeline), "--videos", str(folder), "--output", str(tmp_path / "o")]
     assert _main([*argv, *SIZE], capsys)[0] == 0
     code, _, err = _main([*argv, "--height", "32", "--width", "16", "--num-frames", "9"], capsys)
-    assert code == 1 and "holds data prepared with other settings (height: 16, now 32)" in err
+    assert code == 1 and "holds data prepared from other settings (height: 16, now 32)" in err
+    captioned_video(folder, "b.mp4", random_frames(9, 16, 16, seed=4), "a second clip")
+    code, _, err = _main([*argv, *SIZE], capsys)
+    assert code == 1 and "holds data prepared from other videos, captions or prompts; pass a new --output" in err
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "data-0.tar").write_bytes(b"")
     code, _, err = _main([*argv[:-1], str(tmp_path / "foreign"), *SIZE], capsys)
