@@ -20,12 +20,13 @@ def main(argv=None):
     preemption = preemption_handler()  # first: from here on a signal means "save and stop", never a crash
     from megatron_rcm.data.latent_shards import ShardFormatError
     from megatron_rcm.training.arguments import ConfigError, load_config
+    from megatron_rcm.training.batch_checks import NonFiniteDataError
     from megatron_rcm.training.checkpointing import CheckpointNotFoundError
     from megatron_rcm.training.loop import train
 
     argv = sys.argv[1:] if argv is None else argv
-    with cli.one_line_errors("pretrain_rcm", (ConfigError, CheckpointNotFoundError, ShardFormatError, OSError),
-                             debug="--debug" in argv):
+    errors = (ConfigError, CheckpointNotFoundError, ShardFormatError, NonFiniteDataError, OSError)
+    with cli.one_line_errors("pretrain_rcm", errors, debug="--debug" in argv):
         config = load_config(argv)
         progress = train(config)
     if progress.iteration < config.train_iters:

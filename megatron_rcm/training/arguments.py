@@ -15,10 +15,12 @@ from dataclasses import fields
 import torch
 import yaml
 
+from .. import cli
 from ..losses.config import RCMConfig
 from ..parallel import ParallelConfig, ParallelSizeError, launch_env
 from .config import (CheckpointConfig, DataConfig, LoggingConfig, NetworksConfig, OptimizationConfig,
                      TrainingConfig)
+from .input_checks import check_negative_embedding, check_save_folder, check_yaml_values, read_teacher_config
 
 
 class ConfigError(ValueError):
@@ -26,9 +28,10 @@ class ConfigError(ValueError):
 
 
 def _parser():
-    p = argparse.ArgumentParser(description="rCM distillation of a Wan2.1 teacher on Megatron-core",
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(description="rCM distillation of a Wan2.1 teacher on Megatron-core",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML file of defaults; command-line flags override it")
+    cli.add_debug_flag(p)
     flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("parallelism")
@@ -81,6 +84,8 @@ def _parser():
     g = p.add_argument_group("data")
     g.add_argument("--data-path", help="webdataset shards: a folder, a glob or 'shard-{000..009}.tar'")
     g.add_argument("--num-workers", type=int)
+    g.add_argument("--max-skipped-batches", type=int,
+                   help="consecutive batches with NaN or inf skipped before the run stops with an error")
 
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--save", help="checkpoint folder")
@@ -117,15 +122,25 @@ def _config(args) -> TrainingConfig:
                           **{name: build(cls) for name, cls in _SECTIONS.items()})
 
 
-def _read_yaml(path, known):
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
+def _read_yaml(path, actions):
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"--config {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path} is not valid YAML ({' '.join(str(e).split())})") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
-    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    known = {a.dest for a in actions} - {"help", "config", "debug"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}")
+    try:
+        check_yaml_values(values, actions, path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     return values
 
 
@@ -134,8 +149,7 @@ def parse_args(argv=None):
     parser = _parser()
     first, _ = parser.parse_known_args(argv)
     if first.config:
-        known = {a.dest for a in parser._actions} - {"help", "config"}
-        parser.set_defaults(**_read_yaml(first.config, known))
+        parser.set_defaults(**_read_yaml(first.config, parser._actions))
     return parser.parse_args(argv)
 
 
@@ -161,6 +175,17 @@ def _check_teacher_shape(args):
         raise ConfigError(f"teacher {args.teacher}: {e}") from e
 
 
+def _check_files(args):
+    try:
+        teacher = read_teacher_config(args.teacher)
+        if args.negative_prompt_embedding:
+            check_negative_embedding(args.negative_prompt_embedding, teacher and teacher.get("text_dim"))
+        if args.save:
+            check_save_folder(args.save)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def validate(args, world_size=None) -> TrainingConfig:
     """The run's config from ``parse_args``'s namespace, with global_batch_size filled in; raises
     ConfigError for anything that cannot run. Needs no process group."""
@@ -169,6 +194,7 @@ def validate(args, world_size=None) -> TrainingConfig:
             raise ConfigError(f"--{name.replace('_', '-')} is required")
     if not os.path.exists(args.teacher):
         raise ConfigError(f"teacher checkpoint {args.teacher} does not exist")
+    _check_files(args)
     world_size = launch_env().world_size if world_size is None else world_size
     try:
         dp = ParallelConfig(args.tensor_model_parallel_size, args.context_parallel_size,
@@ -196,8 +222,8 @@ def validate(args, world_size=None) -> TrainingConfig:
         raise ConfigError("--save-interval needs --save and must be positive (0: no periodic saves)")
     if args.bf16 and not torch.cuda.is_available():
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
-    if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0:
-        raise ConfigError("--lr-warmup-iters, --clip-grad and --num-workers must be >= 0")
+    if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:
+        raise ConfigError("--lr-warmup-iters, --clip-grad, --num-workers and --max-skipped-batches must be >= 0")
     _check_teacher_shape(args)
     return config
 

@@ -78,6 +78,10 @@ class DataConfig:
     num_workers: int = 2
     """Data-loader worker processes per rank."""
 
+    max_skipped_batches: int = 3
+    """Consecutive batches with a NaN or inf that are skipped (on every rank alike, counted in the
+    log) before the run stops with an error; 0 stops at the first."""
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from ..data.latent_shards import LatentShardDataset
 from ..data.sampler import ResumableDistributedSampler
 from ..parallel import current_device, parallel_context
-from .checkpointing import CheckpointManager, CheckpointNotFoundError
+from .batch_checks import NonFiniteBatches, check_shapes
+from .checkpointing import TRACKER, CheckpointManager, CheckpointNotFoundError, checkpoint_name
 from .config import DataConfig, TrainingConfig
 from .determinism import enable_deterministic_mode
 from .logger import MetricsLogger, memory_metrics, reduce_diagnostics
@@ -32,10 +33,26 @@ def data_loader(dataset, data: DataConfig, seed, consumed_samples):
     return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=_collate)
 
 
+def _unusable(manager, error):
+    """The error for a latest checkpoint that does not load: it names the checkpoint and the way back
+    to the previous one. No silent fallback: that would redo iterations the log already shows."""
+    latest = manager.latest_iteration()
+    path = manager.save_dir / checkpoint_name(latest)
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    earlier = [i for i in manager.iterations() if i < latest]
+    way_back = (f"to resume from {checkpoint_name(earlier[-1])} instead, write {earlier[-1]} into "
+                f"{manager.save_dir / TRACKER}" if earlier else "there is no earlier checkpoint")
+    return CheckpointNotFoundError(f"{path} does not load ({type(error).__name__}: {reason}); {way_back}")
+
+
 def _resume(config: TrainingConfig, networks):
     load_dir = config.checkpoint.load or config.checkpoint.save
     if load_dir and CheckpointManager(load_dir).latest_iteration() is not None:
-        return load_state(CheckpointManager(load_dir), networks, config)
+        manager = CheckpointManager(load_dir)
+        try:
+            return load_state(manager, networks, config)
+        except Exception as e:  # torch and megatron-core raise many types for a damaged file
+            raise _unusable(manager, e) from e
     if config.checkpoint.load:
         raise CheckpointNotFoundError(f"--load {config.checkpoint.load}: no checkpoint there")
     return Progress()
@@ -54,14 +71,19 @@ def train(config: TrainingConfig):
         progress = _resume(config, networks)
         saver = CheckpointManager(checkpoint.save, checkpoint.keep_last) if checkpoint.save else None
         logger = MetricsLogger(config.logging.log_jsonl, config.logging.tensorboard_dir, config.logging.log_interval)
-        dtype = networks.student.module.config.params_dtype
-        patch = networks.student.module.config.patch_size
+        student_config = networks.student.module.config
+        dtype, patch = student_config.params_dtype, student_config.patch_size
         first_sample = parallel_state.get_data_parallel_rank() * data.micro_batch_size
         batches = iter(data_loader(dataset, data, config.seed, progress.consumed_samples))
+        nonfinite = NonFiniteBatches(data.max_skipped_batches)
         try:
             while progress.iteration < config.train_iters:
                 start = time.perf_counter()
                 latent, embed = next(batches)
+                check_shapes(latent, embed, student_config.in_channels, student_config.text_dim, patch)
+                if nonfinite.skip(latent, embed):  # consumed, not trained on
+                    progress.consumed_samples += data.global_batch_size
+                    continue
                 x0, text = latent.to(device, dtype), embed.to(device, dtype)
                 iteration = progress.iteration
                 noise = draw_noise(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm, device, dtype)
@@ -77,7 +99,8 @@ def train(config: TrainingConfig):
                     network = "fake_score"
                 progress.iteration += 1
                 progress.consumed_samples += data.global_batch_size
-                record = {"network": network, **reduce_diagnostics(diagnostics), **metrics}
+                record = {"network": network, **reduce_diagnostics(diagnostics), **metrics,
+                          "data/skipped_nonfinite_batches": nonfinite.skipped}
                 seconds = time.perf_counter() - start
                 tokens = data.global_batch_size * math.prod(s // p for s, p in zip(x0.shape[2:], patch))
                 record.update(seconds=seconds, tokens_per_second=tokens / seconds, **memory_metrics())
