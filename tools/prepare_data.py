@@ -179,7 +179,7 @@ def _prepare(args, items):
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
 
-    from megatron_rcm.data.prepare import NEGATIVE_FILE, VideoSamples, prepare_shard
+    from megatron_rcm.data.prepare import NEGATIVE_FILE, VideoSamples, num_shards, prepare_shard, shard_items
     from megatron_rcm.encoders import load_text_encoder, load_vae
     from megatron_rcm.parallel import ParallelConfig, current_device, parallel_context
 
@@ -203,13 +203,13 @@ def _prepare(args, items):
         mine = pending[ps.get_data_parallel_rank()::ps.get_data_parallel_world_size()]
         writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
         per_shard = args.samples_per_shard
-        with tqdm(total=sum(len(items[s * per_shard:(s + 1) * per_shard]) for s in mine), unit="item",
+        with tqdm(total=sum(len(shard_items(items, s, per_shard)) for s in mine), unit="item",
                   disable=args.no_progress or not is_rank0, desc=f"rank 0 of {dist.get_world_size()}") as bar:
             for shard in mine:
-                prepare_shard(args.output, shard, items[shard * per_shard:(shard + 1) * per_shard], make_sample,
-                              args.strict, writer, tick=lambda: bar.update(1))
+                prepare_shard(args.output, shard, shard_items(items, shard, per_shard), make_sample, args.strict,
+                              writer, tick=lambda: bar.update(1))
         dist.barrier()
-        return is_rank0, -(-len(items) // per_shard) - len(pending)
+        return is_rank0, num_shards(len(items), per_shard) - len(pending)
 
 
 def _report(args, items, done_before):

@@ -60,6 +60,20 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:06d}.tar"
 
 
+def _record_path(output, shard: int) -> Path:
+    """The completion record of a shard."""
+    return Path(output) / PROGRESS_DIR / f"shard-{shard:06d}.json"
+
+
+def num_shards(num_items: int, samples_per_shard: int) -> int:
+    return -(-num_items // samples_per_shard)
+
+
+def shard_items(items, shard: int, samples_per_shard: int) -> list:
+    """The items of shard ``shard``."""
+    return items[shard * samples_per_shard:(shard + 1) * samples_per_shard]
+
+
 def _caption_beside(video: Path):
     path = video.with_suffix(".txt")
     if not path.is_file():
@@ -151,9 +165,7 @@ def check_settings(output, settings: dict) -> None:
 
 def pending_shards(output, num_items: int, samples_per_shard: int) -> list:
     """Shards without a completion record, in order."""
-    num_shards = -(-num_items // samples_per_shard)
-    progress = Path(output) / PROGRESS_DIR
-    return [s for s in range(num_shards) if not (progress / f"{shard_name(s)[:-4]}.json").is_file()]
+    return [s for s in range(num_shards(num_items, samples_per_shard)) if not _record_path(output, s).is_file()]
 
 
 def encode_caption(text_encoder, caption: str):
@@ -232,15 +244,15 @@ def prepare_shard(output, shard: int, items, make_sample: Callable, strict: bool
     if samples:
         write_shard(output / shard_name(shard), samples)
     record = {"written": len(samples), "records": records}
-    atomic_write_bytes(output / PROGRESS_DIR / f"{shard_name(shard)[:-4]}.json", json.dumps(record).encode())
+    atomic_write_bytes(_record_path(output, shard), json.dumps(record).encode())
 
 
 def summarize(output, num_items: int, samples_per_shard: int) -> dict:
     """Collect the shards' records into ``skipped.jsonl`` (written atomically); returns the counts."""
     output = Path(output)
     written, records = 0, []
-    for shard in range(-(-num_items // samples_per_shard)):
-        record = json.loads((output / PROGRESS_DIR / f"{shard_name(shard)[:-4]}.json").read_text())
+    for shard in range(num_shards(num_items, samples_per_shard)):
+        record = json.loads(_record_path(output, shard).read_text())
         written += record["written"]
         records.extend(record["records"])
     atomic_write_bytes(output / REPORT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
