@@ -1,9 +1,9 @@
-"""Wan2.1 T2V as a Megatron distributed checkpoint (megatron-core's ``torch_dist`` format), streamed.
+"""A model of any family as a Megatron distributed checkpoint (megatron-core's ``torch_dist`` format), streamed.
 
 The checkpoint is what ``dist_checkpointing.save(model.sharded_state_dict(prefix="model."))``
 writes, so ``dist_checkpointing.load`` reads it at any TP/CP size: a torch.distributed.checkpoint
 (DCP) folder (``__0_0.distcp`` + ``.metadata``) holding each parameter's *global* tensor
-(``models.wan.weight_map``), megatron's ``metadata.json``, and ``common.pt`` recording the model
+(the family's weight map, ``models.weight_map``), megatron's ``metadata.json``, and ``common.pt`` recording the model
 config (``megatron_rcm.loading.checkpoint_models``), so that ``load_model(path)`` needs nothing else.
 
 Memory: megatron-core's own save stages a rank's whole state dict in host memory. Here one
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..atomic_output import atomic_output_dir
 from ..loading import MODELS_KEY, checkpoint_models
-from ..models.wan import config_from_architecture, config_from_diffusers, diffusers_config, wan_parameters
+from ..models import family_of_diffusers_config, family_of_model_class
 from ..save_folder import latest_checkpoint_path
 from .tensor_files import CheckpointFileError, TensorInfo
 from .wan_native import ConfigMismatchError, DiffusersTensors, cast_to
@@ -90,9 +90,10 @@ def _check_tp_size(config, tp_size):
 def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=1, dtype=None, overwrite=False,
                    progress=True, desc=None):
     """A Megatron distributed checkpoint of ``tensors``, chunked as TP ranks of ``tensor_parallel_size`` hold it."""
-    config = config_from_diffusers(tensors.config, use_cpu_initialization=True)
+    family = family_of_diffusers_config(tensors.config)
+    config = family.config_from_diffusers(tensors.config, use_cpu_initialization=True)
     _check_tp_size(config, tensor_parallel_size)
-    table = wan_parameters(config)
+    table = family.parameters(config)
     items, keys = [], {}
     for name, p in table.items():
         key = MODEL_PREFIX + name
@@ -178,14 +179,18 @@ def megatron_tensors(path, prefix=None) -> DiffusersTensors:
         (prefix,) = records
     if prefix not in records:
         raise CheckpointFileError(f"{path}: no model with prefix {prefix!r} (recorded: {sorted(records)})")
-    config = config_from_architecture(records[prefix]["config"], use_cpu_initialization=True)
+    try:
+        family = family_of_model_class(records[prefix].get("class"))
+    except ValueError as e:
+        raise CheckpointFileError(f"{path}: {e}") from None
+    config = family.config_class.from_architecture(records[prefix]["config"], use_cpu_initialization=True)
     reader = CachedMetadataFileSystemReader(path)
     try:
         stored = {k: m for k, m in reader.read_metadata().state_dict_metadata.items()
                   if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
     except Exception as e:
         raise CheckpointFileError(f"{path}: unreadable checkpoint metadata ({_reason(e)})") from e
-    table = {prefix + name: p for name, p in wan_parameters(config).items()}
+    table = {prefix + name: p for name, p in family.parameters(config).items()}
     missing, unknown = sorted(table.keys() - stored.keys()), sorted(stored.keys() - table.keys())
     if missing or unknown:
         raise CheckpointFileError(f"{path}: missing keys {missing}; unexpected keys {unknown}")
@@ -209,4 +214,4 @@ def megatron_tensors(path, prefix=None) -> DiffusersTensors:
             current[key] = table[key].from_global(target[key])
         return current[key][source]
 
-    return DiffusersTensors(diffusers_config(config), infos, get)
+    return DiffusersTensors(family.diffusers_config(config), infos, get)

@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from ..atomic_output import atomic_output_dir
-from ..models.wan import config_from_diffusers, diffusers_shapes
+from ..models import family_of_diffusers_config
+from ..models.weight_map import source_shapes
 from . import wan_keys
 from .tensor_files import CheckpointFileError, TensorInfo, TensorReader, write_safetensors_shards
 
@@ -53,6 +54,8 @@ def native_config_to_diffusers(native: dict) -> dict:
 
 
 def diffusers_config_to_native(cfg: dict) -> dict:
+    if cfg.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
+        raise ConfigMismatchError(f"Wan's native format holds Wan2.1 models only, not a {cfg['_class_name']}")
     if cfg.get("image_dim") or cfg.get("added_kv_proj_dim"):
         raise ConfigMismatchError("only Wan2.1 text-to-video models convert (this config has an image branch)")
     return {
@@ -74,12 +77,13 @@ def diffusers_config_to_native(cfg: dict) -> dict:
 
 
 def expected_diffusers_shapes(cfg: dict) -> dict:
-    """Every parameter of a diffusers Wan2.1 T2V model and its shape, from the config alone."""
+    """Every parameter of the diffusers transformer of a model family and its shape, from the config alone."""
     try:
-        config = config_from_diffusers(cfg, use_cpu_initialization=True)
+        family = family_of_diffusers_config(cfg)
+        config = family.config_from_diffusers(cfg, use_cpu_initialization=True)
     except ValueError as e:
         raise ConfigMismatchError(f"unsupported diffusers config: {e}") from e
-    return diffusers_shapes(config)
+    return source_shapes(family.parameters(config))
 
 
 def check_keys_and_shapes(infos: dict, expected: dict, source: str):

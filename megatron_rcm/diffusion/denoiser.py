@@ -38,9 +38,10 @@ class TrigFlowDenoiser:
     t -> 0. Teacher (wrap a ClassifierFreeGuidance net), student and fake score all use this.
     """
 
-    def __init__(self, net, timestep_scale: float = 1000.0):
+    def __init__(self, net, timestep_scale: float | None = None):
         self.net = net
-        self.timestep_scale = timestep_scale
+        # a model family's network states its scale; 1000 is the RF convention of the other velocity nets
+        self.timestep_scale = getattr(net, "TIMESTEP_SCALE", 1000.0) if timestep_scale is None else timestep_scale
 
     def _coefficients(self, t: torch.Tensor):
         check_trigflow_time(t)

@@ -17,6 +17,10 @@ class ClassifierFreeGuidance:
         self.negative_embedding = negative_embedding
         self.scale = float(scale)
 
+    @property
+    def TIMESTEP_SCALE(self):  # noqa: N802 (the guided network's, see TrigFlowDenoiser)
+        return self.net.TIMESTEP_SCALE
+
     def _negative(self, text: torch.Tensor) -> torch.Tensor:
         negative = self.negative_embedding.to(device=text.device, dtype=text.dtype)
         if negative.dim() == text.dim() - 1:

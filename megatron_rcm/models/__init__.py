@@ -37,6 +37,24 @@ def family_of_diffusers(class_name) -> ModelFamily:
     raise ValueError(f"{class_name!r} is not a supported diffusers transformer; supported: {known}")
 
 
+def family_of_diffusers_config(cfg: dict) -> ModelFamily:
+    """The family of a diffusers transformer ``config.json`` dict: its ``_class_name``, or for an
+    in-memory config without one, the one family whose diffusers class takes all its keys."""
+    if "_class_name" in cfg:
+        return family_of_diffusers(cfg["_class_name"])
+    import inspect
+
+    import diffusers
+
+    keys = {k for k in cfg if not k.startswith("_")}
+    fits = [f for f in FAMILIES.values()
+            if keys <= inspect.signature(getattr(diffusers, f.diffusers_class).__init__).parameters.keys()]
+    if len(fits) != 1:
+        raise ValueError(f"the diffusers config names no model class (_class_name) and its keys fit "
+                         f"{len(fits)} families")
+    return fits[0]
+
+
 def family_of_model_class(class_name) -> ModelFamily:
     """The family of a model class name (as checkpoints record it)."""
     for f in FAMILIES.values():
@@ -57,4 +75,4 @@ def build_model(config):
 
 
 __all__ = ["FAMILIES", "ModelFamily", "build_model", "family_of_config", "family_of_diffusers",
-           "family_of_model_class", "family_of_preset", "model_config"]
+           "family_of_diffusers_config", "family_of_model_class", "family_of_preset", "model_config"]

@@ -26,6 +26,9 @@ class ModelFamily:
     diffusers_config: Callable
     """config -> diffusers config dict (with ``_class_name``)."""
 
+    parameters: Callable
+    """config -> its weight map {parameter name: ``weight_map.ParameterSpec``}."""
+
     convert_diffusers_state_dict: Callable
     """(diffusers state dict, config, tp_rank) -> this TP rank's model state dict."""
 

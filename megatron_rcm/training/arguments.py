@@ -66,6 +66,8 @@ def _parser():
 
     g = p.add_argument_group("rCM")
     g.add_argument("--teacher", help="teacher checkpoint (diffusers folder, or what megatron_rcm.load_model reads)")
+    g.add_argument("--model", help="model preset the teacher must match (e.g. wan2.1-t2v-1.3b, cosmos-predict2-2b); "
+                                   "the family always comes from the teacher checkpoint")
     g.add_argument("--negative-prompt-embedding", help=".pt tensor [L, text_dim] for the unconditional branch")
     g.add_argument("--guidance-scale", type=float)
     g.add_argument("--student-update-freq", type=int)
@@ -161,18 +163,22 @@ def _teacher_config_json(path):
     return None
 
 
-def _check_teacher_shape(args):
-    cfg = _teacher_config_json(args.teacher)
-    if cfg is None or cfg.get("_class_name") != "WanTransformer3DModel":
-        return  # another format: load_model checks it when the model is built
-    from ..models.wan import config_from_diffusers
+def _check_teacher_shape(args, preset):
+    """The teacher's diffusers config (if it has one) builds at these parallel sizes and, with
+    --model, is that preset's architecture."""
+    from ..models import family_of_diffusers_config
 
-    try:
-        config_from_diffusers(cfg, tensor_model_parallel_size=args.tensor_model_parallel_size,
-                              context_parallel_size=args.context_parallel_size, cp_comm_type=args.cp_comm_type,
-                              use_cpu_initialization=True)
-    except ValueError as e:
-        raise ConfigError(f"teacher {args.teacher}: {e}") from e
+    cfg = _teacher_config_json(args.teacher)
+    if cfg is None:
+        return  # another format: load_model checks it when the model is built
+    family = family_of_diffusers_config(cfg)
+    config = family.config_from_diffusers(cfg, tensor_model_parallel_size=args.tensor_model_parallel_size,
+                                          context_parallel_size=args.context_parallel_size,
+                                          cp_comm_type=args.cp_comm_type, use_cpu_initialization=True)
+    if preset is not None and config.architecture() != preset.architecture():
+        theirs, ours = config.architecture(), preset.architecture()
+        differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+        raise ValueError(f"is not a {args.model} model (it differs in {differ}); pass its preset or no --model")
 
 
 def _check_files(args):
@@ -224,7 +230,16 @@ def validate(args, world_size=None) -> TrainingConfig:
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:
         raise ConfigError("--lr-warmup-iters, --clip-grad, --num-workers and --max-skipped-batches must be >= 0")
-    _check_teacher_shape(args)
+    from ..models import model_config
+
+    try:
+        preset = model_config(args.model, use_cpu_initialization=True) if args.model else None
+    except ValueError as e:
+        raise ConfigError(f"--model: {e}") from e
+    try:
+        _check_teacher_shape(args, preset)
+    except ValueError as e:
+        raise ConfigError(f"teacher {args.teacher}: {e}") from e
     return config
 
 

@@ -121,6 +121,10 @@ class TrainingConfig:
     teacher: Optional[str] = None
     """Teacher checkpoint: a diffusers folder or anything ``megatron_rcm.load_model`` reads."""
 
+    model: Optional[str] = None
+    """A model preset of any family (``megatron_rcm.models``, e.g. "cosmos-predict2-2b") that a
+    diffusers teacher's architecture must match; None: the family and shape the teacher has."""
+
     negative_prompt_embedding: Optional[str] = None
     """.pt tensor [L, text_dim] for the unconditional branch of guidance."""
 

@@ -25,7 +25,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from ..loading import checkpoint_models
 from ..losses.config import RCMConfig
-from ..models.wan import weight_map
+from ..models import weight_map
 from ..parallel import set_random_seed
 from ..save_folder import EMA_EXPORT, checkpoint_name
 from .checkpointing import CheckpointManager

@@ -7,6 +7,7 @@ import torch
 from diffusers import Cosmos2TextToImagePipeline, FlowMatchEulerDiscreteScheduler
 
 from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
+from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
 from megatron_rcm.models.cosmos.diffusers_weights import nearest_resize
 from megatron_rcm.models.diffusers_float64 import float64_exact
 from megatron_rcm.parallel import parallel_context
@@ -52,7 +53,8 @@ def test_trigflow_wrapper_predicts_the_pipelines_x0():
     assert sigmas[0] == 80
     with parallel_context(), torch.no_grad():
         model = our_model(cfg, reference)
-        denoiser = TrigFlowDenoiser(model, timestep_scale=model.TIMESTEP_SCALE)
+        denoiser = TrigFlowDenoiser(model)  # the scale comes from the model, also through guidance:
+        assert denoiser.timestep_scale == TrigFlowDenoiser(ClassifierFreeGuidance(model, text, 2.0)).timestep_scale == 1
         for i in range(2):  # the last step has sigma_min twice: an Euler step of length 0
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
             # the pipeline's Euler step in sigma, x' = x + (sigma' - sigma) (x - x0) / sigma, solved for x0

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from megatron_rcm.data.synthetic import write_synthetic_shards
-from megatron_rcm.models.wan import wan_config
+from megatron_rcm.models import family_of_preset
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "pretrain_rcm.py"
@@ -20,23 +20,22 @@ LATENT = (2, 4, 4)  # frames, height, width: 8 tokens at patch (1, 2, 2)
 TEXT_LEN = 3
 
 
-def make_inputs(folder, seed=0):
-    """Teacher folder, shard folder and negative embedding under ``folder``; returns flags for them."""
-    from diffusers import WanTransformer3DModel
+def make_inputs(folder, seed=0, preset=PRESET, latent=LATENT):
+    """Teacher folder (a random diffusers transformer of ``preset``, any family), shard folder of
+    ``latent``-sized latents and negative embedding under ``folder``; returns flags for them."""
+    import diffusers
 
     folder = Path(folder)
-    cfg = wan_config(PRESET)
+    family = family_of_preset(preset)
+    cfg = family.config_class.from_preset(preset)
+    kwargs = family.diffusers_config(cfg)
     torch.manual_seed(seed)
-    teacher = WanTransformer3DModel(
-        patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.kv_channels,
-        in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_hidden_size, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm,
-        eps=cfg.layernorm_epsilon)
+    teacher = getattr(diffusers, kwargs.pop("_class_name"))(**kwargs)
     with torch.no_grad():  # diffusers starts some weights at zero or one: make every weight matter
         for p in teacher.parameters():
             p.add_(0.1 * torch.randn_like(p))
     teacher.save_pretrained(folder / "teacher")
-    write_synthetic_shards(folder / "data", num_samples=12, samples_per_shard=5, latent_shape=(cfg.in_channels, *LATENT),
+    write_synthetic_shards(folder / "data", num_samples=12, samples_per_shard=5, latent_shape=(cfg.in_channels, *latent),
                            text_shape=(TEXT_LEN, cfg.text_dim), seed=seed + 1, dtype=torch.float32)
     torch.save(torch.randn(TEXT_LEN, cfg.text_dim, generator=torch.Generator().manual_seed(seed + 2)),
                folder / "negative.pt")

@@ -15,7 +15,7 @@ from .weight_map import cosmos_parameters, diffusers_shapes
 
 FAMILY = ModelFamily(
     name="cosmos", config_class=CosmosConfig, model_class=CosmosModel, diffusers_class="CosmosTransformer3DModel",
-    config_from_diffusers=config_from_diffusers, diffusers_config=diffusers_config,
+    config_from_diffusers=config_from_diffusers, diffusers_config=diffusers_config, parameters=cosmos_parameters,
     convert_diffusers_state_dict=convert_diffusers_state_dict, diffusers_forward=diffusers_forward,
 )
 

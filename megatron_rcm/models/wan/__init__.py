@@ -16,7 +16,7 @@ from .weight_map import diffusers_shapes, wan_parameters
 
 FAMILY = ModelFamily(
     name="wan", config_class=WanConfig, model_class=WanModel, diffusers_class="WanTransformer3DModel",
-    config_from_diffusers=config_from_diffusers, diffusers_config=diffusers_config,
+    config_from_diffusers=config_from_diffusers, diffusers_config=diffusers_config, parameters=wan_parameters,
     convert_diffusers_state_dict=convert_diffusers_state_dict,
     diffusers_forward=lambda model, x, t, text: model(x, t, text).sample,
 )
