@@ -40,9 +40,12 @@ def _parser():
     g.add_argument("--sequence-parallel", action=flag)
     g.add_argument("--cp-comm-type", choices=["a2a", "p2p"],
                    help="context parallelism: all-to-all (a2a) or ring (p2p)")
-    g.add_argument("--recompute-granularity", choices=["full"])
+    g.add_argument("--recompute-granularity", choices=["full", "none"],
+                   help="full: recompute every block of student and fake score in the backward")
     g.add_argument("--recompute-method", choices=["uniform"])
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--offload-ema", action=flag, help="keep the EMA slice in host memory between student updates")
+    g.add_argument("--offload-teacher", action=flag, help="keep the teacher in host memory between its calls")
 
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int)

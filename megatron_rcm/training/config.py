@@ -23,13 +23,23 @@ class NetworksConfig:
     """Context-parallel attention: all-to-all ("a2a") or ring ("p2p")."""
 
     recompute_granularity: Optional[str] = None
-    """"full" recomputes whole layers in the backward pass (student and fake score); None: off."""
+    """"full" recomputes whole layers in the backward pass (student and fake score); None or "none":
+    off. (megatron-core's "selective" recomputes the core attention only, which the flash-attention
+    kernels already keep at O(tokens): not offered.)"""
 
     recompute_method: str = "uniform"
     """megatron-core's recompute method."""
 
     recompute_num_layers: int = 1
     """Layers per recomputed chunk."""
+
+    offload_ema: bool = False
+    """Keep this rank's EMA slice in (pinned) host memory; each student update copies it to the
+    GPU and back."""
+
+    offload_teacher: bool = False
+    """Keep the frozen teacher in (pinned) host memory; each of its calls copies it to the GPU and
+    frees the copy afterwards."""
 
 
 @dataclass(frozen=True)

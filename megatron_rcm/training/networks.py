@@ -5,7 +5,9 @@
 * student and fake score: trainable copies of the teacher, each in megatron-core's
   DistributedDataParallel (gradients reduced in fp32 into ``param.main_grad``; with the
   distributed optimizer on GPU, reduce-scattered) with their own optimizer and schedule;
-* the student's power EMA in fp32, one tensor per local parameter shard.
+* the student's power EMA in fp32, sharded over the data+context-parallel ranks like the
+  distributed optimizer's states (``ShardedPowerEMA``);
+* ``offload_teacher`` / ``offload_ema`` keep the teacher / the EMA slice in host memory between uses.
 The losses call the bare modules (DDP's hooks sit on the parameters, so gradients still reach
 its buffers); ``jvp`` is a method of the module only.
 """
@@ -13,13 +15,15 @@ its buffers); ``jvp`` is a method of the module only.
 from dataclasses import dataclass
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
 from .. import load_model
 from ..diffusion.denoiser import TrigFlowDenoiser
 from ..diffusion.guidance import ClassifierFreeGuidance
 from .config import TrainingConfig
-from .ema import PowerEMA
+from .ema import ShardedPowerEMA
+from .offload import HostResident
 from .optimizer import build_optimizer, build_scheduler
 
 
@@ -37,7 +41,7 @@ class Networks:
     teacher: TrigFlowDenoiser  # guided
     student: Trainable
     fake_score: Trainable
-    ema: PowerEMA
+    ema: ShardedPowerEMA
 
 
 def model_overrides(config: TrainingConfig):
@@ -49,7 +53,7 @@ def model_overrides(config: TrainingConfig):
 def _load(config: TrainingConfig, device, recompute):
     overrides = model_overrides(config)
     networks = config.networks
-    if recompute and networks.recompute_granularity:
+    if recompute and networks.recompute_granularity == "full":
         overrides.update(recompute_granularity=networks.recompute_granularity,
                          recompute_method=networks.recompute_method,
                          recompute_num_layers=networks.recompute_num_layers)
@@ -81,7 +85,11 @@ def build_networks(config: TrainingConfig, device):
     if config.negative_prompt_embedding:
         negative = load_negative_embedding(config.negative_prompt_embedding, teacher.config.text_dim,
                                            teacher.config.params_dtype, device)
+    if config.networks.offload_teacher:
+        teacher = HostResident(teacher, device)
     guided = TrigFlowDenoiser(ClassifierFreeGuidance(teacher, negative, config.rcm.guidance_scale))
     student = _trainable(config, device, config.optimization.lr)
     fake_score = _trainable(config, device, config.optimization.fake_score_lr)
-    return Networks(guided, student, fake_score, PowerEMA(student.module, relative_std=config.ema_std))
+    ema = ShardedPowerEMA(student.module, config.ema_std, parallel_state.get_data_parallel_group(with_context_parallel=True),
+                          offload=config.networks.offload_ema)
+    return Networks(guided, student, fake_score, ema)

@@ -4,7 +4,8 @@
     student.optimizer    Adam state (+ fp32 master weights on GPU), keyed like the weights
     student.scheduler    learning-rate schedule       (plain values: saved once)
     fake_score.*         the same for the fake-score network
-    ema.*                the student's fp32 power EMA, sharded like the weights
+    ema.*                the student's fp32 power EMA, whole and sharded like the weights (each
+                         rank keeps a slice of it: ``ShardedPowerEMA``, resliced on loading)
     ema_updates, progress, layout, recipe   plain values: EMA count, iteration and counters,
                          the parallel layout it was saved at, the settings that fix the noise
                          and the data (seed, global batch and the whole ``RCMConfig``)
@@ -87,7 +88,8 @@ def sharded_state(networks, progress, recipe: dict, is_loading=False, with_rng=T
         out[f"{name}.optimizer"] = net.optimizer.sharded_state_dict(model, is_loading=is_loading,
                                                                    metadata=OPTIMIZER_FORMAT)
         out[f"{name}.scheduler"] = net.scheduler.state_dict()
-    out["ema"] = weight_map.sharded_state_dict(networks.student.module, "ema.", tensors=networks.ema.shadow)
+    ema = networks.ema.empty_full_tensors() if is_loading else networks.ema.full_tensors()
+    out["ema"] = weight_map.sharded_state_dict(networks.student.module, "ema.", tensors=ema)
     # load_model(checkpoint, model_prefix="ema.") and the converter read these models directly
     config = networks.student.module.config
     out.update(checkpoint_models({"student.model.": config, "fake_score.model.": config, "ema.": config}))
@@ -130,7 +132,7 @@ def load_state(manager, networks, config: TrainingConfig):
             net.module.load_state_dict(_strip_prefix(loaded[f"{name}.model"], f"{name}.model."), strict=True)
         load_optimizer_state(net.optimizer, loaded[f"{name}.optimizer"])
         net.scheduler.load_state_dict(loaded[f"{name}.scheduler"])
-    networks.ema.shadow = {k: v.float().clone() for k, v in _strip_prefix(loaded["ema"], "ema.").items()}
+    networks.ema.load_full_tensors(_strip_prefix(loaded["ema"], "ema."))
     networks.ema.num_updates = loaded["ema_updates"]
     if same_layout:
         _set_rng_state(loaded["rng"])
@@ -142,7 +144,7 @@ def load_state(manager, networks, config: TrainingConfig):
 def export_ema(networks, iteration, config: TrainingConfig):
     """The EMA student alone, under ``{save}/ema_student`` (collective): a Megatron distributed
     checkpoint that ``load_model`` and ``tools/convert_checkpoint.py --from megatron`` read as it is."""
-    state = weight_map.sharded_state_dict(networks.student.module, "model.", tensors=networks.ema.shadow)
+    state = weight_map.sharded_state_dict(networks.student.module, "model.", tensors=networks.ema.full_tensors())
     state.update(checkpoint_models({"model.": networks.student.module.config}))
     state["teacher"] = config.teacher
     state["sampler"] = {"sigma_max": config.sigma_max, "mid_times": list(config.rcm.mid_times)}

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from megatron_rcm.parallel.runtime import free_port
+from megatron_rcm.testing import norm_relative_error
 from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
 from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS
 
@@ -92,12 +93,30 @@ def _checkpoint_at(source, iteration, target):
     (target / TRACKER).write_text(str(iteration))
 
 
+def _ema_weights(checkpoint):
+    from megatron_rcm import load_model
+    from megatron_rcm.parallel import ParallelConfig, parallel_context
+
+    with parallel_context(ParallelConfig()):
+        return {name: p.detach() for name, p in load_model(str(checkpoint), model_prefix="ema.").named_parameters()}
+
+
+def _final_ema(folder):
+    """The EMA of the run's last checkpoint, loaded whole at TP 1."""
+    from megatron_rcm.testing import run_distributed
+
+    return run_distributed(_ema_weights, world_size=1, args=(folder / "ckpt" / checkpoint_name(ITERS),))[0]
+
+
 def test_resume_at_the_same_layout_is_exact(inputs, reference, tmp_path):
     folder, straight = reference
     _checkpoint_at(folder / "ckpt", 3, tmp_path / "ckpt")
-    resumed = _run(inputs, tmp_path, 1, "--deterministic-mode")  # on CPU the flag changes nothing
+    # on CPU these flags change no number: the offloads copy between host tensors
+    resumed = _run(inputs, tmp_path, 1, "--deterministic-mode", "--offload-ema", "--offload-teacher")
     assert [r["iteration"] for r in resumed] == [4, 5, 6]
     assert _losses(resumed) == _losses(straight[3:])
+    ema, straight_ema = _final_ema(tmp_path), _final_ema(folder)
+    assert ema.keys() == straight_ema.keys() and all(torch.equal(ema[k], straight_ema[k]) for k in ema)
 
 
 def test_resume_at_another_tensor_parallel_size(inputs, reference, tmp_path):
@@ -116,6 +135,10 @@ def test_resume_at_another_data_parallel_size(inputs, tmp_path):
     _checkpoint_at(tmp_path / "tp2dp2" / "ckpt", 3, tmp_path / "dp4" / "ckpt")
     resumed = _run(inputs, tmp_path / "dp4", 4, "--micro-batch-size", "1")
     _assert_close(resumed, straight[3:], LAYOUT_RTOL)
+    # the EMA, sharded over 2 ranks when saved and over 4 after the resume, ends where the straight run's does
+    ema, straight_ema = _final_ema(tmp_path / "dp4"), _final_ema(tmp_path / "tp2dp2")
+    assert ema.keys() == straight_ema.keys()
+    assert all(norm_relative_error(ema[k], straight_ema[k]) < LAYOUT_RTOL for k in ema)
 
 
 def _slurm_tasks(flags, ntasks):
