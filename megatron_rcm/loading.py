@@ -21,9 +21,24 @@ def _world_sizes():
 def _folder_format(path):
     for candidate in (os.path.join(path, "transformer", "config.json"), os.path.join(path, "config.json")):
         if os.path.isfile(candidate):
-            with open(candidate) as f:
-                return json.load(f).get("_class_name")
+            try:
+                with open(candidate) as f:
+                    return json.load(f).get("_class_name")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{candidate} is not valid JSON ({e})") from e
     return None
+
+
+def _read_weights(path):
+    """``read_diffusers_folder``, a damaged weights file reported as a one-line ValueError."""
+    from safetensors import SafetensorError
+
+    from .models.weight_map import read_diffusers_folder
+
+    try:
+        return read_diffusers_folder(path)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: damaged or truncated safetensors file ({e})") from e
 
 
 def checkpoint_models(models: dict) -> dict:
@@ -84,6 +99,8 @@ def load_model(path, model_prefix=None, **config_overrides):
     models recorded in a distributed checkpoint. ``config_overrides`` go to the family's config
     (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
     path = latest_checkpoint_path(path)
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _load_distributed(path, model_prefix, config_overrides)
@@ -92,11 +109,17 @@ def load_model(path, model_prefix=None, **config_overrides):
         raise ValueError(f"{path} is neither a Megatron distributed checkpoint (metadata.json) nor a diffusers "
                          "transformer folder (config.json)")
     from .models import family_of_diffusers
-    from .models.weight_map import load_diffusers_weights, read_diffusers_folder
+    from .models.weight_map import load_diffusers_weights
 
     family = family_of_diffusers(class_name)
-    cfg, state = read_diffusers_folder(path)
+    cfg, state = _read_weights(path)
     tp, cp = _world_sizes()
-    config = family.config_from_diffusers(cfg, tensor_model_parallel_size=tp, context_parallel_size=cp,
-                                          **config_overrides)
-    return load_diffusers_weights(family.model_class(config), state)
+    try:
+        config = family.config_from_diffusers(cfg, tensor_model_parallel_size=tp, context_parallel_size=cp,
+                                              **config_overrides)
+    except TypeError as e:
+        raise ValueError(f"unknown config override ({e})") from e
+    try:
+        return load_diffusers_weights(family.model_class(config), state)
+    except KeyError as e:
+        raise ValueError(f"{path}: {e.args[0]}") from e

@@ -163,7 +163,10 @@ def diffusers_tensors(path) -> DiffusersTensors:
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointFileError(f"{path}: not a diffusers model folder (no config.json)")
-    cfg = json.loads((path / "config.json").read_text())
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointFileError(f"{path / 'config.json'} is not valid JSON ({e})") from e
     reader = TensorReader(path)
     infos = {k: reader.info(k) for k in reader.keys()}
     check_keys_and_shapes(infos, expected_diffusers_shapes(cfg), str(path))

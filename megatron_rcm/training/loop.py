@@ -5,6 +5,7 @@ import time
 
 import torch
 from megatron.core import parallel_state
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.utils.data import DataLoader
 
 from ..data.latent_shards import LatentShardDataset
@@ -51,7 +52,7 @@ def _resume(config: TrainingConfig, networks):
         manager = CheckpointManager(load_dir)
         try:
             return load_state(manager, networks, config)
-        except Exception as e:  # torch and megatron-core raise many types for a damaged file
+        except (Exception, CheckpointException) as e:  # many types for a damaged file; DCP's is a BaseException
             raise _unusable(manager, e) from e
     if config.checkpoint.load:
         raise CheckpointNotFoundError(f"--load {config.checkpoint.load}: no checkpoint there")
