@@ -1,9 +1,17 @@
 """What the model families' float64 oracles share: random inputs, the oracle's forward / JVP /
 gradients of a diffusers transformer, the relative error, and the serial parity check."""
 
+import importlib
+
 import torch
 
 from megatron_rcm.models.diffusers_float64 import DTYPE, float64_exact
+from megatron_rcm.parallel import parallel_context
+
+
+def family_oracle(family):
+    """The test module ``tests.models.<family>_oracle`` (config, diffusers_model, our_model, inputs, oracle)."""
+    return importlib.import_module(f"tests.models.{family}_oracle")
 
 from megatron_rcm.testing import relative_error
 
@@ -48,3 +56,15 @@ def check_against_oracle(model, data, expected, convert_grads, tol):
     assert want.keys() == grads.keys()
     for name, g in want.items():
         assert relative_error(grads[name], g) < tol, name
+
+
+def check_serial(family, preset, batch, latent, text_len, tol):
+    """One process: the family's model loaded from a random float64 diffusers model against it."""
+    oracle = family_oracle(family)
+    cfg = oracle.config(preset)
+    reference = oracle.diffusers_model(cfg, seed=1)
+    data = oracle.inputs(cfg, batch, latent, text_len, seed=2)
+    expected = oracle.oracle(reference, data)
+    convert = importlib.import_module(f"megatron_rcm.models.{family}").convert_diffusers_state_dict
+    with parallel_context():
+        check_against_oracle(oracle.our_model(cfg, reference), data, expected, lambda grads: convert(grads, cfg), tol)

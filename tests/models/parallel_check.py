@@ -15,19 +15,15 @@ from megatron.core import parallel_state
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed
 
-from .oracle import relative_error
+from .oracle import family_oracle, relative_error
 
 TOL = 1e-10
 BATCH, TEXT_LEN = 2, 3
 
 
-def _oracle(family):
-    return importlib.import_module(f"tests.models.{family}_oracle")
-
-
 @functools.lru_cache(maxsize=None)
 def _reference(family, preset, latent):
-    oracle = _oracle(family)
+    oracle = family_oracle(family)
     cfg = oracle.config(preset)
     model = oracle.diffusers_model(cfg, seed=11)
     data = oracle.inputs(cfg, BATCH, latent, TEXT_LEN, seed=12)
@@ -63,7 +59,7 @@ def _reduced_grads(model, sp, cp):
 
 def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expected):
     """Errors of one layout against the oracle (asserted below ``TOL``); returns how many were checked."""
-    oracle = _oracle(family)
+    oracle = family_oracle(family)
     weights = importlib.import_module(f"megatron_rcm.models.{family}")
     with parallel_context(ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp,
                                          sequence_parallel=sp)):

@@ -4,12 +4,12 @@ forward, JVP, gradients, the padding-mask channel; the JVP also against central 
 import pytest
 import torch
 
-from megatron_rcm.models.cosmos import CosmosModel, config_from_diffusers, convert_diffusers_state_dict
+from megatron_rcm.models.cosmos import CosmosModel, config_from_diffusers
 from megatron_rcm.models.diffusers_float64 import float64_exact
 from megatron_rcm.parallel import parallel_context
 
 from .cosmos_oracle import config, diffusers_forward, diffusers_model, inputs, oracle, our_model, relative_error
-from .oracle import check_against_oracle
+from .oracle import check_serial
 
 TOL = 1e-10
 CASES = {
@@ -21,14 +21,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_forward_jvp_and_gradients_match_diffusers(case):
-    preset, batch, latent, text_len = CASES[case]
-    cfg = config(preset)
-    reference = diffusers_model(cfg, seed=1)
-    data = inputs(cfg, batch, latent, text_len, seed=2)
-    expected = oracle(reference, data)
-    with parallel_context():
-        check_against_oracle(our_model(cfg, reference), data, expected,
-                             lambda grads: convert_diffusers_state_dict(grads, cfg), TOL)
+    check_serial("cosmos", *CASES[case], TOL)
 
 
 def test_padding_mask_channel_matches_diffusers():

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from megatron_rcm import load_model
-from megatron_rcm.models.wan import convert_diffusers_state_dict
 from megatron_rcm.parallel import parallel_context
 
-from .oracle import check_against_oracle
+from .oracle import check_serial
 from .wan_oracle import config, diffusers_model, inputs, our_model, oracle, relative_error
 
 TOL = 1e-10
@@ -35,14 +34,7 @@ def test_compiled_elementwise_pieces_match_diffusers(monkeypatch):
 
 
 def _check_against_diffusers(case):
-    preset, batch, latent, text_len = CASES[case]
-    cfg = config(preset)
-    reference = diffusers_model(cfg, seed=1)
-    data = inputs(cfg, batch, latent, text_len, seed=2)
-    expected = oracle(reference, data)
-    with parallel_context():
-        check_against_oracle(our_model(cfg, reference), data, expected,
-                             lambda grads: convert_diffusers_state_dict(grads, cfg), TOL)
+    check_serial("wan", *CASES[case], TOL)
 
 
 def test_jvp_matches_finite_differences_of_our_forward():

@@ -5,7 +5,6 @@ import math
 import shutil
 
 import pytest
-import torch
 
 from megatron_rcm.training.checkpointing import TRACKER, checkpoint_name
 
