@@ -16,6 +16,7 @@ _FACE = {
     "OptimizationConfig": "config",
     "TrainingConfig": "config",
     "PowerEMA": "ema",
+    "ShardedPowerEMA": "ema",
     "train": "loop",
     "PREEMPTED_EXIT_STATUS": "signals",
 }
