@@ -32,8 +32,10 @@ def main(argv=None):
     if progress.iteration < config.train_iters:
         saved = ("saved it; the same command resumes from there" if config.checkpoint.save
                  else "nothing saved (no --save)")
-        print(f"pretrain_rcm: {signal.Signals(preemption.received).name}: stopped after iteration "
-              f"{progress.iteration}, {saved}", file=sys.stderr, flush=True)
+        # every rank stops when any one got the signal
+        cause = signal.Signals(preemption.received).name if preemption.received else "another rank's signal"
+        print(f"pretrain_rcm: {cause}: stopped after iteration {progress.iteration}, {saved}", file=sys.stderr,
+              flush=True)
         return PREEMPTED_EXIT_STATUS
     return 0
 
