@@ -1,0 +1,82 @@
+"""The typed run config: every flag fills one field, defaults come from the dataclasses, and the
+recipe a checkpoint records is checked on resume (also against checkpoints saved before a field existed)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from megatron_rcm.losses.config import RCMConfig
+from megatron_rcm.training.arguments import ConfigError, _parser, load_config
+from megatron_rcm.training.config import TrainingConfig
+from megatron_rcm.training.state import _check_recipe, recipe_of
+
+
+@pytest.fixture
+def required(tmp_path):
+    (tmp_path / "teacher").mkdir()  # no config.json: load_model checks the format when it builds
+    (tmp_path / "data").mkdir()
+    torch.save(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), tmp_path / "negative.pt")
+    return ["--teacher", str(tmp_path / "teacher"), "--data-path", str(tmp_path / "data"), "--train-iters", "7",
+            "--negative-prompt-embedding", str(tmp_path / "negative.pt")]
+
+
+def _sections(config):
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if dataclasses.is_dataclass(getattr(config, f.name))}
+
+
+def test_defaults_are_the_dataclasses(required):
+    config = load_config(required, world_size=1)
+    for name, section in _sections(config).items():
+        if name != "data":
+            assert section == type(section)(), name
+    assert config.data.global_batch_size == 1 and config.seed == TrainingConfig().seed
+
+
+def test_every_flag_fills_its_field(required):
+    # a value other than the default for one flag of each section, spelled as on the command line
+    config = load_config([*required, "--p-mean", "1.5", "--mid-times", "1.5", "1.2", "1.1", "--context-parallel-size",
+                          "2", "--cp-comm-type", "p2p", "--adam-beta2", "0.95", "--num-workers", "0", "--keep-last",
+                          "5", "--log-interval", "9", "--ema-std", "0.05"], world_size=2)
+    assert config.rcm == RCMConfig(p_mean=1.5, mid_times=(1.5, 1.2, 1.1))
+    assert config.parallel.context_parallel_size == 2 and config.networks.cp_comm_type == "p2p"
+    assert config.optimization.adam_beta2 == 0.95 and config.data.num_workers == 0
+    assert config.checkpoint.keep_last == 5 and config.logging.log_interval == 9 and config.ema_std == 0.05
+    assert config.train_iters == 7 and config.data.global_batch_size == 1  # DP 1 at CP 2 on 2 ranks
+
+
+def test_flags_and_fields_correspond_one_to_one():
+    flags = {a.dest for a in _parser()._actions} - {"help", "config", "debug"}  # debug: tracebacks, no setting
+    config = TrainingConfig()
+    fields = {f.name for section in [config, *_sections(config).values()] for f in dataclasses.fields(section)}
+    fields -= set(_sections(config)) | {"pipeline_model_parallel_size"}  # no pipeline parallelism here
+    assert flags == fields
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scm-weight", "0", "--dmd-weight", "0"], "loss weights must be >= 0 and not both 0"),
+    (["--mid-times", "1.5"], "mid_times needs 3 times"),
+    (["--max-rollout-steps", "5"], "max_rollout_steps must lie in 1..4"),
+])
+def test_recipe_errors_are_config_errors(required, flags, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([*required, *flags], world_size=1)
+
+
+def test_resume_accepts_the_same_recipe_and_one_saved_before_a_field_existed(required):
+    config = load_config(required, world_size=1)
+    current = recipe_of(config)
+    _check_recipe(dict(current), current)
+    older = {k: (list(v) if isinstance(v, tuple) else v) for k, v in current.items() if k != "max_rollout_steps"}
+    _check_recipe(older, current)  # saved as a list, and before max_rollout_steps: it was 4 then
+
+
+def test_resume_refuses_another_recipe(required):
+    current = recipe_of(load_config([*required, "--max-rollout-steps", "3"], world_size=1))
+    saved = dict(current, p_mean=1.5)
+    with pytest.raises(ValueError, match=r"p_mean=1.5 -> 0.7"):
+        _check_recipe(saved, current)
+    older = {k: v for k, v in current.items() if k != "max_rollout_steps"}  # saved when it was 4
+    with pytest.raises(ValueError, match=r"max_rollout_steps=4 -> 3"):
+        _check_recipe(older, current)
