@@ -105,3 +105,14 @@ def test_load_model_from_a_diffusers_folder(tmp_path):
         assert relative_error(model(data["x"], data["t"], data["text"]), expected["out"]) < TOL
         _, out_t = model.jvp(data["x"], data["t"], data["text"], data["x_t"], data["t_t"])
         assert relative_error(out_t, expected["out_t"]) < TOL
+
+
+def test_compiled_elementwise_pieces_match_diffusers(monkeypatch):
+    """The torch.compile'd forms (on CUDA by default) compiled here by inductor for the CPU: Cosmos'
+    bias-free, exact-GELU and per-head RMSNorm + rotate-half RoPE pieces included, in float64."""
+    from megatron_rcm.models import elementwise
+
+    monkeypatch.setattr(elementwise.Elementwise, "compile_on", ("cuda", "cpu"))
+    check_serial("cosmos", *CASES["cosmos-tiny-a"], TOL)
+    # plain, tangent and backward forms all went through torch.compile
+    assert len(elementwise.head_rms_norm._compiled) == 3
