@@ -69,10 +69,5 @@ def model_config(preset: str, **overrides):
     return family_of_preset(preset).config_class.from_preset(preset, **overrides)
 
 
-def build_model(config):
-    """The model of a config of any family."""
-    return family_of_config(config).model_class(config)
-
-
-__all__ = ["FAMILIES", "ModelFamily", "build_model", "family_of_config", "family_of_diffusers",
+__all__ = ["FAMILIES", "ModelFamily", "family_of_config", "family_of_diffusers",
            "family_of_diffusers_config", "family_of_model_class", "family_of_preset", "model_config"]

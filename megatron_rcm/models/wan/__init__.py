@@ -1,7 +1,7 @@
 """Wan2.1 text-to-video DiT on megatron-core (TP, SP, CP; forward and exact JVP)."""
 
 from ..family import ModelFamily
-from .config import PRESETS, WanConfig, architecture, config_from_architecture, wan_config
+from .config import PRESETS, WanConfig, wan_config
 from .diffusers_weights import (
     config_from_diffusers,
     convert_diffusers_state_dict,
@@ -26,8 +26,6 @@ __all__ = [
     "PRESETS",
     "WanConfig",
     "WanModel",
-    "architecture",
-    "config_from_architecture",
     "config_from_diffusers",
     "convert_diffusers_state_dict",
     "diffusers_config",

@@ -50,14 +50,6 @@ WanConfig.ARCHITECTURE_FIELDS = (
     "rope_theta")
 
 
-def architecture(config: WanConfig) -> dict:
-    return config.architecture()
-
-
-def config_from_architecture(fields: dict, **overrides) -> WanConfig:
-    return WanConfig.from_architecture(fields, **overrides)
-
-
 def wan_config(name, **overrides) -> WanConfig:
     """A ``WanConfig`` from a preset name, with any field overridden."""
     return WanConfig.from_preset(name, **overrides)

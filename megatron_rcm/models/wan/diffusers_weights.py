@@ -6,7 +6,7 @@ parameter, and how it is split over TP ranks, is ``weight_map``'s table.
 
 from .. import weight_map
 from ..weight_map import diffusers_state_dict, load_diffusers_weights, read_diffusers_folder
-from .config import WanConfig, config_from_architecture
+from .config import WanConfig
 from .weight_map import wan_parameters
 
 __all__ = ["config_from_diffusers", "convert_diffusers_state_dict", "diffusers_config", "diffusers_state_dict",
@@ -28,7 +28,7 @@ def config_from_diffusers(cfg: dict, **overrides) -> WanConfig:
         freq_dim=cfg.get("freq_dim", 256), cross_attn_norm=cfg.get("cross_attn_norm", True),
         layernorm_epsilon=cfg.get("eps", 1e-6), rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
     )
-    return config_from_architecture(fields, **overrides)
+    return WanConfig.from_architecture(fields, **overrides)
 
 
 def diffusers_config(config: WanConfig) -> dict:
