@@ -1,7 +1,7 @@
 """The planner against measurement on the local GPU: predicted and measured peak memory and seconds
 per student / critic iteration of examples/pretrain_rcm.py, for layouts that run on one GPU.
 
-    python tools/validate_plan.py --work /tmp/plan [--cases 1.3b,14b-6] [--json out.json]
+    python tools/validate_plan.py [--work /tmp/plan] [--cases 1.3b,14b-6] [--json out.json]
 
 First calibrates a profile at each width (``megatron_rcm.planning.calibrate``, unless
 --skip-calibration), then trains each case for a few iterations with random weights
@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,14 +105,20 @@ def _markdown(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="teachers, shards, logs (default: a temporary folder)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {sorted(CASES)}")
     parser.add_argument("--iters", type=int, default=4, help="2 student + 2 critic iterations at 4")
     parser.add_argument("--skip-calibration", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="one tiny CPU case: plumbing only")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        args.work = args.work or Path(scratch)
+        args.work.mkdir(parents=True, exist_ok=True)
+        _validate(parser, args)
+
+
+def _validate(parser, args):
     if args.smoke:
         CASES["smoke"] = SMOKE
         args.cases, args.skip_calibration = "smoke", True

@@ -15,6 +15,7 @@ import pytest
     (["tools/bench_cosmos.py", "--smoke"], "jvp_bf16_vs_fp32"),
     (["tools/bench_generate.py", "--smoke"], "speed-up: end to end"),
     (["tools/bench_encoders.py", "--smoke"], "teacher-synthetic samples per minute"),
+    (["tools/validate_plan.py", "--smoke"], "| smoke |"),
 ], ids=lambda c: c[0] if isinstance(c, list) else "")
 def test_tool_cpu_smoke(command, expected):
     env = dict(os.environ, TRITON_INTERPRET="1")
