@@ -8,8 +8,11 @@ returns the one ``TrainingConfig`` the run uses.
 """
 
 import argparse
+import ast
+import inspect
 import json
 import os
+import textwrap
 from dataclasses import fields
 
 import torch
@@ -35,9 +38,10 @@ def _parser():
     flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int)
-    g.add_argument("--context-parallel-size", type=int)
-    g.add_argument("--sequence-parallel", action=flag)
+    g.add_argument("--tensor-model-parallel-size", type=int, help="ranks that split each layer's weights")
+    g.add_argument("--context-parallel-size", type=int, help="ranks that split each sample's tokens")
+    g.add_argument("--sequence-parallel", action=flag,
+                   help="split activations outside attention over the tensor-parallel ranks (needs TP > 1)")
     g.add_argument("--cp-comm-type", choices=["a2a", "p2p"],
                    help="context parallelism: all-to-all (a2a) or ring (p2p)")
     g.add_argument("--recompute-granularity", choices=["full", "none"],
@@ -101,6 +105,10 @@ def _parser():
     g.add_argument("--log-jsonl", help="per-iteration JSON lines")
     g.add_argument("--tensorboard-dir")
     p.set_defaults(**_defaults())
+    helps = _field_help((TrainingConfig, *_SECTIONS.values()))
+    for action in p._actions:
+        if action.help is None and action.dest in helps:
+            action.help = helps[action.dest]
     return p
 
 
@@ -111,6 +119,18 @@ _SECTIONS = {"rcm": RCMConfig, "parallel": ParallelConfig, "networks": NetworksC
 
 def _plain_fields(cls):
     return [f for f in fields(cls) if f.name not in _SECTIONS]
+
+
+def _field_help(classes):
+    """{field name: its docstring} of the config dataclasses, the one place a setting is described."""
+    helps = {}
+    for cls in classes:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for field, doc in zip(body, body[1:]):
+            if (isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr)
+                    and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
+                helps[field.target.id] = " ".join(doc.value.value.split()).replace("%", "%%")
+    return helps
 
 
 def _defaults():
