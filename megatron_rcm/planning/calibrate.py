@@ -88,9 +88,9 @@ def _model_rates(workload, layers, repeats, profile):
     except torch.OutOfMemoryError:
         return rates  # the saved activations of these blocks do not fit: keep the default coefficients
     predicted = activation_bytes(config, tokens, Layout(), profile, b)
-    # both peaks hold the gradients and one block's backward; they differ by the saved activations
-    # (without recompute) against the block inputs (with it)
-    saved = (plain_peak - recompute_peak) / layers + predicted["checkpoint"]
+    # at the last block's backward both peaks hold the gradients and that block's saved tensors and
+    # temporaries; without recompute the other blocks' saved tensors too, with it their inputs
+    saved = (plain_peak - recompute_peak + layers * predicted["checkpoint"]) / (layers - 1)
     scale = saved / predicted["saved"]
     grads = sum(p.numel() for p in model.parameters()) * BF16
     working = (recompute_peak - grads - layers * predicted["checkpoint"]) / saved
@@ -126,6 +126,8 @@ def calibrate(workload: Workload, layers: int = 2, repeats: int = 3) -> Profile:
     """The Profile of the local GPU(s) (run under torchrun to time collectives across GPUs)."""
     if not torch.cuda.is_available():
         raise PlanError("--calibrate needs CUDA GPUs; without them plan with the default profile or a --profile file")
+    if layers < 2:
+        raise PlanError("--calibration-layers must be at least 2 (the saved activations per block are a difference)")
     with parallel_context(ParallelConfig()):
         matmul = measured_matmul_tflops()
         profile = dataclasses.replace(DEFAULT_PROFILE, matmul_tflops=matmul,
