@@ -71,7 +71,9 @@ def _calibrated(work, cases):
 def run_case(work, name, iters, memory_gib, profiles):
     case = CASES[name]
     workload, layout = _workload(case), case["layout"]
-    extra = (["--offload-ema"] if layout.offload_ema else []) + (["--offload-teacher"] if layout.offload_teacher else [])
+    # explicit both ways: wan14b_rcm.yaml turns both offloads on
+    extra = ["--offload-ema" if layout.offload_ema else "--no-offload-ema",
+             "--offload-teacher" if layout.offload_teacher else "--no-offload-teacher"]
     try:
         measured = bench_train.run(work, workload.preset, workload.num_layers, workload.frames, workload.height,
                                    workload.width, iters=iters, recompute=layout.recompute == "full",
