@@ -16,12 +16,13 @@
 #                                      # (both need transformers for UMT5: its wheel in .whl/ if not installed)
 #   bash tools/gpu_runs.sh plan    # tools/validate_plan.py on GPU 0: planner vs measured training runs
 #                                  # (PLAN_CASES=a,b picks cases; PLAN_CALIBRATE=0 skips the calibrations)
+#   bash tools/gpu_runs.sh offload # pytest -m gpu tests/training/test_offload_gpu.py on GPU 0: offloads change no number
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|train|kernel|generate|generate2|plan) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel|generate|generate2|plan" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|train|kernel|generate|generate2|plan|offload) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel|generate|generate2|plan|offload" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -136,6 +137,11 @@ plan)
   CUDA_VISIBLE_DEVICES=0 timeout 585 python3 tools/validate_plan.py --work /tmp/plan $flags \
     --json "$OUT/plan.json" > "$OUT/plan.log" 2>&1
   grep -A12 "^| case" "$OUT/plan.log" || tail -20 "$OUT/plan.log"
+  ;;
+offload)
+  CUDA_VISIBLE_DEVICES=0 timeout 400 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short \
+    tests/training/test_offload_gpu.py --basetemp /tmp/pt_offload > "$OUT/tests_offload.log" 2>&1
+  tail -3 "$OUT/tests_offload.log"
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do
