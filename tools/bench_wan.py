@@ -184,7 +184,7 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
         errors = dict(forward_bf16_vs_fp32=norm_relative_error(out, ref), jvp_bf16_vs_fp32=norm_relative_error(out_t, ref_t))
 
     if rank0:
-        result = dict(preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,
+        result = dict(family=cfg.FAMILY, preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,
                       tp=args.tp, cp=args.cp, cp_mode=args.cp_mode, sp=args.sp, fused=cfg.fuse_elementwise, device=str(
                           torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
                       rows=rows, errors=errors)
@@ -198,7 +198,7 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
 def _markdown(result):
     fmt = lambda v, spec: "-" if v is None else (v if isinstance(v, str) else format(v, spec))
     forward = {r["model"]: r["seconds"] for r in result["rows"] if r["measurement"] == "forward"}
-    lines = [f"{result['preset']} x {result['layers']} layers, latent {result['latent']} = {result['tokens']} "
+    lines = [f"{result['family']} {result['preset']} x {result['layers']} layers, latent {result['latent']} = {result['tokens']} "
              f"tokens, text {result['text_len']}, TP={result['tp']} CP={result['cp']} ({result['cp_mode']}) "
              f"SP={result['sp']}, fused elementwise={result['fused']}, {result['device']}, bf16",
              "",
