@@ -8,6 +8,8 @@
 #   bash tools/gpu_runs.sh training  # pytest -m gpu tests/training: exact resume across layouts
 #                                    # (4 GPUs: TP2 x DP2 -> TP1 x DP4; 2 GPUs: DP2 -> TP2), bf16
 #   bash tools/gpu_runs.sh wan     # tools/bench_wan.py: 1 GPU next to diffusers, TP=2, CP=2 a2a and p2p
+#   bash tools/gpu_runs.sh cosmos  # tools/bench_cosmos.py: Cosmos-Predict2-2B at 1024x1024 next to diffusers
+#                                  # (bf16 error included), the 14B width with 4 blocks, then TP=2 and CP=2
 #   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2, DP4
 #   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, then bench_wan.py's 1-GPU
 #                                  # JVP ratio and bench_attention.py's first-call time, one after the other
@@ -21,8 +23,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|train|kernel|generate|generate2|plan|offload) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|train|kernel|generate|generate2|plan|offload" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -121,6 +123,19 @@ kernel)
   grep -A24 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
   grep "tuned for" "$OUT/wan_1gpu.log"; grep -A8 "^Wan " "$OUT/wan_1gpu.log" || tail -5 "$OUT/wan_1gpu.log"
   tail -6 "$OUT/bench_attention.log"
+  ;;
+cosmos)
+  CUDA_VISIBLE_DEVICES=0 timeout 230 python3 tools/bench_cosmos.py --json "$OUT/cosmos2b.json" > "$OUT/cosmos2b.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 timeout 100 python3 tools/bench_cosmos.py --preset cosmos-predict2-14b --layers 4 \
+    --json "$OUT/cosmos14b_4layers.json" > "$OUT/cosmos14b_4layers.log" 2>&1
+  if [ "$GPUS" -ge 2 ]; then
+    for layout in "--tp 2 --sp" "--cp 2 --cp-mode a2a" "--cp 2 --cp-mode p2p"; do
+      name=$(echo $layout | tr -d ' -')
+      CUDA_VISIBLE_DEVICES=0,1 timeout 75 $TORCHRUN tools/bench_cosmos.py $layout --skip-diffusers --skip-error \
+        > "$OUT/cosmos2b_$name.log" 2>&1
+    done
+  fi
+  for log in "$OUT"/cosmos*.log; do echo "== $log"; grep -A10 "^Cosmos " "$log" || tail -5 "$log"; done
   ;;
 generate)
   CUDA_VISIBLE_DEVICES=0 timeout 560 python3 tools/bench_generate.py --json "$OUT/generate_1gpu.json" \
