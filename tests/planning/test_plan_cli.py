@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import plan  # noqa: E402
 
-from megatron_rcm.planning import Cluster, usable_gib  # noqa: E402
+from megatron_rcm.planning import (  # noqa: E402
+    DEFAULT_PROFILE, Cluster, load_profile, save_profile, usable_gib)
 
 BASE = ["--model", "wan2.1-t2v-14b", "--height", "480", "--width", "832", "--frames", "81"]
 
@@ -59,3 +61,32 @@ def test_impossible_requests_are_refused_in_one_line(capsys, flags, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_saved_profile_plans_like_the_one_it_holds(tmp_path, capsys):
+    slower = replace(DEFAULT_PROFILE, matmul_tflops=DEFAULT_PROFILE.matmul_tflops / 2)
+    save_profile(slower, tmp_path / "slow.json")
+    assert load_profile(tmp_path / "slow.json") == slower
+    argv = BASE + ["--gpus", "8", "--gpu-memory-gib", "80", "--json"]
+    assert plan.main(argv) == 0
+    default = json.loads(capsys.readouterr().out)["layouts"][0]
+    assert plan.main(argv + ["--profile", str(tmp_path / "slow.json")]) == 0
+    slow = json.loads(capsys.readouterr().out)["layouts"][0]
+    assert slow["peak_memory_gib"] == default["peak_memory_gib"]  # memory does not depend on speed
+    assert slow["student_seconds"] > default["student_seconds"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--profile", "missing.json"], "write it with --calibrate"),
+    (["--calibrate"], "--calibrate needs --profile"),
+])
+def test_profile_mistakes_are_refused_in_one_line(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        plan.main(BASE + ["--gpus", "8", "--gpu-memory-gib", "80"] + flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_profile_with_unknown_keys_is_refused(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"matmul_tflops": 1.0, "typo_tflops": 2.0}))
+    with pytest.raises(ValueError, match="unknown profile keys"):
+        load_profile(tmp_path / "p.json")
