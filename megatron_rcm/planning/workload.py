@@ -103,16 +103,15 @@ class Layout:
         return self.tp * self.cp * self.dp
 
     def flags(self) -> list:
-        """The examples/pretrain_rcm.py flags of this layout."""
+        """The examples/pretrain_rcm.py flags of this layout, each given both ways so that a recipe's
+        YAML cannot change it."""
+        def switch(name, on):
+            return [f"--{name}" if on else f"--no-{name}"]
+
         out = ["--tensor-model-parallel-size", str(self.tp), "--context-parallel-size", str(self.cp)]
-        if self.cp > 1:
-            out += ["--cp-comm-type", self.cp_mode]
-        if self.sp:
-            out.append("--sequence-parallel")
-        out += ["--recompute-granularity", "full"] if self.recompute == "full" else []
-        out += ["--offload-ema"] if self.offload_ema else []
-        out += ["--offload-teacher"] if self.offload_teacher else []
-        return out
+        out += ["--cp-comm-type", self.cp_mode] if self.cp > 1 else []
+        out += switch("sequence-parallel", self.sp) + ["--recompute-granularity", self.recompute]
+        return out + switch("offload-ema", self.offload_ema) + switch("offload-teacher", self.offload_teacher)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import plan  # noqa: E402
 
 from megatron_rcm.planning import (  # noqa: E402
-    DEFAULT_PROFILE, Cluster, load_profile, save_profile, usable_gib)
+    DEFAULT_PROFILE, Cluster, Layout, load_profile, save_profile, usable_gib)
 
 BASE = ["--model", "wan2.1-t2v-14b", "--height", "480", "--width", "832", "--frames", "81"]
 
@@ -90,3 +90,18 @@ def test_a_profile_with_unknown_keys_is_refused(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"matmul_tflops": 1.0, "typo_tflops": 2.0}))
     with pytest.raises(ValueError, match="unknown profile keys"):
         load_profile(tmp_path / "p.json")
+
+
+@pytest.mark.parametrize("layout", [Layout(tp=8, sp=True, offload_ema=True, offload_teacher=True),
+                                    Layout(tp=4, cp=2, dp=2, sp=True, cp_mode="p2p", recompute="none")],
+                         ids=["tp8-offloads", "tp4-cp2-ring-no-recompute"])
+def test_a_layouts_flags_give_the_trainer_that_layout_over_the_14b_recipe(layout):
+    from megatron_rcm.training.arguments import parse_args
+
+    recipe = Path(plan.__file__).resolve().parents[1] / "examples" / "configs" / "wan14b_rcm.yaml"
+    args = parse_args(["--config", str(recipe), *layout.flags()])
+    assert (args.tensor_model_parallel_size, args.context_parallel_size, args.sequence_parallel) == (
+        layout.tp, layout.cp, layout.sp)
+    assert (args.offload_ema, args.offload_teacher, args.recompute_granularity) == (
+        layout.offload_ema, layout.offload_teacher, layout.recompute)
+    assert layout.cp == 1 or args.cp_comm_type == layout.cp_mode
