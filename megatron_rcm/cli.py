@@ -12,6 +12,7 @@ An error that is not listed is a bug: its traceback shows.
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import traceback
@@ -23,10 +24,11 @@ __all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail"
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 # megatron-core says at import that it falls back to plain torch without Transformer Engine and
-# Apex (always so on CPU), and warns about its own default CUDA-graph scope: noise around the
-# one line an entry point prints
+# Apex (always so on CPU) and warns about its own default CUDA-graph scope; torch's checkpoint
+# writer says a single-process save is single-process: noise around the line an entry point prints
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 warnings.filterwarnings("ignore", message="full scope is deprecated")
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -35,6 +37,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # a misspelt flag is an error, not a guess
+        kwargs.setdefault("prog", os.path.splitext(os.path.basename(sys.argv[0]))[0])  # as one_line_errors says it
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -135,9 +135,11 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
         writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, thread_count=1, sync_files=True)
         try:
             dcp.save({}, storage_writer=writer, planner=_StreamingSavePlanner(items, produce), no_dist=True)
-        except CheckpointException:
+        except CheckpointException as e:
             if failures:  # DCP wraps errors of the planner: raise the source's own (a bad file, an interrupt)
                 raise failures[0] from None
+            if any(isinstance(exc, KeyboardInterrupt) for exc, _ in e.failures.values()):
+                raise KeyboardInterrupt from None  # Ctrl-C (or SIGTERM) landed inside DCP's own code
             raise
         current.clear()
         torch.save(checkpoint_models({MODEL_PREFIX: config}), tmp / "common.pt")
