@@ -79,5 +79,6 @@ def test_load_model_refuses_other_folders(tmp_path):
     with pytest.raises(ValueError, match="'FluxTransformer2DModel' is not a supported diffusers transformer; "
                                          "supported: .'CosmosTransformer3DModel', 'WanTransformer3DModel'."):
         load_model(str(tmp_path))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="nor a diffusers transformer folder"):
-        load_model(str(tmp_path / "missing"))
+        load_model(str(tmp_path / "empty"))
