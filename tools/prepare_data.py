@@ -175,17 +175,30 @@ def _teacher_samples(args, text_encoder, negative, device):
     return TeacherSamples(model, text_encoder, config, shape, negative, args.seed)
 
 
+def _parallel_config(args):
+    """The TP/CP sizes, checked against the world size; a misfit is a PrepareError (so that main
+    need not import megatron-core to report it)."""
+    from megatron_rcm.data.prepare import PrepareError
+    from megatron_rcm.parallel import ParallelConfig, ParallelSizeError, launch_env
+
+    try:
+        config = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
+                                context_parallel_size=args.context_parallel_size)
+        config.data_parallel_size(launch_env().world_size)
+    except ParallelSizeError as e:
+        raise PrepareError(str(e)) from None
+    return config
+
+
 def _prepare(args, items):
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
 
     from megatron_rcm.data.prepare import NEGATIVE_FILE, VideoSamples, num_shards, prepare_shard, shard_items
     from megatron_rcm.encoders import load_text_encoder, load_vae
-    from megatron_rcm.parallel import ParallelConfig, current_device, parallel_context
+    from megatron_rcm.parallel import current_device, parallel_context
 
-    config = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
-                            context_parallel_size=args.context_parallel_size)
-    with parallel_context(config):
+    with parallel_context(_parallel_config(args)):
         import torch.distributed as dist
 
         is_rank0 = dist.get_rank() == 0
@@ -236,20 +249,21 @@ def _negative_only(args):
 
 
 def run(args):
-    from transformers.utils import logging as transformers_logging
-
     from megatron_rcm.encoders import check_pipeline_folder
 
-    transformers_logging.disable_progress_bar()  # "Loading weights" bars: stderr is for errors
     _check_flags(args)
-    needed = ["vae", "text_encoder", "tokenizer"] if (args.videos or args.manifest or args.prompts) else \
-        ["text_encoder", "tokenizer"]
-    check_pipeline_folder(args.pipeline, needed)
-    if not (args.videos or args.manifest or args.prompts):
+    data_mode = args.videos or args.manifest or args.prompts
+    check_pipeline_folder(args.pipeline, ["vae", "text_encoder", "tokenizer"] if data_mode else
+                          ["text_encoder", "tokenizer"])
+    if data_mode:  # the cheap checks first: a bad command fails before the heavy imports
+        items = _items(args)
+        # the teacher's patch size is checked once it is loaded
+        _check_size(args, (1, 1, 1) if args.prompts else _pipeline_patch_size(args.pipeline))
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars: stderr is for errors
+    if not data_mode:
         return _negative_only(args)
-    # the teacher's patch size is checked once it is loaded
-    _check_size(args, (1, 1, 1) if args.prompts else _pipeline_patch_size(args.pipeline))
-    items = _items(args)
     is_rank0, done_before = _prepare(args, items)
     return _report(args, items, done_before) if is_rank0 else 0
 
@@ -259,11 +273,10 @@ def main(argv=None):
     from megatron_rcm.data.prepare import PrepareError
     from megatron_rcm.encoders import PipelineFolderError
     from megatron_rcm.generation import GenerationError
-    from megatron_rcm.parallel.config import ParallelSizeError
 
     args = parse_args(argv)
-    with cli.one_line_errors("prepare_data", (PrepareError, PipelineFolderError, GenerationError,
-                                              ParallelSizeError, OSError), args.debug):
+    with cli.one_line_errors("prepare_data", (PrepareError, PipelineFolderError, GenerationError, OSError),
+                             args.debug):
         return run(args)
 
 

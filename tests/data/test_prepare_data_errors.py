@@ -96,6 +96,13 @@ def test_manifest_items(pipeline, tmp_path, capsys):
                                                           ("00000002", "empty caption")]
 
 
+def _listed_video(tmp_path):
+    """A folder whose one video is listed (the size checks come after the listing)."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"never read")
+    return str(tmp_path / "clips")
+
+
 def _pipeline_without(pipeline, tmp_path, component):
     copy = tmp_path / "pipeline"
     shutil.copytree(pipeline, copy)
@@ -118,10 +125,10 @@ def _pipeline_without(pipeline, tmp_path, component):
      "--manifest .*m.jsonl cannot be read"),
     (lambda p, t: ["--pipeline", str(p), "--prompts", str(t / "p.txt"), "--teacher", str(p), "--output",
                    str(t / "o"), *SIZE], "--prompts .*p.txt cannot be read"),
-    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), "--height", "16",
+    (lambda p, t: ["--pipeline", str(p), "--videos", _listed_video(t), "--output", str(t / "o"), "--height", "16",
                    "--width", "16", "--num-frames", "10"],
      r"--num-frames 10 must be 1 \+ a multiple of the VAE's temporal stride 4"),
-    (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), "--height", "24",
+    (lambda p, t: ["--pipeline", str(p), "--videos", _listed_video(t), "--output", str(t / "o"), "--height", "24",
                    "--width", "16", "--num-frames", "9"],
      r"--height 24 is not a positive multiple of 16 \(VAE stride 8 x patch size 2\)"),
     (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), "--num-frames", "9"],
@@ -176,15 +183,15 @@ def test_parallel_sizes_that_do_not_fit(pipeline, tmp_path, capsys):
     assert code == 1 and "world size 1 is not divisible by tensor (2)" in err
 
 
-def test_error_line_on_the_command_line_and_debug_traceback(pipeline, tmp_path):
+def test_error_line_on_the_command_line(pipeline, tmp_path, capsys):
     argv = [sys.executable, str(ROOT / "tools" / "prepare_data.py"), "--pipeline", str(pipeline), "--videos",
             str(tmp_path), "--output", str(tmp_path / "o"), *SIZE]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"prepare_data: error: --videos {tmp_path} holds no videos "
                                                   "(.mp4, .webm, .mov, .gif)"]
-    debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True, timeout=120)
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "PrepareError" in debug.stderr
+    code, _, err = _main([*argv[2:], "--debug"], capsys)
+    assert code == 1 and "Traceback" in err and "PrepareError" in err and err.endswith("(.mp4, .webm, .mov, .gif)\n")
     misspelt = subprocess.run([*argv, "--num-frame", "9"], capture_output=True, text=True, timeout=120)
     assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1
     assert "unrecognized arguments: --num-frame 9 (see --help)" in misspelt.stderr
