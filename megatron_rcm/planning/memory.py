@@ -99,7 +99,8 @@ def activation_bytes(config, tokens: int, layout: Layout, profile: Profile, batc
     local = padded_tokens(tokens, layout) / layout.cp
     stream = local / (layout.tp if layout.sp else 1)
     d, f, tp = config.hidden_size, config.ffn_hidden_size, layout.tp
-    saved = batch * (stream * profile.activation_outer_bytes * d
+    outer = profile.activation_outer_bytes - (0 if config.cross_attn_norm else BF16)  # the norm's output
+    saved = batch * (stream * outer * d
                      + local * (profile.activation_inner_bytes * d + profile.activation_ffn_bytes * f) / tp)
     return {"saved": saved, "checkpoint": batch * stream * d * BF16}
 
