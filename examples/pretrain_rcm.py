@@ -1,8 +1,11 @@
-"""rCM distillation of a Wan2.1 teacher on Megatron-core (see docs/training.md).
+"""rCM distillation of a teacher of any model family on Megatron-core (see docs/training.md).
 
     torchrun --nproc_per_node 8 examples/pretrain_rcm.py --config examples/configs/wan1.3b_rcm.yaml \
         --teacher /ckpt/Wan2.1-T2V-1.3B-Diffusers --data-path '/data/shards/{000000..000099}.tar' \
         --negative-prompt-embedding /data/negative.pt --save /ckpt/rcm-1.3b
+
+The family (Wan2.1, Cosmos-Predict2, ...) comes from the teacher checkpoint; ``--model PRESET``
+(e.g. cosmos-predict2-2b, with image latents [16, 1, H/8, W/8] in the shards) also checks its shape.
 
 Flags override the YAML config. SIGTERM / SIGUSR1 (Slurm preemption) finish the iteration,
 save a checkpoint and exit with status 75 (EX_TEMPFAIL: not finished, run again); running the

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 def _parser():
-    p = cli.ArgumentParser(description="rCM distillation of a Wan2.1 teacher on Megatron-core",
+    p = cli.ArgumentParser(description="rCM distillation of a teacher DiT (any model family) on Megatron-core",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML file of defaults; command-line flags override it")
     cli.add_debug_flag(p)
