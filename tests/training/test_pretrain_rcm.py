@@ -154,12 +154,26 @@ def _slurm_tasks(flags, ntasks):
     return procs
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_signal_mid_run_saves_exits_75_and_resumes(inputs, tmp_path, sig):
-    """Slurm tasks: one rank gets the signal, every rank saves the same iteration and exits 75."""
+def _signal_stream(procs):
+    """SIGTERM and SIGUSR1 in turn to every live process until all exit (srun's SIGTERM after the
+    first task exits, a second preemption notice, signals during the periodic and final saves)."""
+    sent, deadline = 0, time.monotonic() + 120
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if sent % 2 else signal.SIGUSR1)
+        sent += 1
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig, stream", [(signal.SIGTERM, False), (signal.SIGUSR1, False), (signal.SIGUSR1, True)],
+                         ids=["SIGTERM", "SIGUSR1", "then-a-stream-to-all"])
+def test_signal_mid_run_saves_exits_75_and_resumes(inputs, tmp_path, sig, stream):
+    """Slurm tasks: one rank gets the signal, every rank saves the same iteration and exits 75;
+    also when every process then gets signal after signal, through periodic saves and the final one."""
     log = tmp_path / "log.jsonl"
     flags = [*inputs, "--save", str(tmp_path / "ckpt"), "--log-jsonl", str(log), "--train-iters", "1000",
-             "--save-interval", "1000"]
+             "--save-interval", "1" if stream else "1000"]
     procs = _slurm_tasks(flags, 2)
     try:
         deadline = time.monotonic() + 120
@@ -168,6 +182,8 @@ def test_signal_mid_run_saves_exits_75_and_resumes(inputs, tmp_path, sig):
             assert not dead and time.monotonic() < deadline, dead[0].stdout.read() if dead else "timeout"
             time.sleep(0.05)
         procs[1].send_signal(sig)
+        if stream:
+            _signal_stream(procs)
         codes = [p.wait(timeout=120) for p in procs]
     finally:
         for p in procs:
