@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def atomic_output_dir(path, overwrite=False):
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; choose another output path or remove it first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _remove_abandoned_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{socket.gethostname()}-{os.getpid()}-",
+                                dir=path.parent))
     try:
         os.chmod(tmp, new_dir_mode())
         yield tmp
@@ -39,6 +42,31 @@ def atomic_output_dir(path, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporary_prefix(path):
+    return f".{path.name}.tmp-"
+
+
+def _remove_abandoned_temporaries(path):
+    """Temporary siblings of ``path`` whose writer died without cleaning up (SIGKILL, a node that
+    went down): their names carry the writer's host and process id; on this host, a folder whose
+    process is gone is removed. Folders written from other hosts (shared file systems) are left."""
+    prefix = _temporary_prefix(path)
+    for folder in path.parent.glob(f"{prefix}*"):
+        host, pid, _ = (folder.name[len(prefix):].rsplit("-", 2) + ["", ""])[:3]
+        if host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _fsync_dir(folder):
