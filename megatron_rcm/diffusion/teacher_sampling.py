@@ -1,6 +1,7 @@
 """The teacher's ODE samplers in RF time: Euler and UniPC (bh2, x0-prediction, order 2).
 
-Both take an RF velocity network with the Wan interface; wrap it in ClassifierFreeGuidance for CFG
+Both take an RF velocity network with the model families' interface (timestep = its
+``TIMESTEP_SCALE`` x RF time); wrap it in ClassifierFreeGuidance for CFG
 (docs/math.md section 6: 50 steps, shift, CFG 5 is the teacher baseline).
 """
 
@@ -24,7 +25,9 @@ def rf_sampling_times(num_steps: int, shift: float = 1.0) -> list:
 
 
 def _velocity(net, x, s, text):
-    timestep = torch.full((x.shape[0],), 1000 * s, dtype=x.dtype, device=x.device)
+    # the network's timestep is its family's scale times the RF time (1000 unless it states one)
+    scale = getattr(net, "TIMESTEP_SCALE", 1000.0)
+    timestep = torch.full((x.shape[0],), scale * s, dtype=x.dtype, device=x.device)
     return net(x, timestep, text)
 
 
