@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from megatron_rcm.diffusion.time import check_trigflow_time, expand_like
+from megatron_rcm.diffusion.time import timestep_scale as network_timestep_scale
 
 
 class TrigFlowPrediction(NamedTuple):
@@ -40,8 +41,7 @@ class TrigFlowDenoiser:
 
     def __init__(self, net, timestep_scale: float | None = None):
         self.net = net
-        # a model family's network states its scale; 1000 is the RF convention of the other velocity nets
-        self.timestep_scale = getattr(net, "TIMESTEP_SCALE", 1000.0) if timestep_scale is None else timestep_scale
+        self.timestep_scale = network_timestep_scale(net) if timestep_scale is None else timestep_scale
 
     def _coefficients(self, t: torch.Tensor):
         check_trigflow_time(t)

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from megatron_rcm.diffusion.time import shift_rf
+from megatron_rcm.diffusion.time import shift_rf, timestep_scale
 
 # UniPC works in lambda = log((1 - s) / s), which is -inf at s = 1; it starts just below (as
 # diffusers' flow UniPC does). The error of starting from pure noise there is O(1e-6).
@@ -25,9 +25,7 @@ def rf_sampling_times(num_steps: int, shift: float = 1.0) -> list:
 
 
 def _velocity(net, x, s, text):
-    # the network's timestep is its family's scale times the RF time (1000 unless it states one)
-    scale = getattr(net, "TIMESTEP_SCALE", 1000.0)
-    timestep = torch.full((x.shape[0],), scale * s, dtype=x.dtype, device=x.device)
+    timestep = torch.full((x.shape[0],), timestep_scale(net) * s, dtype=x.dtype, device=x.device)
     return net(x, timestep, text)
 
 

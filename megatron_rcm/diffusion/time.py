@@ -11,6 +11,12 @@ import torch
 HALF_PI = math.pi / 2
 
 
+def timestep_scale(net) -> float:
+    """What a velocity network's timestep input is in units of RF time: its family's
+    ``TIMESTEP_SCALE`` (Cosmos: 1), or 1000 (Wan's, and the toy networks') where it states none."""
+    return getattr(net, "TIMESTEP_SCALE", 1000.0)
+
+
 def rf_to_trigflow(s: torch.Tensor) -> torch.Tensor:
     """TrigFlow time of RF time s: t = arctan(s / (1 - s)) (eq. 1.1); s = 1 maps to pi/2."""
     return torch.atan2(s, 1 - s)
