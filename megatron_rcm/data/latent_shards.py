@@ -50,6 +50,17 @@ def expand_shard_urls(spec):
     return found
 
 
+def _check_complete(url, end):
+    """A tar cut short, even at a member boundary, lacks the two zero blocks that end an archive:
+    tarfile reads it without a word, and the samples after the cut would be lost silently."""
+    with open(url, "rb") as f:
+        f.seek(end)
+        marker = f.read(1024)
+    if len(marker) < 1024 or marker.strip(b"\0"):
+        raise ShardFormatError(f"shard {url} is truncated (no end-of-archive marker after {end} bytes); "
+                               "write it again")
+
+
 def index_shards(urls):
     """Sample locations of every complete sample in ``urls``, in shard order then key order."""
     samples = []
@@ -66,8 +77,10 @@ def index_shards(urls):
                     key, _, ext = name.partition(".")
                     prefix = os.path.dirname(member.name)
                     groups.setdefault(os.path.join(prefix, key), {})[ext] = (member.offset_data, member.size)
+            end = tar.offset
         except tarfile.TarError as e:
             raise ShardFormatError(f"shard {url} is not a readable tar file ({e})") from e
+        _check_complete(url, end)
         for key in sorted(groups):
             missing = [ext for ext in REQUIRED_MEMBERS if ext not in groups[key]]
             if missing:

@@ -89,6 +89,7 @@ PRETRAIN = _entries(
     ("data-path-missing", _TRAIN.replace("{data}", "{missing}"), "no .tar shards"),
     ("data-folder-without-shards", _TRAIN.replace("{data}", "{empty}"), "no .tar shards"),
     ("random-byte-shard", _TRAIN.replace("{data}", "{random_shard_dir}"), "not a readable tar file"),
+    ("shard-cut-at-a-sample-boundary", _TRAIN.replace("{data}", "{truncated_shard_dir}"), "is truncated"),
     ("negative-embedding-missing", _TRAIN.replace("{negative}", "{missing}"), "negative"),
     ("negative-embedding-wrong-shape", _TRAIN.replace("{negative}", "{negative_wrong_shape}"), "must be a tensor"),
     ("negative-embedding-pickle", _TRAIN.replace("{negative}", "{pickle_pt}"), "weights_only"),

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,12 @@ def _write_inputs(root):
     p["random_shard_dir"] = root / "random_shards"
     p["random_shard_dir"].mkdir()
     (p["random_shard_dir"] / "shard-000000.tar").write_bytes(os.urandom(10240))
+    p["truncated_shard_dir"] = root / "truncated_shards"
+    p["truncated_shard_dir"].mkdir()
+    shard = sorted(Path(p["data"]).glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:  # cut where the last sample begins: the tar still reads
+        cut = [m.offset for m in tar.getmembers() if m.name.startswith(tar.getmembers()[-1].name.split(".")[0])][0]
+    (p["truncated_shard_dir"] / shard.name).write_bytes(shard.read_bytes()[:cut])
     p["negative_wrong_shape"] = root / "negative_wrong_shape.pt"
     torch.save(torch.randn(3, 7), p["negative_wrong_shape"])
     yamls = {"malformed_yaml": "train_iters: [1, 2\n", "list_yaml": "- train_iters\n- 3\n",
