@@ -128,6 +128,10 @@ class _Network:
     def __init__(self, model, dtype, tick):
         self.model, self.dtype, self.tick = model, dtype, tick
 
+    @property
+    def TIMESTEP_SCALE(self):  # noqa: N802 (the model family's, for the samplers)
+        return self.model.TIMESTEP_SCALE
+
     def __call__(self, x, timestep, text):
         velocity = self.model(x.to(self.dtype), timestep, text.to(self.dtype))
         self.tick()

@@ -64,3 +64,20 @@ def test_trigflow_wrapper_predicts_the_pipelines_x0():
             ours = denoiser.x0(x * torch.cos(s)[:, None, None, None, None], s, text)
             assert relative_error(ours, pipeline_x0) < 1e-10, i
             assert relative_error(x / (1 + sigma), pipeline_x0) > 0.1  # the network's part matters
+
+
+def test_generation_samples_a_cosmos_model_at_its_timestep_scale():
+    """megatron_rcm.generation wraps the model for its samplers: the wrapper keeps the family's scale."""
+    from megatron_rcm.diffusion.few_step import consistency_rollout, few_step_times
+    from megatron_rcm.diffusion.time import sigma_to_trigflow
+    from megatron_rcm.generation import SamplingConfig, draw_noise, sample
+
+    cfg = config("cosmos-tiny-a")
+    sampling = SamplingConfig(steps=2)
+    noises = [n.double() for n in draw_noise((1, cfg.in_channels, 1, 4, 6), sampling.noise_draws, seed=3)]
+    text = torch.randn(1, 5, cfg.text_dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with parallel_context(), torch.no_grad():
+        model = our_model(cfg, diffusers_model(cfg, seed=5))
+        times = few_step_times(sampling.steps, sigma_to_trigflow(sampling.sigma_max), sampling.mid_times)
+        expected = consistency_rollout(TrigFlowDenoiser(model), noises, times, text)
+        assert relative_error(sample(model, sampling, noises, text), expected) < 1e-12
