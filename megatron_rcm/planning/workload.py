@@ -4,7 +4,8 @@ the cluster (``Cluster``), and the checks that refuse impossible requests (``Pla
 import math
 from dataclasses import dataclass
 
-from ..models.wan import wan_config, wan_parameters
+from ..models.wan import wan_config
+from ..models.wan.weight_map import wan_parameters
 
 # Wan2.1's VAE: 4x temporal (first frame kept), 8x spatial compression, 16 latent channels
 VAE_TIME, VAE_SPACE = 4, 8

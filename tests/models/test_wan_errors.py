@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from megatron_rcm import load_model
-from megatron_rcm.models.wan import WanModel, convert_diffusers_state_dict, load_diffusers_weights
+from megatron_rcm.models.wan import WanModel, load_diffusers_weights
+from megatron_rcm.models.wan.diffusers_weights import convert_diffusers_state_dict
 from megatron_rcm.parallel import parallel_context
 
 from .wan_oracle import config, diffusers_model, inputs

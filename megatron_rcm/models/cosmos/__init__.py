@@ -1,4 +1,7 @@
-"""Cosmos-Predict2 text-to-image DiT on megatron-core (TP, SP, CP; forward and exact JVP)."""
+"""Cosmos-Predict2 text-to-image DiT on megatron-core (TP, SP, CP; forward and exact JVP).
+
+The weight map and the diffusers state-dict conversion are reached through ``FAMILY`` (or their
+modules), not through this face."""
 
 from ..family import ModelFamily
 from ..weight_map import diffusers_state_dict, load_diffusers_weights, read_diffusers_folder
@@ -24,13 +27,8 @@ __all__ = [
     "CosmosConfig",
     "CosmosModel",
     "config_from_diffusers",
-    "convert_diffusers_state_dict",
     "cosmos_config",
-    "cosmos_parameters",
     "diffusers_config",
-    "diffusers_forward",
-    "diffusers_shapes",
-    "diffusers_state_dict",
     "load_diffusers_weights",
     "read_diffusers_folder",
     "save_diffusers_folder",

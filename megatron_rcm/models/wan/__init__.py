@@ -1,4 +1,7 @@
-"""Wan2.1 text-to-video DiT on megatron-core (TP, SP, CP; forward and exact JVP)."""
+"""Wan2.1 text-to-video DiT on megatron-core (TP, SP, CP; forward and exact JVP).
+
+The weight map and the diffusers state-dict conversion are reached through ``FAMILY`` (or their
+modules), not through this face."""
 
 from ..family import ModelFamily
 from .config import PRESETS, WanConfig, wan_config
@@ -6,13 +9,12 @@ from .diffusers_weights import (
     config_from_diffusers,
     convert_diffusers_state_dict,
     diffusers_config,
-    diffusers_state_dict,
     load_diffusers_weights,
     read_diffusers_folder,
     save_diffusers_folder,
 )
 from .model import WanModel
-from .weight_map import diffusers_shapes, wan_parameters
+from .weight_map import wan_parameters
 
 FAMILY = ModelFamily(
     name="wan", config_class=WanConfig, model_class=WanModel, diffusers_class="WanTransformer3DModel",
@@ -27,13 +29,9 @@ __all__ = [
     "WanConfig",
     "WanModel",
     "config_from_diffusers",
-    "convert_diffusers_state_dict",
     "diffusers_config",
-    "diffusers_shapes",
-    "diffusers_state_dict",
     "load_diffusers_weights",
     "read_diffusers_folder",
     "save_diffusers_folder",
     "wan_config",
-    "wan_parameters",
 ]
