@@ -1,6 +1,7 @@
 """Faults that appear once training runs, each in a real process of examples/pretrain_rcm.py (or
-on 2 gloo ranks): NaN batches skipped on every rank alike then the run stopped, a latest
-checkpoint that does not load. Each ends by itself with one line on stderr and no traceback."""
+on 2 gloo ranks): NaN batches skipped on every rank alike then the run stopped, a batch of the
+wrong shape, a latest checkpoint that does not load. Each ends by itself with one line on stderr
+and no traceback."""
 
 import os
 import subprocess
@@ -60,14 +61,14 @@ def _one_line(result):
     return lines[0]
 
 
-def _nan_data(folder, every):
-    """12 samples of the tiny setup's shapes; each ``every``-th latent holds a NaN."""
+def _nan_data(folder, every, channels=None):
+    """12 samples of the tiny setup's shapes (latent channels aside); each ``every``-th latent holds a NaN."""
     config = wan_config(PRESET)
 
     def samples():
         for i in range(12):
-            latent = torch.randn(config.in_channels, *LATENT)
-            if i % every == 0:
+            latent = torch.randn(channels or config.in_channels, *LATENT)
+            if every and i % every == 0:
                 latent[0, 0, 0, 0] = float("nan")
             yield f"sample{i:08d}", latent, torch.randn(TEXT_LEN, config.text_dim), "a prompt"
     write_shards(folder, samples(), 6)
@@ -96,3 +97,10 @@ def test_a_latest_checkpoint_that_does_not_load_is_refused_naming_the_way_back(i
     line = _one_line(again)
     assert "iter_0000004 does not load" in line and "write 2 into" in line, line
     assert (save / "latest_checkpointed_iteration.txt").read_text() == "4"  # refused, nothing changed
+
+
+def test_a_batch_of_the_wrong_shape_stops_the_run_with_the_expected_shape(inputs, tmp_path):
+    """Found in the trainer after the data workers started: the run ends (no wait on a worker)."""
+    wrong = _nan_data(tmp_path / "wrong", every=0, channels=wan_config(PRESET).in_channels + 1)
+    result = _train([*inputs, "--data-path", str(wrong), "--train-iters", "2", "--num-workers", "2"])
+    assert "the teacher takes latents [4, T, H, W]" in _one_line(result)
