@@ -29,6 +29,8 @@ SCRIPTS = {"convert_checkpoint": ROOT / "tools" / "convert_checkpoint.py",
 ENTRIES = {"convert_checkpoint": CONVERT, "pretrain_rcm": PRETRAIN, "generate": GENERATE,
            "prepare_data": PREPARE_DATA, "plan": PLAN}
 BATCH_SECONDS = 400
+# the first test of each entry point also runs its whole batch (the module's fixtures)
+pytestmark = pytest.mark.timeout(2 * BATCH_SECONDS)
 
 
 class _RunsCode:

@@ -21,6 +21,7 @@ ITERS = 12
 SAVE_INTERVAL = 4
 # what differs between two runs of the same computation
 UNTIMED = ("seconds", "tokens_per_second")
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
