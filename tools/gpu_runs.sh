@@ -151,6 +151,7 @@ plan)
   [ "${PLAN_CALIBRATE:-1}" = 0 ] && flags="$flags --skip-calibration"
   CUDA_VISIBLE_DEVICES=0 timeout 585 python3 tools/validate_plan.py --work /tmp/plan $flags \
     --json "$OUT/plan.json" > "$OUT/plan.log" 2>&1
+  cp /tmp/plan/profile-*.json "$OUT/" 2>/dev/null
   grep -A12 "^| case" "$OUT/plan.log" || tail -20 "$OUT/plan.log"
   ;;
 offload)
