@@ -99,12 +99,13 @@ def run(args):
         return 0
     rows = plan(workload, cluster, profile, constraints)
     fitting = [r for r in rows if r["fits"]]
+    least = min(rows, key=lambda r: r["peak_memory_gib"])
     smallest = None if fitting else smallest_cluster(workload, cluster, profile, constraints)
     if args.json:
         print(json.dumps({"model": args.model, "gpus": args.gpus, "gpu_memory_gib": args.gpu_memory_gib,
                           "tokens_per_sample": workload.tokens(workload.config()), "profile": profile.device,
                           "fits": bool(fitting), "layouts": fitting,
-                          "least_memory": None if fitting else min(rows, key=lambda r: r["peak_memory_gib"]),
+                          "least_memory": None if fitting else least,
                           "smallest_cluster": smallest}))
         return 0 if fitting else 1
     print(f"{args.model}, {args.height}x{args.width}x{args.frames}, {args.gpus} x {args.gpu_memory_gib:g} GiB "
@@ -113,7 +114,6 @@ def run(args):
         print(_table(fitting[:args.top]))
         print(f"best: {' '.join(fitting[0]['flags'])}")
         return 0
-    least = min(rows, key=lambda r: r["peak_memory_gib"])
     print(f"nothing fits: the leanest layout ({' '.join(least['flags'])}) needs {least['peak_memory_gib']} GiB "
           f"per GPU, {usable_gib(cluster):.1f} GiB are usable")
     if smallest:

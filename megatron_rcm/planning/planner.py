@@ -138,7 +138,7 @@ def smallest_cluster(workload: Workload, cluster: Cluster, profile: Profile, con
     """The smallest searched GPU count (``cluster_sizes``) at which some layout fits, with its best
     layout; None if none up to MAX_SEARCHED_GPUS does."""
     for gpus in cluster_sizes(cluster.gpus_per_node):
-        bigger = Cluster(gpus, cluster.gpu_memory_gib, cluster.gpus_per_node, cluster.host_memory_gib)
+        bigger = Cluster(gpus, cluster.gpu_memory_gib, cluster.gpus_per_node)
         try:
             rows = plan(workload, bigger, profile, Constraints(constraints.tp, constraints.cp, constraints.cp_mode))
         except PlanError:
@@ -146,7 +146,3 @@ def smallest_cluster(workload: Workload, cluster: Cluster, profile: Profile, con
         if rows[0]["fits"]:
             return rows[0]
     return None
-
-
-def least_memory(rows) -> dict:
-    return min(rows, key=lambda r: r["peak_memory_gib"])

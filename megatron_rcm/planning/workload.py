@@ -125,12 +125,6 @@ class Cluster:
     """Memory per GPU in GiB."""
     gpus_per_node: int = 8
     """GPUs per node: tensor parallelism stays within a node, context parallelism is placed next."""
-    host_memory_gib: float = None
-    """Host memory per node in GiB (None: not checked)."""
-
-    @property
-    def nodes(self) -> int:
-        return max(1, math.ceil(self.gpus / self.gpus_per_node))
 
 
 def check_layout(workload: Workload, layout: Layout, config=None):
