@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_train  # noqa: E402
 
-from megatron_rcm.planning import DEFAULT_PROFILE, Cluster, Layout, Workload, predict, save_profile  # noqa: E402
+from megatron_rcm.planning import (DEFAULT_PROFILE, Cluster, Layout, Workload, load_profile, predict,  # noqa: E402
+                                   save_profile)
 
 ROOT = Path(__file__).resolve().parents[1]
 WAN14B = ROOT / "examples" / "configs" / "wan14b_rcm.yaml"
@@ -50,21 +51,32 @@ def _workload(case):
                     num_layers=case.get("layers"), student_update_freq=2)
 
 
-def _calibrated(work, cases):
-    """{preset: Profile} measured on this GPU, at the first case's video size of each preset."""
-    import torch
-
+def _calibrate_to_file(workload, path):
     from megatron_rcm.planning.calibrate import calibrate
+
+    save_profile(calibrate(workload), path)
+
+
+def _calibrated(work, cases):
+    """{preset: Profile} measured on this GPU, at the first case's video size of each preset.
+
+    Each calibration runs in its own process: CUDA memory a process once held stays with it
+    (17 GiB here), and the training cases need the whole card."""
+    import multiprocessing
 
     profiles = {}
     for case in cases:
         preset = case["preset"]
         if preset in profiles:
             continue
-        profile = calibrate(replace(_workload(case), num_layers=None))
-        save_profile(profile, work / f"profile-{preset}.json")
-        profiles[preset] = profile
-        torch.cuda.empty_cache()
+        path = work / f"profile-{preset}.json"
+        child = multiprocessing.get_context("spawn").Process(
+            target=_calibrate_to_file, args=(replace(_workload(case), num_layers=None), path))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"validate_plan: calibration at {preset} failed (exit {child.exitcode})")
+        profiles[preset] = load_profile(path)
     return profiles
 
 
