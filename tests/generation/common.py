@@ -20,12 +20,18 @@ def script(relative):
     return module
 
 
-def generate(*argv) -> int:
-    """examples/generate.py's exit status."""
+def exit_status(path, *argv) -> int:
+    """The exit status of the script at ``path`` run in this process (its main's return value, or
+    the status of the SystemExit a one-line error raises)."""
     try:
-        return script("examples/generate.py").main([*map(str, argv), "--no-progress"])
+        return script(path).main([*map(str, argv), "--no-progress"])
     except SystemExit as e:
         return e.code
+
+
+def generate(*argv) -> int:
+    """examples/generate.py's exit status."""
+    return exit_status("examples/generate.py", *argv)
 
 
 def embed(pipeline, prompts, dtype=torch.float32):

@@ -12,7 +12,7 @@ from megatron_rcm.loading import SAMPLER_KEY, checkpoint_models
 from megatron_rcm.parallel import parallel_context
 from tests.wan_pipeline import TINY_TRANSFORMER, TINY_UMT5, TINY_VAE, tiny_wan_pipeline
 
-from .common import SIZE, generate, saved_latents, script
+from .common import SIZE, exit_status, generate, saved_latents, script
 
 PROMPT = "two cats sleep on a warm windowsill"
 COPIED = ("vae", "text_encoder", "tokenizer")
@@ -20,7 +20,7 @@ RECORDED = {"sigma_max": 40.0, "mid_times": [1.45, 1.2, 0.9]}  # not the default
 
 
 def _convert(*argv) -> int:
-    return script("tools/convert_checkpoint.py").main([*map(str, argv), "--no-progress"])
+    return exit_status("tools/convert_checkpoint.py", *argv)
 
 
 def _student(folder):
