@@ -81,7 +81,21 @@ def one_line_errors(prog, errors, debug=False):
     becomes ``prog: error: interrupted`` with status 130 (cleanup code in the block still runs)."""
     try:
         yield
-    except errors as e:
-        fail(prog, str(e) or type(e).__name__, 1, debug)
     except KeyboardInterrupt:
         fail(prog, "interrupted", INTERRUPTED_EXIT_STATUS, debug)
+    except Exception as e:
+        if _raised_while_interrupted(e):
+            fail(prog, "interrupted", INTERRUPTED_EXIT_STATUS, debug)
+        if isinstance(e, errors):
+            fail(prog, str(e) or type(e).__name__, 1, debug)
+        raise
+
+
+def _raised_while_interrupted(error) -> bool:
+    """Whether ``error`` came from cleanup code that ran as a Ctrl-C (or SIGTERM) unwound: closing a
+    half-written file can fail (torch.save's zip writer does) and hide the interrupt behind its error."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False

@@ -1,0 +1,45 @@
+"""megatron_rcm.cli: how an entry point's errors and interrupts end."""
+
+import pytest
+
+from megatron_rcm import cli
+
+
+def _ends(capsys, raiser, errors=(ValueError,)):
+    with pytest.raises(SystemExit) as exit_info:
+        with cli.one_line_errors("tool", errors):
+            raiser()
+    return exit_info.value.code, capsys.readouterr().err.splitlines()
+
+
+def _cleanup_fails_while_interrupted():
+    try:
+        raise KeyboardInterrupt
+    finally:  # as torch.save's zip writer, closing a half-written file mid-interrupt
+        raise RuntimeError("unexpected pos 704 vs 598")
+
+
+def _listed_error_while_interrupted():
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise ValueError("bad value") from None  # `from None` hides it from tracebacks, not __context__
+
+
+def test_interrupts_and_listed_errors_end_in_one_line(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def listed():
+        raise ValueError("bad --size 7: use a multiple of 8")
+
+    assert _ends(capsys, interrupted) == (130, ["tool: error: interrupted"])
+    assert _ends(capsys, _cleanup_fails_while_interrupted) == (130, ["tool: error: interrupted"])
+    assert _ends(capsys, _listed_error_while_interrupted) == (130, ["tool: error: interrupted"])
+    assert _ends(capsys, listed) == (1, ["tool: error: bad --size 7: use a multiple of 8"])
+
+
+def test_an_unlisted_error_is_a_bug_and_keeps_its_traceback():
+    with pytest.raises(RuntimeError, match="a bug"):
+        with cli.one_line_errors("tool", (ValueError,)):
+            raise RuntimeError("a bug")
