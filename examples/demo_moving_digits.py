@@ -7,9 +7,11 @@
 2. runs ``examples/pretrain_rcm.py`` under torchrun on ``--nproc`` gloo ranks (data parallel),
    with ``examples/configs/digits_demo.yaml``, from the teacher in ``assets/moving_digits/teacher``;
 3. samples the teacher (RF Euler, 50 steps, CFG 2.5) and the EMA student (1, 2 and 4 steps, no
-   CFG) for the same prompts and noise, writes ``WORK/side_by_side.gif`` (rows: teacher, student
-   1/2/4 steps; columns: prompts) and ``WORK/metrics.json`` (prompt accuracy, Frechet distance and
-   diversity of each, from the committed Moving Digits classifier).
+   CFG) for the same prompts and noise, with a progress bar, and writes ``WORK/side_by_side.gif``
+   (labelled rows: teacher, student 1/2/4 steps; labelled columns: prompts) and
+   ``WORK/metrics.json`` (prompt accuracy, Frechet distance and diversity of each, from the
+   committed Moving Digits classifier);
+4. prints the command that samples and scores the student again (``tools/eval_digits.py``).
 A short run distils only a little: the numbers show the pipeline, not rCM's quality (docs/results.md).
 """
 
@@ -48,16 +50,23 @@ def train(work, iters, nproc):
 
 
 def sample_all(student_path, digits, directions, seed):
+    from tqdm import tqdm
+
     from megatron_rcm import load_model
     from megatron_rcm.evaluation.digits import generate
     from megatron_rcm.parallel import ParallelConfig, parallel_context
 
+    def sampled(name, model, sampler, steps, **kwargs):
+        with tqdm(total=steps, desc=f"sampling {len(digits)} videos: {name}", unit="step") as bar:
+            return generate(model, sampler, digits, directions, seed, steps, tick=bar.update, **kwargs)
+
     with parallel_context(ParallelConfig()):
         teacher, student = load_model(str(TEACHER)).eval(), load_model(str(student_path)).eval()
-        out = {"teacher, 50 steps, CFG 2.5": generate(teacher, "euler", digits, directions, seed, 50, cfg=2.5)}
+        name = "teacher, 50 steps, CFG 2.5"
+        out = {name: sampled(name, teacher, "euler", 50, cfg=2.5)}
         for steps in (1, 2, 4):
-            out[f"student, {steps} step{'s' if steps > 1 else ''}"] = generate(student, "few-step", digits,
-                                                                              directions, seed, steps)
+            name = f"student, {steps} step{'s' if steps > 1 else ''}"
+            out[name] = sampled(name, student, "few-step", steps)
     return out
 
 
@@ -72,7 +81,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     student = train(work, args.iters, args.nproc)
 
-    from megatron_rcm.data.moving_digits import make_videos, prompt_grid
+    from megatron_rcm.data.moving_digits import make_videos, prompt_for, prompt_grid
     from megatron_rcm.evaluation.digits import classify, load_classifier, video_metrics, write_gif
 
     digits, directions = prompt_grid(2)  # every prompt twice (diversity compares videos of one prompt)
@@ -82,11 +91,14 @@ def main():
     metrics = {name: video_metrics(classifier, v, digits, directions, reference) for name, v in videos.items()}
     (work / "metrics.json").write_text(json.dumps({"student": str(student), "metrics": metrics}, indent=2))
     columns = [int(((digits == d) & (directions == k)).nonzero()[0, 0]) for d, k in GIF_PROMPTS]
-    write_gif({name: v[columns] for name, v in videos.items()}, work / "side_by_side.gif")
+    write_gif({name: v[columns] for name, v in videos.items()}, work / "side_by_side.gif",
+              column_labels=[prompt_for(d, k).replace(" moving ", " moving\n") for d, k in GIF_PROMPTS])
     print("| generator | digit acc | direction acc | FD | diversity |\n|---|---|---|---|---|")
     for name, m in metrics.items():
         print(f"| {name} | {m['digit_acc']:.3f} | {m['direction_acc']:.3f} | {m['fd']:.1f} | {m['diversity']:.1f} |")
     print(f"wrote {work / 'side_by_side.gif'} and {work / 'metrics.json'}")
+    print("sample and score the distilled student again (more seeds, other step counts):\n"
+          f"  python tools/eval_digits.py --model {student} --sampler few-step --steps 1 2 4")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import torch
 from .diffusion import (DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, ClassifierFreeGuidance, TrigFlowDenoiser,
                         consistency_rollout, few_step_times, sample_rf_euler, sample_rf_unipc, sigma_to_trigflow)
 
-__all__ = ["FPS", "GenerationError", "SamplingConfig", "VideoSize", "draw_noise", "sample", "video_frames",
-           "video_name", "write_mp4"]
+__all__ = ["FPS", "GenerationError", "SamplerNetwork", "SamplingConfig", "VideoSize", "draw_noise", "sample",
+           "video_frames", "video_name", "write_mp4"]
 
 FPS = 16  # Wan2.1's frame rate
 TEACHER_SAMPLERS = {"unipc": sample_rf_unipc, "euler": sample_rf_euler}
@@ -121,7 +121,7 @@ def draw_noise(shape, count: int, seed: int) -> list:
     return [torch.randn(shape, generator=generator, dtype=torch.float32) for _ in range(count)]
 
 
-class _Network:
+class SamplerNetwork:
     """The model as the samplers call it: inputs in the model's dtype, the velocity back in the
     sampler's, ``tick`` once per call (a progress bar)."""
 
@@ -152,7 +152,7 @@ def sample(model, config: SamplingConfig, noises, text, negative=None, tick: Cal
     dtype = torch.promote_types(model_dtype, torch.float32)
     noises = [n.to(device=device, dtype=dtype) for n in noises]
     text = text.to(device=device, dtype=dtype)
-    net = _Network(model, model_dtype, tick)
+    net = SamplerNetwork(model, model_dtype, tick)
     if config.teacher:
         if config.guidance_scale != 1.0:
             net = ClassifierFreeGuidance(net, negative.to(device=device, dtype=dtype), config.guidance_scale)

@@ -18,6 +18,7 @@ from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
 from megatron_rcm.diffusion.few_step import sample_few_step
 from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
 from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
+from megatron_rcm.generation import SamplerNetwork
 
 SAMPLERS = ("euler", "few-step")
 
@@ -111,17 +112,19 @@ def video_metrics(classifier, videos, digits, directions, reference_features) ->
             "diversity": diversity(features, digits * len(DIRECTIONS) + directions)}
 
 
-def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0):
+def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0, tick=lambda: None):
     """Videos [N, 1, T, H, W] for the prompts "a D moving DIR" from the noise of ``seed``: a teacher
     by RF Euler with classifier-free guidance ``cfg`` against the toy encoder's negative prompt
     (``sampler="euler"``), or a distilled student by the rCM few-step sampler (``"few-step"``,
-    its fresh noise drawn after the initial noise from the same generator)."""
+    its fresh noise drawn after the initial noise from the same generator). ``tick`` is called once
+    per network call (one per step: guidance batches its two branches), e.g. a progress bar's."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     encoder = ToyTextEncoder()
     text = encoder.encode_batch([prompt_for(int(d), int(k)) for d, k in zip(digits, directions)])
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(digits), *MovingDigitsSpec().latent_shape, generator=gen)
+    model = SamplerNetwork(model, next(model.parameters()).dtype, tick)
     with torch.no_grad():
         if sampler == "euler":
             guided = ClassifierFreeGuidance(model, encoder.negative(), cfg)
@@ -129,10 +132,37 @@ def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0
         return sample_few_step(TrigFlowDenoiser(model), noise, text, steps, generator=gen)
 
 
-def write_gif(videos, path, scale=4):
-    """One row per entry of ``videos`` (name -> [N, 1, T, H, W] in about [-1, 1]), one column per video."""
+LABEL_WIDTH, HEADER_HEIGHT = 176, 28  # pixels of the row labels (left) and column labels (top)
+
+
+def _text_strip(labels, height, width, vertical):
+    """uint8 [height, width]: the labels (each may hold a line break) white on black, one above the
+    other (``vertical``) or side by side, each centred in its share of the strip."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (width, height))
+    draw = ImageDraw.Draw(image)
+    share = (height if vertical else width) / len(labels)
+    for i, label in enumerate(labels):
+        left, top, right, bottom = draw.multiline_textbbox((0, 0), label)
+        x = 4 if vertical else (i + 0.5) * share - (right - left) / 2
+        y = (i + 0.5) * share - (bottom - top) / 2 if vertical else (height - (bottom - top)) / 2
+        draw.multiline_text((x, y), label, fill=255, align="center")
+    return np.asarray(image)
+
+
+def write_gif(videos, path, scale=4, column_labels=None):
+    """One row per entry of ``videos`` (name -> [N, 1, T, H, W] in about [-1, 1]), one column per
+    video; each row is labelled with its name on the left, each column with ``column_labels`` on top."""
     rows = [torch.cat(list(v[:, 0]), dim=-1) for v in videos.values()]  # each [T, H, N*W]
     grid = torch.cat(rows, dim=-2)  # [T, rows*H, N*W]
     frames = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     frames = np.kron(frames, np.ones((1, scale, scale), dtype=np.uint8))
+    names = _text_strip(list(videos), frames.shape[1], LABEL_WIDTH, vertical=True)
+    frames = np.concatenate([np.broadcast_to(names, (len(frames), *names.shape)), frames], axis=2)
+    if column_labels:
+        header = np.zeros((HEADER_HEIGHT, frames.shape[2]), dtype=np.uint8)
+        header[:, LABEL_WIDTH:] = _text_strip(column_labels, HEADER_HEIGHT, frames.shape[2] - LABEL_WIDTH,
+                                              vertical=False)
+        frames = np.concatenate([np.broadcast_to(header, (len(frames), *header.shape)), frames], axis=1)
     imageio.mimsave(path, list(frames), duration=0.25, loop=0)

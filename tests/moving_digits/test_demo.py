@@ -7,6 +7,8 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 
+from megatron_rcm.evaluation.digits import HEADER_HEIGHT, LABEL_WIDTH
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,4 +20,10 @@ def test_demo_distils_samples_and_writes_gif_and_metrics(tmp_path):
     assert set(metrics) == {"teacher, 50 steps, CFG 2.5", "student, 1 step", "student, 2 steps", "student, 4 steps"}
     assert metrics["teacher, 50 steps, CFG 2.5"]["direction_acc"] > 0.9  # the shipped teacher follows prompts
     frames = imageio.mimread(tmp_path / "side_by_side.gif")
-    assert len(frames) == 8 and frames[0].shape[:2] == (4 * 16 * 4, 8 * 16 * 4)
+    assert len(frames) == 8 and frames[0].shape[:2] == (HEADER_HEIGHT + 4 * 16 * 4, LABEL_WIDTH + 8 * 16 * 4)
+    labels = frames[0][..., 0] if frames[0].ndim == 3 else frames[0]
+    # text in each row's label and each column's header, nothing in the corner
+    assert all(labels[HEADER_HEIGHT + 64 * r: HEADER_HEIGHT + 64 * (r + 1), :LABEL_WIDTH].max() > 128 for r in range(4))
+    assert all(labels[:HEADER_HEIGHT, LABEL_WIDTH + 64 * c: LABEL_WIDTH + 64 * (c + 1)].max() > 128 for c in range(8))
+    assert labels[:HEADER_HEIGHT, :LABEL_WIDTH].max() == 0
+    assert "sampling 160 videos: teacher, 50 steps, CFG 2.5" in run.stderr and "tools/eval_digits.py --model" in run.stdout
