@@ -117,3 +117,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def raised_while_interrupted(error) -> bool:
+    """Whether ``error`` came from cleanup code that ran as a Ctrl-C (or SIGTERM) unwound: closing a
+    half-written file can fail (torch.save's zip writer does) and hide the interrupt behind its error."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False

@@ -18,8 +18,10 @@ import sys
 import traceback
 import warnings
 
+from .atomic_output import raised_while_interrupted
+
 __all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_sigterm",
-           "one_line_errors", "positive_int"]
+           "one_line_errors", "positive_int", "raised_while_interrupted"]
 
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -84,18 +86,8 @@ def one_line_errors(prog, errors, debug=False):
     except KeyboardInterrupt:
         fail(prog, "interrupted", INTERRUPTED_EXIT_STATUS, debug)
     except Exception as e:
-        if _raised_while_interrupted(e):
+        if raised_while_interrupted(e):
             fail(prog, "interrupted", INTERRUPTED_EXIT_STATUS, debug)
         if isinstance(e, errors):
             fail(prog, str(e) or type(e).__name__, 1, debug)
         raise
-
-
-def _raised_while_interrupted(error) -> bool:
-    """Whether ``error`` came from cleanup code that ran as a Ctrl-C (or SIGTERM) unwound: closing a
-    half-written file can fail (torch.save's zip writer does) and hide the interrupt behind its error."""
-    while error is not None:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        error = error.__context__
-    return False

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 from tqdm import tqdm
 
-from ..atomic_output import atomic_output_dir
+from ..atomic_output import atomic_output_dir, raised_while_interrupted
 from ..loading import MODELS_KEY, checkpoint_models
 from ..models import family_of_diffusers_config, family_of_model_class
 from ..save_folder import latest_checkpoint_path
@@ -138,8 +138,10 @@ def write_megatron(tensors: DiffusersTensors, output_path, tensor_parallel_size=
         except CheckpointException as e:
             if failures:  # DCP wraps errors of the planner: raise the source's own (a bad file, an interrupt)
                 raise failures[0] from None
-            if any(isinstance(exc, KeyboardInterrupt) for exc, _ in e.failures.values()):
-                raise KeyboardInterrupt from None  # Ctrl-C (or SIGTERM) landed inside DCP's own code
+            # Ctrl-C (or SIGTERM) landed inside DCP's own code, or torch.save's writer failed closing its
+            # file as the interrupt unwound (re-raising that error here would lose the interrupt)
+            if any(raised_while_interrupted(exc) for exc, _ in e.failures.values()):
+                raise KeyboardInterrupt from None
             raise
         current.clear()
         torch.save(checkpoint_models({MODEL_PREFIX: config}), tmp / "common.pt")
