@@ -21,8 +21,9 @@ class DiTConfig(TransformerConfig):
     Parallelism: ``tensor_model_parallel_size``, ``sequence_parallel`` and
     ``context_parallel_size`` (Megatron's); ``cp_comm_type`` picks "a2a" (Ulysses all-to-all,
     needs heads divisible by TP x CP) or "p2p" (ring, any head count).
-    ``recompute_granularity="full"`` with ``recompute_method="uniform"`` recomputes every
-    ``recompute_num_layers`` blocks in the backward.
+    ``recompute_granularity="full"`` with ``recompute_method="uniform"`` recomputes all blocks in
+    the backward, in chunks of ``recompute_num_layers``; with "block" only the first
+    ``recompute_num_layers`` blocks (the others keep their activations).
     """
 
     FAMILY: ClassVar[str] = ""
@@ -70,9 +71,12 @@ class DiTConfig(TransformerConfig):
         self.patch_size = tuple(self.patch_size)
         if len(self.patch_size) != 3 or any(p < 1 for p in self.patch_size):
             raise ValueError(f"patch_size must be three positive integers, got {self.patch_size}")
-        if self.recompute_granularity not in (None, "full") or self.recompute_method not in (None, "uniform"):
+        if self.recompute_granularity not in (None, "full") or self.recompute_method not in (None, "uniform", "block"):
             raise ValueError(f"the {self.FAMILY} model supports recompute_granularity='full' with "
-                             "recompute_method='uniform'")
+                             "recompute_method 'uniform' or 'block'")
+        if self.recompute_granularity == "full" and not 1 <= (self.recompute_num_layers or 0) <= self.num_layers:
+            raise ValueError(f"recompute_num_layers must be between 1 and the model's {self.num_layers} layers, "
+                             f"got {self.recompute_num_layers}")
         super().__post_init__()
         if self.hidden_size != self.num_attention_heads * self.kv_channels:
             raise ValueError(f"hidden_size ({self.hidden_size}) must equal heads x head dim "

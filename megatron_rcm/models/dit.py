@@ -165,14 +165,19 @@ class VideoDiT(MegatronModule):
                            layout.cp_rank * layout.chunk_len, layout.chunk_len, device, dtype)
 
     def _blocks(self, x, cond, rope, layout, tangent):
-        """Every block on x; ``cond`` (a tuple of tensors) is passed to each one after x."""
+        """Every block on x; ``cond`` (a tuple of tensors) is passed to each one after x.
+
+        Under full recompute, megatron-core's TransformerBlock methods: "uniform" checkpoints
+        every chunk of ``recompute_num_layers`` blocks; "block" checkpoints each of the first
+        ``recompute_num_layers`` blocks alone and keeps the activations of the others.
+        """
         config = self.config
-        if config.recompute_granularity != "full" or not torch.is_grad_enabled():
-            for block in self.blocks:
-                x = block(x, *cond, rope, layout, tangent)
-            return x
-        for start in range(0, len(self.blocks), config.recompute_num_layers):
-            chunk = self.blocks[start:start + config.recompute_num_layers]
+        recomputed, chunk_size = 0, 1
+        if config.recompute_granularity == "full" and torch.is_grad_enabled():
+            recomputed, chunk_size = ((config.recompute_num_layers, 1) if config.recompute_method == "block"
+                                      else (len(self.blocks), config.recompute_num_layers))
+        for start in range(0, recomputed, chunk_size):
+            chunk = self.blocks[start:min(start + chunk_size, recomputed)]
 
             def run(x, *cond, chunk=chunk):
                 for block in chunk:
@@ -180,6 +185,8 @@ class VideoDiT(MegatronModule):
                 return x
 
             x = tensor_parallel.checkpoint(run, False, x, *cond)
+        for block in self.blocks[recomputed:]:
+            x = block(x, *cond, rope, layout, tangent)
         return x
 
     def _run(self, x, t, text, x_t, t_t, extra_channels=None):

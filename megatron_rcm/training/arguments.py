@@ -46,7 +46,7 @@ def _parser():
                    help="context parallelism: all-to-all (a2a) or ring (p2p)")
     g.add_argument("--recompute-granularity", choices=["full", "none"],
                    help="full: recompute every block of student and fake score in the backward")
-    g.add_argument("--recompute-method", choices=["uniform"])
+    g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
     g.add_argument("--offload-ema", action=flag, help="keep the EMA slice in host memory between student updates")
     g.add_argument("--offload-teacher", action=flag, help="keep the teacher in host memory between its calls")
@@ -195,9 +195,11 @@ def _check_teacher_shape(args, preset):
     if cfg is None:
         return  # another format: load_model checks it when the model is built
     family = family_of_diffusers_config(cfg)
+    recompute = (dict(recompute_granularity="full", recompute_method=args.recompute_method,
+                      recompute_num_layers=args.recompute_num_layers) if args.recompute_granularity == "full" else {})
     config = family.config_from_diffusers(cfg, tensor_model_parallel_size=args.tensor_model_parallel_size,
                                           context_parallel_size=args.context_parallel_size,
-                                          cp_comm_type=args.cp_comm_type, use_cpu_initialization=True)
+                                          cp_comm_type=args.cp_comm_type, use_cpu_initialization=True, **recompute)
     if preset is not None and config.architecture() != preset.architecture():
         theirs, ours = config.architecture(), preset.architecture()
         differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))

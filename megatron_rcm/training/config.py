@@ -28,10 +28,12 @@ class NetworksConfig:
     kernels already keep at O(tokens): not offered.)"""
 
     recompute_method: str = "uniform"
-    """megatron-core's recompute method."""
+    """megatron-core's recompute method: "uniform" recomputes every block, in chunks of
+    ``recompute_num_layers``; "block" recomputes only the first ``recompute_num_layers`` blocks and
+    keeps the activations of the rest (faster, more memory: ``tools/plan.py`` picks the count)."""
 
     recompute_num_layers: int = 1
-    """Layers per recomputed chunk."""
+    """"uniform": blocks per recomputed chunk; "block": blocks recomputed (1 to the model's layers)."""
 
     offload_ema: bool = False
     """Keep this rank's EMA slice in (pinned) host memory; each student update copies it to the
