@@ -4,7 +4,7 @@
 ``AutoencoderKLWan``, a tiny ``UMT5EncoderModel`` with a real sentencepiece tokenizer trained here
 on a few sentences (as the T5 tokenizer class of the Wan folders), the Wan2.1 UniPC scheduler and a
 tiny ``WanTransformer3DModel`` that the project's converter accepts. ``tiny_wan_pipeline()`` builds
-it once per test session.
+it once per test session. The tokenizer, VAE and saving helpers serve ``tests/cosmos_pipeline.py`` too.
 """
 
 import atexit
@@ -40,9 +40,9 @@ TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_h
                         num_layers=2, freq_dim=16, cross_attn_norm=True, eps=1e-6)
 
 
-def _tokenizer(folder: Path):
+def _tokenizer(folder: Path, tokenizer_class: str):
     import sentencepiece
-    from transformers import T5Tokenizer
+    import transformers
 
     model = io.BytesIO()
     # T5's id layout: pad 0, eos 1, unk 2, no bos
@@ -51,48 +51,67 @@ def _tokenizer(folder: Path):
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
     folder.mkdir(parents=True)
     (folder / "spiece.model").write_bytes(model.getvalue())
-    return T5Tokenizer.from_pretrained(folder)
+    return getattr(transformers, tokenizer_class).from_pretrained(folder)
 
 
-def _perturbed(module, scale):
+def perturbed(module, scale):
     with torch.no_grad():  # diffusers starts norms at one and some tables at zero: make every weight matter
         for p in module.parameters():
             p.add_(scale * torch.randn_like(p))
     return module.eval()
 
 
-def build_tiny_wan_pipeline(folder, transformer_config=None, seed=0) -> Path:
-    """Write a tiny Wan2.1 diffusers pipeline into ``folder``; ``transformer_config`` overrides
-    ``WanTransformer3DModel`` arguments of the tiny default."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+def tiny_vae(generator, latents_std=None):
+    """A tiny ``AutoencoderKLWan`` with random latent statistics (``latents_std`` if given)."""
+    from diffusers import AutoencoderKLWan
 
+    z_dim = TINY_VAE["z_dim"]
+    mean = (torch.randn(z_dim, generator=generator) * 0.3).tolist()
+    std = (0.5 + torch.rand(z_dim, generator=generator)).tolist() if latents_std is None else list(latents_std)
+    return perturbed(AutoencoderKLWan(**TINY_VAE, latents_mean=mean, latents_std=std), 0.02)
+
+
+def save_tiny_pipeline(folder, make_pipeline, seed=0, tokenizer_class="T5Tokenizer") -> Path:
+    """Save ``make_pipeline(tokenizer, generator)`` into ``folder``, with a real sentencepiece
+    tokenizer of ``tokenizer_class`` trained here, global RNG and ``generator`` seeded with ``seed``."""
     folder = Path(folder)
     torch.manual_seed(seed)
     staging = Path(tempfile.mkdtemp(prefix="tokenizer-"))
     try:
-        tokenizer = _tokenizer(staging / "tokenizer")
-        generator = torch.Generator().manual_seed(seed)
-        z_dim = TINY_VAE["z_dim"]
-        vae = _perturbed(AutoencoderKLWan(
-            **TINY_VAE, latents_mean=(torch.randn(z_dim, generator=generator) * 0.3).tolist(),
-            latents_std=(0.5 + torch.rand(z_dim, generator=generator)).tolist()), 0.02)
-        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_UMT5)).eval()
-        transformer = _perturbed(WanTransformer3DModel(**{
-            **TINY_TRANSFORMER, "in_channels": z_dim, "out_channels": z_dim, "text_dim": TINY_UMT5["d_model"],
-            **(transformer_config or {})}), 0.1)
-        pipeline = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                               scheduler=UniPCMultistepScheduler(**WAN21_SCHEDULER))
-        pipeline.save_pretrained(folder)
+        tokenizer = _tokenizer(staging / "tokenizer", tokenizer_class)
+        make_pipeline(tokenizer, torch.Generator().manual_seed(seed)).save_pretrained(folder)
         shutil.copy(staging / "tokenizer" / "spiece.model", folder / "tokenizer" / "spiece.model")
     finally:
         shutil.rmtree(staging)
     return folder
 
 
+def build_tiny_wan_pipeline(folder, transformer_config=None, seed=0) -> Path:
+    """Write a tiny Wan2.1 diffusers pipeline into ``folder``; ``transformer_config`` overrides
+    ``WanTransformer3DModel`` arguments of the tiny default."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    def pipeline(tokenizer, generator):
+        vae = tiny_vae(generator)
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_UMT5)).eval()
+        transformer = perturbed(WanTransformer3DModel(**{
+            **TINY_TRANSFORMER, "in_channels": TINY_VAE["z_dim"], "out_channels": TINY_VAE["z_dim"],
+            "text_dim": TINY_UMT5["d_model"], **(transformer_config or {})}), 0.1)
+        return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                           scheduler=UniPCMultistepScheduler(**WAN21_SCHEDULER))
+
+    return save_tiny_pipeline(folder, pipeline, seed)
+
+
+def cached_build(build, prefix, seed) -> Path:
+    """``build(folder, seed=seed)`` into a temporary folder removed at exit."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, parent, ignore_errors=True)
+    return build(parent / "pipeline", seed=seed)
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_wan_pipeline(seed=0) -> Path:
     """The tiny pipeline folder, built once per process into a temporary folder (read it, never write it)."""
-    parent = Path(tempfile.mkdtemp(prefix="tiny-wan-"))
-    atexit.register(shutil.rmtree, parent, ignore_errors=True)
-    return build_tiny_wan_pipeline(parent / "pipeline", seed=seed)
+    return cached_build(build_tiny_wan_pipeline, "tiny-wan-", seed)

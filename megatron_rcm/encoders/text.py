@@ -1,29 +1,28 @@
-"""The Wan2.1 text encoder (transformers ``UMT5EncoderModel`` and its tokenizer), as WanPipeline encodes prompts."""
+"""The T5-family text encoders of the diffusers pipelines (UMT5 for Wan2.1, T5 for Cosmos-Predict2),
+encoding prompts as the pipelines' ``encode_prompt`` does."""
 
 import torch
 
-from .folder import check_pipeline_folder
-
-# Wan2.1's default negative prompt (sample_neg_prompt in its wan/configs/shared_config.py).
-WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-                       "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-                       "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+from .folder import check_pipeline_folder, pipeline_kind
 
 
-class WanTextEncoder:
-    """Prompts -> [B, max_length, text_dim] embeddings, exactly ``WanPipeline.encode_prompt``:
-    diffusers' prompt cleaning (ftfy when installed, HTML unescaping, whitespace), tokenisation
-    padded and truncated to ``max_length`` with the end-of-sequence token, the encoder under the
-    attention mask, and the positions past each prompt's tokens set to zero."""
+class TextEncoder:
+    """Prompts -> [B, max_length, text_dim] embeddings, exactly the pipeline's ``encode_prompt``
+    (``WanPipeline``'s, ``Cosmos2TextToImagePipeline``'s): with ``clean_prompts`` diffusers' prompt
+    cleaning first (ftfy when installed, HTML unescaping, whitespace; Wan cleans, Cosmos does not),
+    tokenisation padded and truncated to ``max_length`` with the end-of-sequence token, the encoder
+    under the attention mask, and the positions past each prompt's tokens set to zero."""
 
-    def __init__(self, tokenizer, text_encoder, max_length: int = 512):
+    def __init__(self, tokenizer, text_encoder, max_length: int = 512, clean_prompts: bool = True):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.max_length = max_length
+        self.clean_prompts = clean_prompts
         self.text_dim = text_encoder.config.d_model
 
-    @staticmethod
-    def clean(prompts) -> list:
+    def clean(self, prompts) -> list:
+        if not self.clean_prompts:
+            return list(prompts)
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
         return [prompt_clean(p) for p in prompts]
@@ -44,11 +43,14 @@ class WanTextEncoder:
         return hidden.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
 
-def load_text_encoder(pipeline_dir, dtype=torch.float32, device="cpu", max_length=512) -> WanTextEncoder:
-    """The ``text_encoder/`` and ``tokenizer/`` of a diffusers Wan pipeline folder."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
+def load_text_encoder(pipeline_dir, dtype=torch.float32, device="cpu", max_length=512) -> TextEncoder:
+    """The ``text_encoder/`` and ``tokenizer/`` of a diffusers pipeline folder, encoding as that
+    kind of pipeline does (``pipeline_kind``: UMT5 for a Wan2.1 folder, T5 for a Cosmos-Predict2 one)."""
+    import transformers
 
     folder = check_pipeline_folder(pipeline_dir, ["tokenizer", "text_encoder"])
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(device).eval()
-    return WanTextEncoder(tokenizer, encoder, max_length)
+    kind = pipeline_kind(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
+    encoder_class = getattr(transformers, kind.text_encoder_class)
+    encoder = encoder_class.from_pretrained(folder / "text_encoder", dtype=dtype).to(device).eval()
+    return TextEncoder(tokenizer, encoder, max_length, clean_prompts=kind.clean_prompts)

@@ -1,4 +1,5 @@
-"""The Wan2.1 video VAE (diffusers ``AutoencoderKLWan``) with the Wan pipelines' latent normalisation."""
+"""The Wan2.1 video VAE (diffusers ``AutoencoderKLWan``) with the pipelines' latent normalisation: the
+Wan pipelines' and Cosmos-Predict2's (which uses this VAE for images, one latent frame)."""
 
 import torch
 
@@ -12,8 +13,9 @@ class WanVAE:
     deterministic function of the videos (re-running a preparation gives the same shards), and the
     Wan pipelines encode their conditioning videos the same way (``sample_mode="argmax"``). The
     latents are normalised per channel with the VAE config's ``latents_mean`` / ``latents_std``
-    using the pipelines' own expressions, so ``decode`` gives what ``WanPipeline`` would decode.
-    F must be 1 + a multiple of ``temporal_stride``; H and W multiples of ``spatial_stride``.
+    using the pipelines' own expressions, so ``decode`` gives what ``WanPipeline`` would decode,
+    and what ``Cosmos2TextToImagePipeline`` decodes (its ``sigma_data`` is 1). F must be 1 + a
+    multiple of ``temporal_stride`` (an image: F = 1); H and W multiples of ``spatial_stride``.
     """
 
     def __init__(self, vae):
@@ -61,7 +63,7 @@ def vae_geometry(pipeline_dir) -> tuple:
 
 
 def load_vae(pipeline_dir, dtype=torch.float32, device="cpu", tiling=False) -> WanVAE:
-    """The ``vae/`` of a diffusers Wan pipeline folder. ``tiling`` encodes and decodes in
+    """The ``vae/`` of a diffusers pipeline folder (Wan2.1 or Cosmos-Predict2). ``tiling`` encodes and decodes in
     overlapping spatial tiles, one video of a batch at a time (diffusers' tiling and slicing): what
     lets a 720p x 81-frame clip fit; the result differs from untiled coding only near tile seams."""
     from diffusers import AutoencoderKLWan

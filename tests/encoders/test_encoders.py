@@ -1,4 +1,5 @@
-"""The Wan VAE and UMT5 encoders against diffusers' own classes and WanPipeline.encode_prompt."""
+"""The VAE and text encoders against diffusers' own classes and the pipelines' encode_prompt: Wan2.1
+(UMT5) and Cosmos-Predict2 (T5; the Wan VAE on one-frame images)."""
 
 import shutil
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from megatron_rcm.encoders import (PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae,
-                                   vae_geometry)
+                                   pipeline_kind, vae_geometry)
+from tests.cosmos_pipeline import NoSafetyCheck, tiny_cosmos_pipeline
 from tests.wan_pipeline import tiny_wan_pipeline
 
 
@@ -148,3 +150,81 @@ def test_fixture_transformer_loads_into_the_project_model(folder):
     with parallel_context(), torch.no_grad():
         model = load_model(folder, params_dtype=torch.float64)  # the pipeline folder itself
         torch.testing.assert_close(model(x, t, text), expected, rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def cosmos():
+    return tiny_cosmos_pipeline()
+
+
+def _cosmos_pipeline(folder):
+    from diffusers import Cosmos2TextToImagePipeline
+
+    return Cosmos2TextToImagePipeline.from_pretrained(folder, safety_checker=NoSafetyCheck())
+
+
+def test_pipeline_kinds(folder, cosmos, tmp_path):
+    from diffusers.pipelines.cosmos.pipeline_cosmos2_text2image import DEFAULT_NEGATIVE_PROMPT
+
+    wan, cos = pipeline_kind(folder), pipeline_kind(cosmos)
+    assert (wan.pipeline_class, wan.image, wan.text_encoder_class) == ("WanPipeline", False, "UMT5EncoderModel")
+    assert (cos.pipeline_class, cos.image, cos.text_encoder_class) == ("Cosmos2TextToImagePipeline", True,
+                                                                       "T5EncoderModel")
+    assert cos.pipeline_negative_prompt == cos.negative_prompt == DEFAULT_NEGATIVE_PROMPT
+    pipe = _cosmos_pipeline(cosmos)  # the pipeline's own defaults
+    import inspect
+
+    defaults = inspect.signature(pipe.__call__).parameters
+    assert (cos.height, cos.width, cos.guidance_scale) == tuple(defaults[k].default for k in
+                                                                 ("height", "width", "guidance_scale"))
+    copy = tmp_path / "no_index"  # without model_index.json: the text encoder's model type tells
+    shutil.copytree(cosmos, copy)
+    (copy / "model_index.json").unlink()
+    assert pipeline_kind(copy) == cos
+    (copy / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(PipelineFolderError, match="describes 'StableDiffusionPipeline'; supported: WanPipeline or"):
+        pipeline_kind(copy)
+    with pytest.raises(PipelineFolderError, match="describes 'WanTransformer3DModel', expected "
+                                                  "'CosmosTransformer3DModel' .the transformer of a Cosmos2Text"):
+        shutil.rmtree(copy)
+        shutil.copytree(cosmos, copy)
+        shutil.rmtree(copy / "transformer")
+        shutil.copytree(folder / "transformer", copy / "transformer")
+        check_pipeline_folder(copy, ["transformer"])
+
+
+def test_cosmos_text_encoder_matches_the_pipelines_encode_prompt(cosmos):
+    encoder = load_text_encoder(cosmos)
+    assert not encoder.clean_prompts and type(encoder.text_encoder).__name__ == "T5EncoderModel"
+    embeddings = encoder.encode(PROMPTS)
+    with torch.no_grad():
+        expected, _ = _cosmos_pipeline(cosmos).encode_prompt(PROMPTS, do_classifier_free_guidance=False,
+                                                             max_sequence_length=512)
+    assert embeddings.shape == (4, 512, 24)
+    torch.testing.assert_close(embeddings, expected, rtol=0, atol=1e-6)
+    counts = encoder.num_tokens(PROMPTS)
+    assert counts[2] > 512
+    for row, count in zip(embeddings, counts):
+        used = min(count, 512)
+        assert (row[:used].abs().sum(-1) > 0).all() and (row[used:] == 0).all()
+    # Wan would clean the second prompt ("&amp;", runs of blanks); Cosmos encodes it as written
+    assert not torch.equal(embeddings[1], encoder.encode([" ".join(PROMPTS[1].replace("&amp;", "&").split())])[0])
+
+
+def test_cosmos_image_latents_decode_as_the_pipeline_decodes(cosmos):
+    """One frame (an image) encodes to one latent frame; decoding it is the pipeline's own decode
+    expression (its sigma_data and float32 reciprocal of latents_std) and AutoencoderKLWan."""
+    vae = load_vae(cosmos)
+    assert vae_geometry(cosmos) == (4, 8, 4)
+    image = _video(2, 1, 16, seed=8)
+    latents = vae.encode(image)
+    assert latents.shape == (2, 4, 1, 2, 2)
+    pipe = _cosmos_pipeline(cosmos)
+    config = pipe.vae.config
+    with torch.no_grad():  # Cosmos2TextToImagePipeline.__call__'s decode, line by line
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1)
+        expected = pipe.vae.decode(latents / inv_std / pipe.scheduler.config.sigma_data + mean, return_dict=False)[0]
+        mode = pipe.vae.encode(image).latent_dist.mode()
+    assert torch.equal(vae.decode(latents), expected)
+    torch.testing.assert_close(latents, (mode - mean) * inv_std, rtol=0, atol=1e-6)
