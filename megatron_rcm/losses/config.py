@@ -29,6 +29,17 @@ class RCMConfig:
     dmd_shift: float = 5.0
     """RF time shift of p_D, the DMD noise-level distribution (eq. 4.5)."""
 
+    dmd_reference_numel: int = 0
+    """0: L_DMD is the reference's sum over the N latent elements of a sample (eq. 4.3), so the
+    DMD/sCM gradient ratio grows as sqrt(N) (docs/math.md section 4, "Balance"). > 0: L_DMD is
+    scaled by sqrt(dmd_reference_numel / N), so dmd_weight sets at every latent size the balance
+    it sets at this one (2096640: Wan 1.3B at 480p x 81 frames, where the weights were tuned)."""
+
+    dcm_step: float = 0.0
+    """0: the sCM tangent dF^- is the student's JVP along the teacher ODE (eq. 3.1). > 0:
+    discrete-time consistency: dF^- is the student's finite difference over one exact teacher
+    DDIM step of this TrigFlow size (eq. 3.6; at most half of each sample's t), no JVP."""
+
     tangent_warmup: int = 1000
     """Iterations over which the tangent warm-up ratio r rises from 0 to 1 (eq. 3.2); during them
     only the sCM term runs. 0: no warm-up (Wan 14B)."""
@@ -50,6 +61,8 @@ class RCMConfig:
         object.__setattr__(self, "mid_times", tuple(float(t) for t in self.mid_times))
         if self.student_update_freq < 1 or self.tangent_warmup < 0:
             raise ValueError("student_update_freq must be >= 1 and tangent_warmup >= 0")
+        if self.dmd_reference_numel < 0 or self.dcm_step < 0:
+            raise ValueError("dmd_reference_numel and dcm_step must be >= 0")
         if self.scm_weight < 0 or self.dmd_weight < 0 or self.scm_weight + self.dmd_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both 0")
         if not 1 <= self.max_rollout_steps <= MAX_STEPS:

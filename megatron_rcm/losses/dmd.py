@@ -1,5 +1,6 @@
 """The score-distillation (DMD-style) regulariser and its fake-score critic (docs/math.md section 4)."""
 
+import math
 from typing import Sequence
 
 import torch
@@ -60,6 +61,16 @@ def dmd_loss(rollout: torch.Tensor, t_D: torch.Tensor, eps_D: torch.Tensor, text
         "dmd/rollout_norm": rollout.detach().double().flatten(1).norm(dim=1).mean(),
     }
     return loss, diagnostics
+
+
+def dmd_size_scale(numel: int, reference_numel: int) -> float:
+    """sqrt(reference_numel / numel), 1 for reference_numel 0: the factor on L_DMD that keeps the
+    DMD/sCM gradient ratio of a latent of ``numel`` elements per sample at that of ``reference_numel``
+    (docs/math.md section 4, "Balance": the sum of eq. 4.3 has a gradient of norm ~ sqrt(numel),
+    the normalised sCM target one of norm ~ 1)."""
+    if numel < 1 or reference_numel < 0:
+        raise ValueError(f"numel must be >= 1 and reference_numel >= 0, got {numel} and {reference_numel}")
+    return 1.0 if reference_numel == 0 else math.sqrt(reference_numel / numel)
 
 
 def fake_score_loss(rollout: torch.Tensor, t_D: torch.Tensor, eps_D: torch.Tensor, text: torch.Tensor,

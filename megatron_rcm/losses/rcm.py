@@ -11,7 +11,7 @@ import torch
 
 from ..diffusion.denoiser import TrigFlowDenoiser
 from .config import RCMConfig
-from .dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
+from .dmd import dmd_loss, dmd_size_scale, fake_score_loss, rollout_steps, student_rollout
 from .scm import scm_loss, tangent_warmup_ratio
 
 
@@ -47,7 +47,8 @@ def _rollout(student, config: RCMConfig, noise: IterationNoise, text, updates: i
 
 def student_loss(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text: torch.Tensor,
                  noise: IterationNoise, iteration: int, student_updates: int):
-    """scm_weight L_sCM (eq. 3.4) + dmd_weight L_DMD (eq. 4.3) once the tangent warm-up is over.
+    """scm_weight L_sCM (eq. 3.4) + dmd_weight L_DMD (eq. 4.3, times ``dmd_size_scale``) once the
+    tangent warm-up is over.
 
     ``iteration`` sets the warm-up ratio (eq. 3.2), ``student_updates`` (the student updates made
     so far) the rollout length (eq. 4.1). Returns (float64 loss, diagnostics of detached 0-dim
@@ -57,13 +58,15 @@ def student_loss(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text
     diagnostics = {}
     if config.scm_weight > 0:
         ratio = tangent_warmup_ratio(iteration, config.tangent_warmup)
-        loss_scm, diag = scm_loss(denoisers.student, denoisers.teacher, x0, noise.eps, noise.t_scm, text, ratio)
+        loss_scm, diag = scm_loss(denoisers.student, denoisers.teacher, x0, noise.eps, noise.t_scm, text, ratio,
+                                  config.dcm_step)
         loss = loss + config.scm_weight * loss_scm
         diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
     if config.uses_dmd(iteration):
         rollout = _rollout(denoisers.student, config, noise, text, student_updates)
         loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, denoisers.teacher, denoisers.fake_score)
-        loss = loss + config.dmd_weight * loss_dmd
+        size_scale = dmd_size_scale(x0[0].numel(), config.dmd_reference_numel)
+        loss = loss + config.dmd_weight * size_scale * loss_dmd
         diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})
     diagnostics["loss/student"] = loss.detach()
     return loss, diagnostics

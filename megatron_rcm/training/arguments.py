@@ -84,6 +84,8 @@ def _parser():
     g.add_argument("--p-mean", type=float)
     g.add_argument("--p-std", type=float)
     g.add_argument("--dmd-shift", type=float)
+    g.add_argument("--dmd-reference-numel", type=int)
+    g.add_argument("--dcm-step", type=float)
     g.add_argument("--mid-times", type=float, nargs="+", help="TrigFlow times of the student rollout after pi/2")
     g.add_argument("--max-rollout-steps", type=int, help="the student rollout takes 1 to this many steps in turn")
     g.add_argument("--sigma-max", type=float,
