@@ -5,7 +5,8 @@
     python tools/plan.py ... --calibrate --profile h200.json   # measure this GPU first (CUDA), then plan
     python tools/plan.py ... --profile h200.json       # plan with a measured profile
 
-Lists the layouts that fit (TP, CP and its mode, SP, DP, recompute, offloads), fastest first,
+Lists the layouts that fit (TP, CP and its mode, SP, DP, recompute: none, full, or "block N" for
+megatron-core's block method recomputing the first N blocks, offloads), fastest first,
 with the predicted peak memory per GPU and seconds per student and critic iteration. When none
 fits it says so, names the smallest cluster of such GPUs that would, and exits with status 1.
 Impossible requests (heads not divisible by --tp, too many CP ranks for the tokens, more GPUs than
@@ -83,9 +84,15 @@ def _profile(args, workload):
     return load_profile(args.profile)
 
 
+def _cell(row, column):
+    if column == "recompute" and row["recompute"] == "block":  # the recomputed count with the method
+        return f"block {row['recompute_blocks']}"
+    return str(row[column])
+
+
 def _table(rows):
     lines = ["  ".join(f"{c:>10}" for c in COLUMNS)]
-    lines += ["  ".join(f"{str(r[c]):>10}" for c in COLUMNS) for r in rows]
+    lines += ["  ".join(f"{_cell(r, c):>10}" for c in COLUMNS) for r in rows]
     return "\n".join(lines)
 
 

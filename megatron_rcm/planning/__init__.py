@@ -5,7 +5,8 @@ Sits above ``models`` (it reads the weight map) and below ``training``, which it
 
 from .memory import Precision, activation_bytes, ddp_buffer_numel, ema_shard_numel, local_parameter_numels, \
     peak_memory, state_bytes
-from .planner import Constraints, candidate_layouts, plan, predict, smallest_cluster, usable_gib
+from .planner import Constraints, candidate_layouts, fewest_recomputed_blocks, plan, predict, smallest_cluster, \
+    usable_gib
 from .profile import DEFAULT_PROFILE, Profile, load_profile, save_profile
 from .timing import iteration_seconds, wan_forward_flops
 from .workload import Cluster, Layout, PlanError, Workload, check_layout
@@ -24,6 +25,7 @@ __all__ = [
     "check_layout",
     "ddp_buffer_numel",
     "ema_shard_numel",
+    "fewest_recomputed_blocks",
     "iteration_seconds",
     "load_profile",
     "local_parameter_numels",

@@ -11,7 +11,8 @@ tensors TP splits) and the layouts megatron-core and ``training.ema`` give them:
 * EMA: fp32, the rank's 1/(DP x CP) slice of the flattened local parameters (``ShardedPowerEMA``).
 
 Activations (``activation_bytes``) follow the block's saved tensors, with coefficients from the
-Profile: full recompute keeps each block's input and rebuilds one block at a time.
+Profile: a recomputed block keeps only its input (full recompute: every block; "block": the
+first N), and the backward rebuilds one block at a time.
 """
 
 import math
@@ -108,8 +109,8 @@ def activation_bytes(config, tokens: int, layout: Layout, profile: Profile, batc
 def training_graph_bytes(config, tokens, layout, profile, batch, graphs: int) -> float:
     """Peak activation bytes of a backward with ``graphs`` student-sized graphs alive at once."""
     block = activation_bytes(config, tokens, layout, profile, batch)
-    layers = config.num_layers
-    per_graph = layers * (block["checkpoint"] if layout.recompute == "full" else block["saved"])
+    recomputed = layout.recomputed_blocks(config.num_layers)
+    per_graph = recomputed * block["checkpoint"] + (config.num_layers - recomputed) * block["saved"]
     return graphs * per_graph + profile.backward_working_factor * block["saved"]
 
 

@@ -1,6 +1,6 @@
 """Enumerate the layouts of a cluster, predict memory and time for each, rank those that fit."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .memory import GIB, peak_memory
 from .profile import Profile
@@ -10,7 +10,9 @@ from .workload import MIN_TOKENS_PER_CP_RANK, Cluster, Layout, PlanError, Worklo
 # memory the planner leaves free on each GPU: CUDA context, allocator fragmentation, NCCL buffers
 RESERVE_GIB = 2.0
 RESERVE_FRACTION = 0.05
-# memory-saving options in the order they are given up for speed: each variant of a layout costs more time
+# memory-saving options in the order they are given up for speed: each variant of a layout costs more time.
+# Between "none" and each "full" variant, ``plan`` adds megatron-core's "block" recompute of the
+# fewest blocks that fit (``fewest_recomputed_blocks``)
 SAVINGS = ({"recompute": "none"}, {"recompute": "full"}, {"recompute": "full", "offload_ema": True},
            {"recompute": "full", "offload_ema": True, "offload_teacher": True})
 MAX_SEARCHED_GPUS = 4096
@@ -112,12 +114,37 @@ def _check_request(workload, cluster, constraints, config):
             raise PlanError(f"{name} {size} does not divide {cluster.gpus} GPUs")
 
 
+def fewest_recomputed_blocks(workload: Workload, layout: Layout, cluster: Cluster, profile: Profile, config=None):
+    """``layout`` (full recompute) with "block" recompute of the fewest blocks that fit the cluster's
+    GPUs, keeping the activations of the others; None if only full recompute (or none at all) fits.
+    Peak memory falls as more blocks are recomputed, so a bisection finds the count."""
+    config = config or workload.config()
+    usable = usable_gib(cluster) * GIB
+
+    def variant(blocks):
+        return replace(layout, recompute="block", recompute_blocks=blocks)
+
+    def fits(blocks):
+        return peak_memory(workload, variant(blocks), profile, config)["peak"] <= usable
+
+    low, high = 1, config.num_layers - 1
+    if high < low or not fits(high):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle + 1, high)
+    return variant(low)
+
+
 def plan(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints()):
     """All layouts of the cluster with predictions, those that fit first, fastest (most samples/s) first."""
     config = workload.config()
     _check_request(workload, cluster, constraints, config)
+    layouts = candidate_layouts(workload, cluster, constraints, config)
+    blocks = (fewest_recomputed_blocks(workload, layout, cluster, profile, config)
+              for layout in layouts if layout.recompute == "full")
     rows = [predict(workload, layout, cluster, profile, config)
-            for layout in candidate_layouts(workload, cluster, constraints, config)]
+            for layout in layouts + [b for b in blocks if b is not None]]
     if not rows:
         raise PlanError(f"no layout of {cluster.gpus} GPUs satisfies the given sizes; relax --tp/--cp/--cp-mode "
                         f"or --global-batch-size")

@@ -50,7 +50,7 @@ def pass_seconds(config, workload: Workload, layout: Layout, profile: Profile, c
     padded = padded_tokens(tokens, layout)
     forward = wan_forward_flops(config, tokens, workload.text_len) / (layout.tp * layout.cp)
     forward /= profile.matmul_tflops * 1e12 * profile.forward_efficiency
-    recompute = 1 if layout.recompute == "full" else 0
+    recompute = layout.recomputed_blocks(config.num_layers) / config.num_layers  # share of a forward run again
     compute = {"forward": forward, "jvp": forward * profile.jvp_ratio,
                "train": forward * (1 + profile.backward_ratio + recompute)}
     # bytes each rank moves per block in one forward

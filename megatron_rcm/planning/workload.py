@@ -93,7 +93,10 @@ class Layout:
     sp: bool = False
     """Sequence parallelism (TP > 1 only)."""
     recompute: str = "full"
-    """Activation recompute of the student and fake score: "full" (every block) or "none"."""
+    """Activation recompute of the student and fake score: "full" (every block), "block" (the first
+    ``recompute_blocks`` blocks, megatron-core's "block" method) or "none"."""
+    recompute_blocks: int = 0
+    """Blocks recomputed under "block" (1 to the model's layers); ignored otherwise."""
     offload_ema: bool = False
     """Keep the EMA shard in host memory between updates."""
     offload_teacher: bool = False
@@ -103,6 +106,10 @@ class Layout:
     def gpus(self) -> int:
         return self.tp * self.cp * self.dp
 
+    def recomputed_blocks(self, num_layers: int) -> int:
+        """How many of the model's blocks the backward recomputes."""
+        return {"full": num_layers, "none": 0}.get(self.recompute, self.recompute_blocks)
+
     def flags(self) -> list:
         """The examples/pretrain_rcm.py flags of this layout, each given both ways so that a recipe's
         YAML cannot change it."""
@@ -111,7 +118,13 @@ class Layout:
 
         out = ["--tensor-model-parallel-size", str(self.tp), "--context-parallel-size", str(self.cp)]
         out += ["--cp-comm-type", self.cp_mode] if self.cp > 1 else []
-        out += switch("sequence-parallel", self.sp) + ["--recompute-granularity", self.recompute]
+        out += switch("sequence-parallel", self.sp)
+        if self.recompute == "none":
+            out += ["--recompute-granularity", "none"]
+        else:
+            block = self.recompute == "block"
+            out += ["--recompute-granularity", "full", "--recompute-method", "block" if block else "uniform",
+                    "--recompute-num-layers", str(self.recompute_blocks if block else 1)]
         return out + switch("offload-ema", self.offload_ema) + switch("offload-teacher", self.offload_teacher)
 
 
@@ -151,6 +164,9 @@ def check_layout(workload: Workload, layout: Layout, config=None):
     if tokens < layout.cp * MIN_TOKENS_PER_CP_RANK:
         raise PlanError(f"{tokens} video tokens cannot be split over CP {layout.cp}: each context-parallel rank "
                         f"needs at least {MIN_TOKENS_PER_CP_RANK}; use CP <= {tokens // MIN_TOKENS_PER_CP_RANK}")
-    if layout.recompute not in ("full", "none"):
-        raise PlanError(f"recompute must be 'full' or 'none', got {layout.recompute!r}")
+    if layout.recompute not in ("full", "block", "none"):
+        raise PlanError(f"recompute must be 'full', 'block' or 'none', got {layout.recompute!r}")
+    if layout.recompute == "block" and not 1 <= layout.recompute_blocks <= config.num_layers:
+        raise PlanError(f"block recompute of {layout.recompute_blocks} blocks: give 1 to the model's "
+                        f"{config.num_layers} blocks")
     return config
