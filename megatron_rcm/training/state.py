@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from ..loading import checkpoint_models
+from ..loading import SAMPLER_KEY, checkpoint_models
 from ..losses.config import RCMConfig
 from ..models import weight_map
 from ..parallel import set_random_seed
@@ -147,5 +147,5 @@ def export_ema(networks, iteration, config: TrainingConfig):
     state = weight_map.sharded_state_dict(networks.student.module, "model.", tensors=networks.ema.full_tensors())
     state.update(checkpoint_models({"model.": networks.student.module.config}))
     state["teacher"] = config.teacher
-    state["sampler"] = {"sigma_max": config.sigma_max, "mid_times": list(config.rcm.mid_times)}
+    state[SAMPLER_KEY] = {"sigma_max": config.sigma_max, "mid_times": list(config.rcm.mid_times)}
     return CheckpointManager(Path(config.checkpoint.save) / EMA_EXPORT, keep_last=1).save(iteration, state)
