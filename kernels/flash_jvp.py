@@ -330,14 +330,25 @@ _CONFIGS = [launch_config(*c) for c in [
 _TUNES_DESCRIPTORS = any(c.kwargs["USE_TMA"] for c in _CONFIGS)
 
 # Tuning is keyed on head dim, dtype, mask, whether descriptors fit the tensors and a
-# two-valued size class, never on the lengths themselves: tiny shapes pick small blocks that
-# lose at 32k tokens, so they get their own choice, and every larger shape reuses the first
-# one tuned. A pick with descriptors is never reused for tensors they cannot serve.
+# three-valued size class, never on the lengths themselves: tiny shapes pick small blocks that
+# lose at 32k tokens, so they get their own choice; large shapes with short keys (text keys in
+# cross-attention, a few key blocks per program) get theirs; every other large shape reuses the
+# first one tuned. A pick with descriptors is never reused for tensors they cannot serve.
 _LARGE_SCORE_TILE = 1 << 22
+# at most this many keys: few key blocks per program (the Hopper kernel's CONFIGS use it too)
+SHORT_KEYS = 1024
 
 
 def _size_class(seqlen_q: int, seqlen_k: int) -> int:
-    return int(seqlen_q * seqlen_k >= _LARGE_SCORE_TILE)
+    """0: small; 1: large; 2: large with short keys."""
+    if seqlen_q * seqlen_k < _LARGE_SCORE_TILE:
+        return 0
+    return 2 if seqlen_k <= SHORT_KEYS else 1
+
+
+def hopper_config(seqlen_k: int, kv_tangent: bool):
+    """The Hopper kernel's pipeline shape for a call (``flash_jvp_hopper.CONFIGS``)."""
+    return flash_jvp_hopper.CONFIGS[(kv_tangent, seqlen_k <= SHORT_KEYS)]
 
 
 def _autotune_kwargs():
@@ -422,7 +433,8 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     if _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask):
         _install_descriptor_allocator()
         try:
-            return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, outputs)
+            return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, outputs,
+                                           hopper_config(k.shape[2], k_t is not None))
         except triton.compiler.errors.CompilationError as error:
             # Gluon's API still changes between Triton releases: a slower kernel beats no kernel
             _hopper_compile_errors.append(error)

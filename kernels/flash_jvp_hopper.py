@@ -6,9 +6,12 @@ instruction, so the tensor cores idle while the softmax runs. Here each warpgrou
 rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs of
 block j - 1 (P V, P dV, (P * dS) V) back to back, waits only for the scores, and runs the
 softmax of block j while the value GEMMs are still on the tensor cores (FlashAttention-3's
-intra-warpgroup overlap). The default pipeline has two warpgroups (BLOCK_M = 128) share each
-key/value tile. Key and value blocks arrive by TMA, STAGES deep, with separate mbarriers for
-keys and for values.
+intra-warpgroup overlap). Two warpgroups (BLOCK_M = 128) share each key/value tile, or one
+warpgroup (BLOCK_M = 64) runs per CTA: with little shared memory two such CTAs fit on one SM and
+overlap each other's loads, softmax and stores without a barrier between them. Key and value
+blocks arrive by TMA, STAGES deep (1 to 4), with separate mbarriers for keys and for values.
+``CONFIGS`` holds the pipeline shape for each kind of call (keys with or without a tangent, long
+or short key sequences), as ``tools/sweep_attention.py`` picked them.
 
 Gluon has no interpreter: this kernel runs on Hopper GPUs only, and is checked there against the
 float64 reference and the Triton kernel (tests/kernels/test_flash_jvp_hopper.py). ``flash_jvp``
@@ -38,16 +41,49 @@ _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
 class HopperConfig(NamedTuple):
-    block_m: int  # 64 rows per warpgroup
-    block_n: int
-    stages: int
+    """A pipeline shape of the kernel (the sweep's candidates are ``CANDIDATES``)."""
+
+    block_m: int  # query rows per CTA, 64 per warpgroup: 64 or 128
+    block_n: int  # keys per block
+    stages: int  # key (and value) blocks in flight, 1 to 4
+    # rescale the accumulators of block j - 1 while the tensor cores compute block j's scores,
+    # rather than after block j - 1's value GEMMs (off the path on which the tensor cores wait)
+    early_rescale: bool = False
 
     @property
     def num_warps(self):
         return self.block_m // 16
 
+    def shared_memory_bytes(self, head_dim, kv_tangent, element_size=2):
+        """Q and dQ, and STAGES blocks of K, V (and of their tangents); the barriers aside."""
+        tiles = 4 if kv_tangent else 2
+        return (2 * self.block_m + tiles * self.stages * self.block_n) * head_dim * element_size
+
 
 DEFAULT_CONFIG = HopperConfig(128, 64, 2)
+# (keys and values carry a tangent, short keys) -> the pipeline shape flash_attention_jvp uses.
+# Short keys (flash_jvp.SHORT_KEYS: text keys in cross-attention) make few key blocks per program,
+# so that loading Q and storing the outputs weigh more than over 32k keys. The fastest correct
+# candidate of tools/sweep_attention.py for each kind of call belongs here (its table names them);
+# the figures are in docs/benchmarks.md.
+CONFIGS = {
+    (True, False): DEFAULT_CONFIG,  # self-attention
+    (False, False): DEFAULT_CONFIG,
+    (True, True): DEFAULT_CONFIG,
+    (False, True): DEFAULT_CONFIG,  # cross-attention to text
+}
+# The pipeline shapes the sweep times: the default; one warpgroup per CTA in shared memory that lets
+# two CTAs share an SM (96 KiB: 64 x 64 with one stage, or with two stages without key tangents;
+# 64 x 32 with two stages); more stages; and each with the early rescale.
+CANDIDATES = [c._replace(early_rescale=early) for early in (False, True) for c in (
+    DEFAULT_CONFIG, HopperConfig(128, 64, 1), HopperConfig(128, 32, 3), HopperConfig(128, 64, 3),
+    HopperConfig(64, 64, 1), HopperConfig(64, 64, 2), HopperConfig(64, 32, 2), HopperConfig(64, 64, 3))]
+_SHARED_MEMORY_BYTES = 227 * 1024
+
+
+def fits(config: HopperConfig, head_dim: int, kv_tangent: bool) -> bool:
+    """Whether the config's shared memory fits one H100/H200 CTA."""
+    return config.shared_memory_bytes(head_dim, kv_tangent) <= _SHARED_MEMORY_BYTES
 
 
 @gluon.jit
@@ -118,6 +154,12 @@ def _softmax(s, ds, m_i, l_i, r_i, start_n, seqlen_k, qk_scale, softmax_scale):
 
 
 @gluon.jit
+def _rescaled(acc, acc_t, alpha, rows_o: gl.constexpr):
+    alpha_o = gl.convert_layout(alpha, rows_o)[:, None]
+    return acc * alpha_o, acc_t * alpha_o
+
+
+@gluon.jit
 def _flash_jvp_hopper_kernel(
     Q, K, V, QT, KT, VT, Out, OutT, Lse, LseT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -126,7 +168,7 @@ def _flash_jvp_hopper_kernel(
     stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, softmax_scale, qk_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    KV_TANGENT: gl.constexpr,
+    KV_TANGENT: gl.constexpr, EARLY_RESCALE: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     NUM_WARPS: gl.constexpr = gl.num_warps()
@@ -203,6 +245,8 @@ def _flash_jvp_hopper_kernel(
         prev = (j - 1) % STAGES
         _wait_stage(k_ready, j, STAGES)
         s, ds = _issue_scores(q_smem, qt_smem, k_bufs.index(stage), kt_bufs.index(stage), zero, KV_TANGENT)
+        if EARLY_RESCALE:  # block j - 1's alpha (block 0's is 0, and so are the accumulators)
+            acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
         _wait_stage(v_ready, j - 1, STAGES)
         acc, acc_t = _issue_values(p, p_ds, v_bufs.index(prev), vt_bufs.index(prev), acc, acc_t, KV_TANGENT)
         s, ds = warpgroup_mma_wait(VALUE_GROUPS, deps=[s, ds])
@@ -213,12 +257,13 @@ def _flash_jvp_hopper_kernel(
         acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
         _cta_barrier()
         _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, j - 1 + STAGES, n_blocks, STAGES, KV_TANGENT)
-        alpha_o = gl.convert_layout(alpha, rows_o)[:, None]
-        acc = acc * alpha_o
-        acc_t = acc_t * alpha_o
+        if not EARLY_RESCALE:
+            acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
         p = gl.convert_layout(p_next.to(dtype), p_layout)
         p_ds = gl.convert_layout(p_ds_next.to(dtype), p_layout)
 
+    if EARLY_RESCALE:
+        acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
     last = (n_blocks - 1) % STAGES
     _wait_stage(v_ready, n_blocks - 1, STAGES)
     acc, acc_t = _issue_values(p, p_ds, v_bufs.index(last), vt_bufs.index(last), acc, acc_t, KV_TANGENT)
@@ -249,14 +294,18 @@ def _flash_jvp_hopper_kernel(
     gl.store(LseT + row_base + offs_m_s, r_i / l_i, mask=offs_m_s < seqlen_q)
 
 
-def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: HopperConfig = DEFAULT_CONFIG):
-    """Fills ``outputs`` = (out, out_t, lse, lse_t) as ``flash_jvp`` lays them out. Inputs
-    [B, H, S, D] as ``flash_attention_jvp`` checks them, on an sm_90 GPU, 16-bit, 16-byte aligned
-    with 16-byte aligned strides, no key mask; k_t = v_t = None for constant keys and values.
-    Needs Triton's global scratch allocator for device-side descriptors (set by flash_jvp)."""
+def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: HopperConfig):
+    """Fills ``outputs`` = (out, out_t, lse, lse_t) as ``flash_jvp`` lays them out, with one
+    pipeline shape. Inputs [B, H, S, D] as ``flash_attention_jvp`` checks them, on an sm_90 GPU,
+    16-bit, 16-byte aligned with 16-byte aligned strides, no key mask; k_t = v_t = None for
+    constant keys and values. Needs Triton's global scratch allocator for device-side descriptors
+    (set by flash_jvp)."""
     out, out_t, lse, lse_t = outputs
     batch, heads, seqlen_q, head_dim = q.shape
     kv_tangent = k_t is not None
+    if not fits(config, head_dim, kv_tangent):
+        raise ValueError(f"{config} needs {config.shared_memory_bytes(head_dim, kv_tangent) // 1024} KiB of shared "
+                         f"memory at head dim {head_dim}; a CTA has {_SHARED_MEMORY_BYTES // 1024} KiB")
     k_t, v_t = (k_t, v_t) if kv_tangent else (k, v)
     grid = (triton.cdiv(seqlen_q, config.block_m), batch * heads)
     with torch.cuda.device(q.device):
@@ -266,5 +315,5 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: Hopper
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3], *out.stride()[:3],
             heads, seqlen_q, k.shape[2], softmax_scale, softmax_scale * _LOG2_E,
             HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-            KV_TANGENT=kv_tangent, num_warps=config.num_warps)
+            KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale, num_warps=config.num_warps)
     return outputs

@@ -64,7 +64,7 @@ def hopper_build_report(config, head_dim=128, dtype="bf16", kv_tangent=True) -> 
     from .flash_jvp_hopper import _flash_jvp_hopper_kernel
 
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-                      KV_TANGENT=kv_tangent)
+                      KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale)
     kernel = _compile(GluonASTSource, _flash_jvp_hopper_kernel, constexprs, dtype, 90, config.num_warps, None)
     return _ptxas_report(kernel, config, 90)
 
@@ -121,7 +121,8 @@ def main():
     p.add_argument("--constant-kv", action="store_true",
                    help="the specialisation for keys and values without a tangent (k_t = v_t = None)")
     p.add_argument("--hopper-kernel", action="store_true",
-                   help="the Gluon kernel for Hopper (flash_jvp_hopper) at its pipeline shapes instead (sm_90a)")
+                   help="the Gluon kernel for Hopper (flash_jvp_hopper) at the candidate pipeline shapes that fit "
+                        "shared memory instead (sm_90a)")
     args = p.parse_args()
     if args.hopper_kernel:
         return _hopper_table(args)
@@ -137,16 +138,20 @@ def main():
 
 
 def _hopper_table(args):
-    from .flash_jvp_hopper import DEFAULT_CONFIG, HopperConfig
+    from .flash_jvp_hopper import CANDIDATES, CONFIGS, fits
 
     print(f"Gluon attention JVP kernel for sm_90a, head dim {args.head_dim}, {args.dtype}, "
           f"{'constant keys and values, ' if args.constant_kv else ''}Triton {triton.__version__}\n")
-    print("| BLOCK_M | BLOCK_N | stages | default | registers | spill bytes | shared memory KiB | ptxas warnings |")
-    print("|---|---|---|---|---|---|---|---|")
-    for config in (DEFAULT_CONFIG, HopperConfig(64, 64, 3), HopperConfig(128, 32, 3)):
+    print("| BLOCK_M | BLOCK_N | stages | early rescale | in CONFIGS | registers | spill bytes | shared memory KiB "
+          "| ptxas warnings |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for config in CANDIDATES:
+        if not fits(config, args.head_dim, not args.constant_kv):
+            continue
         r = hopper_build_report(config, args.head_dim, args.dtype, kv_tangent=not args.constant_kv)
-        print(f"| {config.block_m} | {config.block_n} | {config.stages} | {config == DEFAULT_CONFIG} | {r.registers} | "
-              f"{r.spill_bytes} | {r.shared_memory_bytes / 1024:.1f} | {'; '.join(r.warnings) or '-'} |")
+        print(f"| {config.block_m} | {config.block_n} | {config.stages} | {config.early_rescale} | "
+              f"{config in CONFIGS.values()} | {r.registers} | {r.spill_bytes} | {r.shared_memory_bytes / 1024:.1f} | "
+              f"{'; '.join(r.warnings) or '-'} |")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,13 @@ def test_hopper_kernel_compiles_for_sm90a_within_registers_and_shared_memory(var
     result = subprocess.run([sys.executable, "-m", "megatron_rcm.kernels.static_build", "--hopper-kernel", *variant],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    from megatron_rcm.kernels.flash_jvp_hopper import CANDIDATES, CONFIGS, fits
+
     rows = _rows(result.stdout)
-    assert len(rows) == 3 and [row[3] for row in rows].count("True") == 1, result.stdout
-    for block_m, block_n, stages, default, registers, spills, shared_kib, warnings in rows:
+    kv_tangent = "--constant-kv" not in variant
+    head_dim = int(variant[-1]) if "--head-dim" in variant else 128
+    assert len(rows) == sum(fits(c, head_dim, kv_tangent) for c in CANDIDATES) >= 12, result.stdout
+    in_configs = {c for c in CONFIGS.values() if fits(c, head_dim, kv_tangent)}
+    assert [row[4] for row in rows].count("True") == len(in_configs), result.stdout
+    for block_m, block_n, stages, early, in_configs, registers, spills, shared_kib, warnings in rows:
         assert int(registers) <= 255 and float(shared_kib) <= 227 and warnings == "-", result.stdout
