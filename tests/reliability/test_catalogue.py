@@ -156,7 +156,10 @@ def outcomes(bad_inputs, tmp_path_factory):
     return results
 
 
-def _check(outcomes, name, entry):
+@pytest.mark.parametrize("name,entry", [(name, entry) for name, entries in ENTRIES.items() for entry in entries],
+                         ids=lambda value: value if isinstance(value, str) else value.id)
+def test_tool_refuses(outcomes, name, entry):
+    """One line on stderr, naming the tool and what to change; a failing status; the tree untouched."""
     got = outcomes[name][entry.id]
     lines = [line for line in got["stderr"].splitlines() if line.strip()]
     detail = f"{name} {entry.id}: status {got['status']}, stderr:\n{got['stderr'][-3000:]}"
@@ -166,31 +169,6 @@ def _check(outcomes, name, entry):
     assert entry.expect.lower() in lines[0].lower(), detail
     assert "UNSAFE-UNPICKLE" not in got["stderr"]
     assert outcomes[name]["_tree_changes"] == [], outcomes[name]["_tree_changes"]
-
-
-@pytest.mark.parametrize("entry", CONVERT, ids=lambda e: e.id)
-def test_convert_checkpoint_refuses(outcomes, entry):
-    _check(outcomes, "convert_checkpoint", entry)
-
-
-@pytest.mark.parametrize("entry", PRETRAIN, ids=lambda e: e.id)
-def test_pretrain_rcm_refuses(outcomes, entry):
-    _check(outcomes, "pretrain_rcm", entry)
-
-
-@pytest.mark.parametrize("entry", GENERATE, ids=lambda e: e.id)
-def test_generate_refuses(outcomes, entry):
-    _check(outcomes, "generate", entry)
-
-
-@pytest.mark.parametrize("entry", PREPARE_DATA, ids=lambda e: e.id)
-def test_prepare_data_refuses(outcomes, entry):
-    _check(outcomes, "prepare_data", entry)
-
-
-@pytest.mark.parametrize("entry", PLAN, ids=lambda e: e.id)
-def test_plan_refuses(outcomes, entry):
-    _check(outcomes, "plan", entry)
 
 
 @pytest.fixture(scope="module")
