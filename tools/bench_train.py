@@ -16,13 +16,24 @@ utilisation against this card's measured bf16 matmul rate, and peak GPU memory.
 Model FLOPs count network passes in forward equivalents F of one Wan forward
 (``megatron_rcm.planning.timing``: ``wan_forward_flops``, ``FORWARD_EQUIVALENTS``). Recompute adds work
 that is not counted (MFU, not hardware utilisation).
+
+First-iteration time: the JSON line also holds the first student and first critic iteration's
+seconds (from the trainer's log) and the wall time from launching the trainer to its first logged
+iteration. ``--cache-dir DIR`` points the trainer's Triton and TorchInductor caches
+(``TRITON_CACHE_DIR``, ``TORCHINDUCTOR_CACHE_DIR``) into DIR; ``--fresh-cache`` empties DIR first:
+
+    python tools/bench_train.py --work /tmp/bench --cache-dir /tmp/cache --fresh-cache   # cold
+    python tools/bench_train.py --work /tmp/bench --cache-dir /tmp/cache                 # warm: a second run
 """
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT_LEN = 512
 
 
-def prepare(work, preset="wan2.1-t2v-1.3b", num_layers=None, latent=(21, 60, 104)):
+def prepare(work, preset="wan2.1-t2v-1.3b", num_layers=None, latent=(21, 60, 104), text_len=TEXT_LEN):
     """(teacher folder, shard folder, negative embedding) under ``work``, written once per model and
     video size."""
     from diffusers import WanTransformer3DModel
@@ -47,19 +58,60 @@ def prepare(work, preset="wan2.1-t2v-1.3b", num_layers=None, latent=(21, 60, 104
             model = WanTransformer3DModel.from_config(diffusers_config(config)).to(torch.bfloat16)
         model.save_pretrained(teacher)
         del model
-    text = (TEXT_LEN, config.text_dim)
+    text = (text_len, config.text_dim)
     data = work / ("data-" + "x".join(map(str, (config.in_channels, *latent, *text))))
     if not data.exists():
         write_synthetic_shards(data, num_samples=8, samples_per_shard=4, latent_shape=(config.in_channels, *latent),
                                text_shape=text, seed=1)
-    negative = work / f"negative-{config.text_dim}.pt"
+    negative = work / f"negative-{text_len}x{config.text_dim}.pt"
     if not negative.exists():
         torch.save(torch.randn(*text), negative)
     return teacher, data, negative
 
 
+def trainer_flags(teacher, data, negative, iters, log, tp=1, cp=1, sequence_parallel=False, cp_comm_type="a2a",
+                  recompute=True, config=None, extra=()):
+    """examples/pretrain_rcm.py's flags of a benchmark run: student every 2nd iteration, no warm-ups,
+    no saves; ``extra`` last, so that it overrides."""
+    config = config or ROOT / "examples" / "configs" / "wan1.3b_rcm.yaml"
+    return [
+        "--config", str(config), "--teacher", str(teacher), "--data-path", str(data),
+        "--negative-prompt-embedding", str(negative), "--train-iters", str(iters),
+        "--student-update-freq", "2", "--tangent-warmup", "0", "--lr-warmup-iters", "0", "--num-workers", "1",
+        "--save-interval", "0", "--tensor-model-parallel-size", str(tp), "--context-parallel-size", str(cp),
+        "--cp-comm-type", cp_comm_type, "--log-jsonl", str(log),
+        "--sequence-parallel" if sequence_parallel else "--no-sequence-parallel",
+        "--recompute-granularity", "full" if recompute else "none", *extra]
+
+
+def cache_environment(cache, fresh=False):
+    """The trainer's environment with its Triton and TorchInductor caches in ``cache`` (emptied first
+    if ``fresh``); the inherited environment if ``cache`` is None."""
+    env = dict(os.environ)
+    if cache is not None:
+        if fresh:
+            shutil.rmtree(cache, ignore_errors=True)
+        env.update(TRITON_CACHE_DIR=str(Path(cache) / "triton"), TORCHINDUCTOR_CACHE_DIR=str(Path(cache) / "inductor"))
+    return env
+
+
+def _launch(command, log, env):
+    """Run the trainer; returns (wall seconds to its first logged iteration, wall seconds in all)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    first = None
+    while process.poll() is None:
+        if first is None and log.exists() and log.stat().st_size:
+            first = time.perf_counter() - start
+        time.sleep(0.1)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return first, time.perf_counter() - start
+
+
 def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, width=832, nproc=1, tp=1, cp=1,
-        sequence_parallel=False, cp_comm_type="a2a", iters=10, recompute=True, config=None, extra=()):
+        sequence_parallel=False, cp_comm_type="a2a", iters=10, recompute=True, config=None, extra=(), cache=None,
+        fresh_cache=False):
     """Train ``iters`` iterations under torchrun; returns the JSON-ready result (rank 0's log)."""
     from megatron_rcm.models.wan import wan_config
     from megatron_rcm.planning import Workload
@@ -68,20 +120,13 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
 
     workload = Workload(preset, height, width, frames, num_layers=num_layers)
     teacher, data, negative = prepare(work, preset, num_layers, workload.latent_shape())
-    config = config or ROOT / "examples" / "configs" / "wan1.3b_rcm.yaml"
     log = work / f"log-{preset}-{num_layers}-{frames}-n{nproc}-tp{tp}-cp{cp}.jsonl"
     log.unlink(missing_ok=True)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(config),
-        "--teacher", str(teacher), "--data-path", str(data),
-        "--negative-prompt-embedding", str(negative), "--train-iters", str(iters),
-        "--student-update-freq", "2", "--tangent-warmup", "0", "--lr-warmup-iters", "0", "--num-workers", "1",
-        "--save-interval", "0", "--tensor-model-parallel-size", str(tp), "--context-parallel-size", str(cp),
-        "--cp-comm-type", cp_comm_type, "--log-jsonl", str(log),
-    ] + (["--sequence-parallel" if sequence_parallel else "--no-sequence-parallel"]) + (
-        ["--recompute-granularity", "full" if recompute else "none"]) + list(extra)
-    subprocess.run(command, check=True, cwd=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(ROOT / "examples" / "pretrain_rcm.py"),
+               *trainer_flags(teacher, data, negative, iters, log, tp, cp, sequence_parallel, cp_comm_type, recompute,
+                              config, extra)]
+    to_first, wall = _launch(command, log, cache_environment(cache, fresh_cache))
     records = [json.loads(line) for line in log.read_text().splitlines()]
 
     model = wan_config(preset, **({"num_layers": num_layers} if num_layers else {}))
@@ -93,9 +138,14 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
     result = {"preset": preset, "layers": model.num_layers, "frames": frames, "gpus": nproc, "tp": tp, "cp": cp,
               "dp": dp, "sequence_parallel": sequence_parallel, "recompute": recompute, "extra": list(extra),
               "device": torch.cuda.get_device_name() if cuda else "cpu", "tokens_per_sample": tokens,
-              "matmul_tflops_per_gpu": peak / nproc / 1e12 if cuda else None}
+              "matmul_tflops_per_gpu": peak / nproc / 1e12 if cuda else None,
+              "cache": None if cache is None else ("cold" if fresh_cache else "reused"),
+              "seconds_to_first_iteration": to_first, "wall_seconds": wall}
     for network, kind in (("student", "student"), ("fake_score", "critic")):
-        seconds = [r["seconds"] for r in records if r["network"] == network][1:]
+        seconds = [r["seconds"] for r in records if r["network"] == network]
+        if seconds:
+            result[f"first_{network}_seconds"] = seconds[0]
+        seconds = seconds[1:]
         if seconds:
             s = statistics.median(seconds)
             result[f"{network}_seconds"] = s
@@ -123,8 +173,13 @@ def main():
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the teacher, shards and negative embedding, then stop")
+    parser.add_argument("--cache-dir", type=Path, help="the trainer's Triton and TorchInductor caches (default: "
+                                                       "the environment's TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR)")
+    parser.add_argument("--fresh-cache", action="store_true", help="empty --cache-dir first (a cold start)")
     parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py")
     args = parser.parse_args()
+    if args.fresh_cache and args.cache_dir is None:
+        parser.error("--fresh-cache needs --cache-dir (the folder it empties)")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.prepare_only:
         from megatron_rcm.planning import Workload
@@ -134,7 +189,7 @@ def main():
         return
     print(json.dumps(run(args.work, args.preset, args.num_layers, args.frames, args.height, args.width, args.nproc,
                          args.tp, args.cp, args.sequence_parallel, args.cp_comm_type, args.iters,
-                         not args.no_recompute, args.config, args.extra)))
+                         not args.no_recompute, args.config, args.extra, args.cache_dir, args.fresh_cache)))
 
 
 if __name__ == "__main__":

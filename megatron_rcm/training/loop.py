@@ -6,6 +6,7 @@ import time
 import torch
 from megatron.core import parallel_state
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from ..data.latent_shards import LatentShardDataset
@@ -59,8 +60,26 @@ def _resume(config: TrainingConfig, networks):
     return Progress()
 
 
-def train(config: TrainingConfig):
-    """Run (or resume) training; returns the final Progress. ``config`` from ``arguments.load_config``."""
+def _train_step(networks, config: TrainingConfig, progress: Progress, iteration, batch, noise):
+    """The student's or the fake score's update of this iteration; returns (network, diagnostics, metrics)."""
+    if config.rcm.updates_student(iteration):
+        diagnostics, metrics = student_step(networks, config.rcm, batch, noise, iteration, progress.student_updates,
+                                            config.optimization.clip_grad)
+        progress.student_updates += 1
+        return "student", diagnostics, metrics
+    diagnostics, metrics = fake_score_step(networks, config.rcm, batch, noise, progress.critic_updates,
+                                           config.optimization.clip_grad)
+    progress.critic_updates += 1
+    return "fake_score", diagnostics, metrics
+
+
+def train(config: TrainingConfig, after_iteration=None):
+    """Run (or resume) training; returns the final Progress. ``config`` from ``arguments.load_config``.
+
+    ``after_iteration(progress)``, if given, is called after each iteration (``tools/profile_train.py``
+    steps its profiler there). Each iteration runs in the profiler range ``rcm/iteration`` (the time
+    its log's ``seconds`` counts), its batch and noise in ``rcm/data``; ``training.step`` names the rest.
+    """
     if config.deterministic_mode:
         enable_deterministic_mode()
     rcm, data, checkpoint = config.rcm, config.data, config.checkpoint
@@ -80,31 +99,28 @@ def train(config: TrainingConfig):
         try:
             while progress.iteration < config.train_iters:
                 start = time.perf_counter()
-                latent, embed = next(batches)
-                check_shapes(latent, embed, student_config.in_channels, student_config.text_dim, patch)
-                if nonfinite.skip(latent, embed):  # consumed, not trained on
+                with record_function("rcm/iteration"):
+                    with record_function("rcm/data"):
+                        latent, embed = next(batches)
+                        check_shapes(latent, embed, student_config.in_channels, student_config.text_dim, patch)
+                        skip = nonfinite.skip(latent, embed)
+                        if not skip:
+                            x0, text = latent.to(device, dtype), embed.to(device, dtype)
+                            iteration = progress.iteration
+                            noise = draw_noise(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm,
+                                               device, dtype)
+                    if skip:  # consumed, not trained on
+                        progress.consumed_samples += data.global_batch_size
+                        continue
+                    batch = (x0, text)
+                    network, diagnostics, metrics = _train_step(networks, config, progress, iteration, batch, noise)
+                    progress.iteration += 1
                     progress.consumed_samples += data.global_batch_size
-                    continue
-                x0, text = latent.to(device, dtype), embed.to(device, dtype)
-                iteration = progress.iteration
-                noise = draw_noise(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm, device, dtype)
-                if rcm.updates_student(iteration):
-                    diagnostics, metrics = student_step(networks, rcm, (x0, text), noise, iteration,
-                                                        progress.student_updates, config.optimization.clip_grad)
-                    progress.student_updates += 1
-                    network = "student"
-                else:
-                    diagnostics, metrics = fake_score_step(networks, rcm, (x0, text), noise, progress.critic_updates,
-                                                           config.optimization.clip_grad)
-                    progress.critic_updates += 1
-                    network = "fake_score"
-                progress.iteration += 1
-                progress.consumed_samples += data.global_batch_size
-                record = {"network": network, **reduce_diagnostics(diagnostics), **metrics,
-                          "data/skipped_nonfinite_batches": nonfinite.skipped}
-                seconds = time.perf_counter() - start
-                tokens = data.global_batch_size * math.prod(s // p for s, p in zip(x0.shape[2:], patch))
-                record.update(seconds=seconds, tokens_per_second=tokens / seconds, **memory_metrics())
+                    record = {"network": network, **reduce_diagnostics(diagnostics), **metrics,
+                              "data/skipped_nonfinite_batches": nonfinite.skipped}
+                    seconds = time.perf_counter() - start
+                    tokens = data.global_batch_size * math.prod(s // p for s, p in zip(x0.shape[2:], patch))
+                    record.update(seconds=seconds, tokens_per_second=tokens / seconds, **memory_metrics())
                 logger.log(progress.iteration, record, config.train_iters)
 
                 stop = preemption.should_stop()
@@ -113,6 +129,8 @@ def train(config: TrainingConfig):
                     saver.save(progress.iteration, sharded_state(networks, progress, recipe_of(config)))
                 if stop:
                     break
+                if after_iteration:
+                    after_iteration(progress)
             if saver and progress.iteration == config.train_iters:
                 export_ema(networks, progress.iteration, config)
         finally:

@@ -5,12 +5,18 @@ Both end in ``_update``: a collective finiteness check of the loss (a non-finite
 loss on any rank skips the step everywhere), the backward, megatron's ``finalize_model_grads``
 (data+context-parallel reduction, TP sum of sequence-parallel replicated weights), the
 optimizer step (skipped everywhere on a non-finite gradient) and the learning-rate schedule.
+
+Profiler ranges (``torch.profiler.record_function``, about 20 us each when no profiler runs, some
+15 an iteration) name the parts of an iteration for ``tools/profile_train.py``: every network
+call ``rcm/<network>/<jvp|grad|nograd>``, ``rcm/<network>/backward``, ``rcm/optimizer`` and
+``rcm/ema``. The backward's kernels run on autograd's thread, inside the time of its range.
 """
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
+from torch.profiler import record_function
 
 from ..losses.rcm import Denoisers, critic_loss, student_loss
 from ..parallel import current_device
@@ -23,10 +29,37 @@ def _all_ranks_ok(ok: bool) -> bool:
     return bool(flag.item())
 
 
+class ProfiledDenoiser:
+    """A denoiser whose network calls each run inside the profiler range ``rcm/<network>/<kind>``,
+    kind "jvp", "grad" (a forward autograd records) or "nograd"; the objective sees a denoiser."""
+
+    def __init__(self, denoiser, network):
+        self.denoiser, self.network = denoiser, network
+
+    def _range(self, kind=None):
+        return record_function(f"rcm/{self.network}/{kind or ('grad' if torch.is_grad_enabled() else 'nograd')}")
+
+    def predict(self, x_t, t, text):
+        with self._range():
+            return self.denoiser.predict(x_t, t, text)
+
+    def x0(self, x_t, t, text):
+        with self._range():
+            return self.denoiser.x0(x_t, t, text)
+
+    def predict_jvp(self, x_t, t, text, x_t_tangent, t_tangent):
+        with self._range("jvp"):
+            return self.denoiser.predict_jvp(x_t, t, text, x_t_tangent, t_tangent)
+
+    def __getattr__(self, name):  # the rest of the denoiser (timestep_scale, net) as it is
+        return getattr(self.denoiser, name)
+
+
 def _update(net, loss, clip_grad, prefix):
     """Backward + step of one Trainable; returns its metrics."""
-    net.ddp.zero_grad_buffer()
-    net.optimizer.zero_grad()
+    with record_function("rcm/optimizer"):
+        net.ddp.zero_grad_buffer()
+        net.optimizer.zero_grad()
     ok = _all_ranks_ok(bool(loss.requires_grad and torch.isfinite(loss)))
     metrics = {f"{prefix}/skipped_nonfinite_loss": int(not ok), f"{prefix}/skipped_nonfinite_grad": 0,
                f"{prefix}/lr": net.optimizer.param_groups[0]["lr"], f"{prefix}/grad_norm": float("nan")}
@@ -34,18 +67,22 @@ def _update(net, loss, clip_grad, prefix):
         return metrics
     # megatron's DDP divides by the data x context-parallel size, but the context-parallel ranks
     # hold partial sums of one loss's gradient: scale up by CP (as Megatron-LM's loss functions do)
-    (loss * parallel_state.get_context_parallel_world_size()).backward()
-    finalize_model_grads([net.ddp])
-    updated, grad_norm = optimizer_step(net.optimizer, clip_grad)
+    with record_function(f"rcm/{prefix}/backward"):
+        (loss * parallel_state.get_context_parallel_world_size()).backward()
+    with record_function("rcm/optimizer"):
+        finalize_model_grads([net.ddp])
+        updated, grad_norm = optimizer_step(net.optimizer, clip_grad)
+        if updated:
+            net.scheduler.step(increment=1)
     metrics[f"{prefix}/skipped_nonfinite_grad"] = int(not updated)
     metrics[f"{prefix}/grad_norm"] = grad_norm
-    if updated:
-        net.scheduler.step(increment=1)
     return metrics
 
 
 def _denoisers(networks):
-    return Denoisers(networks.teacher, networks.student.denoiser, networks.fake_score.denoiser)
+    return Denoisers(ProfiledDenoiser(networks.teacher, "teacher"),
+                     ProfiledDenoiser(networks.student.denoiser, "student"),
+                     ProfiledDenoiser(networks.fake_score.denoiser, "fake_score"))
 
 
 def student_step(networks, rcm, batch, noise, iteration, student_updates, clip_grad):
@@ -53,7 +90,8 @@ def student_step(networks, rcm, batch, noise, iteration, student_updates, clip_g
     loss, diagnostics = student_loss(_denoisers(networks), rcm, *batch, noise, iteration, student_updates)
     metrics = _update(networks.student, loss, clip_grad, "student")
     if not (metrics["student/skipped_nonfinite_loss"] or metrics["student/skipped_nonfinite_grad"]):
-        networks.ema.update(networks.student.module)
+        with record_function("rcm/ema"):
+            networks.ema.update(networks.student.module)
     return diagnostics, metrics
 
 

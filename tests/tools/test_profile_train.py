@@ -1,0 +1,75 @@
+"""tools/profile_train.py: the real trainer's iterations broken down by the training layer's
+profiler ranges (on CPU, tiny model), and the attribution rules on a hand-built CUDA trace."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import profile_train  # noqa: E402
+
+STUDENT_PHASES = {"teacher", "student_jvp", "student_train", "student_rollout", "fake_score", "optimizer", "ema",
+                  "data", "idle"}
+CRITIC_PHASES = {"student_rollout", "fake_score", "optimizer", "data", "idle"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile") / "profile.json"
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "tools/profile_train.py", "--smoke", "--json", str(out)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def test_one_student_and_one_critic_iteration_add_up_to_the_logged_time(smoke):
+    result, stdout = smoke
+    student, critic = result["iterations"]
+    assert (student["network"], critic["network"]) == ("student", "fake_score")
+    for it in (student, critic):
+        total = sum(p["ms"] for p in it["phases"].values())
+        assert abs(total - it["profiled_ms"]) <= 1e-6 * it["profiled_ms"]
+        # the profiled range is the span the trainer times and logs
+        assert abs(it["profiled_ms"] / 1000 - it["logged_seconds"]) <= 0.02 * it["logged_seconds"] + 0.005
+        assert 0 < it["busy_ms"] <= it["profiled_ms"]
+    for it, expected in ((student, STUDENT_PHASES), (critic, CRITIC_PHASES)):
+        present = {key for key, p in it["phases"].items() if p["ms"] > 0}
+        assert expected <= present, (it["network"], expected - present)
+    # a critic iteration calls neither the teacher nor the student with grad, and updates no EMA
+    assert not {"teacher", "student_jvp", "student_train", "ema"} & {
+        key for key, p in critic["phases"].items() if p["ms"] > 0}
+    assert "| **iteration** |" in stdout and "top 15 operators" in stdout
+
+
+def _event(cat, name, ts, dur, tid=1, correlation=None):
+    event = {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid, "pid": 1}
+    if correlation is not None:
+        event["args"] = {"correlation": correlation}
+    return event
+
+
+def test_backward_kernels_go_to_the_backward_range_and_nccl_to_communication():
+    """Kernels launched from autograd's thread (2) count in the main thread's backward range; an
+    NCCL kernel counts as communication; overlapping streams are subtracted once; gaps are idle."""
+    events = [_event("user_annotation", "rcm/iteration", 0, 100),
+              _event("user_annotation", "rcm/student/grad", 5, 20),
+              _event("user_annotation", "rcm/student/backward", 30, 60)]
+    launches = [(1, 10, 1, "gemm", 20, 10), (2, 35, 2, "gemm_backward", 40, 30),
+                (3, 36, 2, "ncclDevKernel_AllReduce", 60, 20), (4, 95, 1, "adam", 95, 10)]
+    for correlation, launch_ts, tid, name, start, dur in launches:
+        events.append(_event("cuda_runtime", "cudaLaunchKernel", launch_ts, 1, tid=tid, correlation=correlation))
+        events.append(_event("kernel", name, start, dur, tid=7, correlation=correlation))
+    (it,) = profile_train.breakdown(events, cuda=True)
+    phases = it["phases_us"]
+    assert phases["student_train"] == 10 + 30  # the forward's gemm and the backward's, from thread 2
+    assert phases["communication"] == 20
+    assert phases["other"] == 5  # launched outside any network range, cut at the iteration's end
+    assert phases["overlap"] == -10  # the NCCL kernel ran beside the backward gemm for 10 us
+    assert it["busy_us"] == 10 + 40 + 5 and phases["idle"] == 100 - 55
+    assert sum(phases.values()) == it["window_us"] == 100

@@ -1,0 +1,277 @@
+"""Where the time of one rCM iteration goes: the real trainer under torch.profiler (GPU; --smoke on CPU).
+
+    python tools/profile_train.py --work /tmp/bench                   # Wan 1.3B, 480p x 81, one GPU
+    python tools/profile_train.py --work /tmp/bench -- --recompute-method block --recompute-num-layers 19
+    python tools/profile_train.py --smoke                              # a tiny model on CPU: plumbing only
+
+Runs examples/pretrain_rcm.py's trainer (``training.loop.train``) in this process with
+tools/bench_train.py's setup (random-weight teacher, synthetic shards, student every 2nd iteration,
+bf16, full recompute; flags after ``--`` go to the trainer) for --iters iterations and profiles
+the last two, one student and one critic iteration, with torch.profiler.
+
+Each piece of device work (CUDA kernels and copies; on CPU, the outermost operators of each
+thread) is attributed to the innermost range of ``training.step`` / ``training.loop``
+(``rcm/<network>/<jvp|grad|nograd>``, ``rcm/<network>/backward``, ``rcm/optimizer``, ``rcm/ema``,
+``rcm/data``) around its launch on the launching thread; work launched from autograd's backward
+thread, which has no ranges, goes to the range any thread has open at that moment: the backward's.
+NCCL kernels count as communication wherever they are launched, and device time outside any work
+as idle. Shares are of the iteration's wall time (the range ``rcm/iteration``, what the trainer's
+log counts); where streams overlap, the overlap is subtracted once, so the rows add up to it.
+
+Prints a markdown table per profiled iteration, the top kernels by device time, the seconds the
+trainer logged for every iteration (the profiled ones run a little slower) and, on CUDA,
+torch.compile's counters and compile times; ``--json`` writes the same as one object.
+"""
+
+import argparse
+import bisect
+import collections
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# (key, row label, range-name prefixes); the first matching prefix of a range names its phase
+PHASES = (
+    ("teacher", "teacher forward with CFG", ("rcm/teacher/",)),
+    ("student_jvp", "student JVP (sCM tangent)", ("rcm/student/jvp",)),
+    ("student_train", "student forward + backward (sCM, DMD)", ("rcm/student/grad", "rcm/student/backward")),
+    ("student_rollout", "student rollout steps without grad (DMD, critic)", ("rcm/student/nograd",)),
+    ("fake_score", "fake-score passes (DMD direction, critic forward + backward)", ("rcm/fake_score/",)),
+    ("optimizer", "optimizer step (zero, finalize grads, AdamW)", ("rcm/optimizer",)),
+    ("ema", "EMA update", ("rcm/ema",)),
+    ("data", "data loading and noise", ("rcm/data",)),
+)
+EXTRA_ROWS = (("communication", "communication (NCCL)"), ("other", "other (loss arithmetic between the calls)"),
+              ("idle", "idle (device gaps)"), ("overlap", "overlapping streams (counted twice above)"))
+ITERATION = "rcm/iteration"
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+SMOKE = dict(preset="tiny-a", frames=5, height=32, width=32, text_len=8, iters=4,
+             config=ROOT / "examples" / "configs" / "tiny_cpu.yaml")
+
+
+def _phase(range_name):
+    for key, _, prefixes in PHASES:
+        if range_name.startswith(prefixes):
+            return key
+    return "other"
+
+
+def _communication(name):
+    return "nccl" in name.lower() or name.startswith(("c10d::", "gloo"))
+
+
+class Ranges:
+    """The trainer's ranges of one thread, innermost first at any moment (they nest)."""
+
+    def __init__(self, events):
+        self.events = sorted(events, key=lambda e: e["ts"])
+        self.starts = [e["ts"] for e in self.events]
+
+    def innermost(self, ts):
+        for e in reversed(self.events[:bisect.bisect_right(self.starts, ts)]):
+            if ts <= e["ts"] + e["dur"]:
+                return e["name"]
+        return None
+
+
+def _device_work(events, cuda):
+    """[(name, start, end, launching thread, launch time)] of the device's work, in µs."""
+    if cuda:
+        launches = {e["args"]["correlation"]: e for e in events
+                    if e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
+        work = []
+        for e in events:
+            if e.get("cat") in DEVICE_CATEGORIES:
+                launch = launches.get(e.get("args", {}).get("correlation"), {})
+                work.append((e["name"], e["ts"], e["ts"] + e["dur"], launch.get("tid"), launch.get("ts", e["ts"])))
+        return work
+    work, ends = [], {}
+    for e in sorted((e for e in events if e.get("cat") == "cpu_op"), key=lambda e: (e["ts"], -e["dur"])):
+        if e["ts"] >= ends.get(e["tid"], float("-inf")):  # outermost on its thread
+            ends[e["tid"]] = e["ts"] + e["dur"]
+            work.append((e["name"], e["ts"], e["ts"] + e["dur"], e["tid"], e["ts"]))
+    return work
+
+
+def _union(intervals):
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def breakdown(events, cuda):
+    """Per profiled iteration: its window, phase times (µs) and per-kernel times, from trace events."""
+    ranges = [e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith("rcm/")]
+    windows = sorted((e for e in ranges if e["name"] == ITERATION), key=lambda e: e["ts"])
+    by_thread = collections.defaultdict(list)
+    for e in ranges:
+        if e["name"] != ITERATION:
+            by_thread[e["tid"]].append(e)
+    threads = {tid: Ranges(evs) for tid, evs in by_thread.items()}
+    work = _device_work(events, cuda)
+    out = []
+    for window in windows:
+        begin, end = window["ts"], window["ts"] + window["dur"]
+        phases = collections.Counter({key: 0.0 for key, _, _ in PHASES})
+        kernels = collections.defaultdict(lambda: [0.0, 0, collections.Counter()])
+        clipped = []
+        for name, start, stop, tid, launch in work:
+            start, stop = max(start, begin), min(stop, end)
+            if stop <= start:
+                continue
+            label = threads[tid].innermost(launch) if tid in threads else None
+            if label is None:  # autograd's thread: the range another thread has open
+                candidates = [r.innermost(launch) for r in threads.values()]
+                label = next((c for c in candidates if c is not None), None)
+            phase = "communication" if _communication(name) else _phase(label or "")
+            phases[phase] += stop - start
+            kernel = kernels[name]
+            kernel[0] += stop - start
+            kernel[1] += 1
+            kernel[2][phase] += stop - start
+            clipped.append((start, stop))
+        busy = _union(clipped)
+        phases["idle"] = (end - begin) - busy
+        phases["overlap"] = -(sum(stop - start for start, stop in clipped) - busy)
+        out.append({"window_us": end - begin, "busy_us": busy, "phases_us": dict(phases), "kernels": kernels})
+    return out
+
+
+def profile_run(work, preset, frames, height, width, iters, text_len=bench_train.TEXT_LEN, num_layers=None,
+                config=None, extra=()):
+    """Train ``iters`` iterations in this process, profiling the last two; returns (trace events,
+    log records, whether CUDA ran, compile report)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from megatron_rcm.planning import Workload
+    from megatron_rcm.training.arguments import load_config
+    from megatron_rcm.training.loop import train
+
+    if iters < 4:
+        raise SystemExit("profile_train: --iters must be at least 4 (two warm iterations, then the two profiled)")
+    latent = Workload(preset, height, width, frames, num_layers=num_layers).latent_shape()
+    teacher, data, negative = bench_train.prepare(work, preset, num_layers, latent, text_len)
+    log = work / "profile-log.jsonl"
+    log.unlink(missing_ok=True)
+    config = load_config(bench_train.trainer_flags(teacher, data, negative, iters, log, config=config, extra=extra),
+                         world_size=1)
+    cuda = torch.cuda.is_available()
+    trace = work / "profile-trace.json"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, schedule=schedule(wait=iters - 3, warmup=1, active=2),
+                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as profiler:
+        train(config, after_iteration=lambda progress: profiler.step())
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return events, records, cuda, _compile_report()
+
+
+def _compile_report():
+    """torch.compile's counters (graphs, cache hits and misses, recompiles) and compile times."""
+    from torch._dynamo.utils import compile_times, counters
+
+    wanted = ("graph", "cache", "recompile", "frames", "calls")
+    summary = {group: {k: v for k, v in counts.items() if any(w in k for w in wanted)}
+               for group, counts in counters.items()}
+    return {"counters": {g: c for g, c in summary.items() if c}, "compile_times": compile_times(repr="str")}
+
+
+def _ms(us):
+    return us / 1000.0
+
+
+def report(events, records, cuda, top=15):
+    """The JSON-ready result: per profiled iteration its phases; the top kernels; the logged seconds."""
+    iterations = breakdown(events, cuda)
+    profiled = records[-len(iterations):]
+    result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "iterations": [],
+              "logged_seconds": [(r["network"], r["seconds"]) for r in records]}
+    totals = collections.defaultdict(lambda: [0.0, 0, collections.Counter()])
+    for record, it in zip(profiled, iterations):
+        window = it["window_us"]
+        result["iterations"].append({
+            "network": record["network"], "logged_seconds": record["seconds"], "profiled_ms": _ms(window),
+            "busy_ms": _ms(it["busy_us"]),
+            "phases": {key: {"ms": _ms(us), "share": us / window} for key, us in it["phases_us"].items()}})
+        for name, (us, calls, phases) in it["kernels"].items():
+            totals[name][0] += us
+            totals[name][1] += calls
+            totals[name][2].update(phases)
+    device_total = sum(us for us, _, _ in totals.values())
+    result["top_kernels"] = [{"name": name, "ms": _ms(us), "calls": calls, "share": us / device_total,
+                              "phase": phases.most_common(1)[0][0]}
+                             for name, (us, calls, phases) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]]
+    for network in ("student", "fake_score"):
+        unprofiled = [s for n, s in result["logged_seconds"][1:-len(iterations)] if n == network]
+        result[f"{network}_unprofiled_seconds"] = statistics.median(unprofiled) if unprofiled else None
+    return result
+
+
+def markdown(result):
+    labels = {key: label for key, label, _ in PHASES} | dict(EXTRA_ROWS)
+    lines = []
+    for it in result["iterations"]:
+        unprofiled = result[it["network"] + "_unprofiled_seconds"] or float("nan")
+        lines += [f"{it['network']} iteration: {it['profiled_ms']:.1f} ms profiled (the log: "
+                  f"{it['logged_seconds']:.3f} s; unprofiled median {unprofiled:.3f} s), "
+                  f"device busy {it['busy_ms']:.1f} ms", "", "| phase | ms | share |", "|---|---|---|"]
+        lines += [f"| {labels[key]} | {p['ms']:.1f} | {100 * p['share']:.1f}% |" for key, p in it["phases"].items()]
+        lines += [f"| **iteration** | {sum(p['ms'] for p in it['phases'].values()):.1f} | "
+                  f"{100 * sum(p['share'] for p in it['phases'].values()):.1f}% |", ""]
+    kind = "operator" if result["device"] == "cpu" else "kernel"
+    lines += [f"top {len(result['top_kernels'])} {kind}s by device time (both iterations)", "",
+              f"| {kind} | ms | calls | share | mostly in |", "|---|---|---|---|---|"]
+    lines += [f"| `{k['name'][:90]}` | {k['ms']:.1f} | {k['calls']} | {100 * k['share']:.1f}% | {labels[k['phase']]} |"
+              for k in result["top_kernels"]]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, help="teacher, shards, trace and log (default: a temporary folder)")
+    parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
+    parser.add_argument("--num-layers", type=int, default=None)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--iters", type=int, default=6, help="the last two are profiled")
+    parser.add_argument("--config", type=Path, default=None, help="trainer YAML (default: wan1.3b_rcm.yaml)")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model on CPU (TRITON_INTERPRET=1)")
+    parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py")
+    args = parser.parse_args()
+    setup = dict(preset=args.preset, num_layers=args.num_layers, frames=args.frames, height=args.height,
+                 width=args.width, iters=args.iters, config=args.config)
+    if args.smoke:
+        setup.update(SMOKE)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        events, records, cuda, compiled = profile_run(work, extra=args.extra, **setup)
+    result = report(events, records, cuda)
+    result["compile"] = compiled
+    print(markdown(result))
+    print("\nseconds per iteration (the trainer's log):",
+          ", ".join(f"{network} {seconds:.2f}" for network, seconds in result["logged_seconds"]))
+    print("torch.compile counters:", json.dumps(compiled["counters"]))
+    print(compiled["compile_times"])
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
