@@ -1,0 +1,43 @@
+"""tools/tune_flash_jvp.py's verdicts: which candidate configs count as correct, and which
+pipeline shape it proposes for each kind of call (its GPU run picks the defaults from these)."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import tune_flash_jvp as sweep  # noqa: E402
+
+
+def _row(kernel, numbers, ms, errors, current=False):
+    return dict(kernel=kernel, config=str(numbers), numbers=numbers, ms=ms, errors=errors, status="ok",
+                current=current)
+
+
+def test_judge_checks_out_and_out_t_against_the_limit_and_lse_against_the_current_config():
+    rows = [_row("hopper", [128, 64, 2, False], 1.0, [2e-3, 2.5e-3, 1e-7, 4e-4], current=True),
+            _row("hopper", [64, 64, 2, False], 0.9, [2e-3, 5.1e-3, 1e-7, 4e-4]),
+            _row("hopper", [64, 32, 2, False], 0.8, [2e-3, 2.5e-3, 1e-7, 6.1e-4 + 1e-6]),
+            _row("hopper", [64, 64, 1, True], 0.7, [2e-3, 4.9e-3, 1e-7, 5.9e-4])]
+    sweep._judge(rows, 5e-3)
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "wrong", "wrong", "ok"]
+    assert sweep.fastest(rows, "hopper")["numbers"] == [64, 64, 1, True]
+
+
+def test_the_proposed_config_is_correct_in_every_case_of_its_kind_and_least_slow_at_worst():
+    short = sweep.Case(1, 12, 32760, 512, 128, False)
+    odd = sweep.Case(2, 12, 20001, 226, 128, False)
+    long_keys = sweep.Case(1, 12, 32760, 32760, 128, True)
+    a, b, c = [128, 64, 2, False], [64, 64, 2, False], [64, 32, 2, True]
+    results = {
+        "cross": (short, [_row("hopper", a, 1.0, None), _row("hopper", b, 0.5, None), _row("hopper", c, 0.6, None),
+                          _row("sdpa forward", None, 0.1, None)]),
+        "odd": (odd, [_row("hopper", a, 1.0, None), _row("hopper", b, 0.4, None), _row("hopper", c, 0.3, None)]),
+        "self": (long_keys, [_row("hopper", a, 30.0, None), _row("hopper", b, 29.0, None)]),
+    }
+    results["self"][1][1]["status"] = "wrong: out/out_t error above 0.005"
+    picks = sweep.hopper_picks(results)
+    # b: worst 0.4 / 0.3 = 1.33 (odd); c: worst 0.6 / 0.5 = 1.2 (cross)
+    assert picks[(False, True)] == (tuple(c), 0.6 / 0.5)
+    # the faster b gave wrong numbers for self-attention
+    assert picks[(True, False)] == (tuple(a), 1.0)
+    assert set(picks) == {(False, True), (True, False)}
