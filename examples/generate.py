@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""Text to video with a distilled rCM student in 1-4 steps (or with a teacher, for comparison).
+"""Text to video or image with a distilled rCM student in 1-4 steps (or with a teacher, for comparison).
 
     python examples/generate.py --pipeline Wan2.1-T2V-1.3B-Diffusers --checkpoint runs/wan/ema_student \\
         --prompt "a red fox runs across a snowy field at dawn" --steps 4 --seed 0 --output videos
+    python examples/generate.py --pipeline Cosmos-Predict2-2B-Text2Image --checkpoint runs/cosmos/ema_student \\
+        --prompt "a lighthouse on a cliff at sunset" --steps 4 --output images
     torchrun --nproc-per-node 2 examples/generate.py ... --tensor-model-parallel-size 2   # or --context-parallel-size 2
 
---pipeline is a diffusers Wan2.1 folder (its vae/, text_encoder/ and tokenizer/ are used);
---checkpoint is anything ``megatron_rcm.load_model`` reads: a training save folder, its
-ema_student, a Megatron checkpoint or a diffusers transformer folder. Teacher mode:
---teacher-steps 50 --guidance-scale 5 [--negative-prompt TEXT].
+--pipeline is a diffusers WanPipeline (Wan2.1) or Cosmos2TextToImagePipeline (Cosmos-Predict2)
+folder: its vae/, text_encoder/ and tokenizer/ are used, and its kind sets the defaults of
+--height/--width/--num-frames/--guidance-scale/--negative-prompt. --checkpoint is anything
+``megatron_rcm.load_model`` reads (a training save folder, its ema_student, a Megatron
+checkpoint or a diffusers transformer folder) of the model family that pipeline samples with.
+Teacher mode: --teacher-steps 50 --guidance-scale 5 [--negative-prompt TEXT].
 
-Writes NAME.mp4 (16 fps), NAME.json (every setting, the seed) and with --save-latents NAME.pt
-(the final latents [1, C, T, h, w]) per prompt, into --output, which appears only when complete.
+Writes NAME.mp4 (16 fps; an image pipeline: NAME.png), NAME.json (every setting, the seed) and
+with --save-latents NAME.pt (the final latents [1, C, T, h, w]) per prompt, into --output, which
+appears only when complete.
 Prompt i (from 0) uses seed --seed + i; the noise order is documented in megatron_rcm.generation
 and docs/generation.md. The model is sharded over TP x CP ranks (all of them sample the same
 prompt with the same noise); data-parallel ranks take every DP-th prompt.
@@ -27,10 +32,11 @@ import torch.distributed as dist
 
 from megatron_rcm import cli
 from megatron_rcm.diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, flow_matching_schedule
-from megatron_rcm.encoders import PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae
+from megatron_rcm.encoders import (PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae,
+                                   pipeline_kind)
 from megatron_rcm.atomic_output import OutputExistsError, atomic_output_dir
 from megatron_rcm.generation import (FPS, GenerationError, SamplingConfig, VideoSize, draw_noise, sample,
-                                     video_frames, video_name, write_mp4)
+                                     video_frames, video_name, write_mp4, write_png)
 from megatron_rcm.parallel import ParallelConfig, ParallelSizeError, current_device, parallel_context
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -40,7 +46,8 @@ USER_ERRORS = (GenerationError, PipelineFolderError, OutputExistsError, Parallel
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("inputs and output")
-    g.add_argument("--pipeline", required=True, help="diffusers Wan2.1 folder with vae/, text_encoder/, tokenizer/")
+    g.add_argument("--pipeline", required=True, help="diffusers WanPipeline or Cosmos2TextToImagePipeline folder "
+                   "with vae/, text_encoder/, tokenizer/")
     g.add_argument("--checkpoint", required=True, help="the model: what megatron_rcm.load_model reads")
     g.add_argument("--megatron-prefix", help="a Megatron checkpoint recording several models: the one to sample")
     prompts = g.add_mutually_exclusive_group(required=True)
@@ -52,16 +59,18 @@ def parse_args(argv=None):
     g = parser.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=4, help="student steps, 1..4")
     g.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
-    g.add_argument("--height", type=int, default=480)
-    g.add_argument("--width", type=int, default=832)
-    g.add_argument("--num-frames", type=int, default=81)
+    g.add_argument("--height", type=int, help="pixels (default: the pipeline's, 480 for Wan2.1, 768 for Cosmos)")
+    g.add_argument("--width", type=int, help="pixels (default: the pipeline's, 832 for Wan2.1, 1360 for Cosmos)")
+    g.add_argument("--num-frames", type=int, help="frames (default: 81 for Wan2.1; an image pipeline takes 1 only)")
     g.add_argument("--sigma-max", type=float, help="student: first step at arctan(this) (default: what the "
                    f"checkpoint records, else {DEFAULT_SIGMA_MAX})")
     g.add_argument("--mid-times", type=float, nargs="+", help="student: TrigFlow times of the later steps "
                    f"(default: what the checkpoint records, else {' '.join(map(str, DEFAULT_MID_TIMES))})")
     g.add_argument("--teacher-steps", type=int, default=0, help="teacher mode: this many multi-step sampler steps")
-    g.add_argument("--guidance-scale", type=float, default=5.0, help="teacher mode: CFG scale")
-    g.add_argument("--negative-prompt", default="", help="teacher mode: the unconditional branch's prompt")
+    g.add_argument("--guidance-scale", type=float, help="teacher mode: CFG scale (default: the pipeline's, 5 for "
+                   "Wan2.1, 7 for Cosmos)")
+    g.add_argument("--negative-prompt", help="teacher mode: the unconditional branch's prompt (default: the "
+                   "pipeline's, \"\" for Wan2.1, its DEFAULT_NEGATIVE_PROMPT for Cosmos)")
     g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="teacher mode sampler")
     g.add_argument("--shift", type=float, default=3.0, help="teacher mode: RF time shift (Wan2.1: 3 at 480p)")
     g = parser.add_argument_group("runtime")
@@ -93,6 +102,20 @@ def recorded_settings(args):
         args.mid_times = list(recorded.get("mid_times", DEFAULT_MID_TIMES))
 
 
+def pipeline_defaults(args):
+    """The pipeline folder's kind; fills the size, guidance and negative-prompt flags left out with its defaults."""
+    kind = pipeline_kind(args.pipeline)
+    for flag in ("height", "width", "num_frames", "guidance_scale"):
+        if getattr(args, flag) is None:
+            setattr(args, flag, getattr(kind, flag))
+    if args.negative_prompt is None:
+        args.negative_prompt = kind.pipeline_negative_prompt
+    if kind.image and args.num_frames != 1:
+        raise GenerationError(f"--num-frames {args.num_frames}: a {kind.pipeline_class} folder makes images; "
+                              "pass --num-frames 1 or leave it out")
+    return kind
+
+
 def sampling_config(args) -> SamplingConfig:
     return SamplingConfig(steps=args.steps, sigma_max=args.sigma_max, mid_times=tuple(args.mid_times),
                           teacher_steps=args.teacher_steps, guidance_scale=args.guidance_scale,
@@ -113,14 +136,21 @@ def read_prompts(args) -> list:
     return prompts
 
 
-def load_transformer(args, dtype, device):
+def load_transformer(args, kind, dtype, device):
+    """The checkpoint's model; its family must be the one ``kind``'s pipeline samples with."""
     from megatron_rcm import load_model
+    from megatron_rcm.models import family_of_config
 
     try:
         model = load_model(args.checkpoint, model_prefix=args.megatron_prefix, params_dtype=dtype,
                            cp_comm_type=args.cp_comm_type, use_cpu_initialization=device.type == "cpu")
     except (ValueError, KeyError, OSError) as e:
-        raise GenerationError(f"--checkpoint {args.checkpoint} is not a Wan transformer checkpoint: {e}") from None
+        raise GenerationError(f"--checkpoint {args.checkpoint} is not a transformer checkpoint: {e}") from None
+    family = family_of_config(model.config)
+    if family.diffusers_class != kind.transformer_class:
+        raise GenerationError(f"--checkpoint {args.checkpoint} holds a {family.name} model ({family.diffusers_class}), "
+                              f"but --pipeline {args.pipeline} is a {kind.pipeline_class} folder for "
+                              f"{kind.transformer_class}: pass that family's pipeline folder")
     return model.to(device).eval()
 
 
@@ -135,11 +165,12 @@ def encode_prompts(args, prompts, dtype, device):
     return embeddings, negative
 
 
-def sidecar(args, config, size, prompt, index, latent_shape, layout):
+def sidecar(args, kind, config, size, prompt, index, latent_shape, layout):
     record = {"prompt": prompt, "index": index, "seed": args.seed + index, "checkpoint": args.checkpoint,
-              "megatron_prefix": args.megatron_prefix, "pipeline": args.pipeline, "height": size.height, "width": size.width, "num_frames": size.num_frames,
-              "fps": FPS, "latent_shape": list(latent_shape), "dtype": str(args.dtype), "vae_dtype": args.vae_dtype,
-              "vae_tiling": not args.no_vae_tiling, "layout": layout,
+              "megatron_prefix": args.megatron_prefix, "pipeline": args.pipeline, "pipeline_class": kind.pipeline_class,
+              "height": size.height, "width": size.width, "num_frames": size.num_frames,
+              **({} if kind.image else {"fps": FPS}), "latent_shape": list(latent_shape), "dtype": str(args.dtype),
+              "vae_dtype": args.vae_dtype, "vae_tiling": not args.no_vae_tiling, "layout": layout,
               "noise": "torch.Generator().manual_seed(seed): float32 draws of latent_shape, the initial noise "
                        "first, then one per student step after the first"}
     if config.teacher:
@@ -153,14 +184,18 @@ def sidecar(args, config, size, prompt, index, latent_shape, layout):
     return record
 
 
-def _write(folder, name, latents, vae, device, args, record):
+def _write(folder, name, latents, vae, device, args, kind, record):
     if args.save_latents:
         torch.save(latents.cpu(), folder / f"{name}.pt")
-    write_mp4(folder / f"{name}.mp4", video_frames(vae.decode(latents.to(device))))
+    frames = video_frames(vae.decode(latents.to(device)))
+    if kind.image:
+        write_png(folder / f"{name}.png", frames[0])
+    else:
+        write_mp4(folder / f"{name}.mp4", frames)
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
-def generate(args, folder):
+def generate(args, kind, folder):
     """Sample this data-parallel rank's prompts into ``folder`` (inside a parallel context)."""
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
@@ -172,7 +207,7 @@ def generate(args, folder):
     args.dtype = str(dtype).removeprefix("torch.")
     vae = load_vae(args.pipeline, dtype=DTYPES[args.vae_dtype], device="cpu", tiling=not args.no_vae_tiling)
     size.check(vae.spatial_stride, vae.temporal_stride)
-    model = load_transformer(args, dtype, device)
+    model = load_transformer(args, kind, dtype, device)
     size.check(vae.spatial_stride, vae.temporal_stride, model.config.patch_size)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
@@ -189,8 +224,8 @@ def generate(args, folder):
         latents = sample(model, config, draw_noise(shape, config.noise_draws, args.seed + i), text, negative,
                          tick=bar.update)
         if writer:
-            record = sidecar(args, config, size, prompts[i], i, shape, layout)
-            _write(folder, video_name(i, prompts[i]), latents, vae, device, args, record)
+            record = sidecar(args, kind, config, size, prompts[i], i, shape, layout)
+            _write(folder, video_name(i, prompts[i]), latents, vae, device, args, kind, record)
     bar.close()
     return len(prompts)
 
@@ -207,20 +242,21 @@ def run(args):
     if output.exists() and not args.force:
         raise OutputExistsError(f"--output {output} exists; choose another folder or pass --force")
     recorded_settings(args)
+    check_pipeline_folder(args.pipeline, ["vae", "text_encoder", "tokenizer"])
+    kind = pipeline_defaults(args)
     sampling_config(args)
     read_prompts(args)
-    check_pipeline_folder(args.pipeline, ["vae", "text_encoder", "tokenizer"])
     parallel = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
                               context_parallel_size=args.context_parallel_size)
     with parallel_context(parallel):
         if dist.get_rank() != 0:
-            count = generate(args, _shared_folder(None))
+            count = generate(args, kind, _shared_folder(None))
             dist.barrier()
             return count
         with atomic_output_dir(output, overwrite=args.force) as folder:
-            count = generate(args, _shared_folder(folder))
+            count = generate(args, kind, _shared_folder(folder))
             dist.barrier()
-        print(f"wrote {count} video(s) to {output}")
+        print(f"wrote {count} {'image' if kind.image else 'video'}(s) to {output}")
         return count
 
 

@@ -1,5 +1,5 @@
-"""Text to video with a Wan model: the rCM few-step sampler or the teacher's multi-step samplers,
-noise drawn in a documented order, frames written as mp4.
+"""Text to video or image with a model of any family: the rCM few-step sampler or the teacher's
+multi-step samplers, noise drawn in a documented order, frames written as mp4 (an image as PNG).
 
 Noise order (what makes a result reproducible, also by an exported diffusers pipeline): one
 ``torch.Generator().manual_seed(seed)`` on the CPU per video; float32 draws of the latent shape
@@ -18,7 +18,7 @@ from .diffusion import (DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, Classif
                         consistency_rollout, few_step_times, sample_rf_euler, sample_rf_unipc, sigma_to_trigflow)
 
 __all__ = ["FPS", "GenerationError", "SamplerNetwork", "SamplingConfig", "VideoSize", "draw_noise", "sample",
-           "video_frames", "video_name", "write_mp4"]
+           "video_frames", "video_name", "write_mp4", "write_png"]
 
 FPS = 16  # Wan2.1's frame rate
 TEACHER_SAMPLERS = {"unipc": sample_rf_unipc, "euler": sample_rf_euler}
@@ -122,20 +122,23 @@ def draw_noise(shape, count: int, seed: int) -> list:
 
 
 class SamplerNetwork:
-    """The model as the samplers call it: inputs in the model's dtype, the velocity back in the
-    sampler's, ``tick`` once per call (a progress bar)."""
+    """The model as the samplers call it: inputs on the model's device and in its dtype, the
+    velocity back on the sampler's device and in its dtype (a sampler may keep its seeded noise
+    on the CPU while the model runs on a GPU), ``tick`` once per call (a progress bar)."""
 
     def __init__(self, model, dtype, tick):
         self.model, self.dtype, self.tick = model, dtype, tick
+        self.device = next(model.parameters()).device
 
     @property
     def TIMESTEP_SCALE(self):  # noqa: N802 (the model family's, for the samplers)
         return self.model.TIMESTEP_SCALE
 
     def __call__(self, x, timestep, text):
-        velocity = self.model(x.to(self.dtype), timestep, text.to(self.dtype))
+        velocity = self.model(x.to(self.device, self.dtype), timestep.to(self.device),
+                              text.to(self.device, self.dtype))
         self.tick()
-        return velocity.to(x.dtype)
+        return velocity.to(x.device, x.dtype)
 
 
 @torch.no_grad()
@@ -162,9 +165,18 @@ def sample(model, config: SamplingConfig, noises, text, negative=None, tick: Cal
 
 
 def video_frames(pixels: torch.Tensor) -> np.ndarray:
-    """uint8 frames [F, H, W, 3] of one decoded video [1, 3, F, H, W] in [-1, 1]."""
-    frames = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """uint8 frames [F, H, W, 3] of one decoded video [1, 3, F, H, W] in [-1, 1], in diffusers'
+    postprocessing expressions (``VaeImageProcessor``: denormalize, then x 255, round), so that a
+    frame equals what the diffusers pipelines make of the same pixels."""
+    frames = ((pixels[0].float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def write_png(path, frame: np.ndarray):
+    """A PNG of one uint8 frame [H, W, 3] with Pillow."""
+    from PIL import Image
+
+    Image.fromarray(frame).save(path, format="PNG")
 
 
 def write_mp4(path, frames: np.ndarray, fps: int = FPS):

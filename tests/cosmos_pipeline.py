@@ -54,3 +54,21 @@ def build_tiny_cosmos_pipeline(folder, seed=0) -> Path:
 def tiny_cosmos_pipeline(seed=0) -> Path:
     """The tiny pipeline folder, built once per process into a temporary folder (read it, never write it)."""
     return cached_build(build_tiny_cosmos_pipeline, "tiny-cosmos-", seed)
+
+
+def load_pipeline(folder):
+    """``Cosmos2TextToImagePipeline.from_pretrained(folder)`` with the stand-in safety checker."""
+    from diffusers import Cosmos2TextToImagePipeline
+
+    return Cosmos2TextToImagePipeline.from_pretrained(folder, safety_checker=NoSafetyCheck())
+
+
+def pipeline_decode(pipe, latents):
+    """``Cosmos2TextToImagePipeline.__call__``'s decode of final ``latents``, line by line: pixels [B, 3, 1, H, W]."""
+    config = pipe.vae.config
+    with torch.no_grad():
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device,
+                                                                                            latents.dtype)
+        latents = latents / inv_std / pipe.scheduler.config.sigma_data + mean
+        return pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]

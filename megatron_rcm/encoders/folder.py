@@ -70,6 +70,7 @@ PIPELINE_KINDS = {k.pipeline_class: k for k in (
                  pipeline_negative_prompt=COSMOS_NEGATIVE_PROMPT, negative_prompt=COSMOS_NEGATIVE_PROMPT),
 )}
 _SUPPORTED = " or ".join(PIPELINE_KINDS)
+COMPONENTS = ("vae", "transformer", "text_encoder", "tokenizer", "scheduler")
 
 
 class PipelineFolderError(ValueError):
@@ -113,8 +114,8 @@ def pipeline_kind(path) -> PipelineKind:
         for kind in PIPELINE_KINDS.values():
             if kind.text_encoder_type == model_type:
                 return kind
-    raise PipelineFolderError(f"{path} has no model_index.json and no text_encoder/ whose kind is known: pass a "
-                              f"diffusers {_SUPPORTED} folder")
+    raise PipelineFolderError(f"{path} has no model_index.json (nor a text_encoder/ of a known kind): pass a "
+                              f"diffusers {_SUPPORTED} folder holding vae/, text_encoder/, tokenizer/")
 
 
 def check_pipeline_folder(path, components) -> Path:
@@ -122,6 +123,10 @@ def check_pipeline_folder(path, components) -> Path:
     ``tokenizer``, ``transformer``, ``scheduler``) with its config and weights, as its kind of
     pipeline has them; otherwise raises ``PipelineFolderError`` with one line naming what is missing."""
     path = Path(path)
+    if path.is_dir() and not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
+        for name in components:  # a folder of unknown kind: name what it lacks first
+            if name in COMPONENTS and not (path / name).is_dir():
+                raise PipelineFolderError(f"{path} has no {name}/ folder: pass a diffusers {_SUPPORTED} folder")
     kind = pipeline_kind(path)
     table = _components(kind)
     for name in components:

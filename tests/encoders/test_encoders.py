@@ -8,7 +8,7 @@ import torch
 
 from megatron_rcm.encoders import (PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae,
                                    pipeline_kind, vae_geometry)
-from tests.cosmos_pipeline import NoSafetyCheck, tiny_cosmos_pipeline
+from tests.cosmos_pipeline import load_pipeline, pipeline_decode, tiny_cosmos_pipeline
 from tests.wan_pipeline import tiny_wan_pipeline
 
 
@@ -157,12 +157,6 @@ def cosmos():
     return tiny_cosmos_pipeline()
 
 
-def _cosmos_pipeline(folder):
-    from diffusers import Cosmos2TextToImagePipeline
-
-    return Cosmos2TextToImagePipeline.from_pretrained(folder, safety_checker=NoSafetyCheck())
-
-
 def test_pipeline_kinds(folder, cosmos, tmp_path):
     from diffusers.pipelines.cosmos.pipeline_cosmos2_text2image import DEFAULT_NEGATIVE_PROMPT
 
@@ -171,7 +165,7 @@ def test_pipeline_kinds(folder, cosmos, tmp_path):
     assert (cos.pipeline_class, cos.image, cos.text_encoder_class) == ("Cosmos2TextToImagePipeline", True,
                                                                        "T5EncoderModel")
     assert cos.pipeline_negative_prompt == cos.negative_prompt == DEFAULT_NEGATIVE_PROMPT
-    pipe = _cosmos_pipeline(cosmos)  # the pipeline's own defaults
+    pipe = load_pipeline(cosmos)  # the pipeline's own defaults
     import inspect
 
     defaults = inspect.signature(pipe.__call__).parameters
@@ -198,7 +192,7 @@ def test_cosmos_text_encoder_matches_the_pipelines_encode_prompt(cosmos):
     assert not encoder.clean_prompts and type(encoder.text_encoder).__name__ == "T5EncoderModel"
     embeddings = encoder.encode(PROMPTS)
     with torch.no_grad():
-        expected, _ = _cosmos_pipeline(cosmos).encode_prompt(PROMPTS, do_classifier_free_guidance=False,
+        expected, _ = load_pipeline(cosmos).encode_prompt(PROMPTS, do_classifier_free_guidance=False,
                                                              max_sequence_length=512)
     assert embeddings.shape == (4, 512, 24)
     torch.testing.assert_close(embeddings, expected, rtol=0, atol=1e-6)
@@ -213,18 +207,17 @@ def test_cosmos_text_encoder_matches_the_pipelines_encode_prompt(cosmos):
 
 def test_cosmos_image_latents_decode_as_the_pipeline_decodes(cosmos):
     """One frame (an image) encodes to one latent frame; decoding it is the pipeline's own decode
-    expression (its sigma_data and float32 reciprocal of latents_std) and AutoencoderKLWan."""
+    (its sigma_data and float32 reciprocal of latents_std, then AutoencoderKLWan), bit for bit."""
     vae = load_vae(cosmos)
     assert vae_geometry(cosmos) == (4, 8, 4)
     image = _video(2, 1, 16, seed=8)
     latents = vae.encode(image)
     assert latents.shape == (2, 4, 1, 2, 2)
-    pipe = _cosmos_pipeline(cosmos)
+    pipe = load_pipeline(cosmos)
+    assert torch.equal(vae.decode(latents), pipeline_decode(pipe, latents))
     config = pipe.vae.config
-    with torch.no_grad():  # Cosmos2TextToImagePipeline.__call__'s decode, line by line
-        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1)
-        expected = pipe.vae.decode(latents / inv_std / pipe.scheduler.config.sigma_data + mean, return_dict=False)[0]
+    with torch.no_grad():
         mode = pipe.vae.encode(image).latent_dist.mode()
-    assert torch.equal(vae.decode(latents), expected)
+    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1)
     torch.testing.assert_close(latents, (mode - mean) * inv_std, rtol=0, atol=1e-6)

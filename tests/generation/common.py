@@ -34,6 +34,12 @@ def generate(*argv) -> int:
     return exit_status("examples/generate.py", *argv)
 
 
+def generate_one(pipeline, prompt, size, output, *extra):
+    """examples/generate.py with the pipeline's own transformer on one prompt, latents saved; it must succeed."""
+    assert generate("--pipeline", pipeline, "--checkpoint", Path(pipeline) / "transformer", "--prompt", prompt, *size,
+                    "--output", output, "--save-latents", *extra) == 0
+
+
 def embed(pipeline, prompts, dtype=torch.float32):
     from megatron_rcm.encoders import load_text_encoder
 

@@ -14,7 +14,7 @@ from megatron_rcm.atomic_output import new_dir_mode
 from megatron_rcm.parallel import parallel_context
 from tests.wan_pipeline import tiny_wan_pipeline
 
-from .common import LATENT_SHAPE, SIZE, embed, generate, saved_latents
+from .common import LATENT_SHAPE, SIZE, embed, generate, generate_one, saved_latents
 
 PROMPT = "a red fox runs across a snowy field at dawn"
 
@@ -25,8 +25,7 @@ def pipeline():
 
 
 def _run(pipeline, output, *extra):
-    assert generate("--pipeline", pipeline, "--checkpoint", pipeline / "transformer", "--prompt", PROMPT, *SIZE,
-                    "--output", output, "--save-latents", *extra) == 0
+    generate_one(pipeline, PROMPT, SIZE, output, *extra)
 
 
 def _reference(pipeline, sampler):
@@ -89,7 +88,7 @@ ERRORS = {
     "height off the VAE stride": (["--height", "36"], "--height 36 is not a positive multiple of 8"),
     "width off VAE x patch": (["--width", "24"], "--width 24 is not a positive multiple of 16 (VAE stride 8 x patch"),
     "frame count": (["--num-frames", "6"], "--num-frames 6 must be 1 + a multiple of the VAE's temporal stride 4"),
-    "not a transformer": (["--checkpoint", "{pipeline}/vae"], "is not a Wan transformer checkpoint"),
+    "not a transformer": (["--checkpoint", "{pipeline}/vae"], "is not a transformer checkpoint"),
     "missing checkpoint": (["--checkpoint", "{tmp}/nothing"], "does not exist"),
     "pipeline without tokenizer": (["--pipeline", "{no_tokenizer}"], "has no tokenizer/ folder"),
     "existing output": (["--output", "{tmp}"], "exists; choose another folder or pass --force"),
