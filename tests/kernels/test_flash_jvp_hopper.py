@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from megatron_rcm.kernels import flash_attention_jvp
-from megatron_rcm.kernels.flash_jvp import _empty_outputs, _install_descriptor_allocator, flash_jvp_hopper, launch, launch_config
+from megatron_rcm.kernels.flash_jvp import (_empty_outputs, _install_descriptor_allocator, flash_jvp_hopper,
+                                            hopper_config, launch, launch_config)
 
 from megatron_rcm.testing import relative_error
 from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
@@ -19,42 +20,69 @@ def _sbhd(inputs):
     return [t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in inputs]
 
 
-def _hopper(q, k, v, q_t, k_t, v_t, **config):
+def _hopper(q, k, v, q_t, k_t, v_t, config=None):
+    """The Gluon kernel at ``config``, by default the one flash_attention_jvp picks for the call."""
     _install_descriptor_allocator()
-    kernel_config = flash_jvp_hopper.HopperConfig(**config) if config else flash_jvp_hopper.DEFAULT_CONFIG
-    return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, q.shape[-1] ** -0.5, _empty_outputs(q, k), kernel_config)
+    config = config or hopper_config(k.shape[2], k_t is not None)
+    return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, q.shape[-1] ** -0.5, _empty_outputs(q, k), config)
+
+
+def _check_against_reference_and_triton(inputs, kv_tangent, tolerance, config=None):
+    """Each output within ``tolerance`` of the float64 reference and within 1.5x of the Triton
+    kernel's error (the same bf16/fp16 roundings in another order)."""
+    q, k, v, q_t, k_t, v_t = inputs
+    if not kv_tangent:
+        k_t, v_t = torch.zeros_like(k), torch.zeros_like(v)
+    want = reference_jvp([q, k, v, q_t, k_t, v_t])
+    got = _hopper(q, k, v, q_t, *((k_t, v_t) if kv_tangent else (None, None)), config=config)
+    triton_kernel = launch(q, k, v, q_t, k_t, v_t, q.shape[-1] ** -0.5, None, launch_config(64, 32, 4, 2))
+    for name, g, t, w in zip(("out", "out_t", "lse", "lse_t"), got, triton_kernel, want):
+        error, triton_error = relative_error(g, w), relative_error(t, w)
+        assert error <= tolerance, (name, error)
+        assert error <= 1.5 * triton_error + 1e-5, (name, error, triton_error)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 517), (64, 64), (1, 3), (129, 40), (70, 200)])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 517), (64, 64), (1, 3), (129, 40), (70, 200), (100, 1100)])
 @pytest.mark.parametrize("kv_tangent", [True, False])
 def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, head_dim, seqlen_q, seqlen_k, kv_tangent):
-    q, k, v, q_t, k_t, v_t = _sbhd(random_inputs(2, 3, seqlen_q, seqlen_k, head_dim, dtype, device="cuda"))
-    if not kv_tangent:
-        k_t, v_t = torch.zeros_like(k), torch.zeros_like(v)
-    want = reference_jvp([q, k, v, q_t, k_t, v_t])
-    got = _hopper(q, k, v, q_t, *((k_t, v_t) if kv_tangent else (None, None)))
-    triton_kernel = launch(q, k, v, q_t, k_t, v_t, head_dim ** -0.5, None, launch_config(64, 32, 4, 2))
-    for name, g, t, w in zip(("out", "out_t", "lse", "lse_t"), got, triton_kernel, want):
-        error, triton_error = relative_error(g, w), relative_error(t, w)
-        assert error <= tolerance, name
-        # the same bf16/fp16 roundings in another order: within 1.5x of the Triton kernel's error
-        assert error <= 1.5 * triton_error + 1e-5, (name, error, triton_error)
+    """At the pipeline shape flash_attention_jvp picks (short keys up to 1024, long beyond)."""
+    inputs = _sbhd(random_inputs(2, 3, seqlen_q, seqlen_k, head_dim, dtype, device="cuda"))
+    _check_against_reference_and_triton(inputs, kv_tangent, tolerance)
 
 
-@pytest.mark.parametrize("block_m,block_n,stages", [(64, 64, 3), (64, 32, 3), (128, 32, 3), (128, 32, 4)])
-def test_other_pipeline_shapes(block_m, block_n, stages):
-    inputs = _sbhd(random_inputs(1, 2, 300, 333, 128, torch.bfloat16, device="cuda"))
-    for got, want in zip(_hopper(*inputs, block_m=block_m, block_n=block_n, stages=stages), reference_jvp(inputs)):
-        assert relative_error(got, want) <= 2e-2
+def _fitting_candidates(kv_tangent):
+    return [c for c in flash_jvp_hopper.CANDIDATES if flash_jvp_hopper.fits(c, 128, kv_tangent)]
 
 
-def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask():
-    inputs = _sbhd(random_inputs(2, 2, 150, 190, 128, torch.bfloat16, device="cuda"))
+@pytest.mark.parametrize("config", _fitting_candidates(True), ids=str)
+def test_every_candidate_with_key_tangents_over_ragged_short_keys(config):
+    """The sweep's candidates: 226 keys (a partial last key block, as the odd cross shape has) and
+    333 queries (a partial last query block), keys and values with tangents."""
+    inputs = _sbhd(random_inputs(2, 2, 333, 226, 128, torch.bfloat16, device="cuda"))
+    _check_against_reference_and_triton(inputs, True, 2e-2, config)
+
+
+@pytest.mark.parametrize("seqlen_k", [226, 512])
+@pytest.mark.parametrize("config", _fitting_candidates(False), ids=str)
+def test_every_candidate_with_constant_keys(config, seqlen_k):
+    """Cross-attention's case (text keys and values without tangents): 226 keys (a partial last
+    block) and 512 (the Wan text length: whole key blocks only)."""
+    inputs = _sbhd(random_inputs(1, 2, 333, seqlen_k, 128, torch.bfloat16, device="cuda"))
+    _check_against_reference_and_triton(inputs, False, 2e-2, config)
+
+
+@pytest.mark.parametrize("seqlen_k", [190, 1100])
+def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask(seqlen_k):
+    """At CONFIGS' pipeline shape for the call: short or long keys, with and without key tangents."""
+    inputs = _sbhd(random_inputs(2, 2, 150, seqlen_k, 128, torch.bfloat16, device="cuda"))
     for got, want in zip(flash_attention_jvp(*inputs), _hopper(*inputs)):
         assert torch.equal(got, want)
-    mask = torch.rand(2, 190, device="cuda") > 0.3
+    q, k, v, q_t = inputs[:4]
+    for got, want in zip(flash_attention_jvp(q, k, v, q_t), _hopper(q, k, v, q_t, None, None)):
+        assert torch.equal(got, want)
+    mask = torch.rand(2, seqlen_k, device="cuda") > 0.3
     masked = flash_attention_jvp(*inputs, key_padding_mask=mask)
     for got, want in zip(masked, reference_jvp(inputs, key_padding_mask=mask)):
         assert relative_error(got, want) <= 2e-2

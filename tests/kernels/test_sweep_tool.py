@@ -3,6 +3,15 @@ pipeline shape it proposes for each kind of call (its GPU run picks the defaults
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from megatron_rcm.kernels import AttentionJVPOutput
+from megatron_rcm.kernels.flash_jvp import launch
+from megatron_rcm.testing import relative_error
+
+from .helpers import random_inputs, reference_jvp
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import tune_flash_jvp as sweep  # noqa: E402
@@ -41,3 +50,28 @@ def test_the_proposed_config_is_correct_in_every_case_of_its_kind_and_least_slow
     # the faster b gave wrong numbers for self-attention
     assert picks[(True, False)] == (tuple(a), 1.0)
     assert set(picks) == {(False, True), (True, False)}
+
+
+def _distinct_under_the_interpreter(configs):
+    """The interpreter ignores warps and stages: one config per (BLOCK_M, BLOCK_N, descriptors)."""
+    seen = {}
+    for c in configs:
+        seen.setdefault((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["USE_TMA"]), c)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("config", _distinct_under_the_interpreter(sweep._triton_candidates(None, smoke=False)),
+                         ids=sweep._triton_name)
+def test_each_triton_candidate_matches_the_reference_in_float64(config):
+    """Over 226 keys (a partial last block for every BLOCK_N), with and without a key mask, with
+    and without key tangents (the GPU sweep checks them in bf16 at the real shapes)."""
+    inputs = random_inputs(2, 2, 150, 226, 32, torch.float64)
+    mask = torch.rand(2, 226, generator=torch.Generator().manual_seed(3)) > 0.3
+    q, k, v, q_t, k_t, v_t = inputs
+    zeros = [torch.zeros_like(k), torch.zeros_like(v)]
+    for key_mask in (None, mask):
+        for kv, kv_for_reference in (((k_t, v_t), (k_t, v_t)), ((None, None), zeros)):
+            got = launch(q, k, v, q_t, *kv, 0.3, key_mask, config)
+            want = reference_jvp([q, k, v, q_t, *kv_for_reference], 0.3, key_mask)
+            for name, actual, expected in zip(AttentionJVPOutput._fields, got, want):
+                assert relative_error(actual, expected) <= 1e-12, (name, key_mask is not None, kv[0] is not None)

@@ -1,0 +1,48 @@
+"""Which pipeline shape of the Hopper kernel serves which call, and which Triton tuning class a
+call falls in (no GPU needed: the choice is made in Python before any launch)."""
+import pytest
+import torch
+
+from megatron_rcm.kernels import flash_jvp
+from megatron_rcm.kernels.flash_jvp import SHORT_KEYS, _size_class, flash_jvp_hopper, hopper_config
+
+pytestmark = pytest.mark.skipif(flash_jvp_hopper is None, reason="needs Triton with Gluon")
+
+
+def test_every_kind_of_call_has_a_candidate_config_that_fits_it():
+    assert set(flash_jvp_hopper.CONFIGS) == {(True, False), (False, False), (True, True), (False, True)}
+    for (kv_tangent, _), config in flash_jvp_hopper.CONFIGS.items():
+        assert config in flash_jvp_hopper.CANDIDATES
+        assert flash_jvp_hopper.fits(config, 128, kv_tangent) and flash_jvp_hopper.fits(config, 64, kv_tangent)
+
+
+def test_calls_with_up_to_short_keys_take_the_short_keys_config(monkeypatch):
+    configs = {kind: flash_jvp_hopper.HopperConfig(64, 16 * i, 1) for i, kind in enumerate(flash_jvp_hopper.CONFIGS)}
+    monkeypatch.setattr(flash_jvp_hopper, "CONFIGS", configs)
+    for seqlen_k, short in ((226, True), (SHORT_KEYS, True), (SHORT_KEYS + 1, False), (32760, False)):
+        for kv_tangent in (True, False):
+            assert hopper_config(seqlen_k, kv_tangent) is configs[(kv_tangent, short)]
+
+
+def test_shared_memory_of_a_config_counts_key_tangent_tiles_only_when_there_are_tangents():
+    config = flash_jvp_hopper.HopperConfig(64, 64, 2)
+    assert config.shared_memory_bytes(128, kv_tangent=False) == 96 * 1024  # two such CTAs share an SM
+    assert config.shared_memory_bytes(128, kv_tangent=True) == 160 * 1024
+    assert not flash_jvp_hopper.fits(flash_jvp_hopper.HopperConfig(128, 64, 3), 128, kv_tangent=True)
+    assert flash_jvp_hopper.fits(flash_jvp_hopper.HopperConfig(128, 64, 3), 128, kv_tangent=False)
+
+
+def test_a_config_beyond_shared_memory_is_refused_before_launch():
+    q = torch.zeros(1, 1, 64, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="KiB of shared memory"):
+        flash_jvp_hopper.launch(q, q, q, q, q, q, 0.1, flash_jvp._empty_outputs(q, q),
+                                flash_jvp_hopper.HopperConfig(128, 64, 3))
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k,size_class", [
+    (64, 64, 0), (1000, 1000, 0), (32760, 32760, 1), (8190, 8190, 1), (32760, 512, 2), (20001, 226, 2),
+    (4096, SHORT_KEYS, 2), (4096, SHORT_KEYS + 1, 1), (100, 226, 0)])
+def test_triton_tuning_classes_keep_short_keys_apart_from_long_ones(seqlen_q, seqlen_k, size_class):
+    """Cross-attention to text (few key blocks per program) is tuned on its own, not given the
+    config that self-attention at 32k tokens picked."""
+    assert _size_class(seqlen_q, seqlen_k) == size_class
