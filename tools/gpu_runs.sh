@@ -19,12 +19,15 @@
 #   bash tools/gpu_runs.sh plan    # tools/validate_plan.py on GPU 0: planner vs measured training runs
 #                                  # (PLAN_CASES=a,b picks cases; PLAN_CALIBRATE=0 skips the calibrations)
 #   bash tools/gpu_runs.sh offload # pytest -m gpu tests/training/test_offload_gpu.py on GPU 0: offloads change no number
+#   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
+#                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
+#                                  # and a critic iteration; bench_train.py with the planner's block recompute
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|profile) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|profile" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -158,6 +161,43 @@ offload)
   CUDA_VISIBLE_DEVICES=0 timeout 400 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short \
     tests/training/test_offload_gpu.py --basetemp /tmp/pt_offload > "$OUT/tests_offload.log" 2>&1
   tail -3 "$OUT/tests_offload.log"
+  ;;
+profile)
+  # one after the other on GPU 0 (timings beside other work are lower); the caches of the cold run
+  # are what the warm run and the profile reuse. TRITON_PRINT_AUTOTUNING logs each autotuning's time
+  export CUDA_VISIBLE_DEVICES=0 TRITON_PRINT_AUTOTUNING=1
+  W=/tmp/bench C=/tmp/first_cache
+  B="python3 tools/bench_train.py --work $W --iters 4"
+  python3 tools/bench_train.py --prepare-only --work $W > "$OUT/profile_prepare.log" 2>&1
+  timeout 170 $B --cache-dir $C --fresh-cache > "$OUT/first_cold.log" 2>&1
+  timeout 100 $B --cache-dir $C > "$OUT/first_warm.log" 2>&1
+  TRITON_CACHE_DIR=$C/triton TORCHINDUCTOR_CACHE_DIR=$C/inductor timeout 150 python3 tools/profile_train.py \
+    --work $W --iters 4 --json "$OUT/profile.json" > "$OUT/profile.log" 2>&1
+  # the planner's fastest layout for this card's memory: block recompute of the fewest blocks that fit
+  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
+  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --json > "$OUT/profile_plan.json"
+  flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
+    "$OUT/profile_plan.json")
+  timeout 100 $B --cache-dir $C -- $flags > "$OUT/train_block.log" 2>&1
+  grep -B2 -A40 "^student iteration" "$OUT/profile.log" || tail -20 "$OUT/profile.log"
+  grep "torch.compile counters" "$OUT/profile.log"
+  python3 - "$OUT" <<'EOF'
+import json, sys
+out = sys.argv[1]
+def last_json(name):
+    try:
+        return json.loads(open(f"{out}/{name}").read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return {}
+keys = ("first_student_seconds", "first_fake_score_seconds", "seconds_to_first_iteration", "student_seconds",
+        "fake_score_seconds", "student_mfu", "fake_score_mfu", "peak_memory_gib")
+for name in ("first_cold.log", "first_warm.log", "train_block.log"):
+    r = last_json(name)
+    print(f"== {name}:", {k: round(r[k], 3) for k in keys if r.get(k) is not None} or "no result (see the log)")
+best = json.load(open(f"{out}/profile_plan.json"))["layouts"][0]
+print("planner:", " ".join(best["flags"]), {k: best[k] for k in ("peak_memory_gib", "student_seconds", "critic_seconds")})
+EOF
+  grep -h "autotuning.*finished after" "$OUT/first_cold.log" | sed 's/; best config.*//' | sort | uniq -c | head -8
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do
