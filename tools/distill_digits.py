@@ -6,8 +6,8 @@ for several training seeds, and tabulate the students' 1-, 2- and 4-step quality
 Every method gets the same number of student updates (``--student-updates``) at the same batch,
 learning rate and EMA; rCM and DMD-only also train the fake score in between (one critic update
 per student update, ``--student-update-freq 2``), sCM-only has no critic. Each run is
-``examples/pretrain_rcm.py`` in one CPU process (the Triton JVP kernel in the interpreter),
-followed by ``tools/eval_digits.py`` on its EMA export with sampling seed S for training seed S
+``examples/pretrain_rcm.py`` in one process, on the GPU if there is one (``--jobs`` runs share
+it), else on the CPU with the Triton JVP kernel in the interpreter, followed by ``tools/eval_digits.py`` on its EMA export with sampling seed S for training seed S
 (``--seed 1000+S`` of the trainer), so a cell's spread covers both. Finished runs (``WORK/METHOD-seedS/eval.json``) are not redone.
 Prints the markdown table and writes ``WORK/table.md`` and ``WORK/results.json``; ``--gif``
 also writes the teacher (50 Euler steps, CFG 2.5) above each method's first-seed student at
@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,31 +52,62 @@ def weight_flags(method):
     return [flag for name, value in METHODS[method].items() for flag in (f"--{name.replace('_', '-')}", str(value))]
 
 
-def run_one(method, seed, args, data):
-    run = Path(args.work) / f"{method}-seed{seed}"
+def _flag_value(flags, name, default):
+    return type(default)(flags[flags.index(name) + 1]) if name in flags else default
+
+
+def run_env(threads):
+    """Child environment: the Triton interpreter only without a GPU (tiny runs share one GPU)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
+def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, split="test", timeout=None):
+    """Distil ``args.teacher`` with ``method`` (training seed 1000 + ``seed``, trainer ``extra`` flags
+    after the method's), then evaluate its EMA export at 1, 2 and 4 steps with ``sample_seeds``
+    (default ``[seed]``) against ``split``. Writes WORK/NAME/{train,eval}.log, train.jsonl, eval.json
+    (kept: a finished run is not redone); returns the eval.json path. ``timeout``: seconds for the
+    whole run (subprocess.TimeoutExpired when it is spent)."""
+    name = name or f"{method}-seed{seed}"
+    run = Path(args.work) / name
     result = run / "eval.json"
     if result.exists():
         return result
     run.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
-    iters = iterations_for(method, args.student_updates, args.tangent_warmup, args.student_update_freq)
+    deadline = None if timeout is None else time.time() + timeout
+    env = run_env(args.threads)
+    extra = list(extra)
+    freq = _flag_value(extra, "--student-update-freq", args.student_update_freq)
+    iters = iterations_for(method, args.student_updates, args.tangent_warmup, freq)
     train = [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
-             "--teacher", str(TEACHER), "--data-path", str(data),
+             "--teacher", str(args.teacher), "--data-path", str(data),
              "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--seed", str(1000 + seed),
              "--train-iters", str(iters), "--micro-batch-size", str(args.micro_batch_size),
              "--global-batch-size", str(args.micro_batch_size), "--lr", str(args.lr),
              "--fake-score-lr", str(args.lr), "--tangent-warmup", str(args.tangent_warmup),
              "--student-update-freq", str(args.student_update_freq), "--save", str(run / "ckpt"),
              "--save-interval", str(iters), "--log-interval", "25", "--log-jsonl", str(run / "train.jsonl"),
-             *weight_flags(method)]
+             *weight_flags(method), *extra]  # later flags win: extra overrides the defaults above
+    start = time.time()
     with open(run / "train.log", "w") as log:
-        subprocess.run(train, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(train, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       timeout=None if deadline is None else max(1.0, deadline - time.time()))
+    trained = time.time()
     export = sorted((run / "ckpt" / "ema_student").glob("iter_*"))[-1]
     evaluate = [sys.executable, str(ROOT / "tools" / "eval_digits.py"), "--model", str(export),
-                "--name", NAMES[method], "--sampler", "few-step", "--steps", "1", "2", "4",
-                "--seeds", str(seed), "--threads", str(args.threads), "--json", str(result)]
+                "--name", NAMES[method] if name == f"{method}-seed{seed}" else name,
+                "--sampler", "few-step", "--steps", "1", "2", "4", "--split", split,
+                "--seeds", *map(str, [seed] if sample_seeds is None else sample_seeds), "--threads", str(args.threads),
+                "--json", str(run / "eval.partial.json")]
     with open(run / "eval.log", "w") as log:
-        subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       timeout=None if deadline is None else max(1.0, deadline - time.time()))
+    report = json.loads((run / "eval.partial.json").read_text())
+    report["timing"] = {"iterations": iters, "train_s": round(trained - start, 1),
+                        "eval_s": round(time.time() - trained, 1)}
+    result.write_text(json.dumps(report, indent=1))
     return result
 
 
@@ -88,7 +120,7 @@ def comparison_gif(path, args):
     directions = digits % 8
     seed = args.seeds[0]
     with parallel_context(ParallelConfig()):
-        teacher = load_model(str(TEACHER)).eval()
+        teacher = load_model(str(args.teacher)).eval()
         videos = {"teacher": generate(teacher, "euler", digits, directions, seed, 50, cfg=2.5)}
         for method in args.methods:
             export = sorted((Path(args.work) / f"{method}-seed{seed}" / "ckpt" / "ema_student").glob("iter_*"))[-1]
@@ -113,6 +145,7 @@ def merge(results):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "runs" / "digits"))
+    p.add_argument("--teacher", default=str(TEACHER), help="the teacher's diffusers folder")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--student-updates", type=int, default=400)
@@ -121,7 +154,7 @@ def main():
     p.add_argument("--tangent-warmup", type=int, default=40)
     p.add_argument("--student-update-freq", type=int, default=2)
     p.add_argument("--train-videos", type=int, default=8192)
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (they share the GPU if there is one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--gif", help="also write the side-by-side GIF here")
     args = p.parse_args()

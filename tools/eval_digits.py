@@ -8,9 +8,11 @@
     # the metrics on real and corrupted videos (their floor and ceiling)
     .venv/bin/python tools/eval_digits.py --baselines
 
-Each seed generates ``--per-prompt`` videos for each of the 80 test prompts ("a D moving DIR"),
+Each seed generates ``--per-prompt`` videos for each of the 80 prompts ("a D moving DIR"),
 from noise drawn with that seed. Accuracy: the classifier's digit/direction against the prompt.
-FD: against ``--reference`` real test-split videos (source images never used for training).
+FD: against ``--reference`` real videos of ``--split`` (source images never used for training:
+"val" while choosing hyperparameters, "test" for a reported table). The generator runs on the
+GPU when there is one; the noise is drawn on the CPU, so both give the same videos up to rounding.
 Diversity: mean pairwise feature distance between the videos of one prompt. Rows print as
 mean ± std over seeds [min, max]; ``--json`` also writes every per-seed number.
 """
@@ -22,10 +24,10 @@ import time
 import torch
 
 from megatron_rcm.data.moving_digits import make_videos, prompt_grid
-from megatron_rcm.evaluation.digits import SAMPLERS, classify, generate, load_classifier, video_metrics
+from megatron_rcm.evaluation.digits import (SAMPLERS, classify, generate, load_classifier, reference_videos,
+                                            video_metrics)
 
 METRICS = ("digit_acc", "direction_acc", "joint_acc", "fd", "diversity")
-_REFERENCE_SEED = 20_000_000  # real reference videos: far from the training and sampling seeds
 
 
 def _cell(values):
@@ -47,13 +49,14 @@ def _collect(name, seeds, per_seed):
     return {"name": name, "seeds": list(seeds), **{m: [r[m] for r in per_seed] for m in METRICS}}
 
 
-def baselines(classifier, reference, per_prompt, seeds):
-    """Real test videos (what a perfect generator reaches), their prompts shuffled, and pure noise."""
+def baselines(classifier, reference, per_prompt, seeds, split="test"):
+    """Real videos of ``split`` (what a perfect generator reaches), their prompts shuffled, and pure noise."""
     digits, directions = prompt_grid(per_prompt)
-    rows = {"real test videos": [], "real videos, shuffled prompts": [], "gaussian noise": []}
+    real_row = f"real {split} videos"
+    rows = {real_row: [], "real videos, shuffled prompts": [], "gaussian noise": []}
     for seed in seeds:
-        real = make_videos("test", len(digits), seed=seed, digits=digits, directions=directions)
-        rows["real test videos"].append(video_metrics(classifier, real.videos, digits, directions, reference))
+        real = make_videos(split, len(digits), seed=seed, digits=digits, directions=directions)
+        rows[real_row].append(video_metrics(classifier, real.videos, digits, directions, reference))
         perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed))
         rows["real videos, shuffled prompts"].append(
             video_metrics(classifier, real.videos[perm], digits, directions, reference))
@@ -93,7 +96,8 @@ def main():
     p.add_argument("--baselines", action="store_true", help="also evaluate real, shuffled-prompt and noise videos")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--per-prompt", type=int, default=2)
-    p.add_argument("--reference", type=int, default=2000, help="real test videos for the FD reference")
+    p.add_argument("--reference", type=int, default=2000, help="real videos of --split for the FD reference")
+    p.add_argument("--split", choices=("val", "test"), default="test", help="the held-out images FD is measured on")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json")
     args = p.parse_args()
@@ -101,8 +105,8 @@ def main():
         p.error("give --model and/or --baselines")
     torch.set_num_threads(args.threads)
     classifier = load_classifier()
-    reference = classify(classifier, make_videos("test", args.reference, seed=_REFERENCE_SEED).videos)[0]
-    rows = baselines(classifier, reference, args.per_prompt, args.seeds) if args.baselines else []
+    reference = classify(classifier, reference_videos(args.split, args.reference))[0]
+    rows = baselines(classifier, reference, args.per_prompt, args.seeds, args.split) if args.baselines else []
     if args.model is not None:
         rows += sampler_rows(args, classifier, reference)
     print(table(rows))

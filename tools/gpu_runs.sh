@@ -22,12 +22,17 @@
 #   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
 #                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
+#   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: a teacher trained from the shipped
+#                                    # one (val FD curve), then the ablations on the val split, tiny runs side by side
+#   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice; needs A's results folder
+#                                    # (default gpu-logs/digits_a; DIGITS_A=path) in the tree, e.g. carried
+#                                    # (DIGITS_UPDATES, DIGITS_TEACHER_MINUTES, DIGITS_JOBS change the budgets)
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|profile) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|profile" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|digits-a|digits-b|profile) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|digits-a|digits-b|profile" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -161,6 +166,23 @@ offload)
   CUDA_VISIBLE_DEVICES=0 timeout 400 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short \
     tests/training/test_offload_gpu.py --basetemp /tmp/pt_offload > "$OUT/tests_offload.log" 2>&1
   tail -3 "$OUT/tests_offload.log"
+  ;;
+digits-a|digits-b)
+  phase=${1#digits-}
+  flags="--student-updates ${DIGITS_UPDATES:-800} --jobs ${DIGITS_JOBS:-12}"
+  if [ "$phase" = a ]; then
+    flags="$flags --teacher-minutes ${DIGITS_TEACHER_MINUTES:-2.5}"
+  else
+    flags="$flags --choice ${DIGITS_A:-gpu-logs/digits_a}/choice.json"
+  fi
+  RESULTS="$OUT/digits_$phase"
+  # the whole study stops itself at --minutes, keeping what finished
+  CUDA_VISIBLE_DEVICES=0 timeout 540 python3 tools/digits_study.py --phase $phase --out "$RESULTS" \
+    --work /tmp/digits_$phase --minutes 8.3 $flags > "$OUT/digits_$phase.log" 2>&1
+  # one archive for the per-run logs and metrics (the phase keeps to a few files)
+  tar -czf "$RESULTS/runs.tar.gz" -C "$RESULTS" runs && rm -rf "$RESULTS/runs"
+  cat "$RESULTS/ablations.md" "$RESULTS/table.md" "$RESULTS/targets.md" 2>/dev/null
+  tail -5 "$OUT/digits_$phase.log"
   ;;
 profile)
   # one after the other on GPU 0 (timings beside other work are lower); the caches of the cold run

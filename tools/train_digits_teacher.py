@@ -1,27 +1,32 @@
-"""Train the tiny Wan-architecture Moving Digits teacher with rectified flow, on CPU, one process.
+"""Train the tiny Wan-architecture Moving Digits teacher with rectified flow, one process, on the
+GPU when there is one (the CPU otherwise).
 
     nice -n 10 .venv/bin/python tools/train_digits_teacher.py --out assets/moving_digits/teacher \
         2>&1 | tee assets/moving_digits/teacher_train.log
+    # on a GPU: larger batches, a cosine decay over the time budget, the FD curve on the val split
+    python tools/train_digits_teacher.py --out runs/teacher --batch 128 --steps 100000 --minutes 4 \
+        --lr-min 1e-4 --workers 4 --eval-every 1000
 
 RF (docs/math.md section 1): x_s = (1 - s) x0 + s eps, target v = eps - x0, the network sees 1000 s;
 s is logit-normal (mean 0, std 1). Every step draws fresh training videos (seeded by the step);
 ``--uncond-prob`` of the samples get the negative-prompt embedding, which trains the
 unconditional branch of classifier-free guidance. The exported weights are an EMA of the
 iterates, written as a diffusers ``WanTransformer3DModel`` folder (``megatron_rcm.load_model``
-reads it).
+reads it). ``--eval-every`` prints a JSON line with the EMA's quality on the val split (RF Euler
+50 steps, CFG 2.5, sampling seed 100: the study's validation seed) every that many steps.
 """
 
 import argparse
 import json
+import math
 import time
-from pathlib import Path
 
 import torch
 
 from megatron_rcm.data.moving_digits import MovingDigitsSpec, make_videos
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
 from megatron_rcm.models.wan import WanModel, load_diffusers_weights, save_diffusers_folder, wan_config
-from megatron_rcm.parallel import ParallelConfig, parallel_context
+from megatron_rcm.parallel import ParallelConfig, current_device, parallel_context
 
 # 64 tokens (4 x 4 x 4 patches of 2 frames x 4 x 4 pixels), 2 heads of 32: small enough to train in
 # minutes on a shared 2-core CPU, and for the distillation's JVP under TRITON_INTERPRET
@@ -30,12 +35,51 @@ DIGITS_TEACHER = dict(hidden_size=64, num_attention_heads=2, kv_channels=32, ffn
                       layernorm_epsilon=1e-6, cross_attn_norm=True)
 
 
+VALIDATION_SEED = 100
+
+
 def rf_loss(model, x0, text, gen):
-    s = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))
-    eps = torch.randn(x0.shape, generator=gen)
+    s = torch.sigmoid(torch.randn(x0.shape[0], generator=gen)).to(x0.device)
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
     sb = s.view(-1, 1, 1, 1, 1)
     v = model((1 - sb) * x0 + sb * eps, 1000 * s, text)
     return (v - (eps - x0)).square().mean()
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Step k's fresh training batch (videos, prompt embeddings), a function of (seed, k) only."""
+
+    def __init__(self, batch, seed, spec, encoder):
+        self.batch, self.seed, self.spec, self.encoder = batch, seed, spec, encoder
+
+    def __len__(self):
+        return 1 << 40
+
+    def __getitem__(self, step):
+        batch = make_videos("train", self.batch, seed=1_000_000 * self.seed + step, spec=self.spec)
+        return batch.videos, self.encoder.encode_batch(batch.prompts)
+
+
+def validation_metrics(model, classifier, reference):
+    """The EMA's accuracy, FD and diversity on the val split (50 Euler steps, CFG 2.5)."""
+    from megatron_rcm.data.moving_digits import prompt_grid
+    from megatron_rcm.evaluation.digits import generate, video_metrics
+
+    digits, directions = prompt_grid(2)
+    videos = generate(model, "euler", digits, directions, VALIDATION_SEED, 50, cfg=2.5)
+    return video_metrics(classifier, videos, digits, directions, reference)
+
+
+def learning_rate_factor(step, elapsed, args):
+    """Linear warm-up, then a cosine from 1 to lr_min / lr over the budget (the steps or, if
+    shorter, the wall time of --minutes); constant when lr_min equals lr."""
+    if step < args.warmup:
+        return (step + 1) / args.warmup
+    progress = step / args.steps
+    if args.minutes is not None:
+        progress = max(progress, elapsed / (60 * args.minutes))
+    floor = args.lr_min / args.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def main():
@@ -51,43 +95,58 @@ def main():
     p.add_argument("--uncond-prob", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-min", type=float, help="cosine decay to this learning rate (default: --lr, constant)")
+    p.add_argument("--workers", type=int, default=0, help="data-loader processes rendering the batches")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between val-split evaluations (0: none)")
     args = p.parse_args()
+    args.lr_min = args.lr if args.lr_min is None else args.lr_min
     torch.set_num_threads(args.threads)
     spec, encoder = MovingDigitsSpec(), ToyTextEncoder()
     negative = encoder.negative()
     print(json.dumps({"args": vars(args), "model": DIGITS_TEACHER, "spec": spec.__dict__,
                       "text": {"text_dim": encoder.text_dim, "length": encoder.length}}), flush=True)
     with parallel_context(ParallelConfig(), seed=args.seed + 1):
-        config = wan_config("tiny-a", **DIGITS_TEACHER, use_cpu_initialization=True)
+        device = current_device()
+        config = wan_config("tiny-a", **DIGITS_TEACHER, use_cpu_initialization=device.type == "cpu")
         model, ema = WanModel(config), WanModel(config).requires_grad_(False)
         if args.init:
             load_diffusers_weights(model, args.init)
         ema.load_state_dict(model.state_dict())
-        print(f"parameters: {sum(p.numel() for p in model.parameters())}", flush=True)
+        print(f"parameters: {sum(p.numel() for p in model.parameters())}  device: {device}", flush=True)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-        # linear warm-up, then constant: the EMA does the averaging, so a run stopped by --minutes is complete
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / args.warmup))
+        # the EMA does the averaging, so a run stopped by --minutes is complete
+        if args.eval_every:
+            from megatron_rcm.evaluation.digits import classify, load_classifier, reference_videos
+
+            classifier = load_classifier()
+            reference = classify(classifier, reference_videos("val"))[0]
+        batches = torch.utils.data.DataLoader(_Batches(args.batch, args.seed, spec, encoder), batch_size=None,
+                                              sampler=range(1, args.steps + 1), num_workers=args.workers,
+                                              prefetch_factor=4 if args.workers else None)
         gen = torch.Generator().manual_seed(args.seed)
         start, running = time.time(), 0.0
-        for step in range(1, args.steps + 1):
-            batch = make_videos("train", args.batch, seed=1_000_000 * args.seed + step, spec=spec)
-            text = encoder.encode_batch(batch.prompts)
+        for step, (videos, text) in enumerate(batches, start=1):
+            for group in opt.param_groups:
+                group["lr"] = args.lr * learning_rate_factor(step - 1, time.time() - start, args)
             drop = torch.rand(args.batch, generator=gen) < args.uncond_prob
             text[drop] = negative
-            loss = rf_loss(model, batch.videos, text, gen)
+            loss = rf_loss(model, videos.to(device), text.to(device), gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - args.ema)
             running += loss.item()
             if step % 25 == 0 or step == args.steps:
-                print(f"step {step:5d}  loss {running / 25:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                print(f"step {step:5d}  loss {running / 25:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
                       f"{time.time() - start:.0f}s", flush=True)
                 running = 0.0
-            if args.minutes is not None and time.time() - start > 60 * args.minutes:
+            out_of_time = args.minutes is not None and time.time() - start > 60 * args.minutes
+            if args.eval_every and (step % args.eval_every == 0 or out_of_time or step == args.steps):
+                metrics = validation_metrics(ema.eval(), classifier, reference)
+                print(json.dumps({"eval_step": step, "seconds": round(time.time() - start, 1), **metrics}), flush=True)
+            if out_of_time:
                 print(f"stopping at step {step}: the {args.minutes} minute budget is spent", flush=True)
                 break
         save_diffusers_folder(ema, args.out)

@@ -1,18 +1,21 @@
 """Moving Digits: short videos of real handwritten digits moving in one of 8 directions, with prompts.
 
-The digits are scikit-learn's bundled ``load_digits`` (1,797 real 8x8 scans, pixel values 0..16,
-no download). A video is one digit pasted on a black ``size x size`` canvas and moved one pixel
+The digits are those of scikit-learn's ``load_digits`` (1,797 real 8x8 scans, pixel values 0..16),
+read from the copy of its file in ``assets/moving_digits/digits.csv.gz`` (no download, no
+scikit-learn needed). A video is one digit pasted on a black ``size x size`` canvas and moved one pixel
 per frame in a direction (``DIRECTIONS``), with a prompt such as "a 7 moving up-left".
 
 Normalisation (latent = pixels): ``x = value / 8 - 1``, so the background is -1 and a full
-stroke is +1; the latent is [1, T, H, W]. The train/test split is by source image (a fixed
-permutation of the 1,797 images), so no handwritten sample appears in both. Every video is a
+stroke is +1; the latent is [1, T, H, W]. The train/val/test split is by source image (a fixed
+permutation of the 1,797 images), so no handwritten sample appears in two splits. Every video is a
 deterministic function of (split, seed, index).
 """
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .synthetic import write_shards
@@ -22,8 +25,8 @@ DIRECTIONS = (("up", -1, 0), ("down", 1, 0), ("left", 0, -1), ("right", 0, 1),
               ("up-left", -1, -1), ("up-right", -1, 1), ("down-left", 1, -1), ("down-right", 1, 1))
 NUM_DIGITS = 10
 DIGIT_SIZE = 8
-SPLITS = ("train", "test")
-TEST_FRACTION = 0.2
+SPLITS = ("train", "val", "test")
+HELD_OUT_FRACTION = 0.2  # of the images, halved into val and test
 _SPLIT_SEED = 20261127
 
 
@@ -51,22 +54,34 @@ def all_prompts():
     return [(d, k, prompt_for(d, k)) for d in range(NUM_DIGITS) for k in range(len(DIRECTIONS))]
 
 
+# scikit-learn's copy of the UCI "Optical Recognition of Handwritten Digits" test set (E. Alpaydin,
+# C. Kaynak, 1998; CC BY 4.0): rows of 64 pixels and the digit, as load_digits reads it
+DIGITS_FILE = Path(__file__).resolve().parents[2] / "assets" / "moving_digits" / "digits.csv.gz"
+
+
 @functools.lru_cache(maxsize=1)
 def _digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return torch.tensor(data.images, dtype=torch.float32), torch.tensor(data.target, dtype=torch.long)
+    """(images [1797, 8, 8] float32 in 0..16, targets [1797]): what scikit-learn's load_digits returns."""
+    rows = np.loadtxt(DIGITS_FILE, delimiter=",")
+    return (torch.tensor(rows[:, :-1], dtype=torch.float32).reshape(-1, DIGIT_SIZE, DIGIT_SIZE),
+            torch.tensor(rows[:, -1], dtype=torch.long))
 
 
 def split_indices(split: str) -> torch.Tensor:
-    """Indices into ``load_digits`` of the source images of ``split`` (disjoint, together all 1,797)."""
+    """Indices into ``load_digits`` of the source images of ``split`` (disjoint, together all 1,797).
+
+    The held-out 20% is split in two: "val" for choosing hyperparameters, "test" for the table
+    reported once. Neither the teacher nor the classifier trains on either.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     count = len(_digits()[1])
     order = torch.randperm(count, generator=torch.Generator().manual_seed(_SPLIT_SEED))
-    num_test = round(TEST_FRACTION * count)
-    return order[:count - num_test] if split == "train" else order[count - num_test:]
+    num_train = count - round(HELD_OUT_FRACTION * count)
+    num_val = (count - num_train) // 2
+    bounds = {"train": (0, num_train), "val": (num_train, num_train + num_val), "test": (num_train + num_val, count)}
+    start, stop = bounds[split]
+    return order[start:stop]
 
 
 def render(image: torch.Tensor, direction: int, start, spec: MovingDigitsSpec) -> torch.Tensor:

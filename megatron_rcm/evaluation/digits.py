@@ -7,12 +7,11 @@ are the space for the Frechet distance (as FID uses Inception's) and for diversi
 
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn.functional as nn_functional
 
-from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS, MovingDigitsSpec, prompt_for
+from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS, MovingDigitsSpec, make_videos, prompt_for
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
 from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
 from megatron_rcm.diffusion.few_step import sample_few_step
@@ -21,6 +20,7 @@ from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
 from megatron_rcm.generation import SamplerNetwork
 
 SAMPLERS = ("euler", "few-step")
+REFERENCE_SEED = 20_000_000  # real reference videos: far from the training and sampling seeds
 
 FEATURE_DIM = 64
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "moving_digits" / "classifier.safetensors"
@@ -103,6 +103,12 @@ def diversity(features, groups) -> float:
     return torch.stack(per_group).mean().item()
 
 
+def reference_videos(split: str, count: int = 2000) -> torch.Tensor:
+    """The fixed real videos FD is measured against: ``count`` of ``split`` ("val" while choosing
+    hyperparameters, "test" for the reported table)."""
+    return make_videos(split, count, seed=REFERENCE_SEED).videos
+
+
 def video_metrics(classifier, videos, digits, directions, reference_features) -> dict:
     """Accuracy against the prompts, FD against ``reference_features`` (real held-out videos), and
     diversity across the videos of each (digit, direction) prompt."""
@@ -154,6 +160,8 @@ def _text_strip(labels, height, width, vertical):
 def write_gif(videos, path, scale=4, column_labels=None):
     """One row per entry of ``videos`` (name -> [N, 1, T, H, W] in about [-1, 1]), one column per
     video; each row is labelled with its name on the left, each column with ``column_labels`` on top."""
+    import imageio.v2 as imageio  # only here: the metrics need neither imageio nor Pillow
+
     rows = [torch.cat(list(v[:, 0]), dim=-1) for v in videos.values()]  # each [T, H, N*W]
     grid = torch.cat(rows, dim=-2)  # [T, rows*H, N*W]
     frames = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()

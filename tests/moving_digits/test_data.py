@@ -9,15 +9,26 @@ from megatron_rcm.data.moving_digits import (DIRECTIONS, MovingDigitsSpec, _digi
 from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, ToyTextEncoder, write_training_data
 
 
+def test_digits_are_scikit_learns():
+    load_digits = pytest.importorskip("sklearn.datasets").load_digits
+    images, targets = _digits()
+    reference = load_digits()
+    assert torch.equal(images, torch.tensor(reference.images, dtype=torch.float32))
+    assert torch.equal(targets, torch.tensor(reference.target))
+
+
 def test_split_is_by_source_image_disjoint_and_complete():
-    train, test = split_indices("train"), split_indices("test")
-    assert len(set(train.tolist()) & set(test.tolist())) == 0
-    assert sorted(train.tolist() + test.tolist()) == list(range(1797))
-    assert torch.equal(train, split_indices("train"))
-    videos = make_videos("test", 200, seed=5)
-    assert set(videos.sources.tolist()) <= set(test.tolist())
+    train, val, test = (split_indices(split).tolist() for split in ("train", "val", "test"))
+    assert not set(train) & set(test) and not set(train) & set(val) and not set(val) & set(test)
+    assert sorted(train + val + test) == list(range(1797))
+    assert len(val) == 179 and len(test) == 180  # the held-out 359 images, halved
+    assert split_indices("train").tolist() == train
+    for split, images in (("val", val), ("test", test)):
+        videos = make_videos(split, 200, seed=5)
+        assert set(videos.sources.tolist()) <= set(images)
+        assert set(videos.digits.tolist()) == set(range(10))
     with pytest.raises(ValueError, match="split"):
-        split_indices("val")
+        split_indices("validation")
 
 
 def test_same_seed_same_videos_other_seed_other_videos():

@@ -1,0 +1,307 @@
+"""Issue 24's Moving Digits study on one GPU: a better teacher, ablations on the val split, and the
+3-seed test table, each within one command's time limit.
+
+    # phase A: the teacher (FD curve on val), then the ablations on val with the validation seed
+    python tools/digits_study.py --phase a --out $OUT --minutes 9
+    # phase B: the test table with the chosen settings (A's choice.json and teacher)
+    python tools/digits_study.py --phase b --out $OUT --choice A_OUT/choice.json --minutes 9
+
+Phase A trains the teacher with ``tools/train_digits_teacher.py`` from the shipped weights (batch
+128, cosine decay over ``--teacher-minutes``, the val FD every ``--teacher-eval-every`` steps),
+keeps whichever of the two teachers has the lower 50-step val FD, and then distils it in every
+configuration of ``ABLATIONS`` (``tools/distill_digits.run_one``, ``--jobs`` runs sharing the GPU;
+training seed 1100, sampling seeds ``VALIDATION_SEEDS``, FD against val videos). The choice (``choose``): among the rCM configurations whose 2-step digit accuracy reaches
+the teacher's 4-step accuracy on val, the one with the lowest 2-step FD; if none does, the most
+accurate. Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5) and distils it with sCM
+only, rCM (the choice) and DMD only (the choice's critic settings) for training seeds 1000 + S and
+sampling seeds S, S = 0, 1, 2, against test videos, and checks the issue's targets.
+
+Everything lands in ``--out`` as it finishes: the teacher folder, logs, per-run logs and eval
+JSON (``OUT/runs/NAME``), ``OUT/phase_a.json``, ``OUT/choice.json``, ``OUT/ablations.md`` or
+``OUT/phase_b.json``, ``OUT/table.md``, ``OUT/targets.md``, ``OUT/methods.gif``. Runs still going at ``--minutes`` are stopped and left out.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from distill_digits import NAMES, TEACHER, merge, run_env, run_one  # tools/ is this script's directory
+from eval_digits import METRICS, table
+
+from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, write_training_data
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATION_SEEDS = (100, 101)  # sampling seeds on val; the ablations train with seed 1000 + 100
+TEST_SEEDS = (0, 1, 2)
+WAN_NUMEL = 16 * 21 * 60 * 104  # Wan2.1 1.3B latent at 480p x 81 frames, where the weights 100 : 1 were tuned
+
+# name -> (method, trainer flags on top of distill_digits' defaults); one factor at a time from "rcm"
+ABLATIONS = {
+    "rcm": ("rcm", []),
+    "rcm-dmdw0.1": ("rcm", ["--dmd-weight", "0.1"]),
+    "rcm-dmdw0.3": ("rcm", ["--dmd-weight", "0.3"]),
+    "rcm-dmdw3": ("rcm", ["--dmd-weight", "3"]),
+    "rcm-wan-balance": ("rcm", ["--dmd-reference-numel", str(WAN_NUMEL)]),
+    "rcm-freq5": ("rcm", ["--student-update-freq", "5"]),
+    "rcm-critic-lr3e-4": ("rcm", ["--fake-score-lr", "3e-4"]),
+    "rcm-dmd-shift1": ("rcm", ["--dmd-shift", "1"]),
+    "rcm-dcm0.05": ("rcm", ["--dcm-step", "0.05"]),
+    "scm": ("scm", []),
+    "scm-dcm0.05": ("scm", ["--dcm-step", "0.05"]),
+    "dmd": ("dmd", []),
+}
+# what the phase-B baselines share with the chosen rCM: sCM only its tangent, DMD only its critic
+SCM_FLAGS = ("--dcm-step",)
+CRITIC_FLAGS = ("--student-update-freq", "--fake-score-lr", "--dmd-shift")
+
+
+def flag_subset(flags, names):
+    """The (flag, value) pairs of ``flags`` whose flag is in ``names``."""
+    return [token for flag, value in zip(flags[::2], flags[1::2]) if flag in names for token in (flag, value)]
+
+
+class Budget:
+    def __init__(self, minutes):
+        self.deadline = time.time() + 60 * minutes
+
+    def left(self):
+        return self.deadline - time.time()
+
+
+def _row(path, steps):
+    rows = json.loads(Path(path).read_text())["rows"]
+    return next(r for r in rows if r["name"].endswith(f", few-step {steps}") or r["name"].endswith(f" {steps} steps, CFG 2.5"))
+
+
+def _mean(row, metric):
+    return sum(row[metric]) / len(row[metric])
+
+
+def run_many(specs, args, data, budget, log, out):
+    """specs: name -> (method, seed, sample_seeds, split, flags); the finished ones' eval.json paths."""
+    def one(item):
+        name, (method, seed, sample_seeds, split, flags) = item
+        if budget.left() < 30:
+            log(f"{name}: not started, the time budget is spent")
+            return name, None
+        path = None
+        try:
+            path = run_one(method, seed, args, data, name=name, extra=flags, sample_seeds=sample_seeds, split=split,
+                           timeout=budget.left())
+            log(f"{name}: done {json.loads(path.read_text())['timing']}")
+        except subprocess.TimeoutExpired:
+            log(f"{name}: stopped at the time budget")
+        except subprocess.CalledProcessError as error:
+            log(f"{name}: failed ({error}); see runs/{name}/*.log")
+        kept = out / "runs" / name  # the logs and metrics come back, the checkpoints stay in WORK
+        kept.mkdir(parents=True, exist_ok=True)
+        for file in ("train.log", "train.jsonl", "eval.log", "eval.json"):
+            if (Path(args.work) / name / file).exists():
+                shutil.copy(Path(args.work) / name / file, kept / file)
+        return name, None if path is None else kept / "eval.json"
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return {name: path for name, path in pool.map(one, specs.items()) if path is not None}
+
+
+def evaluate_teacher(teacher, split, seeds, steps, json_path, args, budget):
+    command = [sys.executable, str(ROOT / "tools" / "eval_digits.py"), "--model", str(teacher), "--name", "teacher",
+               "--sampler", "euler", "--steps", *map(str, steps), "--cfg", "2.5", "--split", split,
+               "--seeds", *map(str, seeds), "--threads", str(args.threads), "--json", str(json_path)]
+    if split == "test":
+        command.append("--baselines")
+    subprocess.run(command, env=run_env(args.threads), check=True, timeout=max(1.0, budget.left()),
+                   stdout=subprocess.DEVNULL)
+    return json.loads(Path(json_path).read_text())["rows"]
+
+
+def train_teacher(out, args, budget, log):
+    """The GPU teacher, from the shipped weights; returns (its folder, the val curve)."""
+    folder, log_path = out / "teacher", out / "teacher_train.log"
+    command = [sys.executable, str(ROOT / "tools" / "train_digits_teacher.py"), "--init", str(TEACHER),
+               "--out", str(folder), "--steps", "1000000", "--minutes", str(args.teacher_minutes),
+               "--batch", str(args.teacher_batch), "--lr", str(args.teacher_lr), "--lr-min", str(args.teacher_lr / 10),
+               "--workers", str(args.teacher_workers), "--eval-every", str(args.teacher_eval_every), "--seed", "3"]
+    with open(log_path, "w") as f:
+        subprocess.run(command, env=run_env(args.threads), stdout=f, stderr=subprocess.STDOUT, check=True,
+                       timeout=max(1.0, budget.left()))
+    curve = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith('{"eval_step"')]
+    log(f"teacher: {len(curve)} evaluations, last {curve[-1] if curve else None}")
+    return folder, curve
+
+
+def choose(results, teacher_4step_acc):
+    """The rCM ablation to report (see the module docstring) and why."""
+    rcm = {name: path for name, path in results.items() if ABLATIONS[name][0] == "rcm"}
+    scored = {name: (_mean(_row(path, 2), "digit_acc"), _mean(_row(path, 2), "fd")) for name, path in rcm.items()}
+    accurate = {name: s for name, s in scored.items() if s[0] >= teacher_4step_acc}
+    if accurate:
+        name = min(accurate, key=lambda n: accurate[n][1])
+        why = f"lowest 2-step val FD ({accurate[name][1]:.1f}) among {sorted(accurate)} (2-step accuracy >= {teacher_4step_acc:.3f})"
+    else:
+        name = max(scored, key=lambda n: scored[n][0])
+        why = f"no configuration reached the teacher's 4-step accuracy {teacher_4step_acc:.3f}; the most accurate"
+    return name, why
+
+
+def phase_a(out, args, data, budget, log):
+    out.mkdir(parents=True, exist_ok=True)
+    curve = []
+    teachers = {"shipped": TEACHER}
+    if args.teacher_minutes > 0:
+        folder, curve = train_teacher(out, args, budget, log)
+        teachers["gpu"] = folder
+    teacher_rows = {name: evaluate_teacher(path, "val", VALIDATION_SEEDS, [50, 4],
+                                           Path(args.work) / f"teacher_{name}_val.json", args, budget)
+                    for name, path in teachers.items()}
+    best = min(teacher_rows, key=lambda n: _mean(teacher_rows[n][0], "fd"))
+    args.teacher = str(teachers[best])
+    log(f"teacher: {best} ({args.teacher})")
+    specs = {name: (method, VALIDATION_SEEDS[0], VALIDATION_SEEDS, "val", flags)
+             for name, (method, flags) in ABLATIONS.items()}
+    results = run_many(specs, args, data, budget, log, out)
+    teacher_4step_acc = _mean(teacher_rows[best][1], "digit_acc")
+    report = {"teacher": best, "teacher_folder": args.teacher, "teacher_curve": curve,
+              "teacher_val": teacher_rows, "validation_seeds": VALIDATION_SEEDS,
+              "ablations": {name: {"flags": ABLATIONS[name][1], "method": ABLATIONS[name][0],
+                                   **json.loads(Path(path).read_text())} for name, path in results.items()},
+              "args": {k: v for k, v in vars(args).items()}}
+    if any(ABLATIONS[name][0] == "rcm" for name in results):
+        name, why = choose(results, teacher_4step_acc)
+        # "gpu": the teacher folder next to choice.json; "shipped": assets/moving_digits/teacher
+        choice = {"name": name, "flags": ABLATIONS[name][1], "why": why, "teacher": best}
+        (out / "choice.json").write_text(json.dumps(choice, indent=1))
+        report["choice"] = choice
+        log(f"choice: {name}: {why}")
+    (out / "phase_a.json").write_text(json.dumps(report, indent=1))
+    rows = [dict(r, name=f"teacher ({n}), {r['name'].split(', ', 1)[1]}") for n, rs in teacher_rows.items() for r in rs]
+    rows += merge([results[name] for name in ABLATIONS if name in results])
+    text = table(rows)
+    (out / "ablations.md").write_text(f"val split, sampling seeds {VALIDATION_SEEDS}, training seed "
+                                      f"{1000 + VALIDATION_SEEDS[0]}, {args.student_updates} student updates\n\n{text}\n")
+    print(text)
+
+
+def _targets(rows):
+    """The issue's targets, each with the numbers it was decided on."""
+    by = {r["name"]: r for r in rows}
+
+    def m(name, metric):
+        return _mean(by[name], metric)
+
+    teacher50, teacher4 = "teacher, RF Euler 50 steps, CFG 2.5", "teacher, RF Euler 4 steps, CFG 2.5"
+    rcm, scm, dmd = (NAMES[k] for k in ("rcm", "scm", "dmd"))
+    checks = [
+        ("rCM 2-step FD <= 1.2x the 50-step teacher's", m(f"{rcm}, few-step 2", "fd"), 1.2 * m(teacher50, "fd"), "<="),
+        ("rCM 2-step digit accuracy >= the teacher's 4-step", m(f"{rcm}, few-step 2", "digit_acc"),
+         m(teacher4, "digit_acc"), ">="),
+        ("rCM 1-step FD < sCM 1-step FD", m(f"{rcm}, few-step 1", "fd"), m(f"{scm}, few-step 1", "fd"), "<"),
+        ("rCM 1-step accuracy > sCM 1-step", m(f"{rcm}, few-step 1", "digit_acc"),
+         m(f"{scm}, few-step 1", "digit_acc"), ">"),
+    ]
+    for steps in (1, 2, 4):
+        checks.append((f"rCM {steps}-step diversity >= 0.95x the 50-step teacher's",
+                       m(f"{rcm}, few-step {steps}", "diversity"), 0.95 * m(teacher50, "diversity"), ">="))
+        checks.append((f"rCM {steps}-step diversity > DMD only's", m(f"{rcm}, few-step {steps}", "diversity"),
+                       m(f"{dmd}, few-step {steps}", "diversity"), ">"))
+    compare = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__, ">": float.__gt__}
+    return [{"target": t, "value": v, "bar": b, "met": compare[op](float(v), float(b))} for t, v, b, op in checks]
+
+
+def phase_b(out, args, data, budget, log):
+    out.mkdir(parents=True, exist_ok=True)
+    choice = json.loads(Path(args.choice).read_text()) if args.choice else {"name": "rcm", "flags": []}
+    if args.choice and not args.teacher_given and choice["teacher"] == "gpu":
+        args.teacher = str(Path(args.choice).parent / "teacher")
+    flags = choice["flags"]
+    teacher_rows = evaluate_teacher(args.teacher, "test", TEST_SEEDS, [50, 4], Path(args.work) / "teacher_test.json",
+                                    args, budget)
+    per_method = {"scm": flag_subset(flags, SCM_FLAGS), "rcm": flags, "dmd": flag_subset(flags, CRITIC_FLAGS)}
+    specs = {f"{m}-seed{s}": (m, s, [s], "test", f_) for s in TEST_SEEDS for m, f_ in per_method.items()}
+    results = run_many(specs, args, data, budget, log, out)
+    rows = teacher_rows + merge([results[name] for name in specs if name in results])
+    text = table(rows)
+    report = {"choice": choice, "teacher": args.teacher, "rows": rows, "args": vars(args),
+              "timing": {name: json.loads(Path(p).read_text())["timing"] for name, p in results.items()}}
+    complete = len(results) == len(specs)
+    if complete:
+        report["targets"] = _targets(rows)
+        lines = [f"- {'met' if t['met'] else 'NOT met'}: {t['target']} ({t['value']:.3f} vs {t['bar']:.3f})"
+                 for t in report["targets"]]
+        (out / "targets.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    (out / "phase_b.json").write_text(json.dumps(report, indent=1))
+    (out / "table.md").write_text(f"test split, seeds {TEST_SEEDS}, rCM = {choice['name']} {choice['flags']}, "
+                                  f"{args.student_updates} student updates\n\n{text}\n")
+    print(text)
+    if complete and budget.left() > 20:
+        from distill_digits import comparison_gif
+
+        args.seeds, args.methods = list(TEST_SEEDS), ["scm", "rcm", "dmd"]
+        try:
+            comparison_gif(str(out / "methods.gif"), args)
+        except ImportError as error:  # imageio or Pillow missing: the numbers are what matters
+            log(f"no GIF: {error}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", choices=("a", "b", "all"), required=True)
+    p.add_argument("--out", required=True, help="results folder (the device tool's $OUT)")
+    p.add_argument("--work", default=str(ROOT / "runs" / time.strftime("digits_study-%Y%m%d-%H%M%S")),
+                   help="run folders with their checkpoints (only logs and metrics are copied to --out); "
+                        "finished runs found here are not redone")
+    p.add_argument("--minutes", type=float, default=9.0, help="wall-time budget of this command")
+    p.add_argument("--choice", help="phase b: phase A's choice.json (its rCM flags; its teacher, if A's GPU "
+                                    "teacher won, is the 'teacher' folder beside it)")
+    p.add_argument("--teacher", help="teacher folder (default: the choice's, else the shipped one)")
+    p.add_argument("--teacher-minutes", type=float, default=3.0, help="phase a: GPU teacher training (0: keep the shipped)")
+    p.add_argument("--teacher-batch", type=int, default=128)
+    p.add_argument("--teacher-lr", type=float, default=5e-4)
+    p.add_argument("--teacher-workers", type=int, default=6)
+    p.add_argument("--teacher-eval-every", type=int, default=1000)
+    p.add_argument("--student-updates", type=int, default=800)
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="student and fake-score learning rate")
+    p.add_argument("--tangent-warmup", type=int, default=40)
+    p.add_argument("--student-update-freq", type=int, default=2)
+    p.add_argument("--train-videos", type=int, default=8192)
+    p.add_argument("--jobs", type=int, default=12, help="runs at a time, sharing the GPU")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--only", nargs="+", choices=list(ABLATIONS), help="phase a: these ablations only")
+    args = p.parse_args()
+    out = Path(args.out)
+    args.teacher_given = args.teacher is not None
+    args.teacher = args.teacher or str(TEACHER)
+    if args.only:
+        for name in set(ABLATIONS) - set(args.only):
+            del ABLATIONS[name]
+    budget = Budget(args.minutes)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "study.log", "a")
+
+    def log(message):
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    data = Path(args.work) / "data"
+    if not (data / NEGATIVE_PROMPT_FILE).exists():
+        write_training_data(data, args.train_videos)
+    if args.phase in ("a", "all"):
+        phase_a(out / "a" if args.phase == "all" else out, args, data, budget, log)
+    if args.phase in ("b", "all"):
+        if args.phase == "all":
+            args.choice = str(out / "a" / "choice.json")
+        phase_b(out / "b" if args.phase == "all" else out, args, data, budget, log)
+    log(f"finished with {budget.left():.0f} s of the budget left")
+
+
+if __name__ == "__main__":
+    main()
