@@ -84,6 +84,11 @@ class Elementwise:
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
                 self._compiled[fn] = torch.compile(fn)
             fn = self._compiled[fn]
+            if not torch.is_grad_enabled():
+                # nothing is recorded here (no grad, or inside the autograd Function): without
+                # requires_grad flags and Parameter types, the calls of the frozen teacher and of
+                # the trainable networks pass the same guards and share one compiled graph
+                args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         return fn(*args)
 
     def __call__(self, *args, tangent, compiled):
