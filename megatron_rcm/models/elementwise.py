@@ -59,16 +59,18 @@ class _HandWrittenBackward(torch.autograd.Function):
         return piece.run(piece.plain, args, compiled)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         tensors = iter(ctx.saved_tensors)
         args = [next(tensors) if t else c for c, t in zip(ctx.constants, ctx.is_tensor)]
-        grads = ctx.piece.run(ctx.piece.backward, (grad.contiguous(), *args), ctx.compiled)
+        grads = ctx.piece.run(ctx.piece.backward, (*(g.contiguous() for g in grads), *args), ctx.compiled)
         return (None, None, *grads)
 
 
 class Elementwise:
     """``piece(*args, tangent=..., compiled=...)``: the plain or the stacked tangent form; plain
-    calls that autograd records differentiate through the backward form."""
+    calls that autograd records differentiate through the backward form. A piece with several
+    outputs returns a tuple from its plain and tangent forms; its backward form takes one
+    gradient per output, then the arguments."""
 
     compile_on = ("cuda",)  # device types where ``compiled=True`` compiles (tests add "cpu")
 
@@ -231,6 +233,32 @@ def _bias_gated_residual_backward(grad, x, update, bias, gate):
 
 bias_gated_residual = Elementwise(_bias_gated_residual, _bias_gated_residual_with_tangent,
                                   _bias_gated_residual_backward)
+
+
+# ---- a gated residual, then the next sublayer's modulation of its result -----------------------
+# (one kernel where there were two: the residual stream is read once, and a block makes one
+# compiled call fewer per sublayer, which counts where the host, not the GPU, sets the pace)
+
+def _gated_residual_modulate(x, update, bias, gate, shift, scale, eps):
+    """(x + (update + bias) * gate, its adaLN modulation): the two pieces, the sum rounded in between."""
+    x = _bias_gated_residual(x, update, bias, gate)
+    return x, _modulate(x, shift, scale, eps)
+
+
+def _gated_residual_modulate_with_tangent(x, update, bias, gate, shift, scale, eps):
+    x = _bias_gated_residual_with_tangent(x, update, bias, gate)
+    return x, _modulate_with_tangent(x, shift, scale, eps)
+
+
+def _gated_residual_modulate_backward(grad_sum, grad_modulated, x, update, bias, gate, shift, scale, eps):
+    total = _bias_gated_residual(x, update, bias, gate)  # recomputed in the kernel rather than kept
+    grad_total, grad_shift, grad_scale, _ = _modulate_backward(grad_modulated, total, shift, scale, eps)
+    return (*_bias_gated_residual_backward(grad_sum + grad_total, x, update, bias, gate), grad_shift, grad_scale,
+            None)
+
+
+gated_residual_modulate = Elementwise(_gated_residual_modulate, _gated_residual_modulate_with_tangent,
+                                      _gated_residual_modulate_backward)
 
 
 def _bias_residual(x, update, bias):

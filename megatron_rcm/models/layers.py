@@ -48,6 +48,14 @@ def row_linear(config, in_features, out_features, bias=True):
                input_is_parallel=True, skip_bias_add=True, is_expert=False)
 
 
+def is_one_matmul(layer):
+    """Whether ``layer(x)`` is exactly ``x W^T`` and its bias, forward and backward: torch's
+    ``nn.Linear``, or megatron-core's local parallel linears at tensor-parallel size 1 (they
+    communicate nothing then)."""
+    return isinstance(layer, torch.nn.Linear) or (
+        isinstance(layer, (ColumnParallelLinear, RowParallelLinear)) and layer.config.tensor_model_parallel_size == 1)
+
+
 def timestep_sinusoid(timestep, dim, dtype):
     """diffusers' ``get_timestep_embedding(flip_sin_to_cos=True, downscale_freq_shift=0)`` in ``dtype``."""
     half = dim // 2

@@ -59,9 +59,11 @@ class _RingExchange:
 
 def chunk_key_mask(batch, chunk_len, chunk_index, valid_len, device):
     """Key padding mask (True = attend) of chunk ``chunk_index``, or None when it has no padding."""
-    positions = chunk_index * chunk_len + torch.arange(chunk_len, device=device)
-    if int(positions[-1]) < valid_len:
+    # decided from the integers: reading a device tensor here would synchronise with the GPU
+    # in every attention call, so the host could not queue the next layers' kernels ahead
+    if (chunk_index + 1) * chunk_len <= valid_len:
         return None
+    positions = chunk_index * chunk_len + torch.arange(chunk_len, device=device)
     return (positions < valid_len).expand(batch, chunk_len).contiguous()
 
 

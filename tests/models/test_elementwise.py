@@ -39,6 +39,8 @@ def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
         "modulate": (ew.modulate, (x, shift, scale), lambda y, sh, sc: (y, sh, sc, 1e-6)),
         "layer_norm": (ew.layer_norm, (x,), lambda y: (y, weight, bias, 1e-5)),
         "bias_gated_residual": (ew.bias_gated_residual, (x, update, gate), lambda y, u, gt: (y, u, bias, gt)),
+        "gated_residual_modulate": (ew.gated_residual_modulate, (x, update, gate, shift, scale),
+                                    lambda y, u, gt, sh, sc: (y, u, None, gt, sh, sc, 1e-6)),
         "gated_residual": (ew.bias_gated_residual, (x, update, gate), lambda y, u, gt: (y, u, None, gt)),
         "bias_residual": (ew.bias_residual, (x, update), lambda y, u: (y, u, bias)),
         "bias_sum_squares": (ew.bias_sum_squares, (x,), lambda y: (y, bias)),
@@ -58,15 +60,22 @@ def _primal(stacked):
     return tuple(x.chunk(2, dim=1)[0] for x in stacked)
 
 
+def _outputs(out):
+    """A piece's outputs as a tuple (some pieces return several)."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_tangent_form_is_the_jvp_of_the_plain_form(name):
     piece, stacked, args = _cases(torch.float64, "cpu", 1 + NAMES.index(name))[name]
     primals, tangents = zip(*(x.chunk(2, dim=1) for x in stacked))
-    want = stack(*torch.func.jvp(lambda *p: piece.plain(*args(*p)), primals, tangents))
-    got = piece(*args(*stacked), tangent=True, compiled=False)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert want.chunk(2, dim=1)[1].abs().max() > 0.1  # the tangent is not trivially zero
+    out, out_t = torch.func.jvp(lambda *p: piece.plain(*args(*p)), primals, tangents)
+    got = _outputs(piece(*args(*stacked), tangent=True, compiled=False))
+    assert len(got) == len(_outputs(out))
+    for got_one, want in zip(got, map(stack, _outputs(out), _outputs(out_t))):
+        assert got_one.shape == want.shape
+        torch.testing.assert_close(got_one, want, rtol=1e-12, atol=1e-12)
+        assert want.chunk(2, dim=1)[1].abs().max() > 0.1  # the tangent is not trivially zero
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -77,10 +86,12 @@ def test_backward_form_is_autograd_of_the_plain_form(name):
     full = args(*inputs)
     wrt = [a for a in full if isinstance(a, torch.Tensor) and a.requires_grad]
     assert len(wrt) >= 2
-    out = piece(*full, tangent=False, compiled=False)
-    weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(3))
-    got = torch.autograd.grad((out * weights).sum(), wrt)
-    want = torch.autograd.grad((piece.plain(*full) * weights).sum(), wrt)
+    outs = _outputs(piece(*full, tangent=False, compiled=False))
+    weights = [torch.randn(o.shape, dtype=o.dtype, generator=torch.Generator().manual_seed(3 + i))
+               for i, o in enumerate(outs)]
+    weighted = lambda outs: sum((o * w).sum() for o, w in zip(outs, weights))
+    got = torch.autograd.grad(weighted(outs), wrt)
+    want = torch.autograd.grad(weighted(_outputs(piece.plain(*full))), wrt)
     for a, b in zip(got, want):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -98,15 +109,18 @@ def test_compiled_pieces_are_as_accurate_as_eager_on_gpu(name, dtype):
     _, stacked64, args64 = _cases(dtype, "cuda", 100 + NAMES.index(name), in_float64=True)[name]
     for tangent in (False, True):
         inputs, inputs64 = (xs if tangent else _primal(xs) for xs in (stacked, stacked64))
-        reference = piece(*args64(*inputs64), tangent=tangent, compiled=False)
-        eager, fused = (piece(*args(*inputs), tangent=tangent, compiled=c) for c in (False, True))
-        assert fused.dtype == eager.dtype
-        assert norm_relative_error(fused, reference) <= 1.5 * norm_relative_error(eager, reference) + 1e-6, (tangent, dtype)
+        reference = _outputs(piece(*args64(*inputs64), tangent=tangent, compiled=False))
+        eager, fused = (_outputs(piece(*args(*inputs), tangent=tangent, compiled=c)) for c in (False, True))
+        for eager_one, fused_one, reference_one in zip(eager, fused, reference):
+            assert fused_one.dtype == eager_one.dtype
+            assert (norm_relative_error(fused_one, reference_one)
+                    <= 1.5 * norm_relative_error(eager_one, reference_one) + 1e-6), (tangent, dtype)
     # the backward form, compiled, against the same form in float64
     grads = []
     for xs, make, compiled in ((stacked, args, False), (stacked, args, True), (stacked64, args64, False)):
         inputs = [x.clone().requires_grad_() for x in _primal(xs)]
-        out = piece(*make(*inputs), tangent=False, compiled=compiled)
-        grads.append(torch.autograd.grad(out.double().sin().sum().to(out.dtype), inputs))
+        outs = _outputs(piece(*make(*inputs), tangent=False, compiled=compiled))
+        loss = sum(o.double().sin().sum() * (i + 1) for i, o in enumerate(outs))
+        grads.append(torch.autograd.grad(loss.to(outs[0].dtype), inputs))
     for eager, fused, reference in zip(*grads):
         assert norm_relative_error(fused, reference) <= 1.5 * norm_relative_error(eager, reference) + 1e-6, dtype

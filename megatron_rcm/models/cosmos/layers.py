@@ -151,11 +151,14 @@ class CosmosBlock(MegatronModule):
 
     def forward(self, x, text, silu_embedding, temb, rope, layout, tangent):
         eps, fused = self.config.layernorm_epsilon, self.config.fuse_elementwise
-        sublayers = ((self.norm1, lambda h: self.attn1(h, rope, layout, tangent)),
-                     (self.norm2, lambda h: self.attn2(h, text, tangent)),
-                     (self.norm3, lambda h: self.ff(h, tangent)))
-        for norm, sublayer in sublayers:
-            shift, scale, gate = norm(silu_embedding, temb, tangent).unbind(2)
-            h = elementwise.modulate(x, shift, scale, eps, tangent=tangent, compiled=fused)
-            x = elementwise.bias_gated_residual(x, *sublayer(h), gate, tangent=tangent, compiled=fused)
-        return x
+        shift, scale, gate = self.norm1(silu_embedding, temb, tangent).unbind(2)
+        update = self.attn1(elementwise.modulate(x, shift, scale, eps, tangent=tangent, compiled=fused), rope,
+                            layout, tangent)
+        # each residual add is fused with the next sublayer's modulation of its result
+        for norm, sublayer in ((self.norm2, lambda h: self.attn2(h, text, tangent)),
+                               (self.norm3, lambda h: self.ff(h, tangent))):
+            shift, scale, next_gate = norm(silu_embedding, temb, tangent).unbind(2)
+            x, h = elementwise.gated_residual_modulate(x, *update, gate, shift, scale, eps, tangent=tangent,
+                                                       compiled=fused)
+            update, gate = sublayer(h), next_gate
+        return elementwise.bias_gated_residual(x, *update, gate, tangent=tangent, compiled=fused)
