@@ -11,8 +11,9 @@
 #   bash tools/gpu_runs.sh cosmos  # tools/bench_cosmos.py: Cosmos-Predict2-2B at 1024x1024 next to diffusers
 #                                  # (bf16 error included), the 14B width with 4 blocks, then TP=2 and CP=2
 #   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2, DP4
-#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py launch-config sweep, then bench_wan.py's 1-GPU
-#                                  # JVP ratio and bench_attention.py's first-call time, one after the other
+#   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py: both attention kernels' launch configs at
+#                                  # self-attention and both cross shapes, checked against float64 (sweep.json);
+#                                  # pytest -m gpu tests/kernels; bench_attention.py's kernel table (issue 23)
 #   bash tools/gpu_runs.sh generate    # tools/bench_generate.py on 1 GPU: 4-step student vs 50-step CFG teacher
 #   bash tools/gpu_runs.sh generate2   # the same with the transformer at TP=2, then at CP=2 (2 GPUs)
 #                                      # (both need transformers for UMT5: its wheel in .whl/ if not installed)
@@ -119,18 +120,24 @@ train)
   for f in "$OUT"/train_*.log; do echo "== $f"; tail -1 "$f"; done
   ;;
 kernel)
-  # one after the other on GPU 0: timings taken while other GPUs of the host worked were lower
-  # (a concurrent 30-layer JVP ran 12% slower than alone)
-  export CUDA_VISIBLE_DEVICES=0
-  timeout 240 python3 tools/tune_flash_jvp.py > "$OUT/tune_flash_jvp.log" 2>&1
-  # the JVP / forward ratio of the whole model with the autotuned set (it prints the pick)
-  timeout 200 python3 tools/bench_wan.py --skip-diffusers --skip-error > "$OUT/wan_1gpu.log" 2>&1
-  # first call (compile + autotune) on a fresh Triton cache
-  TRITON_CACHE_DIR=/tmp/triton_fresh timeout 120 python3 tools/bench_attention.py --shapes wan1.3b --quick \
-    > "$OUT/bench_attention.log" 2>&1
-  grep -A24 "^attention forward" "$OUT/tune_flash_jvp.log" || tail -5 "$OUT/tune_flash_jvp.log"
-  grep "tuned for" "$OUT/wan_1gpu.log"; grep -A8 "^Wan " "$OUT/wan_1gpu.log" || tail -5 "$OUT/wan_1gpu.log"
-  tail -6 "$OUT/bench_attention.log"
+  # on GPU 0, timings one after the other (timings taken while other GPUs of the host worked were
+  # lower). The sweep starts on an empty Triton cache (it compiles every candidate, about 3 minutes)
+  # and prints each case's table as it ends; the tests then run in three processes at once (they
+  # time nothing, and compile on three cores), and the bench reuses the compiled kernels
+  export CUDA_VISIBLE_DEVICES=0 TRITON_CACHE_DIR=/tmp/triton_kernel_phase
+  rm -rf "$TRITON_CACHE_DIR"
+  timeout 270 python3 tools/tune_flash_jvp.py --json "$OUT/sweep.json" > "$OUT/tune_flash_jvp.log" 2>&1
+  PYTEST="timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider"
+  $PYTEST tests/kernels/test_flash_jvp_hopper.py -k candidate > "$OUT/tests_kernels_candidates.log" 2>&1 &
+  $PYTEST tests/kernels/test_flash_jvp_hopper.py -k "not candidate" > "$OUT/tests_kernels_hopper.log" 2>&1 &
+  $PYTEST tests/kernels --ignore tests/kernels/test_flash_jvp_hopper.py > "$OUT/tests_kernels_other.log" 2>&1 &
+  wait
+  timeout 80 python3 tools/bench_attention.py --shapes wan1.3b,cross,cross_odd --quick \
+    --json "$OUT/bench_attention.json" > "$OUT/bench_attention.log" 2>&1
+  sed -n '/^### fastest correct/,$p' "$OUT/tune_flash_jvp.log" | grep -v "^$" || tail -5 "$OUT/tune_flash_jvp.log"
+  grep -c "| ok |" "$OUT/tune_flash_jvp.log"; grep -i "wrong\|failed" "$OUT/tune_flash_jvp.log" | head -8
+  for f in "$OUT"/tests_kernels_*.log; do echo "== $f: $(tail -1 "$f")"; grep FAILED "$f" | head -5; done
+  grep -A12 "^| shape | impl" "$OUT/bench_attention.log" || tail -5 "$OUT/bench_attention.log"
   ;;
 cosmos)
   CUDA_VISIBLE_DEVICES=0 timeout 230 python3 tools/bench_cosmos.py --json "$OUT/cosmos2b.json" > "$OUT/cosmos2b.log" 2>&1
