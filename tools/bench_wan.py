@@ -9,9 +9,14 @@ CPU check: TRITON_INTERPRET=1 python tools/bench_wan.py --cpu-smoke
 Random weights (a random diffusers model, loaded into ours), bf16, 480p (latent 60 x 104),
 text length 512. Ours: forward, jvp, forward+backward with and without per-block recompute;
 diffusers: forward, forward+backward with gradient checkpointing (and without, usually out
-of memory). Also the bf16 error of our forward and jvp against a float32 run of our model.
+of memory). Also the bf16 error of our forward and jvp against a float32 run of our model, and
+of diffusers' forward against a float32 run of diffusers (the same weights and inputs).
 Times are medians of CUDA-event timings after a warm-up; memory is the peak allocated during
 the measurement. Only rank 0 prints; every rank runs diffusers on its own GPU.
+
+--profile: torch.profiler over our forward, our jvp and diffusers' forward: the kernels that
+take the most device time, kernels per call, and the device's busy time per call against the
+call's wall time (busy well below wall: the host, launching kernels, sets the pace).
 """
 
 import argparse
@@ -46,6 +51,7 @@ def _parse(defaults, description):
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--skip-error", action="store_true", help="skip the bf16-vs-float32 error runs")
     p.add_argument("--no-fuse-elementwise", action="store_true", help="run the elementwise pieces eagerly")
+    p.add_argument("--profile", action="store_true", help="top kernels and device busy time of each forward and the jvp")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--cpu-smoke", "--smoke", action="store_true", help="tiny model on CPU (needs TRITON_INTERPRET=1)")
     return p.parse_args()
@@ -80,6 +86,34 @@ class Timer:
                 torch.cuda.empty_cache()
         peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
         return statistics.median(times), peak
+
+
+def _profile(fn, device, calls=3, top=12):
+    """torch.profiler over ``calls`` calls of fn() after a warm-up: device busy ms and kernels per
+    call, and the ``top`` kernels by device time (CPU ops on a CPU run)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    fn()
+    if on_cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])) as prof:
+        for _ in range(calls):
+            fn()
+        if on_cuda:
+            torch.cuda.synchronize()
+    if on_cuda:
+        events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        busy = lambda e: e.self_device_time_total
+    else:
+        events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU and e.key.startswith("aten::")]
+        busy = lambda e: e.self_cpu_time_total
+    events.sort(key=busy, reverse=True)
+    return dict(busy_ms_per_call=sum(map(busy, events)) / calls / 1e3, what="kernels" if on_cuda else "CPU aten ops",
+                kernels_per_call=sum(e.count for e in events) / calls,
+                top=[dict(name=e.key, ms_per_call=busy(e) / calls / 1e3, count_per_call=e.count / calls)
+                     for e in events[:top]])
 
 
 def _diffusers_model(family, cfg, device, dtype):
@@ -123,7 +157,7 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
     x_t, t_t = torch.randn_like(x), torch.tensor([1.0], device=device)
     timer = Timer(device, args.repeats)
     flops = wan_forward_flops(cfg, tokens, args.text_len)
-    rows = []
+    rows, profiles = [], {}
 
     def record(model, what, result, flop=None):
         seconds, peak = result
@@ -143,6 +177,9 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
     with torch.no_grad():
         record("ours", "forward", timer(lambda: ours(x, t, text)), flops)
         record("ours", "jvp", timer(lambda: ours.jvp(x, t, text, x_t, t_t)))
+        if args.profile:
+            profiles["ours forward"] = _profile(lambda: ours(x, t, text), device)
+            profiles["ours jvp"] = _profile(lambda: ours.jvp(x, t, text, x_t, t_t), device)
     if x.is_cuda:
         from megatron_rcm.kernels import flash_jvp
 
@@ -160,17 +197,28 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
            3 * flops)
     set_recompute(False)
 
+    errors = {}
     if not args.skip_diffusers:
         call = lambda: family.diffusers_forward(reference, x, t, text)
         with torch.no_grad():
             record("diffusers", "forward", timer(call), flops)
+            if args.profile:
+                profiles["diffusers forward"] = _profile(call, device)
         reference.enable_gradient_checkpointing()
         record("diffusers", "forward+backward, checkpointing", timer(lambda: train_step(reference, call)), 3 * flops)
         reference.disable_gradient_checkpointing()
         record("diffusers", "forward+backward", timer(lambda: train_step(reference, call)), 3 * flops)
+        if not args.skip_error:
+            # diffusers' own rounding, defined as ours below: bf16 against float32 of the same weights
+            reference.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                out = call()
+                reference.float()
+                ref = family.diffusers_forward(reference, x.float(), t, text.float())
+            errors["diffusers_forward_bf16_vs_fp32"] = norm_relative_error(out, ref)
+            del out, ref
     del reference
 
-    errors = {}
     if not args.skip_error:
         with torch.no_grad():
             out, out_t = ours.jvp(x, t, text, x_t, t_t)
@@ -181,13 +229,13 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
             if rank0:
                 print(f"float32 reference jvp: {time.perf_counter() - start:.1f} s", flush=True)
             cfg.fuse_elementwise = timed_fused
-        errors = dict(forward_bf16_vs_fp32=norm_relative_error(out, ref), jvp_bf16_vs_fp32=norm_relative_error(out_t, ref_t))
+        errors.update(forward_bf16_vs_fp32=norm_relative_error(out, ref), jvp_bf16_vs_fp32=norm_relative_error(out_t, ref_t))
 
     if rank0:
         result = dict(family=cfg.FAMILY, preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,
                       tp=args.tp, cp=args.cp, cp_mode=args.cp_mode, sp=args.sp, fused=cfg.fuse_elementwise, device=str(
                           torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
-                      rows=rows, errors=errors)
+                      rows=rows, errors=errors, profiles=profiles)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)
@@ -211,6 +259,13 @@ def _markdown(result):
                      f"{fmt(r['peak_gib'], '.1f')} | {fmt(r['tflops_per_gpu'], '.0f')} |")
     for name, value in result["errors"].items():
         lines.append(f"\n{name} (relative L2): {value:.2e}")
+    for name, profile in result["profiles"].items():
+        seconds = next(r["seconds"] for r in result["rows"] if f"{r['model']} {r['measurement']}" == name)
+        wall = f" of {seconds * 1e3:.1f} ms wall" if isinstance(seconds, float) else ""
+        lines += [f"\nProfile, {name}: device busy {profile['busy_ms_per_call']:.1f} ms{wall} per call, "
+                  f"{profile['kernels_per_call']:.0f} {profile['what']} per call", "",
+                  "| kernel | ms per call | calls per call |", "|---|---|---|"]
+        lines += [f"| {k['name'][:100]} | {k['ms_per_call']:.3f} | {k['count_per_call']:.0f} |" for k in profile["top"]]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import pytest
     (["tools/tune_flash_jvp.py", "--cpu-smoke"], "| triton | triton 32x16 w4 s2 tma |"),
     (["tools/bench_attention.py", "--cpu-smoke"], "out_t rel. error"),
     (["tools/bench_wan.py", "--cpu-smoke"], "jvp_bf16_vs_fp32"),
-    (["tools/bench_cosmos.py", "--smoke"], "jvp_bf16_vs_fp32"),
+    (["tools/bench_cosmos.py", "--smoke", "--profile"], "Profile, diffusers forward"),
     (["tools/bench_generate.py", "--smoke"], "speed-up: end to end"),
     (["tools/bench_encoders.py", "--smoke"], "teacher-synthetic samples per minute"),
     (["tools/validate_plan.py", "--smoke"], "| smoke |"),
