@@ -55,7 +55,6 @@ EXTRA_ROWS = (("communication", "communication (NCCL)"), ("other", "other (loss 
               ("idle", "idle (device gaps)"), ("overlap", "overlapping streams (counted twice above)"))
 ITERATION = "rcm/iteration"
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
-LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
 SMOKE = dict(preset="tiny-a", frames=5, height=32, width=32, text_len=8, iters=4,
              config=ROOT / "examples" / "configs" / "tiny_cpu.yaml")
 
@@ -88,8 +87,10 @@ class Ranges:
 def _device_work(events, cuda):
     """[(name, start, end, launching thread, launch time)] of the device's work, in µs."""
     if cuda:
+        # the host side of each launch (runtime or driver API call) shares the kernel's correlation id
         launches = {e["args"]["correlation"]: e for e in events
-                    if e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
+                    if e.get("cat") not in (*DEVICE_CATEGORIES, "gpu_user_annotation")
+                    and "correlation" in e.get("args", {})}
         work = []
         for e in events:
             if e.get("cat") in DEVICE_CATEGORIES:
