@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Prepare training shards for examples/pretrain_rcm.py with the Wan2.1 VAE and UMT5 text encoder
-of a diffusers pipeline folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers).
+"""Prepare training shards for examples/pretrain_rcm.py with the VAE and text encoder of a diffusers
+pipeline folder: Wan2.1 (UMT5; e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers) or Cosmos-Predict2
+text-to-image (T5; e.g. nvidia/Cosmos-Predict2-2B-Text2Image), which both use the Wan VAE.
 
 Videos with captions (NAME.mp4/.webm/.mov/.gif beside NAME.txt, or a --manifest JSONL of
 {"video": path, "caption": text}):
     python tools/prepare_data.py --pipeline Wan2.1-T2V-1.3B-Diffusers --videos clips/ --output data/ \\
         --height 480 --width 832 --num-frames 81 [--dtype bfloat16] [--samples-per-shard 64]
+Images with captions (NAME.png/.jpg beside NAME.txt; an image is a video of one frame, latents [C, 1, h, w]):
+    python tools/prepare_data.py --pipeline Cosmos-Predict2-2B-Text2Image --images photos/ --output data/ \\
+        --height 768 --width 1360
 Teacher samples of a prompt list (one prompt a line), with CFG and the teacher's multi-step sampler:
     python tools/prepare_data.py --pipeline P --prompts prompts.txt --teacher P --output data/ \\
         --height 480 --width 832 --num-frames 81 [--steps 50 --guidance-scale 5 --sampler unipc --shift 3]
-The negative-prompt embedding alone (without TEXT: Wan2.1's default negative prompt):
+The negative-prompt embedding alone (without TEXT: the family's default negative prompt):
     python tools/prepare_data.py --pipeline P --negative-prompt [TEXT] --output negative.pt
 
 Data modes also write OUTPUT/negative_prompt.pt (for --negative-prompt-embedding), OUTPUT/skipped.jsonl
@@ -33,23 +37,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def parse_args(argv=None):
     from megatron_rcm import cli
-    from megatron_rcm.encoders import WAN_NEGATIVE_PROMPT
 
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True, help="diffusers Wan2.1 folder with vae/, text_encoder/, tokenizer/")
+    p.add_argument("--pipeline", required=True, help="diffusers WanPipeline or Cosmos2TextToImagePipeline folder "
+                   "with vae/, text_encoder/, tokenizer/")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--videos", help="folder of videos, each with its caption NAME.txt beside it")
+    source.add_argument("--videos", "--images", dest="videos", help="folder of videos and/or images (png, jpg), "
+                        "each with its caption NAME.txt beside it")
     source.add_argument("--manifest", help='JSONL file of {"video": path, "caption": text} lines')
     source.add_argument("--prompts", help="text file of prompts, one a line, for the teacher to sample")
     p.add_argument("--output", required=True, help="shard folder (data modes) or .pt file (negative prompt alone)")
     p.add_argument("--height", type=int, help="pixels; videos are resized (short side) and centre-cropped")
     p.add_argument("--width", type=int)
-    p.add_argument("--num-frames", type=int, help="frames from the start of each video: 1 + 4k (81 for Wan2.1)")
+    p.add_argument("--num-frames", type=int, help="frames from the start of each video: 1 + 4k (81 for Wan2.1; "
+                   "an image pipeline takes 1, its default)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="encoders' and teacher's dtype")
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--vae-tiling", action="store_true", help="encode in spatial tiles (less memory at 720p)")
-    p.add_argument("--negative-prompt", nargs="?", const=WAN_NEGATIVE_PROMPT, default=WAN_NEGATIVE_PROMPT,
-                   help="negative prompt to embed (default and without TEXT: Wan2.1's)")
+    p.add_argument("--negative-prompt", nargs="?", help="negative prompt to embed (default and without TEXT: the "
+                   "family's: Wan2.1's own, or Cosmos2TextToImagePipeline's DEFAULT_NEGATIVE_PROMPT)")
     p.add_argument("--strict", action="store_true", help="stop with an error at the first item that is skipped")
     teacher = p.add_argument_group("teacher samples (--prompts)")
     teacher.add_argument("--teacher", help="teacher: diffusers transformer or pipeline folder, or Megatron checkpoint")
@@ -65,15 +71,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _check_flags(args):
+def _check_flags(args, kind):
+    """Fills the flags left out with the pipeline ``kind``'s defaults; raises if a needed one is missing."""
     from megatron_rcm.data.prepare import PrepareError
 
+    if args.negative_prompt is None:
+        args.negative_prompt = kind.negative_prompt
     data_mode = args.videos or args.manifest or args.prompts
     if not data_mode:
-        if not args.output.endswith(".pt"):
-            raise PrepareError("pass --videos, --manifest or --prompts to prepare shards, or --output FILE.pt to "
-                               "write the negative-prompt embedding alone")
         return
+    if kind.image:
+        if args.num_frames not in (None, 1):
+            raise PrepareError(f"--num-frames {args.num_frames}: a {kind.pipeline_class} folder's model makes "
+                               "images; pass --num-frames 1 or leave it out")
+        args.num_frames = 1
     missing = [flag for flag, value in (("--height", args.height), ("--width", args.width),
                                         ("--num-frames", args.num_frames)) if value is None]
     if args.prompts and not args.teacher:
@@ -249,12 +260,16 @@ def _negative_only(args):
 
 
 def run(args):
-    from megatron_rcm.encoders import check_pipeline_folder
+    from megatron_rcm.data.prepare import PrepareError
+    from megatron_rcm.encoders import check_pipeline_folder, pipeline_kind
 
-    _check_flags(args)
     data_mode = args.videos or args.manifest or args.prompts
+    if not data_mode and not args.output.endswith(".pt"):
+        raise PrepareError("pass --videos, --manifest or --prompts to prepare shards, or --output FILE.pt to "
+                           "write the negative-prompt embedding alone")
     check_pipeline_folder(args.pipeline, ["vae", "text_encoder", "tokenizer"] if data_mode else
                           ["text_encoder", "tokenizer"])
+    _check_flags(args, pipeline_kind(args.pipeline))
     if data_mode:  # the cheap checks first: a bad command fails before the heavy imports
         items = _items(args)
         # the teacher's patch size is checked once it is loaded

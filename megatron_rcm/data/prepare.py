@@ -1,6 +1,6 @@
-"""Turn videos with captions, or prompts sampled by a teacher, into training shards on any number of ranks.
+"""Turn videos or images with captions, or prompts sampled by a teacher, into training shards on any number of ranks.
 
-Items (one video or prompt each) are numbered in a fixed order: videos by relative path, manifest
+Items (one video, image or prompt each; an image is a video of one frame) are numbered in a fixed order: videos by relative path, manifest
 and prompt lines in file order. Sample ``i`` has the key ``%08d`` and lives in shard
 ``i // samples_per_shard`` (``shard-000000.tar``, ...), so names and contents do not depend on how
 many ranks prepare them. A shard is complete once its record ``.progress/shard-NNNNNN.json``
@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from ..atomic_output import atomic_write_bytes
 from .shard_writer import write_shard
-from .videos import VIDEO_EXTENSIONS, VideoReadError, read_video
+from .videos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, read_video
 
 PROGRESS_DIR = ".progress"
 SETTINGS_FILE = "prepare.json"
@@ -86,13 +86,15 @@ def _caption_beside(video: Path):
 
 
 def list_videos(folder) -> list:
-    """Items for every video under ``folder`` (by relative path), each captioned by ``NAME.txt`` beside it."""
+    """Items for every video and image under ``folder`` (by relative path), each captioned by
+    ``NAME.txt`` beside it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PrepareError(f"--videos {folder} is not a folder")
-    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    extensions = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
+    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     if not videos:
-        raise PrepareError(f"--videos {folder} holds no videos ({', '.join(VIDEO_EXTENSIONS)})")
+        raise PrepareError(f"--videos {folder} holds no videos or images ({', '.join(extensions)})")
     return [Item(i, str(video), *_caption_beside(video)) for i, video in enumerate(videos)]
 
 

@@ -1,8 +1,9 @@
 """Read the first frames of a video file as a [3, F, H, W] tensor in [-1, 1], resized and centre-cropped.
 
-Any format imageio reads: mp4, webm and mov through imageio-ffmpeg, gif through Pillow. Frames
-are taken from the start at the file's own rate (no temporal resampling); a clip with fewer
-frames than asked for is refused (``VideoReadError``), never padded.
+Any format imageio reads: mp4, webm and mov through imageio-ffmpeg, gif, png and jpg through
+Pillow. An image is a video of one frame (F = 1). Frames are taken from the start at the file's
+own rate (no temporal resampling); a clip with fewer frames than asked for is refused
+(``VideoReadError``), never padded; so is a file whose pixels are not 8-bit.
 """
 
 import contextlib
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as nn_functional
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 class VideoReadError(ValueError):
@@ -18,6 +20,8 @@ class VideoReadError(ValueError):
 
 
 def _rgb(frame) -> torch.Tensor:
+    if frame.dtype.name != "uint8":
+        raise VideoReadError(f"{frame.dtype.name} pixels (only 8-bit images and videos are read)")
     frame = torch.from_numpy(frame)
     if frame.dim() == 2:  # greyscale
         frame = frame.unsqueeze(-1).expand(-1, -1, 3)
@@ -34,6 +38,8 @@ def _first_frames(path, num_frames: int) -> torch.Tensor:
                 frames.append(_rgb(frame))
                 if len(frames) == num_frames:
                     break
+    except VideoReadError:
+        raise
     except Exception as e:  # imageio and its plugins raise many types; the first line says why
         if not frames:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]

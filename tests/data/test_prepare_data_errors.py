@@ -120,7 +120,7 @@ def _pipeline_without(pipeline, tmp_path, component):
     (lambda p, t: ["--pipeline", str(p), "--videos", str(t / "nope"), "--output", str(t / "o"), *SIZE],
      "--videos .*/nope is not a folder"),
     (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), *SIZE],
-     r"--videos .* holds no videos \(.mp4, .webm, .mov, .gif\)"),
+     r"--videos .* holds no videos or images \(.mp4, .webm, .mov, .gif, .png, .jpg, .jpeg\)"),
     (lambda p, t: ["--pipeline", str(p), "--manifest", str(t / "m.jsonl"), "--output", str(t / "o"), *SIZE],
      "--manifest .*m.jsonl cannot be read"),
     (lambda p, t: ["--pipeline", str(p), "--prompts", str(t / "p.txt"), "--teacher", str(p), "--output",
@@ -188,10 +188,10 @@ def test_error_line_on_the_command_line(pipeline, tmp_path, capsys):
             str(tmp_path), "--output", str(tmp_path / "o"), *SIZE]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"prepare_data: error: --videos {tmp_path} holds no videos "
-                                                  "(.mp4, .webm, .mov, .gif)"]
+    assert result.stderr.strip().splitlines() == [f"prepare_data: error: --videos {tmp_path} holds no videos or "
+                                                  "images (.mp4, .webm, .mov, .gif, .png, .jpg, .jpeg)"]
     code, _, err = _main([*argv[2:], "--debug"], capsys)
-    assert code == 1 and "Traceback" in err and "PrepareError" in err and err.endswith("(.mp4, .webm, .mov, .gif)\n")
+    assert code == 1 and "Traceback" in err and "PrepareError" in err and err.endswith(".png, .jpg, .jpeg)\n")
     misspelt = subprocess.run([*argv, "--num-frame", "9"], capture_output=True, text=True, timeout=120)
     assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1
     assert "unrecognized arguments: --num-frame 9 (see --help)" in misspelt.stderr
