@@ -33,6 +33,10 @@ def bad_videos(tmp_path_factory):
     captioned_video(folder, "f_empty_caption.mov", frames, " \n\t ")
     captioned_video(folder, "g_latin1.mp4", frames, None).with_suffix(".txt").write_bytes("caf\xe9".encode("latin-1"))
     (folder / "notes.md").write_text("not a video: ignored")
+    from PIL import Image
+
+    Image.fromarray(frames[0, :, :, 0].astype("uint16") * 257).save(folder / "h_16bit.png")  # mode I;16
+    (folder / "h_16bit.txt").write_text("sixteen bits a pixel")
     reasons = {
         "b_garbage.mp4": "unreadable video (",
         "c_truncated.mp4": "unreadable video (",
@@ -40,6 +44,7 @@ def bad_videos(tmp_path_factory):
         "e_no_caption.gif": "no caption file beside the video (e_no_caption.txt)",
         "f_empty_caption.mov": "caption file is empty (f_empty_caption.txt)",
         "g_latin1.mp4": "caption file is not UTF-8 text (g_latin1.txt)",
+        "h_16bit.png": "uint16 pixels (only 8-bit images and videos are read)",
     }
     return folder, reasons
 
@@ -59,7 +64,7 @@ def test_bad_items_are_skipped_with_their_reason(pipeline, bad_videos, tmp_path,
     code, stdout, _ = _main(["--pipeline", str(pipeline), "--videos", str(folder), "--output", str(out), *SIZE],
                             capsys)
     assert code == 3, stdout
-    assert "wrote 1 of 7 samples" in stdout and "6 items skipped" in stdout
+    assert "wrote 1 of 8 samples" in stdout and "7 items skipped" in stdout
     records = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     got = {record["source"].rsplit("/", 1)[1]: record for record in records}
     assert sorted(got) == sorted(reasons)
