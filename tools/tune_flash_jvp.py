@@ -201,6 +201,7 @@ def sweep_case(name, case, args, device):
     if flash_jvp._hopper_kernel_serves(*inputs, None) and args.hopper_configs != []:
         from megatron_rcm.kernels import flash_jvp_hopper
 
+        flash_jvp._install_descriptor_allocator()  # the kernel's descriptors are made on the device
         current = flash_jvp.hopper_config(case.seqlen_k, case.kv_tangent)
         for config in _hopper_candidates(args.hopper_configs):
             if not flash_jvp_hopper.fits(config, case.head_dim, case.kv_tangent):
