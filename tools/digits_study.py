@@ -265,7 +265,7 @@ def main():
     p.add_argument("--teacher-lr", type=float, default=5e-4)
     p.add_argument("--teacher-workers", type=int, default=6)
     p.add_argument("--teacher-eval-every", type=int, default=1000)
-    p.add_argument("--student-updates", type=int, default=800)
+    p.add_argument("--student-updates", type=int, default=600)
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4, help="student and fake-score learning rate")
     p.add_argument("--tangent-warmup", type=int, default=40)

@@ -9,7 +9,8 @@
 #                                    # (4 GPUs: TP2 x DP2 -> TP1 x DP4; 2 GPUs: DP2 -> TP2), bf16
 #   bash tools/gpu_runs.sh wan     # tools/bench_wan.py: 1 GPU next to diffusers, TP=2, CP=2 a2a and p2p
 #   bash tools/gpu_runs.sh cosmos  # tools/bench_cosmos.py: Cosmos-Predict2-2B at 1024x1024 next to diffusers
-#                                  # (bf16 error included), the 14B width with 4 blocks, then TP=2 and CP=2
+#                                  # (bf16 errors of both, kernel profiles), the 14B width with 4 blocks, then
+#                                  # TP=2 and CP=2
 #   bash tools/gpu_runs.sh train   # tools/bench_train.py: 1 GPU, TP2 x CP2, TP2 x DP2, DP4
 #   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py: both attention kernels' launch configs at
 #                                  # self-attention and both cross shapes, checked against float64 (sweep.json);
@@ -25,8 +26,8 @@
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: a teacher trained from the shipped
 #                                    # one (val FD curve), then the ablations on the val split, tiny runs side by side
-#   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice; needs A's results folder
-#                                    # (default gpu-logs/digits_a; DIGITS_A=path) in the tree, e.g. carried
+#   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
+#                                    # phase A leaves in runs/digits_a (carry it to a fresh machine; DIGITS_A=path)
 #                                    # (DIGITS_UPDATES, DIGITS_TEACHER_MINUTES, DIGITS_JOBS change the budgets)
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
@@ -122,14 +123,16 @@ train)
 kernel)
   # on GPU 0, timings one after the other (timings taken while other GPUs of the host worked were
   # lower). The sweep starts on an empty Triton cache (it compiles every candidate, about 3 minutes)
-  # and prints each case's table as it ends; the tests then run in three processes at once (they
-  # time nothing, and compile on three cores), and the bench reuses the compiled kernels
+  # and prints each case's table as it ends; the tests then run in four processes at once (they
+  # time nothing, and compile on four cores), and the bench reuses the compiled kernels
   export CUDA_VISIBLE_DEVICES=0 TRITON_CACHE_DIR=/tmp/triton_kernel_phase
   rm -rf "$TRITON_CACHE_DIR"
   timeout 270 python3 tools/tune_flash_jvp.py --json "$OUT/sweep.json" > "$OUT/tune_flash_jvp.log" 2>&1
   PYTEST="timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider"
   $PYTEST tests/kernels/test_flash_jvp_hopper.py -k candidate > "$OUT/tests_kernels_candidates.log" 2>&1 &
-  $PYTEST tests/kernels/test_flash_jvp_hopper.py -k "not candidate" > "$OUT/tests_kernels_hopper.log" 2>&1 &
+  $PYTEST tests/kernels/test_flash_jvp_hopper.py -k matches_reference > "$OUT/tests_kernels_hopper_lengths.log" 2>&1 &
+  $PYTEST tests/kernels/test_flash_jvp_hopper.py -k "not candidate and not matches_reference" \
+    > "$OUT/tests_kernels_hopper.log" 2>&1 &
   $PYTEST tests/kernels --ignore tests/kernels/test_flash_jvp_hopper.py > "$OUT/tests_kernels_other.log" 2>&1 &
   wait
   timeout 80 python3 tools/bench_attention.py --shapes wan1.3b,cross,cross_odd --quick \
@@ -140,7 +143,8 @@ kernel)
   grep -A12 "^| shape | impl" "$OUT/bench_attention.log" || tail -5 "$OUT/bench_attention.log"
   ;;
 cosmos)
-  CUDA_VISIBLE_DEVICES=0 timeout 230 python3 tools/bench_cosmos.py --json "$OUT/cosmos2b.json" > "$OUT/cosmos2b.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 timeout 260 python3 tools/bench_cosmos.py --profile --json "$OUT/cosmos2b.json" \
+    > "$OUT/cosmos2b.log" 2>&1
   CUDA_VISIBLE_DEVICES=0 timeout 100 python3 tools/bench_cosmos.py --preset cosmos-predict2-14b --layers 4 \
     --json "$OUT/cosmos14b_4layers.json" > "$OUT/cosmos14b_4layers.log" 2>&1
   if [ "$GPUS" -ge 2 ]; then
@@ -151,6 +155,8 @@ cosmos)
     done
   fi
   for log in "$OUT"/cosmos*.log; do echo "== $log"; grep -A10 "^Cosmos " "$log" || tail -5 "$log"; done
+  # the 2B run's bf16 errors and kernel profiles
+  sed -n '/_vs_fp32 (relative/,$p' "$OUT/cosmos2b.log" | grep -v "^$"
   ;;
 generate)
   CUDA_VISIBLE_DEVICES=0 timeout 560 python3 tools/bench_generate.py --json "$OUT/generate_1gpu.json" \
@@ -176,11 +182,11 @@ offload)
   ;;
 digits-a|digits-b)
   phase=${1#digits-}
-  flags="--student-updates ${DIGITS_UPDATES:-800} --jobs ${DIGITS_JOBS:-12}"
+  flags="--student-updates ${DIGITS_UPDATES:-600} --jobs ${DIGITS_JOBS:-12}"
   if [ "$phase" = a ]; then
     flags="$flags --teacher-minutes ${DIGITS_TEACHER_MINUTES:-2.5}"
   else
-    flags="$flags --choice ${DIGITS_A:-gpu-logs/digits_a}/choice.json"
+    flags="$flags --choice ${DIGITS_A:-runs/digits_a}/choice.json"
   fi
   RESULTS="$OUT/digits_$phase"
   # the whole study stops itself at --minutes, keeping what finished
@@ -188,6 +194,12 @@ digits-a|digits-b)
     --work /tmp/digits_$phase --minutes 8.3 $flags > "$OUT/digits_$phase.log" 2>&1
   # one archive for the per-run logs and metrics (the phase keeps to a few files)
   tar -czf "$RESULTS/runs.tar.gz" -C "$RESULTS" runs && rm -rf "$RESULTS/runs"
+  # what phase B needs, kept in the tree (runs/ is ignored): a warm machine finds it, a fresh one
+  # needs it carried
+  if [ "$phase" = a ] && [ -e "$RESULTS/choice.json" ]; then
+    rm -rf runs/digits_a && mkdir -p runs/digits_a && cp "$RESULTS/choice.json" runs/digits_a/
+    [ -d "$RESULTS/teacher" ] && cp -r "$RESULTS/teacher" runs/digits_a/
+  fi
   cat "$RESULTS/ablations.md" "$RESULTS/table.md" "$RESULTS/targets.md" 2>/dev/null
   tail -5 "$OUT/digits_$phase.log"
   ;;
