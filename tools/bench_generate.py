@@ -4,7 +4,9 @@
 One GPU:   python tools/bench_generate.py [--json out.json]
 TP=2:      torchrun --nproc-per-node 2 tools/bench_generate.py --tp 2
 CP=2:      torchrun --nproc-per-node 2 tools/bench_generate.py --cp 2
-CPU check: TRITON_INTERPRET=1 python tools/bench_generate.py --smoke
+Cosmos:    python tools/bench_generate.py --preset cosmos-predict2-2b --height 1024 --width 1024 --num-frames 1 \\
+               --teacher-steps 35 --guidance-scale 7
+CPU check: TRITON_INTERPRET=1 python tools/bench_generate.py --smoke [--preset cosmos-predict2-2b --num-frames 1]
 
 Wan2.1 T2V 1.3B transformer (bf16), the Wan2.1 VAE (diffusers' AutoencoderKLWan defaults, float32,
 tiled decode) and UMT5-XXL (bf16), all randomly initialised; 480p x 81 frames. Text encoding runs
@@ -14,7 +16,7 @@ as examples/generate.py runs it: the student with the rCM sampler, the teacher w
 classifier-free guidance (two transformer passes per step, batched). Each stage is timed once after
 a warm-up (the teacher's: a 2-step run); end to end is the sum of the stages. Under torchrun the
 transformer is sharded (TP or CP) and the text encoder and VAE are replicated on every rank; rank 0
-prints.
+prints. A Cosmos-Predict2 preset runs with the encoder of T5-11B (bf16) instead of UMT5-XXL.
 """
 
 import argparse
@@ -27,15 +29,22 @@ import torch
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
                 feed_forward_proj="gated-gelu", dropout_rate=0.0)
+# google-t5/t5-11b, the text encoder of the Cosmos-Predict2 folders
+T5_11B = dict(vocab_size=32128, d_model=1024, d_kv=128, d_ff=65536, num_layers=24, num_heads=128,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="relu",
+              dropout_rate=0.0)
 TINY_UMT5 = dict(vocab_size=96, d_model=24, d_kv=8, d_ff=40, num_layers=2, num_heads=3,
                  relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+# per family: (transformers config and encoder class names, real-size encoder, tiny preset)
+FAMILY_PARTS = {"wan": ("UMT5Config", "UMT5EncoderModel", UMT5_XXL, "tiny-a"),
+                "cosmos": ("T5Config", "T5EncoderModel", T5_11B, "cosmos-tiny-a")}
 TINY_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4,
                 latents_std=[1.0] * 4)
 
 
 def _parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b")
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help="a model preset of any family")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--num-frames", type=int, default=81)
@@ -54,22 +63,25 @@ def _parse():
 
 def _build(args, device):
     """(transformer, text encoder, VAE), random; the tiny ones with --smoke."""
+    import transformers
     from diffusers import AutoencoderKLWan
-    from transformers import UMT5Config, UMT5EncoderModel
 
     from megatron_rcm.encoders import WanVAE
-    from megatron_rcm.models.wan import WanModel, wan_config
+    from megatron_rcm.models import family_of_preset
 
     dtype = torch.float32 if args.smoke else torch.bfloat16
     torch.manual_seed(0)  # the same weights on every rank
-    text_config = UMT5Config(**(TINY_UMT5 if args.smoke else UMT5_XXL))
-    config = wan_config("tiny-a" if args.smoke else args.preset, params_dtype=dtype, bf16=not args.smoke,
-                        tensor_model_parallel_size=args.tp, context_parallel_size=args.cp, cp_comm_type=args.cp_mode,
-                        use_cpu_initialization=device.type == "cpu", text_dim=text_config.d_model,
-                        **({"in_channels": TINY_VAE["z_dim"], "out_channels": TINY_VAE["z_dim"]} if args.smoke else {}))
-    model = WanModel(config).to(device).eval()
+    family = family_of_preset(args.preset)
+    config_class, encoder_class, real_size, _ = FAMILY_PARTS[family.name]
+    text_config = getattr(transformers, config_class)(**(TINY_UMT5 if args.smoke else real_size))
+    config = family.config_class.from_preset(
+        args.preset, params_dtype=dtype, bf16=not args.smoke, tensor_model_parallel_size=args.tp,
+        context_parallel_size=args.cp, cp_comm_type=args.cp_mode, use_cpu_initialization=device.type == "cpu",
+        text_dim=text_config.d_model,
+        **({"in_channels": TINY_VAE["z_dim"], "out_channels": TINY_VAE["z_dim"]} if args.smoke else {}))
+    model = family.model_class(config).to(device).eval()
     with torch.device(device):
-        encoder = UMT5EncoderModel(text_config).to(dtype).eval()
+        encoder = getattr(transformers, encoder_class)(text_config).to(dtype).eval()
         vae = AutoencoderKLWan(**(TINY_VAE if args.smoke else {})).eval()
     if not args.no_vae_tiling:
         vae.enable_tiling()
@@ -95,7 +107,11 @@ def main():
     from megatron_rcm.parallel import ParallelConfig, current_device, destroy_parallel, initialize_parallel
 
     if args.smoke:
-        args.height, args.width, args.num_frames, args.teacher_steps, args.prompt_tokens = 32, 32, 5, 3, 5
+        from megatron_rcm.models import family_of_preset
+
+        args.preset = FAMILY_PARTS[family_of_preset(args.preset).name][3]
+        args.height, args.width, args.teacher_steps, args.prompt_tokens = 32, 32, 3, 5
+        args.num_frames = min(args.num_frames, 5)
     initialize_parallel(ParallelConfig(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp))
     rank0 = torch.distributed.get_rank() == 0
     device = current_device()
@@ -132,7 +148,7 @@ def main():
     student_total = seconds["text encode"] + seconds["student denoise"] + seconds["VAE decode"]
     teacher_total = 2 * seconds["text encode"] + seconds["teacher denoise"] + seconds["VAE decode"]
     result = {
-        "preset": "tiny-a" if args.smoke else args.preset, "tp": args.tp, "cp": args.cp, "cp_mode": args.cp_mode,
+        "preset": args.preset, "tp": args.tp, "cp": args.cp, "cp_mode": args.cp_mode,
         "size": [args.num_frames, args.height, args.width], "latent_shape": list(shape),
         "student_steps": args.student_steps, "teacher_steps": args.teacher_steps,
         "guidance_scale": args.guidance_scale, "seconds": seconds,

@@ -18,6 +18,8 @@
 #   bash tools/gpu_runs.sh generate    # tools/bench_generate.py on 1 GPU: 4-step student vs 50-step CFG teacher
 #   bash tools/gpu_runs.sh generate2   # the same with the transformer at TP=2, then at CP=2 (2 GPUs)
 #                                      # (both need transformers for UMT5: its wheel in .whl/ if not installed)
+#   bash tools/gpu_runs.sh generate-cosmos  # bench_generate.py on 1 GPU: Cosmos-Predict2-2B at 1024x1024, T5-11B's
+#                                           # encoder, 4-step student vs 35-step teacher with CFG 7
 #   bash tools/gpu_runs.sh plan    # tools/validate_plan.py on GPU 0: planner vs measured training runs
 #                                  # (PLAN_CASES=a,b picks cases; PLAN_CALIBRATE=0 skips the calibrations)
 #   bash tools/gpu_runs.sh offload # pytest -m gpu tests/training/test_offload_gpu.py on GPU 0: offloads change no number
@@ -33,8 +35,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|digits-a|digits-b|profile) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|plan|offload|digits-a|digits-b|profile" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|digits-a|digits-b|profile) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|digits-a|digits-b|profile" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -162,6 +164,12 @@ generate)
   CUDA_VISIBLE_DEVICES=0 timeout 560 python3 tools/bench_generate.py --json "$OUT/generate_1gpu.json" \
     > "$OUT/generate_1gpu.log" 2>&1
   grep -A9 "^| stage" "$OUT/generate_1gpu.log" || tail -5 "$OUT/generate_1gpu.log"
+  ;;
+generate-cosmos)
+  CUDA_VISIBLE_DEVICES=0 timeout 560 python3 tools/bench_generate.py --preset cosmos-predict2-2b --height 1024 \
+    --width 1024 --num-frames 1 --teacher-steps 35 --guidance-scale 7 --json "$OUT/generate_cosmos.json" \
+    > "$OUT/generate_cosmos.log" 2>&1
+  grep -A9 "^| stage" "$OUT/generate_cosmos.log" || tail -5 "$OUT/generate_cosmos.log"
   ;;
 plan)
   # a profile calibrated at each width, then each case trains 4 iterations with random weights

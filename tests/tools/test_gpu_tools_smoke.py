@@ -14,6 +14,8 @@ import pytest
     (["tools/bench_wan.py", "--cpu-smoke"], "jvp_bf16_vs_fp32"),
     (["tools/bench_cosmos.py", "--smoke", "--profile"], "Profile, diffusers forward"),
     (["tools/bench_generate.py", "--smoke"], "speed-up: end to end"),
+    (["tools/bench_generate.py", "--smoke", "--preset", "cosmos-predict2-2b", "--num-frames", "1"],
+     "(cpu, cosmos-tiny-a, TP=1, CP=1)"),
     (["tools/bench_encoders.py", "--smoke"], "teacher-synthetic samples per minute"),
     (["tools/validate_plan.py", "--smoke"], "| smoke |"),
 ], ids=lambda c: c[0] if isinstance(c, list) else "")
