@@ -241,8 +241,14 @@ def _flash_jvp_hopper_kernel(
     p_ds = gl.convert_layout(p_ds.to(dtype), p_layout)
 
     for j in range(1, n_blocks):
-        stage = j % STAGES
-        prev = (j - 1) % STAGES
+        if STAGES == 1:
+            # 0, but not a constant: with a constant stage the compiler hoists the shared-memory
+            # descriptors of every wgmma out of the loop, and they spill (500 bytes at 64 x 64)
+            stage = j // n_blocks
+            prev = stage
+        else:
+            stage = j % STAGES
+            prev = (j - 1) % STAGES
         _wait_stage(k_ready, j, STAGES)
         s, ds = _issue_scores(q_smem, qt_smem, k_bufs.index(stage), kt_bufs.index(stage), zero, KV_TANGENT)
         if EARLY_RESCALE:  # block j - 1's alpha (block 0's is 0, and so are the accumulators)
