@@ -388,3 +388,26 @@ def _head_rms_norm_backward(grad, y, weight, eps, head_dim, cos, sin):
 
 
 head_rms_norm = Elementwise(_head_rms_norm, _head_rms_norm_with_tangent, _head_rms_norm_backward)
+
+
+def _qk_head_rms_norm(qk, q_weight, k_weight, eps, head_dim, cos, sin):
+    """(q, k) of qk = [q, k] [S, B, 2 * H * head_dim] (a fused projection's output), each through
+    ``head_rms_norm`` with its own weight: one kernel for both."""
+    q, k = qk.chunk(2, dim=-1)
+    return _head_rms_norm(q, q_weight, eps, head_dim, cos, sin), _head_rms_norm(k, k_weight, eps, head_dim, cos, sin)
+
+
+def _qk_head_rms_norm_with_tangent(qk, q_weight, k_weight, eps, head_dim, cos, sin):
+    q, k = qk.chunk(2, dim=-1)
+    return (_head_rms_norm_with_tangent(q, q_weight, eps, head_dim, cos, sin),
+            _head_rms_norm_with_tangent(k, k_weight, eps, head_dim, cos, sin))
+
+
+def _qk_head_rms_norm_backward(grad_q, grad_k, qk, q_weight, k_weight, eps, head_dim, cos, sin):
+    q, k = qk.chunk(2, dim=-1)
+    grad_q, grad_q_weight = _head_rms_norm_backward(grad_q, q, q_weight, eps, head_dim, cos, sin)[:2]
+    grad_k, grad_k_weight = _head_rms_norm_backward(grad_k, k, k_weight, eps, head_dim, cos, sin)[:2]
+    return torch.cat([grad_q, grad_k], dim=-1), grad_q_weight, grad_k_weight, None, None, None, None
+
+
+qk_head_rms_norm = Elementwise(_qk_head_rms_norm, _qk_head_rms_norm_with_tangent, _qk_head_rms_norm_backward)

@@ -1,16 +1,21 @@
 """Linear layers every model family builds from: replicated ``nn.Linear`` and megatron-core's
-column/row-parallel linears (or Transformer Engine's), plus the sinusoidal timestep embedding.
+column/row-parallel linears (or Transformer Engine's), the projections around attention, plus
+the sinusoidal timestep embedding.
 
 Replicated parameters that see only this rank's share of the tokens under sequence parallelism
 carry ``sequence_parallel = True``: as in Megatron, their gradients are summed over the TP group
 after the backward (``finalize_model_grads``).
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as nn_functional
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.module import MegatronModule
+
+from .tangent import linear_parts
 
 
 def param_device(config):
@@ -48,12 +53,28 @@ def row_linear(config, in_features, out_features, bias=True):
                input_is_parallel=True, skip_bias_add=True, is_expert=False)
 
 
-def is_one_matmul(layer):
-    """Whether ``layer(x)`` is exactly ``x W^T`` and its bias, forward and backward: torch's
-    ``nn.Linear``, or megatron-core's local parallel linears at tensor-parallel size 1 (they
-    communicate nothing then)."""
-    return isinstance(layer, torch.nn.Linear) or (
-        isinstance(layer, (ColumnParallelLinear, RowParallelLinear)) and layer.config.tensor_model_parallel_size == 1)
+class AttentionProjections(MegatronModule):
+    """The linears around a DiT attention: this rank's heads, the column-parallel input projection
+    and the row-parallel output projection. Self-attention (``text_dim=None``) has one fused
+    ``qkv`` whose output on each rank is [q, k, v] of the rank's heads; cross-attention has ``q``
+    from the tokens and ``kv`` from the text states [L, B, text_dim], which every rank holds
+    whole, so ``kv`` gathers no sequence under sequence parallelism."""
+
+    def __init__(self, config, text_dim=None, bias=True):
+        super().__init__(config)
+        dim, tp = config.hidden_size, config.tensor_model_parallel_size
+        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
+        if text_dim is None:
+            self.qkv = column_linear(config, dim, 3 * dim, bias=bias)
+        else:
+            self.q = column_linear(config, dim, dim, bias=bias)
+            self.kv = column_linear(dataclasses.replace(config, sequence_parallel=False), text_dim, 2 * dim,
+                                    bias=bias)
+        self.proj = row_linear(config, dim, dim, bias=bias)
+
+    def project(self, out):
+        """(the output projection of attention output [S, B, heads, head dim] without its bias, the bias)."""
+        return linear_parts(self.proj, out.flatten(-2))
 
 
 def timestep_sinusoid(timestep, dim, dtype):

@@ -14,8 +14,7 @@ With ``tangent=False`` every helper is the plain op, so autograd sees the ordina
 
 import torch
 import torch.nn.functional as nn_functional
-
-from .layers import is_one_matmul
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 BATCH_DIM = 1
 
@@ -46,6 +45,14 @@ def add_bias(y, bias, tangent):
     # in place on the primal half of a fresh layer output (tangent mode runs under no_grad)
     y.narrow(BATCH_DIM, 0, y.shape[BATCH_DIM] // 2).add_(bias)
     return y
+
+
+def is_one_matmul(layer):
+    """Whether ``layer(x)`` is exactly ``x W^T`` and its bias, forward and backward: torch's
+    ``nn.Linear``, or megatron-core's local parallel linears at tensor-parallel size 1 (they
+    communicate nothing then)."""
+    return isinstance(layer, torch.nn.Linear) or (
+        isinstance(layer, (ColumnParallelLinear, RowParallelLinear)) and layer.config.tensor_model_parallel_size == 1)
 
 
 def linear_parts(layer, x):

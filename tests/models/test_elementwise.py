@@ -27,7 +27,7 @@ def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
         return x.double() if in_float64 else x
 
     bias, weight = rand(C).requires_grad_(constants_require_grad), rand(C).requires_grad_(constants_require_grad)
-    head_weight = rand(HEAD_DIM).requires_grad_(constants_require_grad)
+    head_weight, k_head_weight = (rand(HEAD_DIM).requires_grad_(constants_require_grad) for _ in range(2))
     angles = torch.rand(S, 1, 1, HEAD_DIM // 2, generator=g, dtype=torch.float64).to(device) * 6
     cos, sin = (f(angles).to(opmath).to(torch.float64 if in_float64 else opmath) for f in (torch.cos, torch.sin))
     x, update = rand(S, 2 * B, C), rand(S, 2 * B, C)
@@ -50,6 +50,8 @@ def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
                                lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, None, None)),
         "head_rms_norm_rope": (ew.head_rms_norm, (x,), lambda y: (y, head_weight, 1e-6, HEAD_DIM, cos, sin)),
         "head_rms_norm": (ew.head_rms_norm, (x,), lambda y: (y, head_weight, 1e-6, HEAD_DIM, None, None)),
+        "qk_head_rms_norm_rope": (ew.qk_head_rms_norm, (torch.cat([x, update], dim=-1),),
+                                  lambda y: (y, head_weight, k_head_weight, 1e-6, HEAD_DIM, cos, sin)),
     }
 
 

@@ -13,15 +13,13 @@ gradient, which megatron's ``finalize_model_grads`` sums over TP for such names 
 ``config.qk_layernorm`` is set (``CosmosConfig`` sets it).
 """
 
-import dataclasses
-
 import torch
 import torch.nn.functional as nn_functional
 from megatron.core.transformer.module import MegatronModule
 
 from .. import elementwise
 from ..attention import cross_attention, self_attention
-from ..layers import column_linear, param_device, replicated_linear, row_linear, timestep_sinusoid
+from ..layers import AttentionProjections, column_linear, param_device, replicated_linear, row_linear, timestep_sinusoid
 from ..tangent import compute_dtype, linear, linear_parts, pointwise, upcast
 
 
@@ -85,45 +83,36 @@ class HeadRMSNorm(torch.nn.Module):
                                          tangent=tangent, compiled=config.fuse_elementwise)
 
 
-class SelfAttention(MegatronModule):
+class SelfAttention(AttentionProjections):
     def __init__(self, config):
-        super().__init__(config)
-        dim, tp = config.hidden_size, config.tensor_model_parallel_size
-        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
-        # fused projection; per rank its output is [q, k, v] of the rank's heads
-        self.qkv = column_linear(config, dim, 3 * dim, bias=False)
+        super().__init__(config, bias=False)
         self.q_layernorm = HeadRMSNorm(config)
         self.k_layernorm = HeadRMSNorm(config)
-        self.proj = row_linear(config, dim, dim, bias=False)
 
     def forward(self, x, rope, layout, tangent):
         """-> (output, None): the projection has no bias."""
-        q, k, v = linear_parts(self.qkv, x)[0].chunk(3, dim=-1)
-        q, k = self.q_layernorm(q, tangent, rope), self.k_layernorm(k, tangent, rope)
-        out = self_attention(q, k, v.unflatten(-1, (self.heads, self.head_dim)), layout, tangent, self.head_dim**-0.5)
-        return linear_parts(self.proj, out.flatten(-2))
+        config, width = self.config, self.heads * self.head_dim
+        qk, v = linear_parts(self.qkv, x)[0].split([2 * width, width], dim=-1)
+        # both norms in one call (the weights are the norm modules')
+        q, k = elementwise.qk_head_rms_norm(qk, self.q_layernorm.weight, self.k_layernorm.weight,
+                                            config.qk_layernorm_epsilon, self.head_dim, *rope, tangent=tangent,
+                                            compiled=config.fuse_elementwise)
+        v = v.unflatten(-1, (self.heads, self.head_dim))
+        return self.project(self_attention(q, k, v, layout, tangent, self.head_dim**-0.5))
 
 
-class CrossAttention(MegatronModule):
+class CrossAttention(AttentionProjections):
     def __init__(self, config):
-        super().__init__(config)
-        dim, tp = config.hidden_size, config.tensor_model_parallel_size
-        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
-        self.q = column_linear(config, dim, dim, bias=False)
-        # the text is replicated on every rank: its projection gathers no sequence
-        self.kv = column_linear(dataclasses.replace(config, sequence_parallel=False), config.text_dim, 2 * dim,
-                                bias=False)
+        super().__init__(config, text_dim=config.text_dim, bias=False)
         self.q_layernorm = HeadRMSNorm(config)
         self.k_layernorm = HeadRMSNorm(config)
-        self.proj = row_linear(config, dim, dim, bias=False)
 
     def forward(self, x, text, tangent):
         """Queries from x, keys/values from the text-encoder states [L, B, text_dim] (no tangent) -> (output, None)."""
         q = self.q_layernorm(linear_parts(self.q, x)[0], tangent)
         k, v = linear_parts(self.kv, text)[0].chunk(2, dim=-1)
         k, v = self.k_layernorm(k, False), v.unflatten(-1, (self.heads, self.head_dim))
-        out = cross_attention(q, k, v, tangent, self.head_dim**-0.5)
-        return linear_parts(self.proj, out.flatten(-2))
+        return self.project(cross_attention(q, k, v, tangent, self.head_dim**-0.5))
 
 
 class FeedForward(MegatronModule):

@@ -12,8 +12,6 @@ parallelism every gradient is a per-rank partial sum, reduced with the data-para
 over Megatron's data+context group.
 """
 
-import dataclasses
-
 import torch
 import torch.nn.functional as nn_functional
 from megatron.core.tensor_parallel.mappings import (
@@ -24,7 +22,7 @@ from megatron.core.transformer.module import MegatronModule
 
 from .. import elementwise
 from ..attention import cross_attention, self_attention
-from ..layers import column_linear, param_device, replicated_linear, row_linear, timestep_sinusoid
+from ..layers import AttentionProjections, column_linear, param_device, replicated_linear, row_linear, timestep_sinusoid
 from ..tangent import add_bias, compute_dtype, linear, linear_parts, pointwise, upcast
 
 
@@ -84,16 +82,12 @@ class HeadsRMSNorm(torch.nn.Module):
                                               compiled=config.fuse_elementwise)
 
 
-class SelfAttention(MegatronModule):
+class SelfAttention(AttentionProjections):
     def __init__(self, config):
         super().__init__(config)
-        dim, tp = config.hidden_size, config.tensor_model_parallel_size
-        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
-        # fused projection; per rank its output is [q, k, v] of the rank's heads
-        self.qkv = column_linear(config, dim, 3 * dim)
-        self.norm_q = HeadsRMSNorm(config, dim // tp)
-        self.norm_k = HeadsRMSNorm(config, dim // tp)
-        self.proj = row_linear(config, dim, dim)
+        local_dim = config.hidden_size // config.tensor_model_parallel_size
+        self.norm_q = HeadsRMSNorm(config, local_dim)
+        self.norm_k = HeadsRMSNorm(config, local_dim)
 
     def forward(self, x, rope, layout, tangent):
         """-> (output without its bias, the bias): the caller adds the bias in its residual."""
@@ -101,21 +95,16 @@ class SelfAttention(MegatronModule):
         (q, k, v), (q_bias, k_bias, v_bias) = qkv.chunk(3, dim=-1), bias.chunk(3)
         q, k = self.norm_q(q, q_bias, tangent, rope), self.norm_k(k, k_bias, tangent, rope)
         v = add_bias(v, v_bias, tangent).unflatten(-1, (self.heads, self.head_dim))
-        out = self_attention(q, k, v, layout, tangent, self.head_dim**-0.5)
-        return linear_parts(self.proj, out.flatten(-2))
+        return self.project(self_attention(q, k, v, layout, tangent, self.head_dim**-0.5))
 
 
-class CrossAttention(MegatronModule):
+class CrossAttention(AttentionProjections):
     def __init__(self, config):
-        super().__init__(config)
-        dim, tp = config.hidden_size, config.tensor_model_parallel_size
-        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
-        self.q = column_linear(config, dim, dim)
-        # the text is replicated on every rank: its projection gathers no sequence
-        self.kv = column_linear(dataclasses.replace(config, sequence_parallel=False), dim, 2 * dim)
-        self.norm_q = HeadsRMSNorm(config, dim // tp)
-        self.norm_k = HeadsRMSNorm(config, dim // tp)
-        self.proj = row_linear(config, dim, dim)
+        # the keys and values come from the text embedding (hidden_size wide)
+        super().__init__(config, text_dim=config.hidden_size)
+        local_dim = config.hidden_size // config.tensor_model_parallel_size
+        self.norm_q = HeadsRMSNorm(config, local_dim)
+        self.norm_k = HeadsRMSNorm(config, local_dim)
 
     def forward(self, x, context, tangent):
         """-> (output without its bias, the bias): the caller adds the bias in its residual."""
@@ -124,8 +113,7 @@ class CrossAttention(MegatronModule):
         (k, v), (k_bias, v_bias) = kv.chunk(2, dim=-1), kv_bias.chunk(2)
         k = self.norm_k(k, k_bias, False)
         v = (v + v_bias).unflatten(-1, (self.heads, self.head_dim))
-        out = cross_attention(q, k, v, tangent, self.head_dim**-0.5)
-        return linear_parts(self.proj, out.flatten(-2))
+        return self.project(cross_attention(q, k, v, tangent, self.head_dim**-0.5))
 
 
 class FeedForward(MegatronModule):
