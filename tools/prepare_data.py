@@ -60,7 +60,8 @@ def parse_args(argv=None):
     teacher = p.add_argument_group("teacher samples (--prompts)")
     teacher.add_argument("--teacher", help="teacher: diffusers transformer or pipeline folder, or Megatron checkpoint")
     teacher.add_argument("--steps", type=int, default=50)
-    teacher.add_argument("--guidance-scale", type=float, default=5.0)
+    teacher.add_argument("--guidance-scale", type=float, help="CFG scale (default: the pipeline's, 5 for Wan2.1, "
+                         "7 for Cosmos)")
     teacher.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
     teacher.add_argument("--shift", type=float, default=3.0, help="RF time shift (Wan2.1: 3 at 480p, 5 at 720p)")
     teacher.add_argument("--seed", type=int, default=0, help="sample i draws its noise with seed + i")
@@ -77,6 +78,8 @@ def _check_flags(args, kind):
 
     if args.negative_prompt is None:
         args.negative_prompt = kind.negative_prompt
+    if args.guidance_scale is None:
+        args.guidance_scale = kind.guidance_scale
     data_mode = args.videos or args.manifest or args.prompts
     if not data_mode:
         return

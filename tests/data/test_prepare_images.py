@@ -85,6 +85,29 @@ def test_a_cosmos_rcm_run_trains_on_the_image_shards(pipeline, shards, tmp_path)
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses)
 
 
+def test_cosmos_teacher_samples_equal_the_guided_sampler_at_the_pipelines_defaults(pipeline, tmp_path):
+    from megatron_rcm import load_model
+    from megatron_rcm.diffusion import ClassifierFreeGuidance, sample_rf_euler
+    from megatron_rcm.parallel import parallel_context
+
+    prompts = list(CAPTIONS.values())[:2]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "teacher"
+    assert prepare_tool().main(["--pipeline", str(pipeline), "--prompts", str(tmp_path / "prompts.txt"),
+                                "--teacher", str(pipeline), "--output", str(out), "--height", str(HEIGHT), "--width",
+                                str(WIDTH), "--steps", "2", "--sampler", "euler", "--seed", "5", "--no-progress"]) == 0
+    data = LatentShardDataset(out)
+    with torch.no_grad():
+        embeds, negative = load_pipeline(pipeline).encode_prompt(prompts, negative_prompt=[COSMOS_NEGATIVE_PROMPT] * 2,
+                                                                 max_sequence_length=512)
+    with parallel_context(), torch.no_grad():
+        teacher = ClassifierFreeGuidance(load_model(pipeline), negative[0], 7.0)  # the pipeline's guidance
+        for i in range(2):
+            noise = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(5 + i))
+            expected = sample_rf_euler(teacher, noise, embeds[i:i + 1], 2, 3.0)[0]
+            torch.testing.assert_close(data[i]["latent"], expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--num-frames", "5"], "--num-frames 5: a Cosmos2TextToImagePipeline folder's model makes images"),
     ([], "--height --width needed to prepare shards"),
