@@ -173,7 +173,7 @@ def profile_run(work, preset, frames, height, width, iters, text_len=bench_train
     cuda = torch.cuda.is_available()
     trace = work / "profile-trace.json"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, schedule=schedule(wait=iters - 3, warmup=1, active=2),
+    with profile(activities=activities, schedule=schedule(wait=iters - 3, warmup=1, active=2, repeat=1),
                  on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as profiler:
         train(config, after_iteration=lambda progress: profiler.step())
     events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
