@@ -226,7 +226,8 @@ profile)
     --work $W --iters 4 --json "$OUT/profile.json" > "$OUT/profile.log" 2>&1
   # the planner's fastest layout for this card's memory: block recompute of the fewest blocks that fit
   gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
-  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --json > "$OUT/profile_plan.json"
+  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --json > "$OUT/profile_plan.json" \
+    2>> "$OUT/profile_prepare.log"
   flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
     "$OUT/profile_plan.json")
   timeout 110 $B --iters 4 --cache-dir $C -- $flags > "$OUT/train_block.log" 2>&1
