@@ -74,10 +74,10 @@ CONFIGS = {
 }
 # The pipeline shapes the sweep times: the default; one warpgroup per CTA in shared memory that lets
 # two CTAs share an SM (96 KiB: 64 x 64 with one stage, or with two stages without key tangents;
-# 64 x 32 with two stages); more stages; and each with the early rescale.
+# 64 x 32 with two stages); other stage counts; and each with the early rescale.
 CANDIDATES = [c._replace(early_rescale=early) for early in (False, True) for c in (
     DEFAULT_CONFIG, HopperConfig(128, 64, 1), HopperConfig(128, 32, 3), HopperConfig(128, 64, 3),
-    HopperConfig(64, 64, 1), HopperConfig(64, 64, 2), HopperConfig(64, 32, 2), HopperConfig(64, 64, 3))]
+    HopperConfig(64, 64, 1), HopperConfig(64, 64, 2), HopperConfig(64, 32, 2))]
 _SHARED_MEMORY_BYTES = 227 * 1024
 
 
@@ -192,8 +192,10 @@ def _flash_jvp_hopper_kernel(
     kt_desc = _descriptor(KT + off_b * stride_ktb + off_h * stride_kth, seqlen_k, stride_ktn, BLOCK_N, HEAD_DIM)
     vt_desc = _descriptor(VT + off_b * stride_vtb + off_h * stride_vth, seqlen_k, stride_vtn, BLOCK_N, HEAD_DIM)
 
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
-    qt_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    # Q and dQ in one buffer, which the key loop indexes with a runtime 0 (see there)
+    q_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_M, HEAD_DIM], q_desc.layout)
+    q_smem = q_bufs.index(0)
+    qt_smem = q_bufs.index(1)
     k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     if KV_TANGENT:
@@ -241,16 +243,19 @@ def _flash_jvp_hopper_kernel(
     p_ds = gl.convert_layout(p_ds.to(dtype), p_layout)
 
     for j in range(1, n_blocks):
+        # 0, but not a constant: for shared-memory operands at a constant place the compiler hoists
+        # the descriptors of every wgmma out of the loop, and they spill (Triton 3.6: 36 bytes at
+        # the default shape, 500 with one stage; none this way)
+        loop_zero = j // n_blocks
         if STAGES == 1:
-            # 0, but not a constant: with a constant stage the compiler hoists the shared-memory
-            # descriptors of every wgmma out of the loop, and they spill (500 bytes at 64 x 64)
-            stage = j // n_blocks
-            prev = stage
+            stage = loop_zero
+            prev = loop_zero
         else:
             stage = j % STAGES
             prev = (j - 1) % STAGES
         _wait_stage(k_ready, j, STAGES)
-        s, ds = _issue_scores(q_smem, qt_smem, k_bufs.index(stage), kt_bufs.index(stage), zero, KV_TANGENT)
+        s, ds = _issue_scores(q_bufs.index(loop_zero), q_bufs.index(loop_zero + 1), k_bufs.index(stage),
+                              kt_bufs.index(stage), zero, KV_TANGENT)
         if EARLY_RESCALE:  # block j - 1's alpha (block 0's is 0, and so are the accumulators)
             acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
         _wait_stage(v_ready, j - 1, STAGES)
