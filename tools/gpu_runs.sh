@@ -231,25 +231,31 @@ profile)
   flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
     "$OUT/profile_plan.json")
   timeout 110 $B --iters 4 --cache-dir $C -- $flags > "$OUT/train_block.log" 2>&1
-  grep -B2 -A40 "^student iteration" "$OUT/profile.log" || tail -20 "$OUT/profile.log"
-  grep "torch.compile counters" "$OUT/profile.log"
+  sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
   python3 - "$OUT" <<'EOF'
-import json, sys
+import json, re, sys
 out = sys.argv[1]
+def text(name):
+    try:
+        return open(f"{out}/{name}").read()
+    except OSError:
+        return ""
 def last_json(name):
     try:
-        return json.loads(open(f"{out}/{name}").read().strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError):
+        return json.loads(text(name).strip().splitlines()[-1])
+    except (ValueError, IndexError):
         return {}
 keys = ("first_student_seconds", "first_fake_score_seconds", "seconds_to_first_iteration", "student_seconds",
         "fake_score_seconds", "student_mfu", "fake_score_mfu", "peak_memory_gib")
 for name in ("first_cold.log", "first_warm.log", "train_block.log"):
     r = last_json(name)
-    print(f"== {name}:", {k: round(r[k], 3) for k in keys if r.get(k) is not None} or "no result (see the log)")
-best = json.load(open(f"{out}/profile_plan.json"))["layouts"][0]
-print("planner:", " ".join(best["flags"]), {k: best[k] for k in ("peak_memory_gib", "student_seconds", "critic_seconds")})
+    tuned = [float(s) for s in re.findall(r"^finished after ([0-9.]+)s", text(name), re.M)]
+    print(f"== {name}:", {k: round(r[k], 3) for k in keys if r.get(k) is not None} or "no result (see the log)",
+          f"| Triton autotunings not from the cache: {len(tuned)}, {sum(tuned):.1f} s")
+plan = json.loads(text("profile_plan.json") or "{}").get("layouts") or [{}]
+print("planner:", " ".join(plan[0].get("flags", [])),
+      {k: plan[0].get(k) for k in ("peak_memory_gib", "student_seconds", "critic_seconds")})
 EOF
-  grep -h "autotuning.*finished after" "$OUT/first_cold.log" | sed 's/; best config.*//' | sort | uniq -c | head -8
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do
