@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from distill_digits import NAMES, TEACHER, merge, run_env, run_one  # tools/ is this script's directory
+from distill_digits import CONFIG, NAMES, TEACHER, merge, run_env, run_one  # tools/ is this script's directory
 from eval_digits import METRICS, table
 
 from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, write_training_data
@@ -154,8 +154,21 @@ def phase_a(out, args, data, budget, log):
     curve = []
     teachers = {"shipped": TEACHER}
     if args.teacher_minutes > 0:
-        folder, curve = train_teacher(out, args, budget, log)
-        teachers["gpu"] = folder
+        # a few rCM iterations beside the teacher's training fill the Triton caches (kernels and
+        # their autotuning), so the ablations that follow do not all compile at once
+        warm = Path(args.work) / "warm-up"
+        warm.mkdir(parents=True, exist_ok=True)
+        with open(warm / "train.log", "w") as warm_log:
+            warming = subprocess.Popen(
+                [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
+                 "--teacher", str(TEACHER), "--data-path", str(data),
+                 "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--train-iters", "4",
+                 "--tangent-warmup", "1", "--micro-batch-size", str(args.micro_batch_size),
+                 "--global-batch-size", str(args.micro_batch_size), "--save-interval", "0"],
+                env=run_env(args.threads), stdout=warm_log, stderr=subprocess.STDOUT)
+            folder, curve = train_teacher(out, args, budget, log)
+            teachers["gpu"] = folder
+            log(f"Triton warm-up run: exit status {warming.wait(timeout=max(1.0, budget.left()))}")
     teacher_rows = {name: evaluate_teacher(path, "val", VALIDATION_SEEDS, [50, 4],
                                            Path(args.work) / f"teacher_{name}_val.json", args, budget)
                     for name, path in teachers.items()}
