@@ -104,7 +104,8 @@ def _profile(fn, device, calls=3, top=12):
         if on_cuda:
             torch.cuda.synchronize()
     if on_cuda:
-        events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        # kernels, copies and memsets; not the annotations that span them (record_function ranges)
+        events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
         busy = lambda e: e.self_device_time_total
     else:
         events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU and e.key.startswith("aten::")]
