@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--pipeline", required=True, help="diffusers WanPipeline or Cosmos2TextToImagePipeline folder "
                    "with vae/, text_encoder/, tokenizer/")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--videos", "--images", dest="videos", help="folder of videos and/or images (png, jpg), "
+    source.add_argument("--videos", "--images", dest="videos", metavar="DIR", help="folder of videos and/or images (png, jpg), "
                         "each with its caption NAME.txt beside it")
     source.add_argument("--manifest", help='JSONL file of {"video": path, "caption": text} lines')
     source.add_argument("--prompts", help="text file of prompts, one a line, for the teacher to sample")
