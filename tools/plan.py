@@ -5,10 +5,11 @@
     python tools/plan.py ... --calibrate --profile h200.json   # measure this GPU first (CUDA), then plan
     python tools/plan.py ... --profile h200.json       # plan with a measured profile
 
-Lists the layouts that fit (TP, CP and its mode, SP, DP, recompute: none, full, or "block N" for
-megatron-core's block method recomputing the first N blocks, offloads), fastest first,
-with the predicted peak memory per GPU and seconds per student and critic iteration. When none
-fits it says so, names the smallest cluster of such GPUs that would, and exits with status 1.
+Lists the layouts that fit (TP, CP and its mode, SP, DP, recompute: none, full, or "block N/M",
+megatron-core's block method recomputing the first N blocks of the student and M of the fake
+score; offloads), fastest first, with the predicted peak memory per GPU and seconds per student
+and critic iteration. When none fits it says so, names the smallest cluster of such GPUs that
+would, and exits with status 1.
 Impossible requests (heads not divisible by --tp, too many CP ranks for the tokens, more GPUs than
 a fixed global batch can use) are refused with one line (status 2). The models are described in
 docs/planning.md.
@@ -85,8 +86,8 @@ def _profile(args, workload):
 
 
 def _cell(row, column):
-    if column == "recompute" and row["recompute"] == "block":  # the recomputed count with the method
-        return f"block {row['recompute_blocks']}"
+    if column == "recompute" and row["recompute"] == "block":  # the recomputed counts: student/fake score
+        return f"block {row['recompute_blocks']}/{row['fake_score_recompute_blocks']}"
     return str(row[column])
 
 

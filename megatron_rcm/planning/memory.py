@@ -106,10 +106,10 @@ def activation_bytes(config, tokens: int, layout: Layout, profile: Profile, batc
     return {"saved": saved, "checkpoint": batch * stream * d * BF16}
 
 
-def training_graph_bytes(config, tokens, layout, profile, batch, graphs: int) -> float:
-    """Peak activation bytes of a backward with ``graphs`` student-sized graphs alive at once."""
+def training_graph_bytes(config, tokens, layout, profile, batch, graphs: int, network: str = "student") -> float:
+    """Peak activation bytes of a backward with ``graphs`` graphs of ``network`` alive at once."""
     block = activation_bytes(config, tokens, layout, profile, batch)
-    recomputed = layout.recomputed_blocks(config.num_layers)
+    recomputed = layout.recomputed_blocks(config.num_layers, network)
     per_graph = recomputed * block["checkpoint"] + (config.num_layers - recomputed) * block["saved"]
     return graphs * per_graph + profile.backward_working_factor * block["saved"]
 
@@ -125,7 +125,7 @@ def peak_memory(workload: Workload, layout: Layout, profile: Profile, config=Non
     b = workload.micro_batch_size
     # a student iteration backpropagates the sCM student pass and the DMD rollout's last step together
     student = training_graph_bytes(config, tokens, layout, profile, b, graphs=2)
-    critic = training_graph_bytes(config, tokens, layout, profile, b, graphs=1)
+    critic = training_graph_bytes(config, tokens, layout, profile, b, graphs=1, network="fake_score")
     if layout.offload_teacher:  # the teacher is resident during its calls, with the rollout's graph alive
         student = max(student, states["teacher"]["parameters"]
                       + training_graph_bytes(config, tokens, layout, profile, b, graphs=1))

@@ -114,26 +114,34 @@ def _check_request(workload, cluster, constraints, config):
             raise PlanError(f"{name} {size} does not divide {cluster.gpus} GPUs")
 
 
-def fewest_recomputed_blocks(workload: Workload, layout: Layout, cluster: Cluster, profile: Profile, config=None):
-    """``layout`` (full recompute) with "block" recompute of the fewest blocks that fit the cluster's
-    GPUs, keeping the activations of the others; None if only full recompute (or none at all) fits.
-    Peak memory falls as more blocks are recomputed, so a bisection finds the count."""
-    config = config or workload.config()
-    usable = usable_gib(cluster) * GIB
-
-    def variant(blocks):
-        return replace(layout, recompute="block", recompute_blocks=blocks)
-
-    def fits(blocks):
-        return peak_memory(workload, variant(blocks), profile, config)["peak"] <= usable
-
-    low, high = 1, config.num_layers - 1
+def _fewest(fits, low, high):
+    """The least n in low..high with fits(n), for fits monotone in n; None if not even fits(high)."""
     if high < low or not fits(high):
         return None
     while low < high:
         middle = (low + high) // 2
         low, high = (low, middle) if fits(middle) else (middle + 1, high)
-    return variant(low)
+    return low
+
+
+def fewest_recomputed_blocks(workload: Workload, layout: Layout, cluster: Cluster, profile: Profile, config=None):
+    """``layout`` (full recompute) with "block" recompute of the fewest blocks that fit the cluster's
+    GPUs, keeping the activations of the others; None if only full recompute (or none at all) fits.
+    The student's count comes first, then the fake score's (at most the student's: its backward
+    holds one graph, the student's two). Peak memory falls as more blocks are recomputed, so
+    bisections find the counts."""
+    config = config or workload.config()
+    usable = usable_gib(cluster) * GIB
+
+    def fits(student, fake_score):
+        variant = replace(layout, recompute="block", recompute_blocks=student, fake_score_recompute_blocks=fake_score)
+        return peak_memory(workload, variant, profile, config)["peak"] <= usable
+
+    student = _fewest(lambda n: fits(n, n), 1, config.num_layers - 1)
+    if student is None:
+        return None
+    fake_score = _fewest(lambda n: fits(student, n), 1, student)
+    return replace(layout, recompute="block", recompute_blocks=student, fake_score_recompute_blocks=fake_score)
 
 
 def plan(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints()):

@@ -44,13 +44,14 @@ def _bandwidth(profile: Profile, intra_gbs: float, group_span: int, cluster: Clu
     return gbs * 1e9
 
 
-def pass_seconds(config, workload: Workload, layout: Layout, profile: Profile, cluster: Cluster) -> dict:
-    """Seconds of one pass of one sample per kind: "forward", "jvp", "train" (forward+backward)."""
+def pass_seconds(config, workload: Workload, layout: Layout, profile: Profile, cluster: Cluster,
+                 network: str = "student") -> dict:
+    """Seconds of one pass of one sample per kind: "forward", "jvp", "train" (forward+backward of ``network``)."""
     tokens = workload.tokens(config)
     padded = padded_tokens(tokens, layout)
     forward = wan_forward_flops(config, tokens, workload.text_len) / (layout.tp * layout.cp)
     forward /= profile.matmul_tflops * 1e12 * profile.forward_efficiency
-    recompute = layout.recomputed_blocks(config.num_layers) / config.num_layers  # share of a forward run again
+    recompute = layout.recomputed_blocks(config.num_layers, network) / config.num_layers  # share of a forward again
     compute = {"forward": forward, "jvp": forward * profile.jvp_ratio,
                "train": forward * (1 + profile.backward_ratio + recompute)}
     # bytes each rank moves per block in one forward
@@ -86,10 +87,11 @@ def iteration_seconds(workload: Workload, layout: Layout, profile: Profile, clus
     """{"student": s, "critic": s, "mean": s per iteration over the update cycle}."""
     config = config or workload.config()
     p = pass_seconds(config, workload, layout, profile, cluster)
+    fake_score_train = pass_seconds(config, workload, layout, profile, cluster, "fake_score")["train"]
     b = workload.micro_batch_size
     rollout = (MEAN_ROLLOUT_STEPS - 1) * p["forward"]
     student = b * (2 * p["forward"] + p["jvp"] + p["train"] + rollout + p["train"] + 2 * p["forward"] + p["forward"])
-    critic = b * (MEAN_ROLLOUT_STEPS * p["forward"] + p["train"])
+    critic = b * (MEAN_ROLLOUT_STEPS * p["forward"] + fake_score_train)
     update = _update_seconds(config, layout, profile, cluster)
     student += update + profile.iteration_overhead_s
     critic += update + profile.iteration_overhead_s

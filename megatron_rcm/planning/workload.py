@@ -97,6 +97,9 @@ class Layout:
     ``recompute_blocks`` blocks, megatron-core's "block" method) or "none"."""
     recompute_blocks: int = 0
     """Blocks recomputed under "block" (1 to the model's layers); ignored otherwise."""
+    fake_score_recompute_blocks: int = None
+    """Under "block", the fake score's count if not the student's (its backward holds one graph,
+    the student's two)."""
     offload_ema: bool = False
     """Keep the EMA shard in host memory between updates."""
     offload_teacher: bool = False
@@ -106,9 +109,13 @@ class Layout:
     def gpus(self) -> int:
         return self.tp * self.cp * self.dp
 
-    def recomputed_blocks(self, num_layers: int) -> int:
-        """How many of the model's blocks the backward recomputes."""
-        return {"full": num_layers, "none": 0}.get(self.recompute, self.recompute_blocks)
+    def recomputed_blocks(self, num_layers: int, network: str = "student") -> int:
+        """How many of the model's blocks the backward of ``network`` ("student", "fake_score") recomputes."""
+        if self.recompute != "block":
+            return num_layers if self.recompute == "full" else 0
+        if network == "fake_score" and self.fake_score_recompute_blocks is not None:
+            return self.fake_score_recompute_blocks
+        return self.recompute_blocks
 
     def flags(self) -> list:
         """The examples/pretrain_rcm.py flags of this layout, each given both ways so that a recipe's
@@ -121,10 +128,13 @@ class Layout:
         out += switch("sequence-parallel", self.sp)
         if self.recompute == "none":
             out += ["--recompute-granularity", "none"]
+        elif self.recompute == "full":
+            out += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
         else:
-            block = self.recompute == "block"
-            out += ["--recompute-granularity", "full", "--recompute-method", "block" if block else "uniform",
-                    "--recompute-num-layers", str(self.recompute_blocks if block else 1)]
+            fake_score = self.recompute_blocks if self.fake_score_recompute_blocks is None \
+                else self.fake_score_recompute_blocks
+            out += ["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers",
+                    str(self.recompute_blocks), "--fake-score-recompute-num-layers", str(fake_score)]
         return out + switch("offload-ema", self.offload_ema) + switch("offload-teacher", self.offload_teacher)
 
 
@@ -166,7 +176,10 @@ def check_layout(workload: Workload, layout: Layout, config=None):
                         f"needs at least {MIN_TOKENS_PER_CP_RANK}; use CP <= {tokens // MIN_TOKENS_PER_CP_RANK}")
     if layout.recompute not in ("full", "block", "none"):
         raise PlanError(f"recompute must be 'full', 'block' or 'none', got {layout.recompute!r}")
-    if layout.recompute == "block" and not 1 <= layout.recompute_blocks <= config.num_layers:
-        raise PlanError(f"block recompute of {layout.recompute_blocks} blocks: give 1 to the model's "
-                        f"{config.num_layers} blocks")
+    if layout.recompute == "block":
+        for network in ("student", "fake_score"):
+            blocks = layout.recomputed_blocks(config.num_layers, network)
+            if not 1 <= blocks <= config.num_layers:
+                raise PlanError(f"block recompute of {blocks} blocks ({network}): give 1 to the model's "
+                                f"{config.num_layers} blocks")
     return config

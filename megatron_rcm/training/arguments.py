@@ -48,6 +48,7 @@ def _parser():
                    help="full: recompute every block of student and fake score in the backward")
     g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--fake-score-recompute-num-layers", type=int)
     g.add_argument("--offload-ema", action=flag, help="keep the EMA slice in host memory between student updates")
     g.add_argument("--offload-teacher", action=flag, help="keep the teacher in host memory between its calls")
 
@@ -197,11 +198,17 @@ def _check_teacher_shape(args, preset):
     if cfg is None:
         return  # another format: load_model checks it when the model is built
     family = family_of_diffusers_config(cfg)
-    recompute = (dict(recompute_granularity="full", recompute_method=args.recompute_method,
-                      recompute_num_layers=args.recompute_num_layers) if args.recompute_granularity == "full" else {})
-    config = family.config_from_diffusers(cfg, tensor_model_parallel_size=args.tensor_model_parallel_size,
-                                          context_parallel_size=args.context_parallel_size,
-                                          cp_comm_type=args.cp_comm_type, use_cpu_initialization=True, **recompute)
+
+    def build(**recompute):
+        return family.config_from_diffusers(cfg, tensor_model_parallel_size=args.tensor_model_parallel_size,
+                                            context_parallel_size=args.context_parallel_size,
+                                            cp_comm_type=args.cp_comm_type, use_cpu_initialization=True, **recompute)
+
+    config = build()
+    if args.recompute_granularity == "full":  # each network's recompute settings are the model's to check
+        for count in (args.recompute_num_layers, args.fake_score_recompute_num_layers):
+            if count is not None:
+                build(recompute_granularity="full", recompute_method=args.recompute_method, recompute_num_layers=count)
     if preset is not None and config.architecture() != preset.architecture():
         theirs, ours = config.architecture(), preset.architecture()
         differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
@@ -253,6 +260,10 @@ def validate(args, world_size=None) -> TrainingConfig:
         raise ConfigError("--guidance-scale other than 1 needs --negative-prompt-embedding")
     if args.save_interval is not None and (args.save_interval < 0 or (args.save_interval and not args.save)):
         raise ConfigError("--save-interval needs --save and must be positive (0: no periodic saves)")
+    if args.fake_score_recompute_num_layers is not None and (args.recompute_granularity, args.recompute_method) != (
+            "full", "block"):
+        raise ConfigError("--fake-score-recompute-num-layers needs --recompute-granularity full --recompute-method "
+                          "block (the counts of recomputed blocks)")
     if args.bf16 and not torch.cuda.is_available():
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:

@@ -35,6 +35,11 @@ class NetworksConfig:
     recompute_num_layers: int = 1
     """"uniform": blocks per recomputed chunk; "block": blocks recomputed (1 to the model's layers)."""
 
+    fake_score_recompute_num_layers: Optional[int] = None
+    """With the "block" method: the blocks the fake score recomputes, if not as many as the
+    student's (its backward holds one graph, the student's two, so it can keep more); None: the
+    student's count."""
+
     offload_ema: bool = False
     """Keep this rank's EMA slice in (pinned) host memory; each student update copies it to the
     GPU and back."""

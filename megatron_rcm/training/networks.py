@@ -50,18 +50,19 @@ def model_overrides(config: TrainingConfig):
                 use_cpu_initialization=not torch.cuda.is_available())
 
 
-def _load(config: TrainingConfig, device, recompute):
+def _load(config: TrainingConfig, device, recompute_num_layers=None):
+    """The teacher's weights in a new model; ``recompute_num_layers`` (None: no recompute) applies
+    the networks' recompute settings with that count."""
     overrides = model_overrides(config)
     networks = config.networks
-    if recompute and networks.recompute_granularity == "full":
+    if recompute_num_layers is not None and networks.recompute_granularity == "full":
         overrides.update(recompute_granularity=networks.recompute_granularity,
-                         recompute_method=networks.recompute_method,
-                         recompute_num_layers=networks.recompute_num_layers)
+                         recompute_method=networks.recompute_method, recompute_num_layers=recompute_num_layers)
     return load_model(config.teacher, **overrides).to(device)
 
 
-def _trainable(config: TrainingConfig, device, lr):
-    module = _load(config, device, recompute=True)
+def _trainable(config: TrainingConfig, device, lr, recompute_num_layers):
+    module = _load(config, device, recompute_num_layers)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=torch.cuda.is_available())
     ddp = DistributedDataParallel(module.config, ddp_config, module)
@@ -80,7 +81,7 @@ def load_negative_embedding(path, text_dim, dtype, device):
 
 def build_networks(config: TrainingConfig, device):
     """Teacher, student, fake score (inside an initialised parallel context) and the student EMA."""
-    teacher = _load(config, device, recompute=False).requires_grad_(False).eval()
+    teacher = _load(config, device).requires_grad_(False).eval()
     negative = None
     if config.negative_prompt_embedding:
         negative = load_negative_embedding(config.negative_prompt_embedding, teacher.config.text_dim,
@@ -88,8 +89,11 @@ def build_networks(config: TrainingConfig, device):
     if config.networks.offload_teacher:
         teacher = HostResident(teacher, device)
     guided = TrigFlowDenoiser(ClassifierFreeGuidance(teacher, negative, config.rcm.guidance_scale))
-    student = _trainable(config, device, config.optimization.lr)
-    fake_score = _trainable(config, device, config.optimization.fake_score_lr)
+    recompute = config.networks.recompute_num_layers
+    fake_score_recompute = config.networks.fake_score_recompute_num_layers
+    student = _trainable(config, device, config.optimization.lr, recompute)
+    fake_score = _trainable(config, device, config.optimization.fake_score_lr,
+                            recompute if fake_score_recompute is None else fake_score_recompute)
     ema = ShardedPowerEMA(student.module, config.ema_std, parallel_state.get_data_parallel_group(with_context_parallel=True),
                           offload=config.networks.offload_ema)
     return Networks(guided, student, fake_score, ema)

@@ -47,31 +47,42 @@ def test_each_block_left_out_of_recompute_keeps_what_the_model_says():
 def test_the_plan_recomputes_the_fewest_blocks_that_fit_and_runs_faster_than_full():
     best = plan(WAN13B, H200, DEFAULT_PROFILE)[0]
     config = WAN13B.config()
-    assert best["fits"] and best["recompute"] == "block" and 1 <= best["recompute_blocks"] < config.num_layers
-    layout = Layout(recompute="block", recompute_blocks=best["recompute_blocks"])
+    student, fake_score = best["recompute_blocks"], best["fake_score_recompute_blocks"]
+    assert best["fits"] and best["recompute"] == "block" and 1 <= fake_score < student < config.num_layers
+    layout = Layout(recompute="block", recompute_blocks=student, fake_score_recompute_blocks=fake_score)
     usable = usable_gib(H200) * GIB
     assert peak_memory(WAN13B, layout, DEFAULT_PROFILE)["peak"] <= usable
-    one_fewer = replace(layout, recompute_blocks=layout.recompute_blocks - 1)
-    assert peak_memory(WAN13B, one_fewer, DEFAULT_PROFILE)["peak"] > usable
-    times = {name: predict(WAN13B, lay, H200, DEFAULT_PROFILE)["student_seconds"]
-             for name, lay in (("none", Layout(recompute="none")), ("block", layout), ("full", Layout()))}
-    assert times["none"] < times["block"] < times["full"]
-    # fewer GPU memory: more blocks recomputed; too little for any kept block: none offered
+    # one block fewer recomputed, by either network, does not fit
+    for fewer in (replace(layout, recompute_blocks=student - 1, fake_score_recompute_blocks=fake_score),
+                  replace(layout, fake_score_recompute_blocks=fake_score - 1)):
+        assert peak_memory(WAN13B, fewer, DEFAULT_PROFILE)["peak"] > usable
+    predictions = {name: predict(WAN13B, lay, H200, DEFAULT_PROFILE) for name, lay in (
+        ("none", Layout(recompute="none")), ("block", layout), ("full", Layout()),
+        ("same count", replace(layout, fake_score_recompute_blocks=None)))}
+    student_s = {name: p["student_seconds"] for name, p in predictions.items()}
+    critic_s = {name: p["critic_seconds"] for name, p in predictions.items()}
+    assert student_s["none"] < student_s["block"] == student_s["same count"] < student_s["full"]
+    assert critic_s["none"] < critic_s["block"] < critic_s["same count"] < critic_s["full"]
+    # less GPU memory: more blocks recomputed; too little for any kept block: none offered
     smaller = fewest_recomputed_blocks(WAN13B, Layout(), Cluster(1, 110), DEFAULT_PROFILE)
-    assert smaller.recompute_blocks > layout.recompute_blocks
+    assert smaller.recompute_blocks > student and smaller.fake_score_recompute_blocks > fake_score
     assert fewest_recomputed_blocks(WAN13B, Layout(), Cluster(1, 70), DEFAULT_PROFILE) is None
 
 
 def test_a_block_layouts_flags_give_the_trainer_that_recompute():
     from megatron_rcm.training.arguments import parse_args
 
+    args = parse_args(Layout(recompute="block", recompute_blocks=19, fake_score_recompute_blocks=6).flags())
+    assert (args.recompute_granularity, args.recompute_method, args.recompute_num_layers,
+            args.fake_score_recompute_num_layers) == ("full", "block", 19, 6)
     args = parse_args(Layout(recompute="block", recompute_blocks=19).flags())
-    assert (args.recompute_granularity, args.recompute_method, args.recompute_num_layers) == ("full", "block", 19)
+    assert (args.recompute_num_layers, args.fake_score_recompute_num_layers) == (19, 19)
     args = parse_args(["--recompute-method", "block", "--recompute-num-layers", "5", *Layout().flags()])
     assert (args.recompute_granularity, args.recompute_method, args.recompute_num_layers) == ("full", "uniform", 1)
 
 
-@pytest.mark.parametrize("blocks", [0, 31])
-def test_a_block_count_outside_the_model_is_refused(blocks):
+@pytest.mark.parametrize("student, fake_score", [(0, None), (31, None), (19, 0), (19, 31)])
+def test_a_block_count_outside_the_model_is_refused(student, fake_score):
     with pytest.raises(PlanError, match="give 1 to the model's 30 blocks"):
-        check_layout(WAN13B, Layout(recompute="block", recompute_blocks=blocks))
+        check_layout(WAN13B, Layout(recompute="block", recompute_blocks=student,
+                                    fake_score_recompute_blocks=fake_score))

@@ -67,3 +67,20 @@ def test_block_count_outside_the_model_is_refused(tmp_path, count):
     with pytest.raises(ConfigError, match="recompute_num_layers must be between 1 and the model's 2 layers"):
         load_config(flags + ["--data-path", str(tmp_path / "data"), "--recompute-granularity", "full",
                              "--recompute-method", "block", "--recompute-num-layers", str(count)], world_size=1)
+
+
+def test_the_fake_score_recomputes_its_own_count_of_blocks(tmp_path):
+    from megatron_rcm.parallel import ParallelConfig
+    from megatron_rcm.training.networks import build_networks
+
+    flags = make_inputs(tmp_path) + ["--train-iters", "1", "--recompute-granularity", "full",
+                                     "--recompute-method", "block", "--recompute-num-layers", "2"]
+    config = load_config(flags + ["--fake-score-recompute-num-layers", "1"], world_size=1)
+    with parallel_context(ParallelConfig()):
+        networks = build_networks(config, torch.device("cpu"))
+    recompute = {name: (net.module.config.recompute_method, net.module.config.recompute_num_layers)
+                 for name, net in (("student", networks.student), ("fake_score", networks.fake_score))}
+    assert recompute == {"student": ("block", 2), "fake_score": ("block", 1)}
+    assert networks.teacher.net.net.config.recompute_granularity is None
+    with pytest.raises(ConfigError, match="needs --recompute-granularity full --recompute-method block"):
+        load_config(flags + ["--recompute-method", "uniform", "--fake-score-recompute-num-layers", "1"], world_size=1)
