@@ -272,24 +272,23 @@ def fastest(rows, kernel):
     return min(timed, key=lambda r: r["ms"]) if timed else None
 
 
-def hopper_picks(results):
-    """(kv_tangent, short_keys) -> (config numbers, worst ratio): over the cases of that kind of call,
-    the Hopper candidate correct in all of them whose worst time relative to each case's fastest is
-    least."""
+def worst_ratios(results):
+    """(kv_tangent, short_keys) -> {Hopper config numbers: worst ms / fastest ms over the cases of
+    that kind of call}, for the configs correct in all of them."""
     ratios = {}  # kind -> one {config: ms / fastest ms} per case
     for case, rows in results.values():
         best = fastest(rows, "hopper")
         ratios.setdefault((case.kv_tangent, case.short_keys), []).append(
             {} if best is None else {tuple(r["numbers"]): r["ms"] / best["ms"] for r in rows
                                      if r["kernel"] == "hopper" and r["status"] == "ok" and r["ms"] is not None})
-    picks = {}
-    for kind, per_case in ratios.items():
-        everywhere = set.intersection(*(set(r) for r in per_case))
-        worst = {config: max(r[config] for r in per_case) for config in everywhere}
-        if worst:
-            config = min(worst, key=worst.get)
-            picks[kind] = (config, worst[config])
-    return picks
+    return {kind: {config: max(r[config] for r in per_case) for config in set.intersection(*map(set, per_case))}
+            for kind, per_case in ratios.items()}
+
+
+def hopper_picks(results):
+    """(kv_tangent, short_keys) -> (config numbers, worst ratio): the least worst of ``worst_ratios``."""
+    return {kind: min(worst.items(), key=lambda item: item[1]) for kind, worst in worst_ratios(results).items()
+            if worst}
 
 
 def main():
@@ -318,12 +317,17 @@ def main():
             if best:
                 print(f"| {name} | {kernel} | {best['config']} | {_fmt(best['ms'], '.3f')} | "
                       f"{_fmt(best['x_flash'], '.2f')} | {_fmt(best['tflops'], '.0f')} |")
-    picks = hopper_picks(results)
+    picks, ratios = hopper_picks(results), worst_ratios(results)
     if picks:
-        print("\nflash_jvp_hopper.CONFIGS from this sweep (keys: keys carry a tangent, short keys; worst time over "
-              "the kind's cases relative to each case's fastest in brackets):")
+        from megatron_rcm.kernels import flash_jvp_hopper
+
+        print("\nflash_jvp_hopper.CONFIGS from this sweep (keys: keys carry a tangent, short keys; after #, the "
+              "worst time over the kind's cases relative to each case's fastest, then the current config's):")
         for (kv_tangent, short), (config, worst) in sorted(picks.items()):
-            print(f"    ({kv_tangent}, {short}): HopperConfig{config},  # {worst:.3f}")
+            current = tuple(flash_jvp_hopper.CONFIGS[(kv_tangent, short)])
+            current_worst = ratios[(kv_tangent, short)].get(current)
+            print(f"    ({kv_tangent}, {short}): HopperConfig{config},  # {worst:.3f}; now "
+                  f"HopperConfig{current}: {_fmt(current_worst, '.3f')}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device_name, torch=torch.__version__, triton=triton.__version__,

@@ -50,6 +50,8 @@ def test_the_proposed_config_is_correct_in_every_case_of_its_kind_and_least_slow
     # the faster b gave wrong numbers for self-attention
     assert picks[(True, False)] == (tuple(a), 1.0)
     assert set(picks) == {(False, True), (True, False)}
+    # the report's figure for the config in use: a is 1.0 / 0.3 of the fastest at the odd shape
+    assert sweep.worst_ratios(results)[(False, True)][tuple(a)] == pytest.approx(1.0 / 0.3)
 
 
 def _distinct_under_the_interpreter(configs):
@@ -75,3 +77,24 @@ def test_each_triton_candidate_matches_the_reference_in_float64(config):
             want = reference_jvp([q, k, v, q_t, *kv_for_reference], 0.3, key_mask)
             for name, actual, expected in zip(AttentionJVPOutput._fields, got, want):
                 assert relative_error(actual, expected) <= 1e-12, (name, key_mask is not None, kv[0] is not None)
+
+
+def test_the_report_names_the_pick_and_the_config_in_use(monkeypatch, capsys, tmp_path):
+    """main's summary and JSON, from rows as sweep_case returns them (no GPU: the rows are made up)."""
+    def made_up(name, case, args, device):
+        rows = [_row("sdpa forward", None, 0.3, None), _row("hopper", [128, 64, 2, False], 1.0, [1e-3] * 4, True),
+                _row("hopper", [64, 64, 2, False], 0.8, [1e-3] * 4)]
+        for r in rows:
+            r.update(case=name, x_flash=r["ms"] / 0.3, x_cudnn=None, tflops=1.0)
+        return rows
+
+    monkeypatch.setattr(sweep, "sweep_case", made_up)
+    monkeypatch.setattr(sweep.torch.cuda, "get_device_name", lambda: "made up")
+    monkeypatch.setattr(sys, "argv", ["tune_flash_jvp.py", "--cases", "cross-const,odd-const",
+                                      "--json", str(tmp_path / "sweep.json")])
+    sweep.main()
+    out = capsys.readouterr().out
+    assert "(False, True): HopperConfig(64, 64, 2, False),  # 1.000; now HopperConfig(128, 64, 2, False): 1.250" in out
+    import json
+    picks = json.loads((tmp_path / "sweep.json").read_text())["hopper_configs"]
+    assert picks == [dict(kv_tangent=False, short_keys=True, config=[64, 64, 2, False], worst_ratio=1.0)]
