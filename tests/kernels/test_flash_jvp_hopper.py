@@ -53,6 +53,8 @@ def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, hea
 
 
 def _fitting_candidates(kv_tangent):
+    if flash_jvp_hopper is None:  # collected, then skipped
+        return []
     return [c for c in flash_jvp_hopper.CANDIDATES if flash_jvp_hopper.fits(c, 128, kv_tangent)]
 
 
