@@ -218,9 +218,9 @@ profile)
   W=/tmp/bench C=/tmp/first_cache
   B="python3 tools/bench_train.py --work $W"
   python3 tools/bench_train.py --prepare-only --work $W > "$OUT/profile_prepare.log" 2>&1
-  # 4 iterations: the second student and critic iteration give full recompute's times; the warm
-  # run needs only the first of each
-  timeout 170 $B --iters 4 --cache-dir $C --fresh-cache > "$OUT/first_cold.log" 2>&1
+  # 6 iterations: the 2nd and 3rd student and critic iterations give full recompute's times (one
+  # iteration each varied by 5% between two runs); the warm run needs only the first of each
+  timeout 180 $B --iters 6 --cache-dir $C --fresh-cache > "$OUT/first_cold.log" 2>&1
   timeout 110 $B --iters 2 --cache-dir $C > "$OUT/first_warm.log" 2>&1
   TRITON_CACHE_DIR=$C/triton TORCHINDUCTOR_CACHE_DIR=$C/inductor timeout 150 python3 tools/profile_train.py \
     --work $W --iters 4 --json "$OUT/profile.json" > "$OUT/profile.log" 2>&1
@@ -230,7 +230,7 @@ profile)
     2>> "$OUT/profile_prepare.log"
   flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
     "$OUT/profile_plan.json")
-  timeout 110 $B --iters 4 --cache-dir $C -- $flags > "$OUT/train_block.log" 2>&1
+  timeout 120 $B --iters 6 --cache-dir $C -- $flags > "$OUT/train_block.log" 2>&1
   sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
   python3 - "$OUT" <<'EOF'
 import json, re, sys
