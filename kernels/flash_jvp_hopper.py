@@ -11,7 +11,7 @@ warpgroup (BLOCK_M = 64) runs per CTA: with little shared memory two such CTAs f
 overlap each other's loads, softmax and stores without a barrier between them. Key and value
 blocks arrive by TMA, STAGES deep (1 to 4), with separate mbarriers for keys and for values.
 ``CONFIGS`` holds the pipeline shape for each kind of call (keys with or without a tangent, long
-or short key sequences), as ``tools/sweep_attention.py`` picked them.
+or short key sequences), as ``tools/tune_flash_jvp.py`` picked them.
 
 Gluon has no interpreter: this kernel runs on Hopper GPUs only, and is checked there against the
 float64 reference and the Triton kernel (tests/kernels/test_flash_jvp_hopper.py). ``flash_jvp``
@@ -64,13 +64,17 @@ DEFAULT_CONFIG = HopperConfig(128, 64, 2)
 # (keys and values carry a tangent, short keys) -> the pipeline shape flash_attention_jvp uses.
 # Short keys (flash_jvp.SHORT_KEYS: text keys in cross-attention) make few key blocks per program,
 # so that loading Q and storing the outputs weigh more than over 32k keys. The fastest correct
-# candidate of tools/sweep_attention.py for each kind of call belongs here (its table names them);
+# candidate of tools/tune_flash_jvp.py for each kind of call belongs here (its table names them);
 # the figures are in docs/benchmarks.md.
+# One warpgroup, 64 x 64, one stage won every swept case on an H200 (2026-12-02, docs/benchmarks.md):
+# two such CTAs share an SM and hide each other's loads and stores. Long keys without a tangent
+# occur in no model call and were not swept.
+_ONE_WARPGROUP = HopperConfig(64, 64, 1)
 CONFIGS = {
-    (True, False): DEFAULT_CONFIG,  # self-attention
+    (True, False): _ONE_WARPGROUP,  # self-attention
     (False, False): DEFAULT_CONFIG,
-    (True, True): DEFAULT_CONFIG,
-    (False, True): DEFAULT_CONFIG,  # cross-attention to text
+    (True, True): _ONE_WARPGROUP,
+    (False, True): _ONE_WARPGROUP,  # cross-attention to text
 }
 # The pipeline shapes the sweep times: the default; one warpgroup per CTA in shared memory that lets
 # two CTAs share an SM (96 KiB: 64 x 64 with one stage, or with two stages without key tangents;

@@ -90,6 +90,9 @@ def test_the_report_names_the_pick_and_the_config_in_use(monkeypatch, capsys, tm
 
     monkeypatch.setattr(sweep, "sweep_case", made_up)
     monkeypatch.setattr(sweep.torch.cuda, "get_device_name", lambda: "made up")
+    # the made-up rows mark 128 x 64 x 2 as the config in use, whatever CONFIGS holds today
+    hopper = pytest.importorskip("megatron_rcm.kernels.flash_jvp_hopper")
+    monkeypatch.setattr(hopper, "CONFIGS", dict.fromkeys(hopper.CONFIGS, hopper.HopperConfig(128, 64, 2)))
     monkeypatch.setattr(sys, "argv", ["tune_flash_jvp.py", "--cases", "cross-const,odd-const",
                                       "--json", str(tmp_path / "sweep.json")])
     sweep.main()
