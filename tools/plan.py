@@ -7,7 +7,8 @@
 
 Lists the layouts that fit (TP, CP and its mode, SP, DP, recompute: none, full, or "block N/M",
 megatron-core's block method recomputing the first N blocks of the student and M of the fake
-score; offloads), fastest first, with the predicted peak memory per GPU and seconds per student
+score, "+attn" where the recomputed blocks keep their attention outputs (only with
+--keep-attention); offloads), fastest first, with the predicted peak memory per GPU and seconds per student
 and critic iteration. When none fits it says so, names the smallest cluster of such GPUs that
 would, and exits with status 1.
 Impossible requests (heads not divisible by --tp, too many CP ranks for the tokens, more GPUs than
@@ -49,6 +50,9 @@ def _parser():
     p.add_argument("--cp", type=int, default=None, help="fix the context-parallel size")
     p.add_argument("--cp-mode", choices=["a2a", "p2p"], default=None)
     p.add_argument("--global-batch-size", type=int, default=None, help="fix DP = global batch / micro batch")
+    p.add_argument("--keep-attention", action="store_true",
+                   help="also score recompute that keeps the attention outputs (--recompute-keep-attention; "
+                        "its time and memory model is not yet checked on a GPU); default off")
     p.add_argument("--top", type=int, default=10, help="layouts printed (all with --json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--profile", type=Path, help="profile JSON (written by --calibrate); default: H200 figures")
@@ -86,8 +90,10 @@ def _profile(args, workload):
 
 
 def _cell(row, column):
-    if column == "recompute" and row["recompute"] == "block":  # the recomputed counts: student/fake score
-        return f"block {row['recompute_blocks']}/{row['fake_score_recompute_blocks']}"
+    if column == "recompute":  # block: the recomputed counts, student/fake score
+        cell = (f"block {row['recompute_blocks']}/{row['fake_score_recompute_blocks']}"
+                if row["recompute"] == "block" else row["recompute"])
+        return cell + ("+attn" if row["keep_attention"] else "")
     return str(row[column])
 
 
@@ -105,10 +111,10 @@ def run(args):
     profile = _profile(args, workload)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    rows = plan(workload, cluster, profile, constraints)
+    rows = plan(workload, cluster, profile, constraints, args.keep_attention)
     fitting = [r for r in rows if r["fits"]]
     least = min(rows, key=lambda r: r["peak_memory_gib"])
-    smallest = None if fitting else smallest_cluster(workload, cluster, profile, constraints)
+    smallest = None if fitting else smallest_cluster(workload, cluster, profile, constraints, args.keep_attention)
     if args.json:
         print(json.dumps({"model": args.model, "gpus": args.gpus, "gpu_memory_gib": args.gpu_memory_gib,
                           "tokens_per_sample": workload.tokens(workload.config()), "profile": profile.device,

@@ -23,7 +23,8 @@ class DiTConfig(TransformerConfig):
     needs heads divisible by TP x CP) or "p2p" (ring, any head count).
     ``recompute_granularity="full"`` with ``recompute_method="uniform"`` recomputes all blocks in
     the backward, in chunks of ``recompute_num_layers``; with "block" only the first
-    ``recompute_num_layers`` blocks (the others keep their activations).
+    ``recompute_num_layers`` blocks (the others keep their activations);
+    ``recompute_keep_attention`` keeps the attention outputs of the recomputed blocks.
     """
 
     FAMILY: ClassVar[str] = ""
@@ -48,6 +49,11 @@ class DiTConfig(TransformerConfig):
     fuse_elementwise: bool = True
     """Compile each elementwise piece (norms, modulation, GELU, residuals, RoPE, with the preceding
     bias) into one kernel with ``torch.compile`` on CUDA."""
+
+    recompute_keep_attention: bool = False
+    """Under full recompute: recompute each recomputed block's linears, norms and elementwise work
+    in the backward but keep its attention calls' outputs and softmax statistics from the forward
+    ([S, hidden] + fp32 [heads, S] more memory per call, no attention forward in the backward)."""
 
     def __post_init__(self):
         if self.num_attention_heads % self.tensor_model_parallel_size != 0:
@@ -74,6 +80,12 @@ class DiTConfig(TransformerConfig):
         if self.recompute_granularity not in (None, "full") or self.recompute_method not in (None, "uniform", "block"):
             raise ValueError(f"the {self.FAMILY} model supports recompute_granularity='full' with "
                              "recompute_method 'uniform' or 'block'")
+        if self.recompute_keep_attention and self.recompute_granularity != "full":
+            raise ValueError("recompute_keep_attention needs recompute_granularity='full'")
+        if self.recompute_keep_attention and self.context_parallel_size > 1 and self.cp_comm_type == "p2p":
+            # ring attention merges its per-step outputs in place, which selective checkpointing cannot keep
+            raise ValueError("recompute_keep_attention does not work with ring context parallelism "
+                             "(cp_comm_type='p2p'); use cp_comm_type='a2a' or recompute attention too")
         if self.recompute_granularity == "full" and not 1 <= (self.recompute_num_layers or 0) <= self.num_layers:
             raise ValueError(f"recompute_num_layers must be between 1 and the model's {self.num_layers} layers, "
                              f"got {self.recompute_num_layers}")

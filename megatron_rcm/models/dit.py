@@ -33,6 +33,7 @@ from megatron.core.tensor_parallel.mappings import (
     scatter_to_sequence_parallel_region,
 )
 from megatron.core.transformer.module import MegatronModule
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from . import weight_map
 from .attention import SequenceLayout
@@ -63,6 +64,26 @@ def _rope_table(grid, head_dim, thetas, padded_len, start, length, device, dtype
     angles = nn_functional.pad(rope_angles(grid, head_dim, thetas), (0, 0, 0, padded_len - math.prod(grid)))
     angles = angles[start:start + length].to(device)[:, None, None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+# Every fused SDPA backend's op (their outputs are what the attention backward reads besides
+# q, k, v). The math backend decomposes above the dispatcher into matmuls and a softmax, which
+# a selective-checkpoint policy sees one by one: with it, attention is recomputed as before.
+_ATTENTION_OPS = frozenset((torch.ops.aten._scaled_dot_product_flash_attention.default,
+                            torch.ops.aten._scaled_dot_product_efficient_attention.default,
+                            torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+                            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default))
+
+
+def _keep_attention(_ctx, op, *_args, **_kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _checkpoint_keeping_attention(run, *args):
+    """``run(*args)`` recomputed in the backward except its attention calls, whose outputs (and
+    softmax statistics) are kept from the forward."""
+    return checkpoint(run, *args, use_reentrant=False,
+                      context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_attention))
 
 
 class VideoDiT(MegatronModule):
@@ -169,7 +190,8 @@ class VideoDiT(MegatronModule):
 
         Under full recompute, megatron-core's TransformerBlock methods: "uniform" checkpoints
         every chunk of ``recompute_num_layers`` blocks; "block" checkpoints each of the first
-        ``recompute_num_layers`` blocks alone and keeps the activations of the others.
+        ``recompute_num_layers`` blocks alone and keeps the activations of the others. With
+        ``recompute_keep_attention`` the recomputed blocks keep their attention outputs.
         """
         config = self.config
         recomputed, chunk_size = 0, 1
@@ -184,7 +206,10 @@ class VideoDiT(MegatronModule):
                     x = block(x, *cond, rope, layout, False)
                 return x
 
-            x = tensor_parallel.checkpoint(run, False, x, *cond)
+            if config.recompute_keep_attention:
+                x = _checkpoint_keeping_attention(run, x, *cond)
+            else:
+                x = tensor_parallel.checkpoint(run, False, x, *cond)
         for block in self.blocks[recomputed:]:
             x = block(x, *cond, rope, layout, tangent)
         return x

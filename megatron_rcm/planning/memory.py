@@ -12,7 +12,8 @@ tensors TP splits) and the layouts megatron-core and ``training.ema`` give them:
 
 Activations (``activation_bytes``) follow the block's saved tensors, with coefficients from the
 Profile: a recomputed block keeps only its input (full recompute: every block; "block": the
-first N), and the backward rebuilds one block at a time.
+first N), plus, when it keeps its attention, the outputs and log-sum-exps of its attention calls;
+the backward rebuilds one block at a time.
 """
 
 import math
@@ -27,6 +28,7 @@ BF16 = 2  # bytes of a bf16 activation or parameter
 # megatron DDP with the distributed optimizer: parameters start at multiples of 64 elements and
 # the buffer ends at a multiple of lcm(DP x CP, 128) (param_and_grad_buffer.py)
 PARAM_ALIGN, BUFFER_ALIGN = 64, 128
+ATTENTION_CALLS_PER_BLOCK = 2  # self- and cross-attention, each over all of the block's queries
 
 
 def local_parameter_numels(config, tp: int) -> list:
@@ -96,21 +98,26 @@ def padded_tokens(tokens: int, layout: Layout) -> int:
 
 def activation_bytes(config, tokens: int, layout: Layout, profile: Profile, batch: int) -> dict:
     """Per-rank activation bytes of one block: "saved" (all of its saved tensors, for a backward
-    without recompute) and "checkpoint" (its input, kept under full recompute)."""
+    without recompute), "checkpoint" (its input, kept under full recompute) and "kept_attention"
+    (what a recomputed block keeps more with ``keep_attention``: each attention call's output,
+    bf16 [local tokens, hidden / TP], and fp32 log-sum-exp [heads / TP, local tokens]; under
+    all-to-all CP the same bytes, as [all tokens, hidden / (TP x CP)])."""
     local = padded_tokens(tokens, layout) / layout.cp
     stream = local / (layout.tp if layout.sp else 1)
     d, f, tp = config.hidden_size, config.ffn_hidden_size, layout.tp
     outer = profile.activation_outer_bytes - (0 if config.cross_attn_norm else BF16)  # the norm's output
     saved = batch * (stream * outer * d
                      + local * (profile.activation_inner_bytes * d + profile.activation_ffn_bytes * f) / tp)
-    return {"saved": saved, "checkpoint": batch * stream * d * BF16}
+    kept = ATTENTION_CALLS_PER_BLOCK * batch * local * (d * BF16 + config.num_attention_heads * FP32) / tp
+    return {"saved": saved, "checkpoint": batch * stream * d * BF16, "kept_attention": kept}
 
 
 def training_graph_bytes(config, tokens, layout, profile, batch, graphs: int, network: str = "student") -> float:
     """Peak activation bytes of a backward with ``graphs`` graphs of ``network`` alive at once."""
     block = activation_bytes(config, tokens, layout, profile, batch)
     recomputed = layout.recomputed_blocks(config.num_layers, network)
-    per_graph = recomputed * block["checkpoint"] + (config.num_layers - recomputed) * block["saved"]
+    kept = block["checkpoint"] + (block["kept_attention"] if layout.keep_attention else 0)
+    per_graph = recomputed * kept + (config.num_layers - recomputed) * block["saved"]
     return graphs * per_graph + profile.backward_working_factor * block["saved"]
 
 

@@ -40,8 +40,10 @@ def _divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def candidate_layouts(workload: Workload, cluster: Cluster, constraints: Constraints = Constraints(), config=None):
-    """Every layout of ``cluster.gpus`` GPUs the model can run (TP within a node), all savings variants."""
+def candidate_layouts(workload: Workload, cluster: Cluster, constraints: Constraints = Constraints(), config=None,
+                      keep_attention: bool = False):
+    """Every layout of ``cluster.gpus`` GPUs the model can run (TP within a node), all savings variants;
+    with ``keep_attention`` each recomputing variant also keeping its attention outputs."""
     config = config or workload.config()
     out = []
     for tp in _divisors(cluster.gpus):
@@ -57,12 +59,14 @@ def candidate_layouts(workload: Workload, cluster: Cluster, constraints: Constra
                 if constraints.cp_mode and cp > 1 and cp_mode != constraints.cp_mode:
                     continue
                 for saving in SAVINGS:
-                    layout = Layout(tp=tp, cp=cp, dp=dp, cp_mode=cp_mode, sp=tp > 1, **saving)
-                    try:
-                        check_layout(workload, layout, config)
-                    except PlanError:
-                        continue
-                    out.append(layout)
+                    keeps = (False, True) if keep_attention and saving["recompute"] != "none" else (False,)
+                    for keep in keeps:
+                        layout = Layout(tp=tp, cp=cp, dp=dp, cp_mode=cp_mode, sp=tp > 1, keep_attention=keep, **saving)
+                        try:
+                            check_layout(workload, layout, config)
+                        except PlanError:
+                            continue
+                        out.append(layout)
     return out
 
 
@@ -144,11 +148,13 @@ def fewest_recomputed_blocks(workload: Workload, layout: Layout, cluster: Cluste
     return replace(layout, recompute="block", recompute_blocks=student, fake_score_recompute_blocks=fake_score)
 
 
-def plan(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints()):
-    """All layouts of the cluster with predictions, those that fit first, fastest (most samples/s) first."""
+def plan(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints(),
+         keep_attention: bool = False):
+    """All layouts of the cluster with predictions, those that fit first, fastest (most samples/s) first;
+    ``keep_attention`` also scores recompute that keeps the attention outputs."""
     config = workload.config()
     _check_request(workload, cluster, constraints, config)
-    layouts = candidate_layouts(workload, cluster, constraints, config)
+    layouts = candidate_layouts(workload, cluster, constraints, config, keep_attention)
     blocks = (fewest_recomputed_blocks(workload, layout, cluster, profile, config)
               for layout in layouts if layout.recompute == "full")
     rows = [predict(workload, layout, cluster, profile, config)
@@ -169,13 +175,15 @@ def cluster_sizes(gpus_per_node: int):
     return counts
 
 
-def smallest_cluster(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints()):
+def smallest_cluster(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints(),
+                     keep_attention: bool = False):
     """The smallest searched GPU count (``cluster_sizes``) at which some layout fits, with its best
     layout; None if none up to MAX_SEARCHED_GPUS does."""
     for gpus in cluster_sizes(cluster.gpus_per_node):
         bigger = Cluster(gpus, cluster.gpu_memory_gib, cluster.gpus_per_node)
         try:
-            rows = plan(workload, bigger, profile, Constraints(constraints.tp, constraints.cp, constraints.cp_mode))
+            rows = plan(workload, bigger, profile, Constraints(constraints.tp, constraints.cp, constraints.cp_mode),
+                        keep_attention)
         except PlanError:
             continue
         if rows[0]["fits"]:

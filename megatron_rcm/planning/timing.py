@@ -34,8 +34,19 @@ def wan_forward_flops(config, tokens: int, text_len: int) -> float:
     """Model FLOPs of one Wan forward of one sample: per block 8Nd^2 + 4N^2d (self-attention),
     4Nd^2 + 4NLd (cross-attention to L text tokens), 4Ndf (FFN)."""
     d, f = config.hidden_size, config.ffn_hidden_size
-    per_layer = 8 * tokens * d * d + 4 * tokens**2 * d + 4 * tokens * d * d + 4 * tokens * text_len * d
-    return config.num_layers * (per_layer + 4 * tokens * d * f)
+    return config.num_layers * (12 * tokens * d * d + _attention_flops(d, tokens, text_len) + 4 * tokens * d * f)
+
+
+def _attention_flops(d, tokens, text_len):
+    """Of one block's self-attention (q k^T and p v) and cross-attention to ``text_len`` tokens."""
+    return 4 * tokens**2 * d + 4 * tokens * text_len * d
+
+
+def attention_share(config, tokens: int, text_len: int) -> float:
+    """Attention's share of a forward's time, taken as its share of the FLOPs (Wan-1.3B at 32760
+    tokens: 71%; the H200 profile in docs/benchmarks.md measured 70% of the device time)."""
+    attention = _attention_flops(config.hidden_size, tokens, text_len)
+    return config.num_layers * attention / wan_forward_flops(config, tokens, text_len)
 
 
 def _bandwidth(profile: Profile, intra_gbs: float, group_span: int, cluster: Cluster) -> float:
@@ -52,8 +63,11 @@ def pass_seconds(config, workload: Workload, layout: Layout, profile: Profile, c
     forward = wan_forward_flops(config, tokens, workload.text_len) / (layout.tp * layout.cp)
     forward /= profile.matmul_tflops * 1e12 * profile.forward_efficiency
     recompute = layout.recomputed_blocks(config.num_layers, network) / config.num_layers  # share of a forward again
+    # kept attention outputs: the recompute runs everything but attention (its collectives included)
+    recompute_compute = (recompute * (1 - attention_share(config, tokens, workload.text_len))
+                         if layout.keep_attention else recompute)
     compute = {"forward": forward, "jvp": forward * profile.jvp_ratio,
-               "train": forward * (1 + profile.backward_ratio + recompute)}
+               "train": forward * (1 + profile.backward_ratio + recompute_compute)}
     # bytes each rank moves per block in one forward
     d, tp, cp, L = config.hidden_size, layout.tp, layout.cp, config.num_layers
     comm = 0.0

@@ -100,6 +100,9 @@ class Layout:
     fake_score_recompute_blocks: int = None
     """Under "block", the fake score's count if not the student's (its backward holds one graph,
     the student's two)."""
+    keep_attention: bool = False
+    """Under "full" or "block": the recomputed blocks keep their attention outputs and rerun only
+    the rest in the backward (``--recompute-keep-attention``)."""
     offload_ema: bool = False
     """Keep the EMA shard in host memory between updates."""
     offload_teacher: bool = False
@@ -135,7 +138,8 @@ class Layout:
                 else self.fake_score_recompute_blocks
             out += ["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers",
                     str(self.recompute_blocks), "--fake-score-recompute-num-layers", str(fake_score)]
-        return out + switch("offload-ema", self.offload_ema) + switch("offload-teacher", self.offload_teacher)
+        return out + switch("recompute-keep-attention", self.keep_attention) + switch("offload-ema", self.offload_ema) \
+            + switch("offload-teacher", self.offload_teacher)
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ def check_layout(workload: Workload, layout: Layout, config=None):
                         f"needs at least {MIN_TOKENS_PER_CP_RANK}; use CP <= {tokens // MIN_TOKENS_PER_CP_RANK}")
     if layout.recompute not in ("full", "block", "none"):
         raise PlanError(f"recompute must be 'full', 'block' or 'none', got {layout.recompute!r}")
+    if layout.keep_attention and (layout.recompute == "none" or (layout.cp > 1 and layout.cp_mode == "p2p")):
+        raise PlanError("keeping attention outputs needs full or block recompute and no ring (p2p) context "
+                        "parallelism")
     if layout.recompute == "block":
         for network in ("student", "fake_score"):
             blocks = layout.recomputed_blocks(config.num_layers, network)

@@ -48,6 +48,10 @@ def _parser():
                    help="full: recompute every block of student and fake score in the backward")
     g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--recompute-keep-attention", action=flag,
+                   help="with --recompute-granularity full: the recomputed blocks keep their attention outputs "
+                        "and recompute only linears, norms and elementwise work in the backward (more memory, "
+                        "no attention forward in the backward; not with --cp-comm-type p2p); default off")
     g.add_argument("--fake-score-recompute-num-layers", type=int)
     g.add_argument("--offload-ema", action=flag, help="keep the EMA slice in host memory between student updates")
     g.add_argument("--offload-teacher", action=flag, help="keep the teacher in host memory between its calls")
@@ -208,7 +212,8 @@ def _check_teacher_shape(args, preset):
     if args.recompute_granularity == "full":  # each network's recompute settings are the model's to check
         for count in (args.recompute_num_layers, args.fake_score_recompute_num_layers):
             if count is not None:
-                build(recompute_granularity="full", recompute_method=args.recompute_method, recompute_num_layers=count)
+                build(recompute_granularity="full", recompute_method=args.recompute_method, recompute_num_layers=count,
+                      recompute_keep_attention=args.recompute_keep_attention)
     if preset is not None and config.architecture() != preset.architecture():
         theirs, ours = config.architecture(), preset.architecture()
         differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
@@ -264,6 +269,8 @@ def validate(args, world_size=None) -> TrainingConfig:
             "full", "block"):
         raise ConfigError("--fake-score-recompute-num-layers needs --recompute-granularity full --recompute-method "
                           "block (the counts of recomputed blocks)")
+    if args.recompute_keep_attention and args.recompute_granularity != "full":
+        raise ConfigError("--recompute-keep-attention needs --recompute-granularity full")
     if args.bf16 and not torch.cuda.is_available():
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:

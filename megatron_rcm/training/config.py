@@ -35,6 +35,12 @@ class NetworksConfig:
     recompute_num_layers: int = 1
     """"uniform": blocks per recomputed chunk; "block": blocks recomputed (1 to the model's layers)."""
 
+    recompute_keep_attention: bool = False
+    """With "full" recompute: the recomputed blocks keep their attention outputs and softmax
+    statistics from the forward and recompute only their linears, norms and elementwise work in
+    the backward (PyTorch's selective activation checkpointing). Costs [S, hidden] + fp32
+    [heads, S] per attention call per recomputed block; not with ring context parallelism."""
+
     fake_score_recompute_num_layers: Optional[int] = None
     """With the "block" method: the blocks the fake score recomputes, if not as many as the
     student's (its backward holds one graph, the student's two, so it can keep more); None: the

@@ -57,7 +57,8 @@ def _load(config: TrainingConfig, device, recompute_num_layers=None):
     networks = config.networks
     if recompute_num_layers is not None and networks.recompute_granularity == "full":
         overrides.update(recompute_granularity=networks.recompute_granularity,
-                         recompute_method=networks.recompute_method, recompute_num_layers=recompute_num_layers)
+                         recompute_method=networks.recompute_method, recompute_num_layers=recompute_num_layers,
+                         recompute_keep_attention=networks.recompute_keep_attention)
     return load_model(config.teacher, **overrides).to(device)
 
 

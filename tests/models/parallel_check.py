@@ -31,8 +31,8 @@ def _reference(family, preset, latent):
 
 
 def case_id(tp, cp, sp, mode, recompute, padded):
-    return f"tp{tp}-cp{cp}-{'sp' if sp else 'nosp'}-{mode}{'-recompute' if recompute else ''}-" + \
-        ("padded" if padded else "even")
+    recompute_id = {False: "", True: "-recompute", "keep attention": "-recompute-keep-attention"}[recompute]
+    return f"tp{tp}-cp{cp}-{'sp' if sp else 'nosp'}-{mode}{recompute_id}-" + ("padded" if padded else "even")
 
 
 def check_parallel_equals_serial(family, preset, latent, tp, cp, sp, mode, recompute):
@@ -66,7 +66,8 @@ def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expec
         overrides = dict(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp,
                          cp_comm_type=mode)
         if recompute:
-            overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=2)
+            overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=2,
+                             recompute_keep_attention=recompute == "keep attention")
         cfg = oracle.config(preset, **overrides)
         model = oracle.our_model(cfg, state)
         x = data["x"].clone().requires_grad_()

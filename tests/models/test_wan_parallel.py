@@ -12,7 +12,7 @@ from .parallel_check import case_id, check_parallel_equals_serial
 PRESET = "tiny-b"
 EVEN, ODD = (2, 2, 3), (2, 1, 7)  # patch (2, 1, 1): 12 tokens, and 7 tokens (padded)
 CASES = [
-    # tp, cp, sp, mode, recompute, latent
+    # tp, cp, sp, mode, recompute (True, or "keep attention": full recompute keeping attention outputs), latent
     (2, 1, True, "a2a", False, EVEN),
     (2, 1, False, "a2a", True, ODD),
     (1, 2, False, "a2a", False, ODD),
@@ -20,6 +20,8 @@ CASES = [
     (2, 2, True, "a2a", False, ODD),
     (2, 2, True, "p2p", False, EVEN),
     (2, 2, False, "p2p", False, ODD),
+    (2, 1, True, "a2a", "keep attention", EVEN),
+    (1, 2, False, "a2a", "keep attention", ODD),
 ]
 
 

@@ -9,12 +9,17 @@ from torch._dynamo.utils import counters
 from megatron_rcm.models import elementwise
 
 
-def test_frozen_trainable_and_recorded_calls_share_one_compiled_graph(monkeypatch):
+def compiled_bias_gelu(monkeypatch):
+    """The bias-GELU piece, compiling on CPU too, with torch.compile's caches and counters cleared."""
     monkeypatch.setattr(elementwise.Elementwise, "compile_on", ("cuda", "cpu"))
-    piece = elementwise.Elementwise(elementwise._bias_gelu, elementwise._bias_gelu_with_tangent,
-                                    elementwise._bias_gelu_backward)
     torch._dynamo.reset()
     counters.clear()
+    return elementwise.Elementwise(elementwise._bias_gelu, elementwise._bias_gelu_with_tangent,
+                                   elementwise._bias_gelu_backward)
+
+
+def test_frozen_trainable_and_recorded_calls_share_one_compiled_graph(monkeypatch):
+    piece = compiled_bias_gelu(monkeypatch)
     g = torch.Generator().manual_seed(0)
     y = torch.randn(8, 1, 16, generator=g, dtype=torch.float64)
     trainable = torch.nn.Parameter(torch.randn(16, generator=g, dtype=torch.float64))
