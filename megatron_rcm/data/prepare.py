@@ -90,11 +90,11 @@ def list_videos(folder) -> list:
     ``NAME.txt`` beside it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PrepareError(f"--videos {folder} is not a folder")
+        raise PrepareError(f"--videos/--images {folder} is not a folder")
     extensions = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
     videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     if not videos:
-        raise PrepareError(f"--videos {folder} holds no videos or images ({', '.join(extensions)})")
+        raise PrepareError(f"--videos/--images {folder} holds no videos or images ({', '.join(extensions)})")
     return [Item(i, str(video), *_caption_beside(video)) for i, video in enumerate(videos)]
 
 

@@ -61,8 +61,9 @@ class RCMConfig:
         object.__setattr__(self, "mid_times", tuple(float(t) for t in self.mid_times))
         if self.student_update_freq < 1 or self.tangent_warmup < 0:
             raise ValueError("student_update_freq must be >= 1 and tangent_warmup >= 0")
-        if self.dmd_reference_numel < 0 or self.dcm_step < 0:
-            raise ValueError("dmd_reference_numel and dcm_step must be >= 0")
+        for name in ("dmd_reference_numel", "dcm_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.scm_weight < 0 or self.dmd_weight < 0 or self.scm_weight + self.dmd_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both 0")
         if not 1 <= self.max_rollout_steps <= MAX_STEPS:

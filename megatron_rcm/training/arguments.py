@@ -145,6 +145,17 @@ def _defaults():
     return {f.name: f.default for cls in (TrainingConfig, *_SECTIONS.values()) for f in _plain_fields(cls)}
 
 
+def _check_jvp_kernel_runs(config):
+    """The sCM tangent's attention JVP is a Triton kernel: on CPU tensors only its interpreter runs it,
+    and the kernel fails deep inside the first iteration otherwise."""
+    from megatron_rcm.kernels.flash_jvp import interpreter_enabled
+
+    uses_jvp = config.rcm.scm_weight > 0 and not config.rcm.dcm_step
+    if uses_jvp and not torch.cuda.is_available() and not interpreter_enabled():
+        raise ConfigError("no CUDA device: the sCM term's attention JVP kernel runs on CPU only in Triton's "
+                          "interpreter; set TRITON_INTERPRET=1 in the environment (or use a GPU)")
+
+
 def _config(args) -> TrainingConfig:
     """The flat namespace as the nested config: each field takes the flag of its name."""
     def build(cls):
@@ -273,6 +284,7 @@ def validate(args, world_size=None) -> TrainingConfig:
         raise ConfigError("--recompute-keep-attention needs --recompute-granularity full")
     if args.bf16 and not torch.cuda.is_available():
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
+    _check_jvp_kernel_runs(config)
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:
         raise ConfigError("--lr-warmup-iters, --clip-grad, --num-workers and --max-skipped-batches must be >= 0")
     from ..models import model_config

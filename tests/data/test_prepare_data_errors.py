@@ -123,9 +123,11 @@ def _pipeline_without(pipeline, tmp_path, component):
     (lambda p, t: ["--pipeline", str(p / "transformer"), "--videos", str(t), "--output", str(t / "o"), *SIZE],
      "is the folder of one model .WanTransformer3DModel., not a pipeline"),
     (lambda p, t: ["--pipeline", str(p), "--videos", str(t / "nope"), "--output", str(t / "o"), *SIZE],
-     "--videos .*/nope is not a folder"),
+     "--videos/--images .*/nope is not a folder"),
+    (lambda p, t: ["--pipeline", str(p), "--images", str(t / "nope"), "--output", str(t / "o"), *SIZE],
+     "--videos/--images .*/nope is not a folder"),
     (lambda p, t: ["--pipeline", str(p), "--videos", str(t), "--output", str(t / "o"), *SIZE],
-     r"--videos .* holds no videos or images \(.mp4, .webm, .mov, .gif, .png, .jpg, .jpeg\)"),
+     r"--videos/--images .* holds no videos or images \(.mp4, .webm, .mov, .gif, .png, .jpg, .jpeg\)"),
     (lambda p, t: ["--pipeline", str(p), "--manifest", str(t / "m.jsonl"), "--output", str(t / "o"), *SIZE],
      "--manifest .*m.jsonl cannot be read"),
     (lambda p, t: ["--pipeline", str(p), "--prompts", str(t / "p.txt"), "--teacher", str(p), "--output",
@@ -146,7 +148,7 @@ def _pipeline_without(pipeline, tmp_path, component):
                    "--samples-per-shard", "0"], "--samples-per-shard must be positive, got 0"),
     (lambda p, t: ["--pipeline", str(p), "--output", str(t / "negative.bin")],
      "pass --videos, --manifest or --prompts to prepare shards, or --output FILE.pt"),
-], ids=["no-pipeline", "no-text-encoder", "model-folder", "no-videos-folder", "empty-videos-folder",
+], ids=["no-pipeline", "no-text-encoder", "model-folder", "no-videos-folder", "no-images-folder", "empty-videos-folder",
         "no-manifest", "no-prompts", "frames", "height", "no-size", "no-teacher", "teacher-without-prompts",
         "samples-per-shard", "negative-not-pt"])
 def test_bad_commands_stop_with_one_line(pipeline, tmp_path, capsys, make_argv, message):
@@ -193,7 +195,7 @@ def test_error_line_on_the_command_line(pipeline, tmp_path, capsys):
             str(tmp_path), "--output", str(tmp_path / "o"), *SIZE]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"prepare_data: error: --videos {tmp_path} holds no videos or "
+    assert result.stderr.strip().splitlines() == [f"prepare_data: error: --videos/--images {tmp_path} holds no videos or "
                                                   "images (.mp4, .webm, .mov, .gif, .png, .jpg, .jpeg)"]
     code, _, err = _main([*argv[2:], "--debug"], capsys)
     assert code == 1 and "Traceback" in err and "PrepareError" in err and err.endswith(".png, .jpg, .jpeg)\n")

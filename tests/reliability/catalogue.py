@@ -94,6 +94,15 @@ PRETRAIN = _entries(
     ("negative-embedding-wrong-shape", _TRAIN.replace("{negative}", "{negative_wrong_shape}"), "must be a tensor"),
     ("negative-embedding-pickle", _TRAIN.replace("{negative}", "{pickle_pt}"), "weights_only"),
     ("load-without-checkpoint", f"{_TRAIN} --load {{empty}}", "no checkpoint"),
+    ("keep-attention-without-full-recompute", f"{_TRAIN} --recompute-keep-attention",
+     "needs --recompute-granularity full"),
+    ("recompute-more-blocks-than-the-model", f"{_TRAIN} --recompute-granularity full --recompute-method block "
+     "--recompute-num-layers 99", "between 1 and the model's 2 layers, got 99"),
+    ("fake-score-recompute-without-block", f"{_TRAIN} --fake-score-recompute-num-layers 1",
+     "needs --recompute-granularity full --recompute-method block"),
+    ("recompute-count-not-an-integer", f"{_TRAIN} --recompute-num-layers two", "invalid int"),
+    ("dcm-step-negative", f"{_TRAIN} --dcm-step -0.1", "dcm_step must be >= 0"),
+    ("dcm-step-not-a-number", f"{_TRAIN} --dcm-step abc", "invalid float"),
 )
 
 # (id, expect) of the load_model cases; tests/reliability/load_model_cases.py builds the calls

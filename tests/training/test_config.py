@@ -58,6 +58,8 @@ def test_flags_and_fields_correspond_one_to_one():
     (["--scm-weight", "0", "--dmd-weight", "0"], "loss weights must be >= 0 and not both 0"),
     (["--mid-times", "1.5"], "mid_times needs 3 times"),
     (["--max-rollout-steps", "5"], "max_rollout_steps must lie in 1..4"),
+    (["--dcm-step", "-0.1"], r"dcm_step must be >= 0 \(0: off\), got -0.1"),
+    (["--dmd-reference-numel", "-3"], r"dmd_reference_numel must be >= 0 \(0: off\), got -3"),
 ])
 def test_recipe_errors_are_config_errors(required, flags, message):
     with pytest.raises(ConfigError, match=message):
@@ -80,3 +82,13 @@ def test_resume_refuses_another_recipe(required):
     older = {k: v for k, v in current.items() if k != "max_rollout_steps"}  # saved when it was 4
     with pytest.raises(ValueError, match=r"max_rollout_steps=4 -> 3"):
         _check_recipe(older, current)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for CPU runs")
+def test_a_cpu_run_without_the_triton_interpreter_is_refused_before_training(required, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="set TRITON_INTERPRET=1"):
+        load_config(required, world_size=1)
+    load_config([*required, "--dcm-step", "0.05"], world_size=1)  # the discrete tangent runs no JVP kernel
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    load_config(required, world_size=1)
