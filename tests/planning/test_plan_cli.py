@@ -105,3 +105,10 @@ def test_a_layouts_flags_give_the_trainer_that_layout_over_the_14b_recipe(layout
     assert (args.offload_ema, args.offload_teacher, args.recompute_granularity) == (
         layout.offload_ema, layout.offload_teacher, layout.recompute)
     assert layout.cp == 1 or args.cp_comm_type == layout.cp_mode
+
+
+def test_every_flag_says_what_it_does():
+    parser = plan._parser()
+    assert [a.dest for a in parser._actions if not a.help] == []
+    defaults = [a for a in parser._actions if a.default not in (None, False) and a.dest != "help"]
+    assert all("default" in a.help for a in defaults), [a.dest for a in defaults if "default" not in a.help]
