@@ -57,8 +57,8 @@ def parse_args(argv=None):
     g.add_argument("--force", action="store_true", help="replace an existing --output once the new one is complete")
     g.add_argument("--save-latents", action="store_true", help="also write the final latents as NAME.pt")
     g = parser.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, default=4, help="student steps, 1..4")
-    g.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    g.add_argument("--steps", type=int, default=4, help="student steps, 1..4 (default: 4)")
+    g.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default: 0)")
     g.add_argument("--height", type=int, help="pixels (default: the pipeline's, 480 for Wan2.1, 768 for Cosmos)")
     g.add_argument("--width", type=int, help="pixels (default: the pipeline's, 832 for Wan2.1, 1360 for Cosmos)")
     g.add_argument("--num-frames", type=int, help="frames (default: 81 for Wan2.1; an image pipeline takes 1 only)")
@@ -66,13 +66,13 @@ def parse_args(argv=None):
                    f"checkpoint records, else {DEFAULT_SIGMA_MAX})")
     g.add_argument("--mid-times", type=float, nargs="+", help="student: TrigFlow times of the later steps "
                    f"(default: what the checkpoint records, else {' '.join(map(str, DEFAULT_MID_TIMES))})")
-    g.add_argument("--teacher-steps", type=int, default=0, help="teacher mode: this many multi-step sampler steps")
+    g.add_argument("--teacher-steps", type=int, default=0, help="teacher mode: this many multi-step sampler steps (default: 0, student mode)")
     g.add_argument("--guidance-scale", type=float, help="teacher mode: CFG scale (default: the pipeline's, 5 for "
                    "Wan2.1, 7 for Cosmos)")
     g.add_argument("--negative-prompt", help="teacher mode: the unconditional branch's prompt (default: the "
                    "pipeline's, \"\" for Wan2.1, its DEFAULT_NEGATIVE_PROMPT for Cosmos)")
-    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="teacher mode sampler")
-    g.add_argument("--shift", type=float, default=3.0, help="teacher mode: RF time shift (Wan2.1: 3 at 480p)")
+    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="teacher mode sampler (default: unipc)")
+    g.add_argument("--shift", type=float, default=3.0, help="teacher mode: RF time shift (default: 3, Wan2.1's at 480p)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="transformer and text encoder (default: bfloat16 on "
                    "CUDA, float32 on CPU)")
