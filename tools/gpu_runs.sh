@@ -29,6 +29,8 @@
 #   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
 #                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
+#   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
+#                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: a teacher trained from the shipped
 #                                    # one (val FD curve), then the ablations on the val split, tiny runs side by side
 #   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
@@ -38,8 +40,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-a|digits-b|profile) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-a|digits-b|profile" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -209,6 +211,16 @@ keepattn)
   tail -1 "$OUT/tests_keepattn.log"
   echo "planner: $flags"
   for f in train_full train_full_keepattn train_plan_keepattn; do echo "$f: $(tail -1 "$OUT/$f.log")"; done
+  ;;
+digits-calib)
+  export CUDA_VISIBLE_DEVICES=0
+  for jobs in 1 12; do
+    only=$([ $jobs = 1 ] && echo "--only rcm" || echo "")
+    timeout 200 python3 tools/digits_study.py --phase a --out "$OUT/calib$jobs" --work /tmp/calib$jobs --minutes 3.2 \
+      --teacher-minutes 0 --student-updates 100 --jobs $jobs $only > "$OUT/calib$jobs.log" 2>&1
+    tar -czf "$OUT/calib$jobs/runs.tar.gz" -C "$OUT/calib$jobs" runs && rm -rf "$OUT/calib$jobs/runs"
+    grep -E "done|stopped|failed|teacher:" "$OUT/calib$jobs/study.log"
+  done
   ;;
 digits-a|digits-b)
   phase=${1#digits-}
