@@ -81,7 +81,7 @@ class CpuFP32Optimizer(FP32Optimizer):
 
 
 def _init_adam_state(optimizer, config=None):
-    """Create Adam's state before a checkpoint is loaded into it (megatron's init_state_fn)."""
+    """Create Adam's state where a parameter has none (megatron's init_state_fn)."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             if len(optimizer.state[p]) == 0:
@@ -90,10 +90,11 @@ def _init_adam_state(optimizer, config=None):
                 optimizer.state[p]["step"] = torch.zeros(())
 
 
-def init_state_for_loading(optimizer):
-    """Adam state (zeros, step 0) in a fresh optimizer before a checkpoint is loaded into it:
-    without Apex/TE, megatron's DistributedOptimizer.state_dict reads every parameter's 'step'
-    while it builds the sharded state dict to load into."""
+def ensure_adam_state(optimizer):
+    """Adam state (zeros, step 0: what torch's first step creates) where an optimizer has none.
+    megatron's DistributedOptimizer reads every parameter's state while it builds a sharded state
+    dict, both to load into (without Apex/TE it reads 'step') and to save (it reads 'exp_avg'): an
+    optimizer that has not stepped yet, like sCM-only's fake score, has none (KeyError on H200)."""
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         _init_adam_state(inner.optimizer)
 

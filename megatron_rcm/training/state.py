@@ -31,7 +31,7 @@ from ..parallel import set_random_seed
 from ..save_folder import EMA_EXPORT, checkpoint_name
 from .checkpointing import CheckpointManager
 from .config import TrainingConfig
-from .optimizer import init_state_for_loading, load_optimizer_state
+from .optimizer import ensure_adam_state, load_optimizer_state
 
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -85,6 +85,7 @@ def sharded_state(networks, progress, recipe: dict, is_loading=False, with_rng=T
     for name, net in (("student", networks.student), ("fake_score", networks.fake_score)):
         model = net.module.sharded_state_dict(prefix=f"{name}.model.")
         out[f"{name}.model"] = model
+        ensure_adam_state(net.optimizer)
         out[f"{name}.optimizer"] = net.optimizer.sharded_state_dict(model, is_loading=is_loading,
                                                                    metadata=OPTIMIZER_FORMAT)
         out[f"{name}.scheduler"] = net.scheduler.state_dict()
@@ -123,8 +124,6 @@ def load_state(manager, networks, config: TrainingConfig):
     current = recipe_of(config)
     _check_recipe(common["recipe"], current)
     same_layout = common["layout"] == layout()
-    for net in (networks.student, networks.fake_score):
-        init_state_for_loading(net.optimizer)
     sharded = sharded_state(networks, Progress(), current, is_loading=True, with_rng=same_layout)
     loaded = manager.load(sharded, iteration)
     for name, net in (("student", networks.student), ("fake_score", networks.fake_score)):

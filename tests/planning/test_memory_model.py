@@ -28,7 +28,7 @@ def _local_bytes(sharded):
 
 def _measure(layout, preset):
     from megatron_rcm.training.config import OptimizationConfig
-    from megatron_rcm.training.optimizer import CpuFP32Optimizer, init_state_for_loading, optimizer_config
+    from megatron_rcm.training.optimizer import CpuFP32Optimizer, ensure_adam_state, optimizer_config
 
     parallel = ParallelConfig(tensor_model_parallel_size=layout.tp, context_parallel_size=layout.cp,
                               sequence_parallel=layout.sp)
@@ -43,7 +43,7 @@ def _measure(layout, preset):
             measured[f"gradients_distributed_{distributed}"] = sum(
                 b.grad_data.numel() * b.grad_data.element_size() for b in ddp.buffers)
         optimizer = CpuFP32Optimizer(ddp.module, optimizer_config(OptimizationConfig(), 1e-4, bf16=False))
-        init_state_for_loading(optimizer)
+        ensure_adam_state(optimizer)
         opt_sharded = optimizer.sharded_state_dict(ddp.module.sharded_state_dict(prefix="model."))
         measured["optimizer"] = _local_bytes(opt_sharded)
         return measured
