@@ -6,13 +6,14 @@
     # phase B: the test table with the chosen settings (A's choice.json and teacher)
     python tools/digits_study.py --phase b --out $OUT --choice A_OUT/choice.json --minutes 9
 
-Phase A trains the teacher with ``tools/train_digits_teacher.py`` from the shipped weights (batch
-128, cosine decay over ``--teacher-minutes``, the val FD every ``--teacher-eval-every`` steps),
-keeps whichever of the two teachers has the lower 50-step val FD, and then distils it in every
-configuration of ``ABLATIONS`` (``tools/distill_digits.run_one``, ``--jobs`` runs sharing the GPU;
-training seed 1100, sampling seeds ``VALIDATION_SEEDS``, FD against val videos). The choice (``choose``): among the rCM configurations whose 2-step digit accuracy reaches
-the teacher's 4-step accuracy on val, the one with the lowest 2-step FD; if none does, the most
-accurate. Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5) and distils it with sCM
+Phase A trains a teacher with ``tools/train_digits_teacher.py`` from the shipped weights (batch
+128, cosine decay over ``--teacher-minutes``, the val FD every ``--teacher-eval-every`` steps) while
+the shipped teacher is distilled in every configuration of ``ABLATIONS`` beside it
+(``tools/distill_digits.run_one``, ``--jobs`` runs sharing the GPU; training seed 1100, sampling
+seeds ``VALIDATION_SEEDS``, FD against val videos); phase B distils whichever teacher has the lower
+50-step val FD. The choice (``choose``): among the rCM configurations whose 2-step digit accuracy
+reaches the shipped teacher's 4-step accuracy on val, the one with the lowest 2-step FD; if none
+does, the most accurate. Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5) and distils it with sCM
 only, rCM (the choice) and DMD only (the choice's critic settings) for training seeds 1000 + S and
 sampling seeds S, S = 0, 1, 2, against test videos, and checks the issue's targets.
 
@@ -149,37 +150,54 @@ def choose(results, teacher_4step_acc):
     return name, why
 
 
+def _warm_up(args, data):
+    """A few rCM iterations fill the Triton caches (kernels and their autotuning) once, so the
+    ablations that follow do not all compile the same kernels at once."""
+    warm = Path(args.work) / "warm-up"
+    warm.mkdir(parents=True, exist_ok=True)
+    with open(warm / "train.log", "w") as warm_log:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
+             "--teacher", str(TEACHER), "--data-path", str(data),
+             "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--train-iters", "4",
+             "--tangent-warmup", "1", "--micro-batch-size", str(args.micro_batch_size),
+             "--global-batch-size", str(args.micro_batch_size), "--save-interval", "0"],
+            env=run_env(args.threads), stdout=warm_log, stderr=subprocess.STDOUT).returncode
+
+
 def phase_a(out, args, data, budget, log):
+    """The ablations distil the shipped teacher while the GPU teacher trains beside them (one
+    command's time holds both only side by side); phase B distils whichever has the lower val FD."""
     out.mkdir(parents=True, exist_ok=True)
     curve = []
     teachers = {"shipped": TEACHER}
-    if args.teacher_minutes > 0:
-        # a few rCM iterations beside the teacher's training fill the Triton caches (kernels and
-        # their autotuning), so the ablations that follow do not all compile at once
-        warm = Path(args.work) / "warm-up"
-        warm.mkdir(parents=True, exist_ok=True)
-        with open(warm / "train.log", "w") as warm_log:
-            warming = subprocess.Popen(
-                [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
-                 "--teacher", str(TEACHER), "--data-path", str(data),
-                 "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--train-iters", "4",
-                 "--tangent-warmup", "1", "--micro-batch-size", str(args.micro_batch_size),
-                 "--global-batch-size", str(args.micro_batch_size), "--save-interval", "0"],
-                env=run_env(args.threads), stdout=warm_log, stderr=subprocess.STDOUT)
-            folder, curve = train_teacher(out, args, budget, log)
-            teachers["gpu"] = folder
-            log(f"Triton warm-up run: exit status {warming.wait(timeout=max(1.0, budget.left()))}")
-    teacher_rows = {name: evaluate_teacher(path, "val", VALIDATION_SEEDS, [50, 4],
-                                           Path(args.work) / f"teacher_{name}_val.json", args, budget)
-                    for name, path in teachers.items()}
+    teacher_rows = {}
+
+    def val_rows(name, path):
+        return evaluate_teacher(path, "val", VALIDATION_SEEDS, [50, 4], Path(args.work) / f"teacher_{name}_val.json",
+                                args, budget)
+
+    def gpu_teacher():
+        folder, trained = train_teacher(out, args, budget, log)
+        return folder, trained, val_rows("gpu", folder)
+
+    with ThreadPoolExecutor(3) as pool:
+        training = pool.submit(gpu_teacher) if args.teacher_minutes > 0 else None
+        warming = pool.submit(_warm_up, args, data)
+        teacher_rows["shipped"] = val_rows("shipped", TEACHER)
+        log(f"Triton warm-up run: exit status {warming.result()}")
+        specs = {name: (method, VALIDATION_SEEDS[0], VALIDATION_SEEDS, "val", flags)
+                 for name, (method, flags) in ABLATIONS.items()}
+        results = run_many(specs, args, data, budget, log, out)
+        if training is not None:
+            try:
+                teachers["gpu"], curve, teacher_rows["gpu"] = training.result()
+            except (subprocess.SubprocessError, OSError) as error:
+                log(f"GPU teacher: {error}")
     best = min(teacher_rows, key=lambda n: _mean(teacher_rows[n][0], "fd"))
-    args.teacher = str(teachers[best])
-    log(f"teacher: {best} ({args.teacher})")
-    specs = {name: (method, VALIDATION_SEEDS[0], VALIDATION_SEEDS, "val", flags)
-             for name, (method, flags) in ABLATIONS.items()}
-    results = run_many(specs, args, data, budget, log, out)
-    teacher_4step_acc = _mean(teacher_rows[best][1], "digit_acc")
-    report = {"teacher": best, "teacher_folder": args.teacher, "teacher_curve": curve,
+    log(f"teacher for phase B: {best} ({teachers[best]})")
+    teacher_4step_acc = _mean(teacher_rows["shipped"][1], "digit_acc")  # the teacher the ablations distilled
+    report = {"teacher": best, "teacher_folder": str(teachers[best]), "teacher_curve": curve,
               "teacher_val": teacher_rows, "validation_seeds": VALIDATION_SEEDS,
               "ablations": {name: {"flags": ABLATIONS[name][1], "method": ABLATIONS[name][0],
                                    **json.loads(Path(path).read_text())} for name, path in results.items()},

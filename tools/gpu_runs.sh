@@ -35,7 +35,8 @@
 #                                    # one (val FD curve), then the ablations on the val split, tiny runs side by side
 #   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
 #                                    # phase A leaves in runs/digits_a (carry it to a fresh machine; DIGITS_A=path)
-#                                    # (DIGITS_UPDATES, DIGITS_TEACHER_MINUTES, DIGITS_JOBS change the budgets)
+#                                    # (DIGITS_UPDATES, DIGITS_TEACHER_MINUTES, DIGITS_JOBS, DIGITS_MINUTES_S change
+#                                    # the budgets; everything comes back as OUT/digits_PHASE.tar.gz)
 #
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
@@ -224,26 +225,32 @@ digits-calib)
   ;;
 digits-a|digits-b)
   phase=${1#digits-}
-  flags="--student-updates ${DIGITS_UPDATES:-600} --jobs ${DIGITS_JOBS:-12}"
+  flags="--student-updates ${DIGITS_UPDATES:-400} --jobs ${DIGITS_JOBS:-12}"
   if [ "$phase" = a ]; then
-    flags="$flags --teacher-minutes ${DIGITS_TEACHER_MINUTES:-2.5}"
+    flags="$flags --teacher-minutes ${DIGITS_TEACHER_MINUTES:-3} --teacher-workers 3"
+    # beside the study: an sCM-only run's save and resume through megatron's DistributedOptimizer
+    python3 -m pytest -q -m gpu tests/training/test_scm_only_gpu.py > "$OUT/tests_scm_only.log" 2>&1 &
   else
     flags="$flags --choice ${DIGITS_A:-runs/digits_a}/choice.json"
   fi
-  RESULTS="$OUT/digits_$phase"
+  RESULTS=/tmp/digits_results_$phase
   # the whole study stops itself at --minutes, keeping what finished
-  CUDA_VISIBLE_DEVICES=0 timeout 540 python3 tools/digits_study.py --phase $phase --out "$RESULTS" \
-    --work /tmp/digits_$phase --minutes 8.3 $flags > "$OUT/digits_$phase.log" 2>&1
-  # one archive for the per-run logs and metrics (the phase keeps to a few files)
-  tar -czf "$RESULTS/runs.tar.gz" -C "$RESULTS" runs && rm -rf "$RESULTS/runs"
+  CUDA_VISIBLE_DEVICES=0 timeout $(( ${DIGITS_MINUTES_S:-500} + 30 )) python3 tools/digits_study.py --phase $phase \
+    --out "$RESULTS" --work /tmp/digits_$phase --minutes $(python3 -c "print(${DIGITS_MINUTES_S:-500} / 60)") $flags \
+    > "$RESULTS.log" 2>&1
+  wait
+  cp "$RESULTS.log" "$RESULTS/"
+  # one archive: the device tool brings back only a few files
+  tar -czf "$OUT/digits_$phase.tar.gz" -C "$RESULTS" .
   # what phase B needs, kept in the tree (runs/ is ignored): a warm machine finds it, a fresh one
   # needs it carried
   if [ "$phase" = a ] && [ -e "$RESULTS/choice.json" ]; then
     rm -rf runs/digits_a && mkdir -p runs/digits_a && cp "$RESULTS/choice.json" runs/digits_a/
     [ -d "$RESULTS/teacher" ] && cp -r "$RESULTS/teacher" runs/digits_a/
   fi
-  cat "$RESULTS/ablations.md" "$RESULTS/table.md" "$RESULTS/targets.md" 2>/dev/null
-  tail -5 "$OUT/digits_$phase.log"
+  [ "$phase" = a ] && tail -3 "$OUT/tests_scm_only.log"
+  cat "$RESULTS/study.log" "$RESULTS/targets.md" 2>/dev/null
+  cut -c1-160 "$RESULTS/ablations.md" "$RESULTS/table.md" 2>/dev/null
   ;;
 profile)
   # one after the other on GPU 0 (timings beside other work are lower); the caches of the cold run
