@@ -19,26 +19,29 @@ def study():
         sys.path.remove(str(ROOT / "tools"))
 
 
-def _eval_json(path, name, per_steps):
-    """An eval.json like tools/eval_digits.py's: {steps: (digit_acc per seed, fd per seed)}."""
-    rows = [{"name": f"{name}, few-step {steps}", "seeds": [100, 101], "digit_acc": list(acc), "fd": list(fd),
-             "direction_acc": [1.0, 1.0], "joint_acc": list(acc), "diversity": [20.0, 21.0]}
-            for steps, (acc, fd) in per_steps.items()]
+def _eval_json(path, name, fd, acc, diversity=22.0):
+    """An eval.json like tools/eval_digits.py's, the same numbers at 1, 2 and 4 steps, two seeds."""
+    rows = [{"name": f"{name}, few-step {steps}", "seeds": [100, 101], "digit_acc": [acc, acc], "fd": [fd, fd],
+             "direction_acc": [1.0, 1.0], "joint_acc": [acc, acc], "diversity": [diversity, diversity]}
+            for steps in (1, 2, 4)]
     path.write_text(json.dumps({"rows": rows}))
     return path
 
 
-def test_choice_is_the_lowest_2_step_fd_among_the_accurate_enough(study, tmp_path):
-    results = {
-        "rcm": _eval_json(tmp_path / "a.json", "rcm", {2: ((0.80, 0.84), (100.0, 120.0))}),  # accurate, FD 110
-        "rcm-dmdw0.1": _eval_json(tmp_path / "b.json", "b", {2: ((0.70, 0.70), (50.0, 50.0))}),  # FD 50, not accurate
-        "rcm-freq5": _eval_json(tmp_path / "c.json", "c", {2: ((0.85, 0.85), (90.0, 94.0))}),  # accurate, FD 92
-        "scm": _eval_json(tmp_path / "d.json", "d", {2: ((0.99, 0.99), (10.0, 10.0))}),  # not an rCM setting
-    }
-    name, why = study.choose(results, teacher_4step_acc=0.82)
-    assert name == "rcm-freq5" and "92.0" in why
-    name, why = study.choose(results, teacher_4step_acc=0.9)  # none reaches it: the most accurate
-    assert name == "rcm-freq5" and "no configuration" in why
+def test_choice_meets_the_most_fd_and_accuracy_targets_then_has_the_lower_fd(study, tmp_path):
+    teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [23.0]}
+               for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]
+    results = {name: _eval_json(tmp_path / f"{name}.json", name, *numbers) for name, numbers in {
+        "scm": (300.0, 0.45), "dmd": (1000.0, 0.65, 21.0),
+        "rcm": (700.0, 0.70),            # beats sCM on accuracy only, and DMD on diversity
+        "rcm-dmdw3": (1000.0, 0.73),     # the most accurate, as many targets as "rcm", higher FD
+        "rcm-dmd-shift1": (250.0, 0.69),  # also beats sCM's FD: one target more
+        "rcm-dmdw0.1": (120.0, 0.40, 30.0),  # the lowest FD, below sCM's accuracy; diversity does not count
+    }.items()}
+    name, why = study.choose(results, teacher)
+    assert name == "rcm-dmd-shift1" and "rCM 1-step FD < sCM 1-step FD" in why and "250.0" in why
+    del results["rcm-dmd-shift1"]
+    assert study.choose(results, teacher)[0] == "rcm-dmdw0.1"  # one target each: the lowest FD
 
 
 def test_baselines_share_only_their_part_of_the_chosen_flags(study):
