@@ -26,6 +26,7 @@
 #   bash tools/gpu_runs.sh keepattn # on GPU 0 (about 7 minutes): bench_train.py with full recompute, with it
 #                                   # keeping attention (--recompute-keep-attention), and the planner's pick with
 #                                   # --keep-attention (issue 23); last, its pytest -m gpu test
+#                                   # (KEEPATTN_QUICK=1: the first two runs only, about 5 minutes)
 #   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
 #                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
@@ -201,6 +202,10 @@ keepattn)
   # the first run compiles and autotunes (cold caches); the others reuse its caches
   timeout 180 $B > "$OUT/train_full.log" 2>&1
   timeout 120 $B -- --recompute-keep-attention > "$OUT/train_full_keepattn.log" 2>&1
+  if [ -n "${KEEPATTN_QUICK:-}" ]; then  # the two runs only (when little device time is left)
+    for f in train_full train_full_keepattn; do echo "$f: $(tail -1 "$OUT/$f.log")"; done
+    exit 0
+  fi
   gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
   python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
     > "$OUT/keepattn_plan.json" 2>> "$OUT/keepattn_prepare.log"
