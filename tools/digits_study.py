@@ -49,7 +49,7 @@ ABLATIONS = {
     "rcm-wan-balance": ("rcm", ["--dmd-reference-numel", str(WAN_NUMEL)]),
     "rcm-freq5": ("rcm", ["--student-update-freq", "5"]),
     "rcm-critic-lr3e-4": ("rcm", ["--fake-score-lr", "3e-4"]),
-    "rcm-dmd-shift1": ("rcm", ["--dmd-shift", "1"]),
+    "rcm-dmd-shift5": ("rcm", ["--dmd-shift", "5"]),  # RCMConfig's default; the digits config has 1
     "rcm-dcm0.05": ("rcm", ["--dcm-step", "0.05"]),
     "scm": ("scm", []),
     "scm-dcm0.05": ("scm", ["--dcm-step", "0.05"]),

@@ -35,12 +35,12 @@ def test_choice_meets_the_most_fd_and_accuracy_targets_then_has_the_lower_fd(stu
         "scm": (300.0, 0.45), "dmd": (1000.0, 0.65, 21.0),
         "rcm": (700.0, 0.70),            # beats sCM on accuracy only, and DMD on diversity
         "rcm-dmdw3": (1000.0, 0.73),     # the most accurate, as many targets as "rcm", higher FD
-        "rcm-dmd-shift1": (250.0, 0.69),  # also beats sCM's FD: one target more
+        "rcm-dcm0.05": (250.0, 0.69),  # also beats sCM's FD: one target more
         "rcm-dmdw0.1": (120.0, 0.40, 30.0),  # the lowest FD, below sCM's accuracy; diversity does not count
     }.items()}
     name, why = study.choose(results, teacher)
-    assert name == "rcm-dmd-shift1" and "rCM 1-step FD < sCM 1-step FD" in why and "250.0" in why
-    del results["rcm-dmd-shift1"]
+    assert name == "rcm-dcm0.05" and "rCM 1-step FD < sCM 1-step FD" in why and "250.0" in why
+    del results["rcm-dcm0.05"]
     assert study.choose(results, teacher)[0] == "rcm-dmdw0.1"  # one target each: the lowest FD
 
 
