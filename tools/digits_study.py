@@ -290,29 +290,53 @@ def phase_b(out, args, data, budget, log):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--phase", choices=("a", "b", "all"), required=True)
-    p.add_argument("--out", required=True, help="results folder (the device tool's $OUT)")
+    p.add_argument("--phase", choices=("a", "b", "all"), required=True,
+                   help="a: the GPU teacher and the ablations on val; b: the 3-seed test table; all: a, then b "
+                        "with A's choice, in OUT/a and OUT/b (required)")
+    p.add_argument("--out", required=True, help="results folder (the device tool's $OUT; required)")
     p.add_argument("--work", default=str(ROOT / "runs" / time.strftime("digits_study-%Y%m%d-%H%M%S")),
-                   help="run folders with their checkpoints (only logs and metrics are copied to --out); "
-                        "finished runs found here are not redone")
-    p.add_argument("--minutes", type=float, default=9.0, help="wall-time budget of this command")
+                   help="run folders with their checkpoints (only logs and metrics are copied to --out) and the "
+                        "training data; finished runs found here are not redone (default: "
+                        "runs/digits_study-DATE-TIME)")
+    p.add_argument("--minutes", type=float, default=9.0,
+                   help="wall-time budget of this command in minutes; runs still going then are stopped "
+                        "(default: %(default)s)")
     p.add_argument("--choice", help="phase b: phase A's choice.json (its rCM flags; its teacher, if A's GPU "
-                                    "teacher won, is the 'teacher' folder beside it)")
-    p.add_argument("--teacher", help="teacher folder (default: the choice's, else the shipped one)")
-    p.add_argument("--teacher-minutes", type=float, default=3.0, help="phase a: GPU teacher training (0: keep the shipped)")
-    p.add_argument("--teacher-batch", type=int, default=128)
-    p.add_argument("--teacher-lr", type=float, default=5e-4)
-    p.add_argument("--teacher-workers", type=int, default=6)
-    p.add_argument("--teacher-eval-every", type=int, default=1000)
-    p.add_argument("--student-updates", type=int, default=600)
-    p.add_argument("--micro-batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="student and fake-score learning rate")
-    p.add_argument("--tangent-warmup", type=int, default=40)
-    p.add_argument("--student-update-freq", type=int, default=2)
-    p.add_argument("--train-videos", type=int, default=8192)
-    p.add_argument("--jobs", type=int, default=12, help="runs at a time, sharing the GPU")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--only", nargs="+", choices=list(ABLATIONS), help="phase a: these ablations only")
+                                    "teacher won, is the 'teacher' folder beside it) (default: plain rCM, no "
+                                    "ablation flags; with --phase all, A's)")
+    p.add_argument("--teacher", help="teacher folder the runs distil (default: the choice's, else the shipped one)")
+    p.add_argument("--teacher-minutes", type=float, default=3.0,
+                   help="phase a: minutes of GPU teacher training from the shipped weights (0: keep the shipped; "
+                        "default: %(default)s)")
+    p.add_argument("--teacher-batch", type=int, default=128,
+                   help="phase a: the GPU teacher's videos per step (default: %(default)s)")
+    p.add_argument("--teacher-lr", type=float, default=5e-4,
+                   help="phase a: the GPU teacher's learning rate, cosine-decayed to a tenth of it over "
+                        "--teacher-minutes (default: %(default)s)")
+    p.add_argument("--teacher-workers", type=int, default=6,
+                   help="phase a: data-loader processes rendering the GPU teacher's batches (default: %(default)s)")
+    p.add_argument("--teacher-eval-every", type=int, default=1000,
+                   help="phase a: the GPU teacher's steps between val FD evaluations (0: none; default: "
+                        "%(default)s)")
+    p.add_argument("--student-updates", type=int, default=600,
+                   help="student updates of every distillation run, whatever its method (default: %(default)s)")
+    p.add_argument("--micro-batch-size", type=int, default=8,
+                   help="videos per iteration of every distillation run, also its global batch (default: "
+                        "%(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="student and fake-score learning rate (default: %(default)s)")
+    p.add_argument("--tangent-warmup", type=int, default=40,
+                   help="iterations of the sCM tangent warm-up, sCM term only, of every run (default: %(default)s)")
+    p.add_argument("--student-update-freq", type=int, default=2,
+                   help="one student iteration every N, critic iterations between, where the ablation sets none "
+                        "(default: %(default)s)")
+    p.add_argument("--train-videos", type=int, default=8192,
+                   help="training videos written to WORK/data if it has none (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=12, help="runs at a time, sharing the GPU (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run, evaluation and teacher training (default: %(default)s)")
+    p.add_argument("--only", nargs="+", choices=list(ABLATIONS),
+                   help="phase a: these ablations only (default: all)")
     args = p.parse_args()
     out = Path(args.out)
     args.teacher_given = args.teacher is not None

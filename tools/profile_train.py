@@ -243,17 +243,25 @@ def markdown(result):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, help="teacher, shards, trace and log (default: a temporary folder)")
-    parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
-    parser.add_argument("--num-layers", type=int, default=None)
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--iters", type=int, default=6, help="the last two are profiled")
-    parser.add_argument("--config", type=Path, default=None, help="trainer YAML (default: wan1.3b_rcm.yaml)")
-    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
-    parser.add_argument("--smoke", action="store_true", help="a tiny model on CPU (TRITON_INTERPRET=1)")
-    parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py")
+    parser.add_argument("--work", type=Path,
+                        help="folder for the teacher, shards, trace and log (default: a temporary folder)")
+    parser.add_argument("--preset", default="wan2.1-t2v-1.3b",
+                        help="Wan preset of the random-weight teacher and the student (default: %(default)s)")
+    parser.add_argument("--num-layers", type=int, default=None,
+                        help="fewer blocks than the preset's (default: the preset's)")
+    parser.add_argument("--frames", type=int, default=81, help="video frames (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=480, help="video height in pixels (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=832, help="video width in pixels (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=6,
+                        help="trainer iterations, at least 4; the last two (one student, one critic) are profiled "
+                             "(default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="trainer YAML (default: examples/configs/wan1.3b_rcm.yaml)")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON to this file (default: print only)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="plumbing only: a tiny model (tiny-a, 5 frames of 32 x 32, 4 iterations, tiny_cpu.yaml) "
+                             "in place of --preset, the size, --iters and --config; on CPU with TRITON_INTERPRET=1")
+    parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py (default: none)")
     args = parser.parse_args()
     setup = dict(preset=args.preset, num_layers=args.num_layers, frames=args.frames, height=args.height,
                  width=args.width, iters=args.iters, config=args.config)

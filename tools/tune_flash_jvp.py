@@ -74,13 +74,18 @@ SMOKE_CASES = {"smoke": Case(1, 2, 150, 45, 32, True), "smoke-const": Case(1, 2,
 
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated subset of {list(CASES)} (default: all; --cpu-smoke runs its own)")
     p.add_argument("--configs", nargs="*", help="Triton kernel: BLOCK_M,BLOCK_N,warps,stages[,1 = tensor "
-                                               "descriptors] (default: TRITON_CANDIDATES; none: skip it)")
-    p.add_argument("--hopper-configs", nargs="*", help="Hopper kernel: BLOCK_M,BLOCK_N,stages[,1 = early rescale] "
-                                                      "(default: flash_jvp_hopper.CANDIDATES; none: skip it)")
-    p.add_argument("--rep-ms", type=float, default=100, help="timing window per candidate (triton do_bench)")
-    p.add_argument("--json", metavar="PATH", help="write every row and the picks as JSON")
+                                               "descriptors] (default: TRITON_CANDIDATES, two tiny ones with "
+                                               "--cpu-smoke; the flag alone: skip the kernel)")
+    p.add_argument("--hopper-configs", nargs="*", help="Hopper kernel, timed on sm_90 only: BLOCK_M,BLOCK_N,stages"
+                                                      "[,1 = early rescale] (default: flash_jvp_hopper.CANDIDATES; "
+                                                      "the flag alone: skip the kernel)")
+    p.add_argument("--rep-ms", type=float, default=100,
+                   help="milliseconds of timing per candidate, after 25 ms of warm-up (triton.testing.do_bench's "
+                        "rep; default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", help="also write every row and the picks as JSON (default: print only)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny cases, two Triton configs, under TRITON_INTERPRET=1 (no timing, no Hopper kernel)")
     args = p.parse_args()

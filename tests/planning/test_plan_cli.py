@@ -1,13 +1,18 @@
-"""tools/plan.py: the issue's two requests, and one-line refusals of impossible ones."""
+"""tools/plan.py: the issue's two requests, and one-line refusals of impossible ones; the flags of plan.py and
+the benchmark tools say what they set and their defaults."""
 
 import json
+import os
+import re
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
 import plan  # noqa: E402
 
 from megatron_rcm.planning import (  # noqa: E402
@@ -112,3 +117,47 @@ def test_every_flag_says_what_it_does():
     assert [a.dest for a in parser._actions if not a.help] == []
     defaults = [a for a in parser._actions if a.default not in (None, False) and a.dest != "help"]
     assert all("default" in a.help for a in defaults), [a.dest for a in defaults if "default" not in a.help]
+
+
+# tools whose parser is built inside main(): checked through their --help output
+HELP_TOOLS = ("profile_train.py", "digits_study.py", "digits_balance.py", "tune_flash_jvp.py")
+
+
+def _help_entries(text):
+    """({option or positional: its help text}, options the usage line requires) from argparse's --help."""
+    usage = text.split("\n\n", 1)[0]
+    required = set(re.findall(r"(?<![\[\w-])(--[\w-]+)", usage))
+    entries, current, in_arguments = {}, None, False
+    for line in text.splitlines():
+        if re.match(r"(options|optional arguments|positional arguments):$", line):
+            in_arguments, current = True, None
+        elif not in_arguments:
+            continue
+        elif entry := re.match(r"  (\S.*?)(?: {2,}(\S.*))?$", line):
+            invocation = entry.group(1).split(", ")[-1].split()
+            current = (invocation[0], len(invocation) > 1)  # (name, takes a value)
+            entries[current] = entry.group(2) or ""
+        elif current and re.match(r" {3,}\S", line):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries, required
+
+
+def test_every_benchmark_tool_flag_says_what_it_does_and_its_default():
+    # the four start at once: importing torch, Triton and Megatron takes most of their time
+    env = dict(os.environ, TRITON_INTERPRET="1", COLUMNS="100", PYTHONWARNINGS="ignore")
+    runs = {tool: subprocess.Popen([sys.executable, str(ROOT / "tools" / tool), "--help"], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tool in HELP_TOOLS}
+    problems = {}
+    for tool, run in runs.items():
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, (tool, err[-2000:])
+        entries, required = _help_entries(out)
+        assert ("--help", False) in entries and len(entries) > 3, (tool, out)  # the parsing found the options
+        silent = [name for (name, _), text in entries.items() if not text.strip()]
+        no_default = [name for (name, takes_value), text in entries.items()
+                      if takes_value and name.startswith("-") and name not in required and "default" not in text]
+        if silent or no_default:
+            problems[tool] = {"no help": silent, "no default": no_default}
+    assert problems == {}
