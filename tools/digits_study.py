@@ -318,7 +318,7 @@ def main():
     p.add_argument("--teacher-eval-every", type=int, default=1000,
                    help="phase a: the GPU teacher's steps between val FD evaluations (0: none; default: "
                         "%(default)s)")
-    p.add_argument("--student-updates", type=int, default=600,
+    p.add_argument("--student-updates", type=int, default=400,
                    help="student updates of every distillation run, whatever its method (default: %(default)s)")
     p.add_argument("--micro-batch-size", type=int, default=8,
                    help="videos per iteration of every distillation run, also its global batch (default: "
