@@ -32,8 +32,8 @@
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
-#   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: a teacher trained from the shipped
-#                                    # one (val FD curve), then the ablations on the val split, tiny runs side by side
+#   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
+#                                    # runs side by side) while a teacher trains from the shipped one (val FD curve)
 #   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
 #                                    # phase A leaves in runs/digits_a (carry it to a fresh machine; DIGITS_A=path)
 #                                    # (DIGITS_UPDATES, DIGITS_TEACHER_MINUTES, DIGITS_JOBS, DIGITS_MINUTES_S change
