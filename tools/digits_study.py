@@ -33,6 +33,7 @@ from pathlib import Path
 from distill_digits import CONFIG, NAMES, TEACHER, merge, run_env, run_one  # tools/ is this script's directory
 from eval_digits import METRICS, table
 
+from megatron_rcm import cli
 from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, write_training_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,8 +289,27 @@ def phase_b(out, args, data, budget, log):
             log(f"no GIF: {error}")
 
 
+def _check(parser, args):
+    """One line for each input the study would otherwise fail on minutes later, before it writes."""
+    if args.minutes <= 0 or args.teacher_minutes < 0:
+        parser.error(f"--minutes must be > 0 and --teacher-minutes >= 0, not {args.minutes} and {args.teacher_minutes}")
+    if args.teacher is not None and not (Path(args.teacher) / "config.json").is_file():
+        parser.error(f"--teacher {args.teacher}: no config.json there (a diffusers model folder)")
+    if args.choice is None:
+        return
+    try:
+        choice = json.loads(Path(args.choice).read_text())
+    except (OSError, ValueError) as error:
+        parser.error(f"--choice {args.choice}: not a readable choice.json ({type(error).__name__}); phase A writes one")
+    if not isinstance(choice, dict) or not {"name", "flags", "teacher"} <= set(choice):
+        parser.error(f"--choice {args.choice}: needs the keys name, flags and teacher (phase A's choice.json)")
+    if choice["teacher"] == "gpu" and args.teacher is None and not (Path(args.choice).parent / "teacher").is_dir():
+        parser.error(f"--choice {args.choice}: its GPU teacher is not in a 'teacher' folder beside it; copy it there "
+                     "or give --teacher")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--phase", choices=("a", "b", "all"), required=True,
                    help="a: the GPU teacher and the ablations on val; b: the 3-seed test table; all: a, then b "
                         "with A's choice, in OUT/a and OUT/b (required)")
@@ -308,19 +328,19 @@ def main():
     p.add_argument("--teacher-minutes", type=float, default=3.0,
                    help="phase a: minutes of GPU teacher training from the shipped weights (0: keep the shipped; "
                         "default: %(default)s)")
-    p.add_argument("--teacher-batch", type=int, default=128,
+    p.add_argument("--teacher-batch", type=cli.positive_int, default=128,
                    help="phase a: the GPU teacher's videos per step (default: %(default)s)")
     p.add_argument("--teacher-lr", type=float, default=5e-4,
                    help="phase a: the GPU teacher's learning rate, cosine-decayed to a tenth of it over "
                         "--teacher-minutes (default: %(default)s)")
-    p.add_argument("--teacher-workers", type=int, default=6,
+    p.add_argument("--teacher-workers", type=cli.positive_int, default=6,
                    help="phase a: data-loader processes rendering the GPU teacher's batches (default: %(default)s)")
     p.add_argument("--teacher-eval-every", type=int, default=1000,
                    help="phase a: the GPU teacher's steps between val FD evaluations (0: none; default: "
                         "%(default)s)")
-    p.add_argument("--student-updates", type=int, default=400,
+    p.add_argument("--student-updates", type=cli.positive_int, default=400,
                    help="student updates of every distillation run, whatever its method (default: %(default)s)")
-    p.add_argument("--micro-batch-size", type=int, default=8,
+    p.add_argument("--micro-batch-size", type=cli.positive_int, default=8,
                    help="videos per iteration of every distillation run, also its global batch (default: "
                         "%(default)s)")
     p.add_argument("--lr", type=float, default=1e-4,
@@ -330,14 +350,16 @@ def main():
     p.add_argument("--student-update-freq", type=int, default=2,
                    help="one student iteration every N, critic iterations between, where the ablation sets none "
                         "(default: %(default)s)")
-    p.add_argument("--train-videos", type=int, default=8192,
+    p.add_argument("--train-videos", type=cli.positive_int, default=8192,
                    help="training videos written to WORK/data if it has none (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=12, help="runs at a time, sharing the GPU (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--jobs", type=cli.positive_int, default=12,
+                   help="runs at a time, sharing the GPU (default: %(default)s)")
+    p.add_argument("--threads", type=cli.positive_int, default=1,
                    help="torch threads per run, evaluation and teacher training (default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=list(ABLATIONS),
                    help="phase a: these ablations only (default: all)")
     args = p.parse_args()
+    _check(p, args)
     out = Path(args.out)
     args.teacher_given = args.teacher is not None
     args.teacher = args.teacher or str(TEACHER)

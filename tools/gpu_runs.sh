@@ -224,8 +224,9 @@ digits-calib)
     only=$([ $jobs = 1 ] && echo "--only rcm" || echo "")
     timeout 200 python3 tools/digits_study.py --phase a --out "$OUT/calib$jobs" --work /tmp/calib$jobs --minutes 3.2 \
       --teacher-minutes 0 --student-updates 100 --jobs $jobs $only > "$OUT/calib$jobs.log" 2>&1
-    tar -czf "$OUT/calib$jobs/runs.tar.gz" -C "$OUT/calib$jobs" runs && rm -rf "$OUT/calib$jobs/runs"
     grep -E "done|stopped|failed|teacher:" "$OUT/calib$jobs/study.log"
+    # one archive: the device tool brings back only a few files
+    tar -czf "$OUT/calib$jobs.tar.gz" -C "$OUT" "calib$jobs" && rm -rf "$OUT/calib$jobs"
   done
   ;;
 digits-a|digits-b)
@@ -253,9 +254,9 @@ digits-a|digits-b)
     rm -rf runs/digits_a && mkdir -p runs/digits_a && cp "$RESULTS/choice.json" runs/digits_a/
     [ -d "$RESULTS/teacher" ] && cp -r "$RESULTS/teacher" runs/digits_a/
   fi
-  [ "$phase" = a ] && tail -3 "$OUT/tests_scm_only.log"
+  if [ "$phase" = a ]; then tail -3 "$OUT/tests_scm_only.log"; table=ablations.md; else table=table.md; fi
   cat "$RESULTS/study.log" "$RESULTS/targets.md" 2>/dev/null
-  cut -c1-160 "$RESULTS/ablations.md" "$RESULTS/table.md" 2>/dev/null
+  [ -e "$RESULTS/$table" ] && cut -c1-160 "$RESULTS/$table"
   ;;
 profile)
   # one after the other on GPU 0 (timings beside other work are lower); the caches of the cold run

@@ -1,6 +1,7 @@
 """tools/digits_study.py's decisions: the validation choice rule, the flags the baselines share, the targets."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,3 +67,32 @@ def test_targets_compare_the_issue_s_numbers(study):
     assert targets["rCM 1-step FD < sCM 1-step FD"]["met"] and targets["rCM 1-step accuracy > sCM 1-step"]["met"]
     assert targets["rCM 2-step diversity > DMD only's"]["met"]
     assert not targets["rCM 2-step diversity >= 0.95x the 50-step teacher's"]["met"]  # 22.5 < 0.95 x 24
+
+
+def test_bad_inputs_end_in_one_line_before_anything_is_written(tmp_path):
+    """Each wrong input: exit status 2, one line on stderr naming it, no traceback, no --out folder."""
+    bad_json, no_keys, gpu_choice = tmp_path / "bad.json", tmp_path / "keys.json", tmp_path / "a" / "choice.json"
+    bad_json.write_text("{not json")
+    no_keys.write_text(json.dumps({"name": "rcm"}))
+    gpu_choice.parent.mkdir()
+    gpu_choice.write_text(json.dumps({"name": "rcm", "flags": [], "teacher": "gpu"}))
+    cases = {
+        "missing choice file": (["--phase", "b", "--choice", str(tmp_path / "none.json")], "not a readable choice.json"),
+        "choice not JSON": (["--phase", "b", "--choice", str(bad_json)], "not a readable choice.json"),
+        "choice without its keys": (["--phase", "b", "--choice", str(no_keys)], "needs the keys"),
+        "GPU teacher not beside the choice": (["--phase", "b", "--choice", str(gpu_choice)], "not in a 'teacher'"),
+        "teacher folder without config.json": (["--phase", "a", "--teacher", str(tmp_path)], "no config.json"),
+        "zero minutes": (["--phase", "a", "--minutes", "0"], "--minutes must be > 0"),
+        "student updates not an integer": (["--phase", "a", "--student-updates", "4e2"], "--student-updates"),
+        "zero jobs": (["--phase", "a", "--jobs", "0"], "--jobs"),
+    }
+    outs = {name: tmp_path / f"out{i}" for i, name in enumerate(cases)}
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "tools" / "digits_study.py"), *argv, "--out",
+                                     str(outs[name]), "--work", str(outs[name]) + "-work"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, (argv, _) in cases.items()}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and cases[name][1] in lines[0], (name, err)
+        assert not outs[name].exists() and not Path(str(outs[name]) + "-work").exists(), name
