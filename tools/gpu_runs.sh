@@ -254,9 +254,9 @@ digits-a|digits-b)
     rm -rf runs/digits_a && mkdir -p runs/digits_a && cp "$RESULTS/choice.json" runs/digits_a/
     [ -d "$RESULTS/teacher" ] && cp -r "$RESULTS/teacher" runs/digits_a/
   fi
-  if [ "$phase" = a ]; then tail -3 "$OUT/tests_scm_only.log"; table=ablations.md; else table=table.md; fi
+  if [ "$phase" = a ]; then tail -3 "$OUT/tests_scm_only.log"; table=ablations; else table=table; fi
   cat "$RESULTS/study.log" "$RESULTS/targets.md" 2>/dev/null
-  [ -e "$RESULTS/$table" ] && cut -c1-160 "$RESULTS/$table"
+  [ -e "$RESULTS/${table}.md" ] && cut -c1-160 "$RESULTS/${table}.md"
   ;;
 profile)
   # one after the other on GPU 0 (timings beside other work are lower); the caches of the cold run
