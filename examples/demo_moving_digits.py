@@ -53,7 +53,7 @@ def sample_all(student_path, digits, directions, seed):
     from tqdm import tqdm
 
     from megatron_rcm import load_model
-    from megatron_rcm.evaluation.digits import generate
+    from megatron_rcm.evaluation.digits import generate, student_sampler
     from megatron_rcm.parallel import ParallelConfig, parallel_context
 
     def sampled(name, model, sampler, steps, **kwargs):
@@ -66,7 +66,7 @@ def sample_all(student_path, digits, directions, seed):
         out = {name: sampled(name, teacher, "euler", 50, cfg=2.5)}
         for steps in (1, 2, 4):
             name = f"student, {steps} step{'s' if steps > 1 else ''}"
-            out[name] = sampled(name, student, "few-step", steps)
+            out[name] = sampled(name, student, "few-step", steps, **student_sampler(student_path))
     return out
 
 

@@ -2,19 +2,23 @@
 3-seed test table, each within one command's time limit.
 
     # phase A: the teacher (FD curve on val), then the ablations on val with the validation seed
-    python tools/digits_study.py --phase a --out $OUT --minutes 9
+    python tools/digits_study.py --phase a --round 1 --out $OUT --minutes 9
+    python tools/digits_study.py --phase a --round 2 --teacher-minutes 0 --out $OUT --minutes 9
     # phase B: the test table with the chosen settings (A's choice.json and teacher)
     python tools/digits_study.py --phase b --out $OUT --choice A_OUT/choice.json --minutes 9
 
 Phase A trains a teacher with ``tools/train_digits_teacher.py`` from the shipped weights (batch
 128, cosine decay over ``--teacher-minutes``, the val FD every ``--teacher-eval-every`` steps) while
-the shipped teacher is distilled in every configuration of ``ABLATIONS`` beside it
+the shipped teacher is distilled in every configuration of the ``--round``'s ablations beside it
 (``tools/distill_digits.run_one``, ``--jobs`` runs sharing the GPU; training seed 1100, sampling
 seeds ``VALIDATION_SEEDS``, FD against val videos); phase B distils whichever teacher has the lower
-50-step val FD. The choice (``choose``): the rCM configuration that meets the most of the issue's
-targets on val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5) and distils it with sCM
-only, rCM (the choice) and DMD only (the choice's critic settings) for training seeds 1000 + S and
-sampling seeds S, S = 0, 1, 2, against test videos, and checks the issue's targets.
+50-step val FD. Round 1 varies the loss balance, the critic and the DMD timesteps; round 2, from
+round 1's choice, the budget every method shares (batch, learning rate, updates) and the sampler's
+times. The choice (``choose``): the rCM configuration that meets the most of the issue's targets on
+val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG
+2.5) beside distilling it with sCM only (the choice's shared and tangent flags), rCM (the choice)
+and DMD only (its shared and critic flags) for training seeds 1000 + S and sampling seeds S,
+S = 0, 1, 2, against test videos, and checks the issue's targets.
 
 Everything lands in ``--out`` as it finishes: the teacher folder, logs, per-run logs and eval
 JSON (``OUT/runs/NAME``), ``OUT/phase_a.json``, ``OUT/choice.json``, ``OUT/ablations.md`` or
@@ -42,7 +46,7 @@ TEST_SEEDS = (0, 1, 2)
 WAN_NUMEL = 16 * 21 * 60 * 104  # Wan2.1 1.3B latent at 480p x 81 frames, where the weights 100 : 1 were tuned
 
 # name -> (method, trainer flags on top of distill_digits' defaults); one factor at a time from "rcm"
-ABLATIONS = {
+ROUND_1 = {
     "rcm": ("rcm", []),
     "rcm-dmdw0.1": ("rcm", ["--dmd-weight", "0.1"]),
     "rcm-dmdw0.3": ("rcm", ["--dmd-weight", "0.3"]),
@@ -56,14 +60,45 @@ ABLATIONS = {
     "scm-dcm0.05": ("scm", ["--dcm-step", "0.05"]),
     "dmd": ("dmd", []),
 }
-# what the phase-B baselines share with the chosen rCM: sCM only its tangent, DMD only its critic
-SCM_FLAGS = ("--dcm-step",)
-CRITIC_FLAGS = ("--student-update-freq", "--fake-score-lr", "--dmd-shift")
+# Round 2, from round 1's choice (DMD shift 1, now the digits config's): the budget every method
+# shares (batch, learning rate, updates) and the sampler's times, each rCM run beside the sCM run of
+# the same shared flags. Wan's mid times (1.5, 1.4, 1.0) at a fifth of the noise level,
+# arctan(tan(t) / 5), as the DMD shift of 5 -> 1: the same signal left at 2,048 elements as at 2 M.
+MID = ["--mid-times", "1.23", "0.86", "0.3"]
+B32 = ["--micro-batch-size", "32", "--global-batch-size", "32"]
+LR3 = ["--lr", "3e-4", "--fake-score-lr", "3e-4"]
+U800 = ["--student-updates", "800"]
+ROUND_2 = {f"{method}{suffix}": (method, flags) for method in ("rcm", "scm") for suffix, flags in {
+    "": [], "-mid": MID, "-b32": B32, "-b32-mid": B32 + MID, "-b32-lr3e-4-mid": B32 + LR3 + MID,
+    "-b32-u800-mid": B32 + U800 + MID}.items()}
+ROUNDS = {1: ROUND_1, 2: ROUND_2}
+ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
+# what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
+# times; sCM only its tangent, DMD only its critic
+SHARED_FLAGS = ("--micro-batch-size", "--global-batch-size", "--lr", "--fake-score-lr", "--student-updates",
+                "--mid-times")
+SCM_FLAGS = ("--dcm-step", *SHARED_FLAGS)
+CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", *SHARED_FLAGS)
+
+
+def _groups(flags):
+    """[flag, value, ...] -> [[flag, *values], ...]: a flag takes the tokens up to the next one."""
+    groups = []
+    for token in flags:
+        if token.startswith("--"):
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
 
 
 def flag_subset(flags, names):
-    """The (flag, value) pairs of ``flags`` whose flag is in ``names``."""
-    return [token for flag, value in zip(flags[::2], flags[1::2]) if flag in names for token in (flag, value)]
+    """The flags (with their values) of ``flags`` whose name is in ``names``."""
+    return [token for group in _groups(flags) if group[0] in names for token in group]
+
+
+def _same_flags(a, b):
+    return sorted(map(tuple, _groups(a))) == sorted(map(tuple, _groups(b)))
 
 
 class Budget:
@@ -141,23 +176,33 @@ def _renamed(path, old, new):
     return [dict(r, name=new + r["name"][len(old):]) for r in json.loads(Path(path).read_text())["rows"]]
 
 
+def _baseline(results, candidate):
+    """The sCM-only run among ``results`` with the candidate's shared and sCM flags, or None."""
+    want = flag_subset(ABLATIONS[candidate][1], SCM_FLAGS)
+    return next((n for n in results if ABLATIONS[n][0] == "scm" and _same_flags(ABLATIONS[n][1], want)), None)
+
+
 def choose(results, teacher_rows):
-    """The rCM ablation to report and why: the one that meets the most of the issue's FD and
-    accuracy targets on val (judged as ``_targets`` judges the test table, against val's sCM-only
-    run), the lower 2-step FD among equals. Accuracy alone picks settings whose FD is 10x the
-    teacher's, FD alone sCM-like ones. Diversity does not choose: it rises with the DMD term's
-    saturation artefacts (val DMD-only: FD 1,318 at 4 steps, diversity above the teacher's), and
-    val's DMD-only run does not share a candidate's critic settings as phase B's does."""
-    base = list(teacher_rows) + [r for m in ("scm", "dmd") for r in _renamed(results[m], m, NAMES[m])]
+    """The rCM ablation to report and why, or None: the one that meets the most of the issue's FD
+    and accuracy targets on val (judged as ``_targets`` judges the test table, against the val
+    sCM-only run with the same shared flags, as phase B pairs them), the lower 2-step FD among
+    equals. Accuracy alone picks settings whose FD is 10x the teacher's, FD alone sCM-like ones.
+    Diversity does not choose: it rises with the DMD term's saturation artefacts (val DMD-only: FD
+    1,318 at 4 steps, diversity above the teacher's)."""
     scored = {}
     for name, path in results.items():
-        if ABLATIONS[name][0] == "rcm":
-            met = [t["target"] for t in _targets(base + _renamed(path, name, NAMES["rcm"]))
-                   if t["met"] and "diversity" not in t["target"]]
-            scored[name] = (len(met), -_mean(_row(path, 2), "fd"), met)
+        scm = _baseline(results, name) if ABLATIONS[name][0] == "rcm" else None
+        if scm is None:
+            continue
+        rows = list(teacher_rows) + _renamed(results[scm], scm, NAMES["scm"]) + _renamed(path, name, NAMES["rcm"])
+        met = [t["target"] for t in _targets(rows, diversity=False) if t["met"]]
+        scored[name] = (len(met), -_mean(_row(path, 2), "fd"), met, scm)
+    if not scored:
+        return None
     name = max(scored, key=lambda n: scored[n][:2])
-    count, fd, met = scored[name]
-    return name, f"meets {count} of the issue's 4 FD/accuracy targets on val, the most ({'; '.join(met)}); 2-step val FD {-fd:.1f}"
+    count, fd, met, scm = scored[name]
+    return name, (f"meets {count} of the issue's 4 FD/accuracy targets on val against {scm}, the most "
+                  f"({'; '.join(met)}); 2-step val FD {-fd:.1f}")
 
 
 def _warm_up(args, data):
@@ -211,8 +256,9 @@ def phase_a(out, args, data, budget, log):
               "ablations": {name: {"flags": ABLATIONS[name][1], "method": ABLATIONS[name][0],
                                    **json.loads(Path(path).read_text())} for name, path in results.items()},
               "args": {k: v for k, v in vars(args).items()}}
-    if any(ABLATIONS[name][0] == "rcm" for name in results) and {"scm", "dmd"} <= set(results):
-        name, why = choose(results, teacher_rows["shipped"])  # the teacher the ablations distilled
+    chosen = choose(results, teacher_rows["shipped"])  # the teacher the ablations distilled
+    if chosen is not None:
+        name, why = chosen
         # "gpu": the teacher folder next to choice.json; "shipped": assets/moving_digits/teacher
         choice = {"name": name, "flags": ABLATIONS[name][1], "why": why, "teacher": best}
         (out / "choice.json").write_text(json.dumps(choice, indent=1))
@@ -223,12 +269,14 @@ def phase_a(out, args, data, budget, log):
     rows += merge([results[name] for name in ABLATIONS if name in results])
     text = table(rows)
     (out / "ablations.md").write_text(f"val split, sampling seeds {VALIDATION_SEEDS}, training seed "
-                                      f"{1000 + VALIDATION_SEEDS[0]}, {args.student_updates} student updates\n\n{text}\n")
+                                      f"{1000 + VALIDATION_SEEDS[0]}, {args.student_updates} student updates where a run's flags do not "
+                                      f"say otherwise\n\n{text}\n")
     print(text)
 
 
-def _targets(rows):
-    """The issue's targets, each with the numbers it was decided on."""
+def _targets(rows, diversity=True):
+    """The issue's targets, each with the numbers it was decided on (without ``diversity``: the FD
+    and accuracy ones only, and no DMD-only rows needed)."""
     by = {r["name"]: r for r in rows}
 
     def m(name, metric):
@@ -244,7 +292,7 @@ def _targets(rows):
         ("rCM 1-step accuracy > sCM 1-step", m(f"{rcm}, few-step 1", "digit_acc"),
          m(f"{scm}, few-step 1", "digit_acc"), ">"),
     ]
-    for steps in (1, 2, 4):
+    for steps in (1, 2, 4) if diversity else ():
         checks.append((f"rCM {steps}-step diversity >= 0.95x the 50-step teacher's",
                        m(f"{rcm}, few-step {steps}", "diversity"), 0.95 * m(teacher50, "diversity"), ">="))
         checks.append((f"rCM {steps}-step diversity > DMD only's", m(f"{rcm}, few-step {steps}", "diversity"),
@@ -259,11 +307,13 @@ def phase_b(out, args, data, budget, log):
     if args.choice and not args.teacher_given and choice["teacher"] == "gpu":
         args.teacher = str(Path(args.choice).parent / "teacher")
     flags = choice["flags"]
-    teacher_rows = evaluate_teacher(args.teacher, "test", TEST_SEEDS, [50, 4], Path(args.work) / "teacher_test.json",
-                                    args, budget)
     per_method = {"scm": flag_subset(flags, SCM_FLAGS), "rcm": flags, "dmd": flag_subset(flags, CRITIC_FLAGS)}
     specs = {f"{m}-seed{s}": (m, s, [s], "test", f_) for s in TEST_SEEDS for m, f_ in per_method.items()}
-    results = run_many(specs, args, data, budget, log, out)
+    with ThreadPoolExecutor(1) as pool:  # the teacher's evaluation beside the runs
+        teacher = pool.submit(evaluate_teacher, args.teacher, "test", TEST_SEEDS, [50, 4],
+                              Path(args.work) / "teacher_test.json", args, budget)
+        results = run_many(specs, args, data, budget, log, out)
+        teacher_rows = teacher.result()
     rows = teacher_rows + merge([results[name] for name in specs if name in results])
     text = table(rows)
     report = {"choice": choice, "teacher": args.teacher, "rows": rows, "args": vars(args),
@@ -276,8 +326,9 @@ def phase_b(out, args, data, budget, log):
         (out / "targets.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     (out / "phase_b.json").write_text(json.dumps(report, indent=1))
+    updates = flag_subset(flags, ("--student-updates",))[1:] or [args.student_updates]
     (out / "table.md").write_text(f"test split, seeds {TEST_SEEDS}, rCM = {choice['name']} {choice['flags']}, "
-                                  f"{args.student_updates} student updates\n\n{text}\n")
+                                  f"{updates[0]} student updates\n\n{text}\n")
     print(text)
     if complete and budget.left() > 20:
         from distill_digits import comparison_gif
@@ -356,16 +407,18 @@ def main():
                    help="runs at a time, sharing the GPU (default: %(default)s)")
     p.add_argument("--threads", type=cli.positive_int, default=1,
                    help="torch threads per run, evaluation and teacher training (default: %(default)s)")
-    p.add_argument("--only", nargs="+", choices=list(ABLATIONS),
-                   help="phase a: these ablations only (default: all)")
+    p.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
+                   help="phase a: the ablations of this round (1: the loss balance, critic and DMD timesteps; 2: "
+                        "the shared budget and sampler times, from round 1's choice; default: %(default)s)")
+    p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}),
+                   help="phase a: these ablations of the round only (default: all)")
     args = p.parse_args()
     _check(p, args)
     out = Path(args.out)
     args.teacher_given = args.teacher is not None
     args.teacher = args.teacher or str(TEACHER)
-    if args.only:
-        for name in set(ABLATIONS) - set(args.only):
-            del ABLATIONS[name]
+    ABLATIONS.clear()
+    ABLATIONS.update({n: a for n, a in ROUNDS[args.round].items() if not args.only or n in args.only})
     budget = Budget(args.minutes)
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "study.log", "a")

@@ -67,7 +67,8 @@ def run_env(threads):
 def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, split="test", timeout=None):
     """Distil ``args.teacher`` with ``method`` (training seed 1000 + ``seed``, trainer ``extra`` flags
     after the method's), then evaluate its EMA export at 1, 2 and 4 steps with ``sample_seeds``
-    (default ``[seed]``) against ``split``. Writes WORK/NAME/{train,eval}.log, train.jsonl, eval.json
+    (default ``[seed]``) against ``split``; ``extra`` may also hold ``--student-updates N`` (default
+    ``args.student_updates``). Writes WORK/NAME/{train,eval}.log, train.jsonl, eval.json
     (kept: a finished run is not redone); returns the eval.json path. ``timeout``: seconds for the
     whole run (subprocess.TimeoutExpired when it is spent)."""
     name = name or f"{method}-seed{seed}"
@@ -80,7 +81,10 @@ def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, sp
     env = run_env(args.threads)
     extra = list(extra)
     freq = _flag_value(extra, "--student-update-freq", args.student_update_freq)
-    iters = iterations_for(method, args.student_updates, args.tangent_warmup, freq)
+    updates = _flag_value(extra, "--student-updates", args.student_updates)  # this script's, not the trainer's
+    if "--student-updates" in extra:
+        del extra[extra.index("--student-updates"):extra.index("--student-updates") + 2]
+    iters = iterations_for(method, updates, args.tangent_warmup, freq)
     train = [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
              "--teacher", str(args.teacher), "--data-path", str(data),
              "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--seed", str(1000 + seed),
@@ -113,7 +117,7 @@ def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, sp
 
 def comparison_gif(path, args):
     from megatron_rcm import load_model
-    from megatron_rcm.evaluation.digits import generate, write_gif
+    from megatron_rcm.evaluation.digits import generate, student_sampler, write_gif
     from megatron_rcm.parallel import ParallelConfig, parallel_context
 
     digits = torch.arange(10)
@@ -124,9 +128,9 @@ def comparison_gif(path, args):
         videos = {"teacher": generate(teacher, "euler", digits, directions, seed, 50, cfg=2.5)}
         for method in args.methods:
             export = sorted((Path(args.work) / f"{method}-seed{seed}" / "ckpt" / "ema_student").glob("iter_*"))[-1]
-            student = load_model(str(export)).eval()
+            student, settings = load_model(str(export)).eval(), student_sampler(export)
             for steps in (1, 2, 4):
-                videos[f"{method} {steps}"] = generate(student, "few-step", digits, directions, seed, steps)
+                videos[f"{method} {steps}"] = generate(student, "few-step", digits, directions, seed, steps, **settings)
     write_gif(videos, path, scale=3)
 
 

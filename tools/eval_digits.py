@@ -3,7 +3,8 @@
     # the shipped teacher, RF Euler with CFG (50 and 4 steps)
     nice -n 10 .venv/bin/python tools/eval_digits.py --model assets/moving_digits/teacher --sampler euler \
         --steps 50 4 --cfg 2.5
-    # a distilled student (the training loop's EMA export), rCM few-step sampler (no CFG)
+    # a distilled student (the training loop's EMA export), rCM few-step sampler (no CFG) at the
+    # times its training recorded
     .venv/bin/python tools/eval_digits.py --model SAVE/ema_student/iter_NNNNNNN --sampler few-step --steps 1 2 4
     # the metrics on real and corrupted videos (their floor and ceiling)
     .venv/bin/python tools/eval_digits.py --baselines
@@ -23,9 +24,10 @@ import time
 
 import torch
 
+from megatron_rcm import cli
 from megatron_rcm.data.moving_digits import make_videos, prompt_grid
 from megatron_rcm.evaluation.digits import (SAMPLERS, classify, generate, load_classifier, reference_videos,
-                                            video_metrics)
+                                            student_sampler, video_metrics)
 
 METRICS = ("digit_acc", "direction_acc", "joint_acc", "fd", "diversity")
 
@@ -71,12 +73,15 @@ def sampler_rows(args, classifier, reference):
 
     digits, directions = prompt_grid(args.per_prompt)
     rows = []
+    settings = student_sampler(args.model, args.mid_times) if args.sampler == "few-step" else {}
+    args.few_step_settings = settings  # what --json records
     with parallel_context(ParallelConfig()):
         model = load_model(args.model).eval()
         for steps in args.steps:
             start = time.time()
             per_seed = [video_metrics(classifier, generate(model, args.sampler, digits, directions, seed, steps,
-                                                           args.cfg, args.shift), digits, directions, reference)
+                                                           args.cfg, args.shift, **settings),
+                                      digits, directions, reference)
                         for seed in args.seeds]
             label = (f"{args.name or args.model}, RF Euler {steps} steps, CFG {args.cfg:g}" if args.sampler == "euler"
                      else f"{args.name or args.model}, few-step {steps}")
@@ -86,13 +91,16 @@ def sampler_rows(args, classifier, reference):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="what megatron_rcm.load_model reads: a diffusers folder or a Megatron checkpoint")
     p.add_argument("--name", help="generator name in the table (default: the folder)")
     p.add_argument("--sampler", choices=SAMPLERS, default="euler")
     p.add_argument("--steps", type=int, nargs="+", default=[50])
     p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the euler sampler (1: none)")
     p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--mid-times", type=float, nargs=3, metavar="T",
+                   help="few-step sampler: TrigFlow times after the first step (default: those the student's "
+                        "training recorded with its export, else 1.5 1.4 1.0)")
     p.add_argument("--baselines", action="store_true", help="also evaluate real, shuffled-prompt and noise videos")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--per-prompt", type=int, default=2)
@@ -103,6 +111,8 @@ def main():
     args = p.parse_args()
     if args.model is None and not args.baselines:
         p.error("give --model and/or --baselines")
+    if args.per_prompt < 2:
+        p.error(f"--per-prompt must be >= 2 (diversity compares the videos of one prompt), not {args.per_prompt}")
     torch.set_num_threads(args.threads)
     classifier = load_classifier()
     reference = classify(classifier, reference_videos(args.split, args.reference))[0]

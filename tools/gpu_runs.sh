@@ -33,7 +33,8 @@
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
-#                                    # runs side by side) while a teacher trains from the shipped one (val FD curve)
+#                                    # runs side by side) of DIGITS_ROUND (default 2; round 1 also trains a teacher
+#                                    # from the shipped one beside them, with its val FD curve)
 #   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
 #                                    # phase A leaves in runs/digits_a (carry it to a fresh machine; DIGITS_A=path)
 #                                    # (DIGITS_UPDATES, DIGITS_TEACHER_MINUTES, DIGITS_JOBS, DIGITS_MINUTES_S change
@@ -233,7 +234,9 @@ digits-a|digits-b)
   phase=${1#digits-}
   flags="--student-updates ${DIGITS_UPDATES:-400} --jobs ${DIGITS_JOBS:-12}"
   if [ "$phase" = a ]; then
-    flags="$flags --teacher-minutes ${DIGITS_TEACHER_MINUTES:-3} --teacher-workers 3"
+    round=${DIGITS_ROUND:-2}  # round 2 keeps the shipped teacher (round 1's GPU teacher lost on val FD)
+    flags="$flags --round $round --teacher-minutes ${DIGITS_TEACHER_MINUTES:-$([ $round = 1 ] && echo 3 || echo 0)}"
+    flags="$flags --teacher-workers 3"
     # beside the study: an sCM-only run's save and resume through megatron's DistributedOptimizer
     python3 -m pytest -q -m gpu tests/training/test_scm_only_gpu.py > "$OUT/tests_scm_only.log" 2>&1 &
   else

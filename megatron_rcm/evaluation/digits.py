@@ -14,7 +14,7 @@ import torch.nn.functional as nn_functional
 from megatron_rcm.data.moving_digits import DIRECTIONS, NUM_DIGITS, MovingDigitsSpec, make_videos, prompt_for
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
 from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
-from megatron_rcm.diffusion.few_step import sample_few_step
+from megatron_rcm.diffusion.few_step import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, sample_few_step
 from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
 from megatron_rcm.diffusion.teacher_sampling import sample_rf_euler
 from megatron_rcm.generation import SamplerNetwork
@@ -118,12 +118,25 @@ def video_metrics(classifier, videos, digits, directions, reference_features) ->
             "diversity": diversity(features, digits * len(DIRECTIONS) + directions)}
 
 
-def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0, tick=lambda: None):
+def student_sampler(path, mid_times=None) -> dict:
+    """The few-step sampler settings (``sigma_max``, ``mid_times``) for the student at ``path``: those
+    its training run recorded with the export (the DMD rollout trained it at those times), the
+    defaults for a folder without a record; ``mid_times`` overrides the recorded times."""
+    from megatron_rcm.loading import recorded_sampler
+
+    recorded = recorded_sampler(path)
+    return {"sigma_max": float(recorded.get("sigma_max", DEFAULT_SIGMA_MAX)),
+            "mid_times": tuple(map(float, mid_times or recorded.get("mid_times", DEFAULT_MID_TIMES)))}
+
+
+def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0, tick=lambda: None,
+             sigma_max=DEFAULT_SIGMA_MAX, mid_times=DEFAULT_MID_TIMES):
     """Videos [N, 1, T, H, W] for the prompts "a D moving DIR" from the noise of ``seed``: a teacher
     by RF Euler with classifier-free guidance ``cfg`` against the toy encoder's negative prompt
     (``sampler="euler"``), or a distilled student by the rCM few-step sampler (``"few-step"``,
-    its fresh noise drawn after the initial noise from the same generator). ``tick`` is called once
-    per network call (one per step: guidance batches its two branches), e.g. a progress bar's."""
+    ``sigma_max`` and ``mid_times`` as ``student_sampler`` gives them, its fresh noise drawn after
+    the initial noise from the same generator). ``tick`` is called once per network call (one per
+    step: guidance batches its two branches), e.g. a progress bar's."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     encoder = ToyTextEncoder()
@@ -135,7 +148,7 @@ def generate(model, sampler, digits, directions, seed, steps, cfg=2.5, shift=1.0
         if sampler == "euler":
             guided = ClassifierFreeGuidance(model, encoder.negative(), cfg)
             return sample_rf_euler(guided, noise, text, steps, shift=shift)
-        return sample_few_step(TrigFlowDenoiser(model), noise, text, steps, generator=gen)
+        return sample_few_step(TrigFlowDenoiser(model), noise, text, steps, sigma_max, mid_times, generator=gen)
 
 
 LABEL_WIDTH, HEADER_HEIGHT = 176, 28  # pixels of the row labels (left) and column labels (top)

@@ -22,3 +22,59 @@ def test_eval_tool_writes_the_table_and_per_seed_json(tmp_path):
     real, noise = rows["real test videos"], rows["gaussian noise"]
     assert real["seeds"] == [4] and len(real["fd"]) == 1
     assert real["joint_acc"][0] > 0.85 and noise["fd"][0] > 10 * real["fd"][0]
+
+
+RECORDED = {"sigma_max": 40.0, "mid_times": (1.2, 0.8, 0.3)}  # not the defaults
+
+
+def _student_export(folder):
+    """The shipped teacher as a training run exports a student: a Megatron checkpoint recording the
+    sampler settings it was trained for."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_rcm import load_model
+    from megatron_rcm.loading import SAMPLER_KEY, checkpoint_models
+    from megatron_rcm.parallel import parallel_context
+
+    with parallel_context():
+        model = load_model(str(ROOT / "assets" / "moving_digits" / "teacher"))
+        state = model.sharded_state_dict(prefix="model.")
+        state.update(checkpoint_models({"model.": model.config}), sampler=dict(RECORDED, mid_times=[*RECORDED["mid_times"]]))
+        folder.mkdir()
+        dist_checkpointing.save(state, str(folder))
+    return folder
+
+
+def test_students_are_sampled_at_the_times_their_training_recorded(tmp_path):
+    import torch
+
+    from megatron_rcm import load_model
+    from megatron_rcm.data.moving_digits import prompt_grid
+    from megatron_rcm.evaluation.digits import (classify, generate, load_classifier, reference_videos,
+                                                student_sampler, video_metrics)
+    from megatron_rcm.parallel import ParallelConfig, parallel_context
+
+    student = _student_export(tmp_path / "student")
+    assert student_sampler(student) == RECORDED
+    assert student_sampler(student, [1.0, 0.5, 0.2])["mid_times"] == (1.0, 0.5, 0.2)
+    assert student_sampler(ROOT / "assets" / "moving_digits" / "teacher")["mid_times"] == (1.5, 1.4, 1.0)
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, "tools/eval_digits.py", "--model", str(student), "--sampler", "few-step", "--steps", "2",
+         "--seeds", "5", "--per-prompt", "2", "--reference", "200", "--threads", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fd = json.loads(out.read_text())["rows"][0]["fd"][0]
+    torch.set_num_threads(1)
+    classifier = load_classifier()
+    reference = classify(classifier, reference_videos("test", 200))[0]
+    digits, directions = prompt_grid(2)
+    with parallel_context(ParallelConfig()):
+        model = load_model(str(student)).eval()
+        fds = {name: video_metrics(classifier, generate(model, "few-step", digits, directions, 5, 2, **settings),
+                                   digits, directions, reference)["fd"]
+               for name, settings in {"recorded": RECORDED, "defaults": {}}.items()}
+    assert abs(fd - fds["recorded"]) < 1e-6 * fds["recorded"] and abs(fds["recorded"] - fds["defaults"]) > 1.0
+    bad = subprocess.run([sys.executable, "tools/eval_digits.py", "--baselines", "--per-prompt", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not 1" in bad.stderr, bad.stderr

@@ -34,21 +34,45 @@ def test_choice_meets_the_most_fd_and_accuracy_targets_then_has_the_lower_fd(stu
                for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]
     results = {name: _eval_json(tmp_path / f"{name}.json", name, *numbers) for name, numbers in {
         "scm": (300.0, 0.45), "dmd": (1000.0, 0.65, 21.0),
+        "scm-dcm0.05": (180.0, 0.50),  # the sCM run "rcm-dcm0.05" is judged against
         "rcm": (700.0, 0.70),            # beats sCM on accuracy only, and DMD on diversity
         "rcm-dmdw3": (1000.0, 0.73),     # the most accurate, as many targets as "rcm", higher FD
-        "rcm-dcm0.05": (250.0, 0.69),  # also beats sCM's FD: one target more
+        "rcm-dmd-shift5": (250.0, 0.69),  # also beats sCM's FD: one target more
+        "rcm-dcm0.05": (200.0, 0.69),  # beats "scm" on both, but its own sCM run ("scm-dcm0.05") on accuracy only
         "rcm-dmdw0.1": (120.0, 0.40, 30.0),  # the lowest FD, below sCM's accuracy; diversity does not count
     }.items()}
     name, why = study.choose(results, teacher)
-    assert name == "rcm-dcm0.05" and "rCM 1-step FD < sCM 1-step FD" in why and "250.0" in why
-    del results["rcm-dcm0.05"]
+    assert name == "rcm-dmd-shift5" and "rCM 1-step FD < sCM 1-step FD" in why and "250.0" in why
+    del results["rcm-dmd-shift5"]
     assert study.choose(results, teacher)[0] == "rcm-dmdw0.1"  # one target each: the lowest FD
+    del results["scm-dcm0.05"]
+    assert study.choose(results, teacher)[0] == "rcm-dmdw0.1"  # without its sCM run, "rcm-dcm0.05" is no candidate
+    assert study.choose({"rcm": results["rcm"], "dmd": results["dmd"]}, teacher) is None
+
+
+def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[2])
+    assert {n for n, (m, _) in study.ROUND_2.items() if m == "rcm"} == {
+        n.replace("scm", "rcm", 1) for n, (m, _) in study.ROUND_2.items() if m == "scm"}
+    for name in study.ROUND_2:
+        if name.startswith("rcm"):
+            assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
+    teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [23.0]}
+               for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]
+    results = {name: _eval_json(tmp_path / f"{name}.json", name, *numbers) for name, numbers in {
+        "scm-mid": (90.0, 0.80), "rcm-mid": (95.0, 0.85),  # all 4 targets but the 1-step FD one
+        "scm-b32": (300.0, 0.45), "rcm-b32": (150.0, 0.70),  # 2 targets against its own sCM run
+    }.items()}
+    name, why = study.choose(results, teacher)
+    assert name == "rcm-mid" and "3 of" in why and "scm-mid" in why
 
 
 def test_baselines_share_only_their_part_of_the_chosen_flags(study):
-    flags = ["--dmd-weight", "0.3", "--student-update-freq", "5", "--dcm-step", "0.05", "--dmd-shift", "1"]
-    assert study.flag_subset(flags, study.SCM_FLAGS) == ["--dcm-step", "0.05"]
-    assert study.flag_subset(flags, study.CRITIC_FLAGS) == ["--student-update-freq", "5", "--dmd-shift", "1"]
+    flags = ["--dmd-weight", "0.3", "--student-update-freq", "5", "--dcm-step", "0.05", "--dmd-shift", "1",
+             "--mid-times", "1.2", "0.8", "0.3", "--micro-batch-size", "32", "--student-updates", "800"]
+    shared = ["--mid-times", "1.2", "0.8", "0.3", "--micro-batch-size", "32", "--student-updates", "800"]
+    assert study.flag_subset(flags, study.SCM_FLAGS) == ["--dcm-step", "0.05", *shared]
+    assert study.flag_subset(flags, study.CRITIC_FLAGS) == ["--student-update-freq", "5", "--dmd-shift", "1", *shared]
 
 
 def test_targets_compare_the_issue_s_numbers(study):
