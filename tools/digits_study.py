@@ -14,7 +14,8 @@ the shipped teacher is distilled in every configuration of the ``--round``'s abl
 seeds ``VALIDATION_SEEDS``, FD against val videos); phase B distils whichever teacher has the lower
 50-step val FD. Round 1 varies the loss balance, the critic and the DMD timesteps; round 2, from
 round 1's choice, the budget every method shares (batch, learning rate, updates) and the sampler's
-times. The choice (``choose``): the rCM configuration that meets the most of the issue's targets on
+times; round 3, at round 2's batch and times, the DMD weight, the discrete-time tangent and the
+updates. The choice (``choose``): the rCM configuration that meets the most of the issue's targets on
 val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG
 2.5) beside distilling it with sCM only (the choice's shared and tangent flags), rCM (the choice)
 and DMD only (its shared and critic flags) for training seeds 1000 + S and sampling seeds S,
@@ -71,7 +72,15 @@ U800 = ["--student-updates", "800"]
 ROUND_2 = {f"{method}{suffix}": (method, flags) for method in ("rcm", "scm") for suffix, flags in {
     "": [], "-mid": MID, "-b32": B32, "-b32-mid": B32 + MID, "-b32-lr3e-4-mid": B32 + LR3 + MID,
     "-b32-u800-mid": B32 + U800 + MID}.items()}
-ROUNDS = {1: ROUND_1, 2: ROUND_2}
+# Round 3, from round 2's rCM run nearest the 2-step targets (batch 32, mid times): the DMD weight
+# and the discrete-time tangent, which lowered FD in round 1, and twice the updates.
+ROUND_3 = {name: (name[:3], flags) for name, flags in {
+    "rcm-b32-mid": B32 + MID, "scm-b32-mid": B32 + MID,
+    "rcm-b32-mid-dmdw0.5": B32 + MID + ["--dmd-weight", "0.5"], "rcm-b32-mid-dmdw0.3": B32 + MID + ["--dmd-weight", "0.3"],
+    "rcm-b32-mid-dcm0.05": B32 + MID + ["--dcm-step", "0.05"], "scm-b32-mid-dcm0.05": B32 + MID + ["--dcm-step", "0.05"],
+    "rcm-b32-mid-dcm0.05-dmdw0.5": B32 + MID + ["--dcm-step", "0.05", "--dmd-weight", "0.5"],
+    "rcm-b32-u800-mid": B32 + U800 + MID, "scm-b32-u800-mid": B32 + U800 + MID}.items()}
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
@@ -409,7 +418,8 @@ def main():
                    help="torch threads per run, evaluation and teacher training (default: %(default)s)")
     p.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
                    help="phase a: the ablations of this round (1: the loss balance, critic and DMD timesteps; 2: "
-                        "the shared budget and sampler times, from round 1's choice; default: %(default)s)")
+                        "the shared budget and sampler times, from round 1's choice; 3: DMD weight, discrete-time "
+                        "tangent and updates at round 2's batch and times; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}),
                    help="phase a: these ablations of the round only (default: all)")
     args = p.parse_args()

@@ -33,7 +33,7 @@
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
-#                                    # runs side by side) of DIGITS_ROUND (default 2; round 1 also trains a teacher
+#                                    # runs side by side) of DIGITS_ROUND (default 3; round 1 also trains a teacher
 #                                    # from the shipped one beside them, with its val FD curve)
 #   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
 #                                    # phase A leaves in runs/digits_a (carry it to a fresh machine; DIGITS_A=path)
@@ -234,11 +234,13 @@ digits-a|digits-b)
   phase=${1#digits-}
   flags="--student-updates ${DIGITS_UPDATES:-400} --jobs ${DIGITS_JOBS:-12}"
   if [ "$phase" = a ]; then
-    round=${DIGITS_ROUND:-2}  # round 2 keeps the shipped teacher (round 1's GPU teacher lost on val FD)
+    round=${DIGITS_ROUND:-3}  # rounds 2 and 3 keep the shipped teacher (round 1's GPU teacher lost on val FD)
     flags="$flags --round $round --teacher-minutes ${DIGITS_TEACHER_MINUTES:-$([ $round = 1 ] && echo 3 || echo 0)}"
     flags="$flags --teacher-workers 3"
-    # beside the study: an sCM-only run's save and resume through megatron's DistributedOptimizer
-    python3 -m pytest -q -m gpu tests/training/test_scm_only_gpu.py > "$OUT/tests_scm_only.log" 2>&1 &
+    # beside the study, a GPU test that needs little of the GPU (default: keeping attention through a
+    # full recompute, against a float32 model; tests/training/test_scm_only_gpu.py passed beside round 1)
+    python3 -m pytest -q -m gpu -p no:cacheprovider "${DIGITS_BESIDE:-tests/training/test_recompute_keep_attention_gpu.py}" \
+      > "$OUT/tests_beside.log" 2>&1 &
   else
     flags="$flags --choice ${DIGITS_A:-runs/digits_a}/choice.json"
   fi
@@ -257,7 +259,7 @@ digits-a|digits-b)
     rm -rf runs/digits_a && mkdir -p runs/digits_a && cp "$RESULTS/choice.json" runs/digits_a/
     [ -d "$RESULTS/teacher" ] && cp -r "$RESULTS/teacher" runs/digits_a/
   fi
-  if [ "$phase" = a ]; then tail -3 "$OUT/tests_scm_only.log"; table=ablations; else table=table; fi
+  if [ "$phase" = a ]; then tail -3 "$OUT/tests_beside.log"; table=ablations; else table=table; fi
   cat "$RESULTS/study.log" "$RESULTS/targets.md" 2>/dev/null
   [ -e "$RESULTS/${table}.md" ] && cut -c1-160 "$RESULTS/${table}.md"
   ;;
