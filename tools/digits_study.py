@@ -80,6 +80,9 @@ ROUND_3 = {name: (name[:3], flags) for name, flags in {
     "rcm-b32-mid-dcm0.05": B32 + MID + ["--dcm-step", "0.05"], "scm-b32-mid-dcm0.05": B32 + MID + ["--dcm-step", "0.05"],
     "rcm-b32-mid-dcm0.05-dmdw0.5": B32 + MID + ["--dcm-step", "0.05", "--dmd-weight", "0.5"],
     "rcm-b32-u800-mid": B32 + U800 + MID, "scm-b32-u800-mid": B32 + U800 + MID}.items()}
+# Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
+# round 2 6181aa0, round 3 00ae77a; docs/results.md). The config now holds round 3's choice, so
+# today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
 ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
