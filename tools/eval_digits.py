@@ -26,6 +26,7 @@ import torch
 
 from megatron_rcm import cli
 from megatron_rcm.data.moving_digits import make_videos, prompt_grid
+from megatron_rcm.diffusion.time import HALF_PI
 from megatron_rcm.evaluation.digits import (SAMPLERS, classify, generate, load_classifier, reference_videos,
                                             student_sampler, video_metrics)
 
@@ -113,6 +114,8 @@ def main():
         p.error("give --model and/or --baselines")
     if args.per_prompt < 2:
         p.error(f"--per-prompt must be >= 2 (diversity compares the videos of one prompt), not {args.per_prompt}")
+    if args.mid_times and not all(a > b > 0 for a, b in zip([HALF_PI, *args.mid_times], args.mid_times)):
+        p.error(f"--mid-times must fall strictly from below pi/2 to above 0, not {' '.join(map(str, args.mid_times))}")
     torch.set_num_threads(args.threads)
     classifier = load_classifier()
     reference = classify(classifier, reference_videos(args.split, args.reference))[0]

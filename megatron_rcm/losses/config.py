@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from typing import Tuple
 
-from ..diffusion.few_step import DEFAULT_MID_TIMES, MAX_STEPS
+from ..diffusion.few_step import DEFAULT_MID_TIMES, MAX_STEPS, few_step_times
+from ..diffusion.time import HALF_PI
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class RCMConfig:
         if len(self.mid_times) < self.max_rollout_steps - 1:
             raise ValueError(f"mid_times needs {self.max_rollout_steps - 1} times (the rollout takes up to "
                              f"{self.max_rollout_steps} steps), got {len(self.mid_times)}")
+        try:  # the rollout starts at pi/2; rising or out-of-range times would train silently
+            few_step_times(self.max_rollout_steps, HALF_PI, self.mid_times)
+        except ValueError:
+            raise ValueError(f"mid_times must fall strictly from below pi/2 to above 0, got {self.mid_times}") from None
 
     def in_warmup(self, iteration: int) -> bool:
         return self.scm_weight > 0 and iteration < self.tangent_warmup

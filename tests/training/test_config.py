@@ -57,6 +57,9 @@ def test_flags_and_fields_correspond_one_to_one():
 @pytest.mark.parametrize("flags, message", [
     (["--scm-weight", "0", "--dmd-weight", "0"], "loss weights must be >= 0 and not both 0"),
     (["--mid-times", "1.5"], "mid_times needs 3 times"),
+    (["--mid-times", "0.3", "0.86", "1.23"], r"mid_times must fall strictly .* got \(0.3, 0.86, 1.23\)"),
+    (["--mid-times", "1.6", "1.4", "1.0"], "mid_times must fall strictly"),
+    (["--mid-times", "1.5", "1.4", "0"], "mid_times must fall strictly"),
     (["--max-rollout-steps", "5"], "max_rollout_steps must lie in 1..4"),
     (["--dcm-step", "-0.1"], r"dcm_step must be >= 0 \(0: off\), got -0.1"),
     (["--dmd-reference-numel", "-3"], r"dmd_reference_numel must be >= 0 \(0: off\), got -3"),
