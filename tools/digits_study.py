@@ -15,7 +15,7 @@ seeds ``VALIDATION_SEEDS``, FD against val videos); phase B distils whichever te
 50-step val FD. Round 1 varies the loss balance, the critic and the DMD timesteps; round 2, from
 round 1's choice, the budget every method shares (batch, learning rate, updates) and the sampler's
 times; round 3, at round 2's batch and times, the DMD weight, the discrete-time tangent and the
-updates. The choice (``choose``): the rCM configuration that meets the most of the issue's targets on
+updates; round 4, from round 3's choice, the rollout length, the DMD weight and the guidance. The choice (``choose``): the rCM configuration that meets the most of the issue's targets on
 val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG
 2.5) beside distilling it with sCM only (the choice's shared and tangent flags), rCM (the choice)
 and DMD only (its shared and critic flags) for training seeds 1000 + S and sampling seeds S,
@@ -80,17 +80,25 @@ ROUND_3 = {name: (name[:3], flags) for name, flags in {
     "rcm-b32-mid-dcm0.05": B32 + MID + ["--dcm-step", "0.05"], "scm-b32-mid-dcm0.05": B32 + MID + ["--dcm-step", "0.05"],
     "rcm-b32-mid-dcm0.05-dmdw0.5": B32 + MID + ["--dcm-step", "0.05", "--dmd-weight", "0.5"],
     "rcm-b32-u800-mid": B32 + U800 + MID, "scm-b32-u800-mid": B32 + U800 + MID}.items()}
+# Round 4, at the digits config that holds round 3's choice ("rcm-b32" repeats it, to the digit if
+# the config carries it exactly), for the 2-step accuracy it missed: DMD on the 1- and 2-step
+# rollouts only, a DMD weight between round 3's 0.5 and 1, and stronger teacher guidance.
+ROUND_4 = {name: (name[:3], B32 + flags) for name, flags in {
+    "rcm-b32": [], "scm-b32": [], "rcm-b32-rollout2": ["--max-rollout-steps", "2"],
+    "rcm-b32-dmdw0.75": ["--dmd-weight", "0.75"],
+    "rcm-b32-rollout2-dmdw0.75": ["--max-rollout-steps", "2", "--dmd-weight", "0.75"],
+    "rcm-b32-cfg3.5": ["--guidance-scale", "3.5"], "scm-b32-cfg3.5": ["--guidance-scale", "3.5"]}.items()}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a; docs/results.md). The config now holds round 3's choice, so
 # today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
-ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3}
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
 SHARED_FLAGS = ("--micro-batch-size", "--global-batch-size", "--lr", "--fake-score-lr", "--student-updates",
-                "--mid-times")
+                "--mid-times", "--guidance-scale")
 SCM_FLAGS = ("--dcm-step", *SHARED_FLAGS)
-CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", *SHARED_FLAGS)
+CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", "--max-rollout-steps", *SHARED_FLAGS)
 
 
 def _groups(flags):
@@ -422,7 +430,8 @@ def main():
     p.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
                    help="phase a: the ablations of this round (1: the loss balance, critic and DMD timesteps; 2: "
                         "the shared budget and sampler times, from round 1's choice; 3: DMD weight, discrete-time "
-                        "tangent and updates at round 2's batch and times; default: %(default)s)")
+                        "tangent and updates at round 2's batch and times; 4: rollout length, DMD weight and "
+                        "guidance from round 3's choice; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}),
                    help="phase a: these ablations of the round only (default: all)")
     args = p.parse_args()
