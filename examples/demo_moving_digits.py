@@ -62,11 +62,12 @@ def sample_all(student_path, digits, directions, seed):
 
     with parallel_context(ParallelConfig()):
         teacher, student = load_model(str(TEACHER)).eval(), load_model(str(student_path)).eval()
+        settings = student_sampler(student_path)  # the times its training recorded
         name = "teacher, 50 steps, CFG 2.5"
         out = {name: sampled(name, teacher, "euler", 50, cfg=2.5)}
         for steps in (1, 2, 4):
             name = f"student, {steps} step{'s' if steps > 1 else ''}"
-            out[name] = sampled(name, student, "few-step", steps, **student_sampler(student_path))
+            out[name] = sampled(name, student, "few-step", steps, **settings)
     return out
 
 
