@@ -8,6 +8,17 @@ import tempfile
 from pathlib import Path
 
 
+_interrupted = False  # set by note_interrupt, read before a temporary output is renamed into place
+
+
+def note_interrupt():
+    """Mark this process interrupted (``cli.interrupt_on_signals``' handler does, as a signal lands).
+    A library may catch the KeyboardInterrupt the signal raised and go on (code that wraps every
+    BaseException as an error to report later can); the final rename checks this mark instead."""
+    global _interrupted
+    _interrupted = True
+
+
 class OutputExistsError(FileExistsError):
     """The output path exists and replacing it was not asked for."""
 
@@ -31,6 +42,8 @@ def atomic_output_dir(path, overwrite=False):
         os.chmod(tmp, new_dir_mode())
         yield tmp
         _fsync_tree(tmp)
+        if _interrupted:  # the block may have swallowed the interrupt: still no final output
+            raise KeyboardInterrupt
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

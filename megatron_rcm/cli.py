@@ -18,9 +18,9 @@ import sys
 import traceback
 import warnings
 
-from .atomic_output import raised_while_interrupted
+from .atomic_output import note_interrupt, raised_while_interrupted
 
-__all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_sigterm",
+__all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_signals",
            "one_line_errors", "positive_int", "raised_while_interrupted"]
 
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -67,14 +67,18 @@ def fail(prog, message, status=1, debug=False):
 
 
 def _interrupt(signum, frame):
+    note_interrupt()
     raise KeyboardInterrupt
 
 
-def interrupt_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: cleanup code runs (temporary outputs are
-    removed) and ``one_line_errors`` reports ``interrupted``. Not for the trainer, whose SIGTERM
-    means "save and stop" (``training.signals``)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+def interrupt_on_signals():
+    """SIGINT and SIGTERM raise KeyboardInterrupt and mark the process interrupted: cleanup code
+    runs (temporary outputs are removed), ``one_line_errors`` reports ``interrupted``, and no
+    temporary output is renamed into place afterwards even where a library caught the exception
+    (``atomic_output.note_interrupt``). Installed over a SIGINT the process inherited as ignored.
+    Not for the trainer, whose SIGTERM means "save and stop" (``training.signals``)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
 
 
 @contextlib.contextmanager

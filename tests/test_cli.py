@@ -43,3 +43,35 @@ def test_an_unlisted_error_is_a_bug_and_keeps_its_traceback():
     with pytest.raises(RuntimeError, match="a bug"):
         with cli.one_line_errors("tool", (ValueError,)):
             raise RuntimeError("a bug")
+
+
+SWALLOWING_WRITER = """
+import os, signal, sys, time
+from pathlib import Path
+from megatron_rcm import cli
+from megatron_rcm.atomic_output import atomic_output_dir
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job inherits it
+cli.interrupt_on_signals()
+with cli.one_line_errors("tool", (OSError,)):
+    with atomic_output_dir(Path(sys.argv[1])) as tmp:
+        (tmp / "part").write_text("half")
+        try:
+            os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+            time.sleep(5)
+        except BaseException:  # a library that records the interrupt as an error and goes on
+            pass
+        (tmp / "rest").write_text("more")
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_caught_by_a_library_still_leaves_no_output(tmp_path, sig):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", SWALLOWING_WRITER, str(out), sig], capture_output=True, text=True,
+                         timeout=120)
+    assert (run.returncode, run.stderr.strip().splitlines(), run.stdout) == (130, ["tool: error: interrupted"], "")
+    assert list(tmp_path.iterdir()) == []

@@ -60,7 +60,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    cli.interrupt_on_sigterm()  # a killed conversion removes its temporary output like Ctrl-C does
+    cli.interrupt_on_signals()  # Ctrl-C or a kill removes the temporary output, whatever catches the interrupt
     with cli.one_line_errors("convert_checkpoint", INPUT_ERRORS, args.debug):
         args.source = args.source or detect_format(args.input)
         if args.target == PIPELINE:
