@@ -21,11 +21,13 @@ mean ± std over seeds [min, max]; ``--json`` also writes every per-seed number.
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from megatron_rcm import cli
 from megatron_rcm.data.moving_digits import make_videos, prompt_grid
+from megatron_rcm.diffusion.few_step import MAX_STEPS, few_step_times
 from megatron_rcm.diffusion.time import HALF_PI
 from megatron_rcm.evaluation.digits import (SAMPLERS, classify, generate, load_classifier, reference_videos,
                                             student_sampler, video_metrics)
@@ -93,29 +95,45 @@ def sampler_rows(args, classifier, reference):
 
 def main():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="what megatron_rcm.load_model reads: a diffusers folder or a Megatron checkpoint")
+    p.add_argument("--model", help="what megatron_rcm.load_model reads: a diffusers folder or a Megatron checkpoint "
+                                    "(default: none; give it or --baselines)")
     p.add_argument("--name", help="generator name in the table (default: the folder)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="euler")
-    p.add_argument("--steps", type=int, nargs="+", default=[50])
-    p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the euler sampler (1: none)")
-    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler",
+                   help="euler: a teacher with guidance; few-step: a distilled student (default: %(default)s)")
+    p.add_argument("--steps", type=cli.positive_int, nargs="+", default=[50],
+                   help="step counts, one table row each; 1 to 4 for few-step (default: %(default)s)")
+    p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the euler sampler (1: none; default: "
+                                                          "%(default)s)")
+    p.add_argument("--shift", type=float, default=1.0, help="RF time shift of the euler sampler (default: %(default)s)")
     p.add_argument("--mid-times", type=float, nargs=3, metavar="T",
                    help="few-step sampler: TrigFlow times after the first step (default: those the student's "
                         "training recorded with its export, else 1.5 1.4 1.0)")
     p.add_argument("--baselines", action="store_true", help="also evaluate real, shuffled-prompt and noise videos")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--per-prompt", type=int, default=2)
-    p.add_argument("--reference", type=int, default=2000, help="real videos of --split for the FD reference")
-    p.add_argument("--split", choices=("val", "test"), default="test", help="the held-out images FD is measured on")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="sampling seeds, one set of videos each (default: %(default)s)")
+    p.add_argument("--per-prompt", type=int, default=2,
+                   help="videos per prompt and seed, at least 2 (default: %(default)s)")
+    p.add_argument("--reference", type=cli.positive_int, default=2000,
+                   help="real videos of --split for the FD reference (default: %(default)s)")
+    p.add_argument("--split", choices=("val", "test"), default="test",
+                   help="the held-out images FD is measured on (default: %(default)s)")
+    p.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--json", help="also write every per-seed number here (default: none)")
     args = p.parse_args()
     if args.model is None and not args.baselines:
         p.error("give --model and/or --baselines")
+    if args.model is not None and not Path(args.model).exists():
+        p.error(f"--model {args.model} does not exist")
     if args.per_prompt < 2:
         p.error(f"--per-prompt must be >= 2 (diversity compares the videos of one prompt), not {args.per_prompt}")
-    if args.mid_times and not all(a > b > 0 for a, b in zip([HALF_PI, *args.mid_times], args.mid_times)):
-        p.error(f"--mid-times must fall strictly from below pi/2 to above 0, not {' '.join(map(str, args.mid_times))}")
+    if args.sampler == "few-step" and max(args.steps) > MAX_STEPS:
+        p.error(f"--steps: the few-step sampler takes 1 to {MAX_STEPS} steps, not {max(args.steps)}")
+    if args.mid_times:
+        try:
+            few_step_times(MAX_STEPS, HALF_PI, args.mid_times)
+        except ValueError:
+            p.error(f"--mid-times must fall strictly from below pi/2 to above 0, not "
+                    f"{' '.join(map(str, args.mid_times))}")
     torch.set_num_threads(args.threads)
     classifier = load_classifier()
     reference = classify(classifier, reference_videos(args.split, args.reference))[0]

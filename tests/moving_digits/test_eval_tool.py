@@ -75,8 +75,13 @@ def test_students_are_sampled_at_the_times_their_training_recorded(tmp_path):
                                    digits, directions, reference)["fd"]
                for name, settings in {"recorded": RECORDED, "defaults": {}}.items()}
     assert abs(fd - fds["recorded"]) < 1e-6 * fds["recorded"] and abs(fds["recorded"] - fds["defaults"]) > 1.0
+    bad_json = tmp_path / "bad.json"
     for flags, message in {("--per-prompt", "1"): "not 1", ("--mid-times", "0.3", "0.8", "1.2"): "not 0.3 0.8 1.2",
-                           ("--mid-times", "1.6", "1.0", "0.5"): "must fall strictly"}.items():
-        bad = subprocess.run([sys.executable, "tools/eval_digits.py", "--model", str(student), *flags], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+                           ("--mid-times", "1.6", "1.0", "0.5"): "must fall strictly",
+                           ("--sampler", "few-step", "--steps", "5"): "1 to 4 steps, not 5",
+                           ("--steps", "x"): "got 'x'", ("--reference", "0"): "--reference",
+                           ("--model", str(tmp_path / "none")): "does not exist"}.items():
+        bad = subprocess.run([sys.executable, "tools/eval_digits.py", "--model", str(student), *flags, "--json",
+                              str(bad_json)], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
+        assert not bad_json.exists()

@@ -120,7 +120,7 @@ def test_every_flag_says_what_it_does():
 
 
 # tools whose parser is built inside main(): checked through their --help output
-HELP_TOOLS = ("profile_train.py", "digits_study.py", "digits_balance.py", "tune_flash_jvp.py")
+HELP_TOOLS = ("profile_train.py", "digits_study.py", "digits_balance.py", "tune_flash_jvp.py", "eval_digits.py")
 
 
 def _help_entries(text):
@@ -145,7 +145,7 @@ def _help_entries(text):
 
 
 def test_every_benchmark_tool_flag_says_what_it_does_and_its_default():
-    # the four start at once: importing torch, Triton and Megatron takes most of their time
+    # they start at once: importing torch, Triton and Megatron takes most of their time
     env = dict(os.environ, TRITON_INTERPRET="1", COLUMNS="100", PYTHONWARNINGS="ignore")
     runs = {tool: subprocess.Popen([sys.executable, str(ROOT / "tools" / tool), "--help"], cwd=ROOT, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tool in HELP_TOOLS}
