@@ -88,17 +88,28 @@ ROUND_4 = {name: (name[:3], B32 + flags) for name, flags in {
     "rcm-b32-dmdw0.75": ["--dmd-weight", "0.75"],
     "rcm-b32-rollout2-dmdw0.75": ["--max-rollout-steps", "2", "--dmd-weight", "0.75"],
     "rcm-b32-cfg3.5": ["--guidance-scale", "3.5"], "scm-b32-cfg3.5": ["--guidance-scale", "3.5"]}.items()}
+# Round 5, from round 4's choice (batch 32, DMD on 1-2-step rollouts), for the same missed 2-step
+# accuracy: stronger guidance in the DMD direction's teacher only (round 4's shared guidance 3.5
+# raised the accuracy but also the sCM target's saturation), alone and with a lower DMD weight.
+R2 = ["--max-rollout-steps", "2"]
+ROUND_5 = {name: (name[:3], B32 + flags) for name, flags in {
+    "rcm-b32-rollout2": R2, "scm-b32": [],
+    "rcm-b32-rollout2-dmdcfg3.5": R2 + ["--dmd-guidance-scale", "3.5"],
+    "rcm-b32-rollout2-dmdcfg5": R2 + ["--dmd-guidance-scale", "5"],
+    "rcm-b32-rollout2-dmdcfg7": R2 + ["--dmd-guidance-scale", "7"],
+    "rcm-b32-rollout2-dmdcfg5-dmdw0.25": R2 + ["--dmd-guidance-scale", "5", "--dmd-weight", "0.25"],
+    "rcm-b32-dmdcfg5": ["--dmd-guidance-scale", "5"]}.items()}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
-# round 2 6181aa0, round 3 00ae77a; docs/results.md). The config now holds round 3's choice, so
-# today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
-ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4}
+# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168; docs/results.md). The config now holds round
+# 3's choice, so today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
 SHARED_FLAGS = ("--micro-batch-size", "--global-batch-size", "--lr", "--fake-score-lr", "--student-updates",
                 "--mid-times", "--guidance-scale")
 SCM_FLAGS = ("--dcm-step", *SHARED_FLAGS)
-CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", "--max-rollout-steps", *SHARED_FLAGS)
+CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", "--max-rollout-steps", "--dmd-guidance-scale", *SHARED_FLAGS)
 
 
 def _groups(flags):

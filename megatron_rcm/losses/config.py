@@ -1,7 +1,7 @@
 """The rCM recipe: loss weights, time distributions and the student / fake-score alternation."""
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from ..diffusion.few_step import DEFAULT_MID_TIMES, MAX_STEPS, few_step_times
 from ..diffusion.time import HALF_PI
@@ -58,6 +58,11 @@ class RCMConfig:
     guidance_scale: float = 5.0
     """Classifier-free guidance scale of the teacher (eq. 2.2); 1 means no guidance."""
 
+    dmd_guidance_scale: Optional[float] = None
+    """Guidance scale of the teacher's denoising inside the DMD direction only (eq. 4.2); None: the
+    sCM teacher's ``guidance_scale``. A stronger real score sharpens the prompt without changing
+    the consistency target."""
+
     def __post_init__(self):
         object.__setattr__(self, "mid_times", tuple(float(t) for t in self.mid_times))
         if self.student_update_freq < 1 or self.tangent_warmup < 0:
@@ -65,6 +70,8 @@ class RCMConfig:
         for name in ("dmd_reference_numel", "dcm_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.dmd_guidance_scale is not None and self.dmd_guidance_scale < 1:
+            raise ValueError(f"dmd_guidance_scale must be >= 1 (1: no guidance), got {self.dmd_guidance_scale}")
         if self.scm_weight < 0 or self.dmd_weight < 0 or self.scm_weight + self.dmd_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both 0")
         if not 1 <= self.max_rollout_steps <= MAX_STEPS:
@@ -76,6 +83,11 @@ class RCMConfig:
             few_step_times(self.max_rollout_steps, HALF_PI, self.mid_times)
         except ValueError:
             raise ValueError(f"mid_times must fall strictly from below pi/2 to above 0, got {self.mid_times}") from None
+
+    @property
+    def dmd_guidance(self) -> float:
+        """The guidance scale of the DMD direction's teacher."""
+        return self.guidance_scale if self.dmd_guidance_scale is None else self.dmd_guidance_scale
 
     def in_warmup(self, iteration: int) -> bool:
         return self.scm_weight > 0 and iteration < self.tangent_warmup

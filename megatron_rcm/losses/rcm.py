@@ -16,12 +16,14 @@ from .scm import scm_loss, tangent_warmup_ratio
 
 
 class Denoisers(NamedTuple):
-    """The three networks the objective reads, each as a TrigFlow denoiser."""
+    """The networks the objective reads, each as a TrigFlow denoiser."""
 
     teacher: TrigFlowDenoiser
-    """Frozen, around classifier-free guidance."""
+    """Frozen, around classifier-free guidance at ``guidance_scale``."""
     student: TrigFlowDenoiser
     fake_score: TrigFlowDenoiser
+    dmd_teacher: Optional[TrigFlowDenoiser] = None
+    """The same teacher at ``dmd_guidance_scale`` for the DMD direction; None: ``teacher``."""
 
 
 @dataclass
@@ -64,7 +66,8 @@ def student_loss(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text
         diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
     if config.uses_dmd(iteration):
         rollout = _rollout(denoisers.student, config, noise, text, student_updates)
-        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, denoisers.teacher, denoisers.fake_score)
+        real_score = denoisers.teacher if denoisers.dmd_teacher is None else denoisers.dmd_teacher
+        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, real_score, denoisers.fake_score)
         size_scale = dmd_size_scale(x0[0].numel(), config.dmd_reference_numel)
         loss = loss + config.dmd_weight * size_scale * loss_dmd
         diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})

@@ -82,6 +82,7 @@ def _parser():
                                    "the family always comes from the teacher checkpoint")
     g.add_argument("--negative-prompt-embedding", help=".pt tensor [L, text_dim] for the unconditional branch")
     g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--dmd-guidance-scale", type=float)
     g.add_argument("--student-update-freq", type=int)
     g.add_argument("--tangent-warmup", type=int)
     g.add_argument("--scm-weight", type=float)
@@ -272,8 +273,8 @@ def validate(args, world_size=None) -> TrainingConfig:
         config = _config(args)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if args.guidance_scale != 1.0 and not args.negative_prompt_embedding:
-        raise ConfigError("--guidance-scale other than 1 needs --negative-prompt-embedding")
+    if (config.rcm.guidance_scale, config.rcm.dmd_guidance) != (1.0, 1.0) and not args.negative_prompt_embedding:
+        raise ConfigError("--guidance-scale or --dmd-guidance-scale other than 1 needs --negative-prompt-embedding")
     if args.save_interval is not None and (args.save_interval < 0 or (args.save_interval and not args.save)):
         raise ConfigError("--save-interval needs --save and must be positive (0: no periodic saves)")
     if args.fake_score_recompute_num_layers is not None and (args.recompute_granularity, args.recompute_method) != (

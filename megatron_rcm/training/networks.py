@@ -1,7 +1,8 @@
 """The three rCM networks from one teacher checkpoint, and the student's EMA.
 
 * teacher: frozen (no grads, no optimizer state), always called under no_grad, wrapped in
-  classifier-free guidance with the negative-prompt embedding;
+  classifier-free guidance with the negative-prompt embedding (a second wrapper of the same
+  module where the DMD direction's scale differs);
 * student and fake score: trainable copies of the teacher, each in megatron-core's
   DistributedDataParallel (gradients reduced in fp32 into ``param.main_grad``; with the
   distributed optimizer on GPU, reduce-scattered) with their own optimizer and schedule;
@@ -38,10 +39,11 @@ class Trainable:
 
 @dataclass
 class Networks:
-    teacher: TrigFlowDenoiser  # guided
+    teacher: TrigFlowDenoiser  # guided at rcm.guidance_scale
     student: Trainable
     fake_score: Trainable
     ema: ShardedPowerEMA
+    dmd_teacher: TrigFlowDenoiser  # the same teacher guided at rcm.dmd_guidance (the same object if equal)
 
 
 def model_overrides(config: TrainingConfig):
@@ -90,6 +92,9 @@ def build_networks(config: TrainingConfig, device):
     if config.networks.offload_teacher:
         teacher = HostResident(teacher, device)
     guided = TrigFlowDenoiser(ClassifierFreeGuidance(teacher, negative, config.rcm.guidance_scale))
+    dmd_guided = guided
+    if config.rcm.dmd_guidance != config.rcm.guidance_scale:
+        dmd_guided = TrigFlowDenoiser(ClassifierFreeGuidance(teacher, negative, config.rcm.dmd_guidance))
     recompute = config.networks.recompute_num_layers
     fake_score_recompute = config.networks.fake_score_recompute_num_layers
     student = _trainable(config, device, config.optimization.lr, recompute)
@@ -97,4 +102,4 @@ def build_networks(config: TrainingConfig, device):
                             recompute if fake_score_recompute is None else fake_score_recompute)
     ema = ShardedPowerEMA(student.module, config.ema_std, parallel_state.get_data_parallel_group(with_context_parallel=True),
                           offload=config.networks.offload_ema)
-    return Networks(guided, student, fake_score, ema)
+    return Networks(guided, student, fake_score, ema, dmd_guided)

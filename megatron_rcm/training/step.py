@@ -82,7 +82,8 @@ def _update(net, loss, clip_grad, prefix):
 def _denoisers(networks):
     return Denoisers(ProfiledDenoiser(networks.teacher, "teacher"),
                      ProfiledDenoiser(networks.student.denoiser, "student"),
-                     ProfiledDenoiser(networks.fake_score.denoiser, "fake_score"))
+                     ProfiledDenoiser(networks.fake_score.denoiser, "fake_score"),
+                     ProfiledDenoiser(networks.dmd_teacher, "teacher"))
 
 
 def student_step(networks, rcm, batch, noise, iteration, student_updates, clip_grad):

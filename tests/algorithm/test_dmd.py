@@ -115,3 +115,36 @@ def test_fake_score_loss_eq_4_4_and_its_minimiser_is_the_student_distribution():
         loss.backward()
         optimizer.step()
     assert fake_net.mean_shift.abs().max() < 0.05
+
+
+@pytest.mark.parametrize("dmd_scale", [5.0, 1.0])
+def test_dmd_guidance_scale_sets_the_real_score_only_eq_4_2(dmd_scale):
+    """A fake score exact for the Gaussian guided at ``dmd_scale`` is the fixed point of DMD when the
+    DMD teacher guides at that scale, not at the sCM teacher's 3; the sCM term does not change."""
+    from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
+    from megatron_rcm.losses.config import RCMConfig
+    from megatron_rcm.losses.rcm import Denoisers, IterationNoise, student_loss
+
+    problem = GaussianProblem(seed=3)
+    with torch.no_grad():  # a student off its consistency function, so the sCM term has a gradient
+        problem.student_net.mean_shift.copy_(0.3 * problem.randn(*problem.shape[1:]))
+    x0 = problem.data()
+    fake = TrigFlowDenoiser(GaussianVelocity(problem.std, problem.negative, dmd_scale))
+    dmd_teacher = TrigFlowDenoiser(ClassifierFreeGuidance(problem.teacher_net, problem.negative, dmd_scale))
+    t_D, eps_D = _noising(problem)
+    noise = IterationNoise(eps=problem.randn(*problem.shape), t_scm=problem.rand_times(), t_dmd=t_D,
+                           eps_dmd=eps_D, rollout=[problem.randn(*problem.shape)])
+
+    def gradient(denoisers, **weights):
+        problem.student_net.zero_grad()
+        rcm = RCMConfig(tangent_warmup=0, max_rollout_steps=1, **weights)
+        loss, _ = student_loss(denoisers, rcm, x0, problem.text, noise, iteration=0, student_updates=0)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in problem.student_net.parameters()])
+
+    split = Denoisers(problem.teacher, problem.student, fake, dmd_teacher)
+    shared = Denoisers(problem.teacher, problem.student, fake)
+    assert gradient(split, scm_weight=0.0).abs().max() < 1e-10
+    assert gradient(shared, scm_weight=0.0).abs().max() > 1e-3
+    scm = gradient(split, dmd_weight=0.0)
+    assert scm.abs().max() > 1e-3 and torch.equal(scm, gradient(shared, dmd_weight=0.0))

@@ -57,11 +57,14 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     for name in study.ROUND_2:
         if name.startswith("rcm"):
             assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
-    for number in (3, 4):  # every later rCM run has its sCM run too
+    for number in (3, 4, 5):  # every later rCM run has its sCM run too
         monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[number])
         assert all(study._baseline(study.ABLATIONS, n) for n, (m, _) in study.ABLATIONS.items() if m == "rcm")
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[4])
     assert study._baseline(study.ROUND_4, "rcm-b32-rollout2") == "scm-b32"  # the rollout is DMD's, not shared
     assert study._baseline(study.ROUND_4, "rcm-b32-cfg3.5") == "scm-b32-cfg3.5"  # guidance is shared
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[5])
+    assert study._baseline(study.ROUND_5, "rcm-b32-dmdcfg5") == "scm-b32"  # the DMD direction's guidance is not
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[2])
     teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [23.0]}
                for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]

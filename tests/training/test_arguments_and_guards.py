@@ -45,6 +45,7 @@ def test_unknown_yaml_key_is_an_error(flags, tmp_path):
     (["--save-interval", "-1"], 1, "--save-interval needs --save and must be positive"),
     (["--student-update-freq", "0"], 1, "student_update_freq must be >= 1"),
     (["--seed", "0"], 1, "--seed must be a positive integer"),
+    (["--dmd-guidance-scale", "0.5"], 1, "dmd_guidance_scale must be >= 1"),
 ])
 def test_inconsistent_settings_are_reported_before_building(flags, extra, world, message):
     with pytest.raises(ConfigError, match=message):
@@ -56,6 +57,9 @@ def test_missing_negative_embedding_with_guidance(flags):
     without = flags[:i] + flags[i + 2:]
     with pytest.raises(ConfigError, match="needs --negative-prompt-embedding"):
         validate(parse_args(without), world_size=1)
+    validate(parse_args([*without, "--guidance-scale", "1"]), world_size=1)
+    with pytest.raises(ConfigError, match="--dmd-guidance-scale other than 1 needs --negative-prompt-embedding"):
+        validate(parse_args([*without, "--guidance-scale", "1", "--dmd-guidance-scale", "3"]), world_size=1)
 
 
 def _nonfinite_gradient_is_skipped():

@@ -84,3 +84,17 @@ def test_the_fake_score_recomputes_its_own_count_of_blocks(tmp_path):
     assert networks.teacher.net.net.config.recompute_granularity is None
     with pytest.raises(ConfigError, match="needs --recompute-granularity full --recompute-method block"):
         load_config(flags + ["--recompute-method", "uniform", "--fake-score-recompute-num-layers", "1"], world_size=1)
+
+
+def test_the_dmd_direction_guides_the_same_teacher_at_its_own_scale(tmp_path):
+    from megatron_rcm.parallel import ParallelConfig
+    from megatron_rcm.training.networks import build_networks
+
+    flags = make_inputs(tmp_path) + ["--train-iters", "1"]
+    with parallel_context(ParallelConfig()):
+        same = build_networks(load_config(flags, world_size=1), torch.device("cpu"))
+        other = build_networks(load_config(flags + ["--dmd-guidance-scale", "7.5"], world_size=1),
+                               torch.device("cpu"))
+    assert same.dmd_teacher is same.teacher
+    assert other.dmd_teacher.net.scale == 7.5 and other.teacher.net.scale != 7.5
+    assert other.dmd_teacher.net.net is other.teacher.net.net  # one frozen module, two guidance wrappers
