@@ -297,14 +297,24 @@ _hopper_compile_errors = []  # the Gluon kernel's, if it failed to compile in th
 
 
 def _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask) -> bool:
-    """Whether the Gluon kernel for Hopper computes this call (else the Triton kernel does):
+    """Whether the Gluon kernel for Hopper can compute this call (``route`` says whether it does):
     sm_90, bf16 or fp16, head dim 64 or 128, no key mask, descriptor-ready tensors, it compiled,
     and it is not switched off with MEGATRON_RCM_HOPPER_KERNEL=0."""
+    return (_hopper_ready(q, k, v, q_t, k_t, v_t)
+            and _hopper_fits(torch.cuda.get_device_capability(q.device), q.dtype, q.shape[-1],
+                             key_padding_mask is not None))
+
+
+def _hopper_ready(*tensors) -> bool:
+    """The Gluon kernel imported, did not fail to compile, is not switched off, and tensor descriptors
+    fit the tensors (a CUDA device of sm_90 or newer)."""
     return (flash_jvp_hopper is not None and not _hopper_compile_errors
-            and os.environ.get("MEGATRON_RCM_HOPPER_KERNEL", "1") != "0"
-            and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) == (9, 0)
-            and q.dtype in flash_jvp_hopper.SERVED_DTYPES and q.shape[-1] in flash_jvp_hopper.SERVED_HEAD_DIMS
-            and key_padding_mask is None and _tma_fits(*_present(q, k, v, q_t, k_t, v_t)))
+            and os.environ.get("MEGATRON_RCM_HOPPER_KERNEL", "1") != "0" and _tma_fits(*_present(*tensors)))
+
+
+def _hopper_fits(capability, dtype, head_dim, masked) -> bool:
+    return (capability == (9, 0) and dtype in flash_jvp_hopper.SERVED_DTYPES
+            and head_dim in flash_jvp_hopper.SERVED_HEAD_DIMS and not masked)
 
 
 @functools.cache
@@ -349,6 +359,50 @@ def _size_class(seqlen_q: int, seqlen_k: int) -> int:
 def hopper_config(seqlen_k: int, kv_tangent: bool):
     """The Hopper kernel's pipeline shape for a call (``flash_jvp_hopper.CONFIGS``)."""
     return flash_jvp_hopper.CONFIGS[(kv_tangent, seqlen_k <= SHORT_KEYS)]
+
+
+# Calls of the Hopper kernel's kind with at most this many keys (text keys in cross-attention) go to
+# the Triton kernel at a pinned config: in the sweep its best config led the Hopper kernel by 16% at
+# 226 keys and by 4-7% at 512, a lead that shrinks as keys grow (the Hopper kernel leads at 32760);
+# 512, the Wan text length, is the longest measured key length where Triton led.
+PINNED_MAX_KEYS = 512
+# (keys and values carry a tangent, at most 256 keys) -> the Triton launch config (pointers, no
+# descriptors): the fastest correct Triton config per case of tools/tune_flash_jvp.py's sweep on an
+# H200, each timed alone (docs/benchmarks.md, 2026-12-02); autotuning did not reach them. 64 x 32 led
+# only at 226 constant keys, 128 x 64 at 512; 256 splits the two measured lengths.
+PINNED_CONFIGS = {
+    (True, False): launch_config(128, 64, 8, 2),  # 32760 x 512: 0.671 ms (Hopper kernel 0.700)
+    (True, True): launch_config(128, 64, 8, 2),  # B2 20001 x 226: 0.513 ms (0.612)
+    (False, False): launch_config(128, 64, 8, 2),  # 32760 x 512, constant keys: 0.514 ms (0.554)
+    (False, True): launch_config(64, 32, 4, 2),  # B2 20001 x 226, constant keys: 0.415 ms (0.495)
+}
+
+
+class Route(NamedTuple):
+    """The kernel that serves a call and its launch config."""
+
+    kernel: str  # "hopper" or "triton"
+    config: object = None  # a flash_jvp_hopper.HopperConfig or a pinned triton.Config; None: autotuned
+
+
+def route(capability, dtype, head_dim, seqlen_k, kv_tangent, masked, hopper_ready=True) -> Route:
+    """Where a GPU call goes, from its properties: calls the Hopper kernel fits (sm_90, bf16 or fp16,
+    head dim 64 or 128, no key mask; ``hopper_ready`` as ``_hopper_ready`` says) to it, or up to
+    PINNED_MAX_KEYS keys to the Triton kernel at a pinned config; every other call to the Triton
+    kernel, autotuned."""
+    if not (hopper_ready and _hopper_fits(capability, dtype, head_dim, masked)):
+        return Route("triton")
+    if seqlen_k <= PINNED_MAX_KEYS:
+        return Route("triton", PINNED_CONFIGS[(kv_tangent, seqlen_k <= 256)])
+    return Route("hopper", hopper_config(seqlen_k, kv_tangent))
+
+
+def _route(q, k, v, q_t, k_t, v_t, key_padding_mask) -> Route:
+    """``route`` for the tensors of a call; CPU tensors run under the interpreter."""
+    if q.device.type == "cpu":
+        return Route("triton", _interpreter_config(q.shape[2], k.shape[2]))
+    return route(torch.cuda.get_device_capability(q.device), q.dtype, q.shape[-1], k.shape[2], k_t is not None,
+                 key_padding_mask is not None, _hopper_ready(q, k, v, q_t, k_t, v_t))
 
 
 def _autotune_kwargs():
@@ -426,49 +480,50 @@ def _flash_attention_jvp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
                             k_t: Optional[torch.Tensor], v_t: Optional[torch.Tensor], softmax_scale: float,
                             key_padding_mask: Optional[torch.Tensor]
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if q.device.type == "cpu":
-        return launch(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask,
-                      _interpreter_config(q.shape[2], k.shape[2]))
-    outputs = _empty_outputs(q, k)
-    if _hopper_kernel_serves(q, k, v, q_t, k_t, v_t, key_padding_mask):
-        _install_descriptor_allocator()
+    kernel, config = _route(q, k, v, q_t, k_t, v_t, key_padding_mask)
+    if kernel == "hopper":
         try:
-            return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, outputs,
-                                           hopper_config(k.shape[2], k_t is not None))
+            return launch_hopper(q, k, v, q_t, k_t, v_t, softmax_scale, config)
         except triton.compiler.errors.CompilationError as error:
             # Gluon's API still changes between Triton releases: a slower kernel beats no kernel
             _hopper_compile_errors.append(error)
             warnings.warn(f"the Gluon attention JVP kernel for Hopper does not compile with Triton "
                           f"{triton.__version__}; the slower Triton kernel serves instead. {error}")
-    batch, heads, seqlen_q, _ = q.shape
-    args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
-    if _TUNES_DESCRIPTORS:
-        _install_descriptor_allocator()
-    with torch.cuda.device(q.device):
-        grid = lambda cfg: (triton.cdiv(seqlen_q, cfg["BLOCK_M"]), batch * heads)  # noqa: E731
-        _flash_jvp_tuned[grid](*args, **meta)
-    return outputs
+            config = None
+    return launch(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, config)
 
 
-def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, key_padding_mask, config: triton.Config):
-    """(out, out_t, lse, lse_t) from one given launch config, without autotuning: the interpreter
-    path, and tests and tools/tune_flash_jvp.py weighing configs. Inputs as flash_attention_jvp
-    checks them (softmax_scale given)."""
+def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, key_padding_mask, config: Optional[triton.Config]):
+    """(out, out_t, lse, lse_t) of the Triton kernel at one given launch config (the interpreter
+    path, pinned configs, and tests and tools/tune_flash_jvp.py weighing configs), or autotuned for
+    config None (CUDA only). Inputs as flash_attention_jvp checks them (softmax_scale given)."""
     outputs = _empty_outputs(q, k)
     args, meta = _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs)
-    grid = (triton.cdiv(q.shape[2], config.kwargs["BLOCK_M"]), q.shape[0] * q.shape[1])
-    if q.device.type == "cpu":
-        _flash_jvp_kernel[grid](*args, **meta, **config.kwargs)
+    grid = lambda cfg: (triton.cdiv(q.shape[2], cfg["BLOCK_M"]), q.shape[0] * q.shape[1])  # noqa: E731
+    if config is None:  # the pick brings its block sizes, warps and stages
+        kernel, options, descriptors = _flash_jvp_tuned, {}, _TUNES_DESCRIPTORS
     else:
-        if config.kwargs["USE_TMA"]:
-            if not _tma_fits(*_present(k, k_t, v, v_t)):
-                raise ValueError("this launch config uses tensor descriptors, which need a Hopper or newer GPU "
-                                 "and 16-byte aligned K, K_t, V, V_t with 16-byte aligned strides")
-            _install_descriptor_allocator()
-        with torch.cuda.device(q.device):
-            _flash_jvp_kernel[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                                    num_stages=config.num_stages)
+        kernel, descriptors = _flash_jvp_kernel, config.kwargs["USE_TMA"]
+        options = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    if q.device.type == "cpu":  # the interpreter ignores warps and stages
+        kernel[grid](*args, **meta, **options)
+        return outputs
+    if descriptors:
+        if config is not None and not _tma_fits(*_present(k, k_t, v, v_t)):
+            raise ValueError("this launch config uses tensor descriptors, which need a Hopper or newer GPU "
+                             "and 16-byte aligned K, K_t, V, V_t with 16-byte aligned strides")
+        _install_descriptor_allocator()
+    with torch.cuda.device(q.device):
+        kernel[grid](*args, **meta, **options)
     return outputs
+
+
+def launch_hopper(q, k, v, q_t, k_t, v_t, softmax_scale: float, config=None):
+    """(out, out_t, lse, lse_t) of the Gluon kernel for Hopper at ``config``, by default its CONFIGS
+    entry for the call (``hopper_config``). Inputs as ``flash_jvp_hopper.launch`` takes them."""
+    _install_descriptor_allocator()
+    config = config or hopper_config(k.shape[2], k_t is not None)
+    return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, softmax_scale, _empty_outputs(q, k), config)
 
 
 def _kernel_arguments(q, k, v, q_t, k_t, v_t, softmax_scale, key_padding_mask, outputs):

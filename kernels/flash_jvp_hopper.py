@@ -15,7 +15,8 @@ or short key sequences), as ``tools/tune_flash_jvp.py`` picked them.
 
 Gluon has no interpreter: this kernel runs on Hopper GPUs only, and is checked there against the
 float64 reference and the Triton kernel (tests/kernels/test_flash_jvp_hopper.py). ``flash_jvp``
-calls it for the bf16/fp16 inputs it can serve (``flash_jvp._hopper_kernel_serves``).
+calls it for the bf16/fp16 inputs it can serve with more than ``flash_jvp.PINNED_MAX_KEYS`` keys
+(``flash_jvp.route``); shorter keys go to the Triton kernel at a pinned config.
 """
 import math
 from typing import NamedTuple
@@ -63,7 +64,9 @@ class HopperConfig(NamedTuple):
 DEFAULT_CONFIG = HopperConfig(128, 64, 2)
 # (keys and values carry a tangent, short keys) -> the pipeline shape flash_attention_jvp uses.
 # Short keys (flash_jvp.SHORT_KEYS: text keys in cross-attention) make few key blocks per program,
-# so that loading Q and storing the outputs weigh more than over 32k keys. The fastest correct
+# so that loading Q and storing the outputs weigh more than over 32k keys. flash_attention_jvp sends
+# calls with up to flash_jvp.PINNED_MAX_KEYS keys to the Triton kernel: the short-key shapes serve the
+# key lengths above that, and this kernel's own timings in the sweep. The fastest correct
 # candidate of tools/tune_flash_jvp.py for each kind of call belongs here (its table names them);
 # the figures are in docs/benchmarks.md.
 # One warpgroup, 64 x 64, one stage won every swept case on an H200 (2026-12-02, docs/benchmarks.md):

@@ -1,30 +1,31 @@
 """Benchmark of the attention forward + JVP kernels against SDPA (bf16).
 
-On CUDA, per shape, in one run: flash_attention_jvp's forward+JVP (on sm_90 the Gluon Hopper
-kernel; there the Triton kernel is also timed, with MEGATRON_RCM_HOPPER_KERNEL=0), SDPA flash and cuDNN
-forwards, and torch.func.jvp through math SDPA (S <= 8192 only), as ms, TFLOP/s (forward+JVP counts
-3 forwards' FLOPs, 2 with constant keys and values), peak memory and the ratios to the flash and
-cuDNN forwards, plus the kernel's first-call compile + autotune time and its bf16 out_t error
-against a float64 reference on a slice of query rows. Cross-attention shapes are also timed with
-constant keys and values (no k_t, v_t), as the models call them. Issue 23's kernel table is
+On CUDA, per shape, in one run: flash_attention_jvp's forward+JVP as dispatched (what the models
+get: on sm_90 the Gluon Hopper kernel, or for short keys the Triton kernel at a pinned config; see
+flash_jvp.route); where the Hopper kernel can serve the call, also the Hopper kernel at its CONFIGS
+entry and the autotuned Triton kernel, each on its own; SDPA flash and cuDNN forwards, and
+torch.func.jvp through math SDPA (S <= 8192 only). As ms, TFLOP/s (forward+JVP counts 3 forwards'
+FLOPs, 2 with constant keys and values), peak memory and the ratios to the flash and cuDNN forwards,
+plus the dispatched call's first-call compile + autotune time and its bf16 out_t error against a
+float64 reference on a slice of query rows. Cross-attention shapes are also timed with constant keys
+and values (no k_t, v_t), as the models call them. Issue 23's kernel table is
 ``--shapes wan1.3b,cross,cross_odd``.
 
     python tools/bench_attention.py [--shapes wan1.3b,cross,cross_odd] [--quick] [--json PATH]
     TRITON_INTERPRET=1 python tools/bench_attention.py --cpu-smoke
 """
 import argparse
+import functools
 import json
 import math
-import os
 import time
-from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 from megatron_rcm.kernels import flash_attention_jvp
-from megatron_rcm.kernels.flash_jvp import _hopper_kernel_serves
+from megatron_rcm.kernels.flash_jvp import _hopper_kernel_serves, launch, launch_hopper
 from megatron_rcm.kernels.reference import attention_reference
 
 # name: (B, H, Sq, Sk, D)
@@ -78,13 +79,6 @@ def measure(fn, rep_ms):
     return ms, peak
 
 
-def _triton_kernel(fn):
-    def run():
-        with mock.patch.dict(os.environ, MEGATRON_RCM_HOPPER_KERNEL="0"):
-            return fn()
-    return run
-
-
 def bench_shape(name, quick):
     batch, heads, seqlen_q, seqlen_k, head_dim = SHAPES[name]
     inputs = make_inputs(batch, heads, seqlen_q, seqlen_k, head_dim, torch.bfloat16, "cuda")
@@ -109,17 +103,18 @@ def bench_shape(name, quick):
                 return scaled_dot_product_attention(q, k, v)
         return run
 
-    hopper = _hopper_kernel_serves(*inputs, None)
-    ours = "hopper (gluon)" if hopper else "triton"
-    candidates = {
-        f"{ours} fwd+jvp": (lambda: flash_attention_jvp(*inputs), 3 * fwd_flops),
-        "sdpa flash fwd": (sdpa_with(SDPBackend.FLASH_ATTENTION), fwd_flops),
-        "sdpa cudnn fwd": (sdpa_with(SDPBackend.CUDNN_ATTENTION), fwd_flops),
-    }
-    if hopper:
-        candidates["triton fwd+jvp"] = (_triton_kernel(lambda: flash_attention_jvp(*inputs)), 3 * fwd_flops)
+    scale = head_dim ** -0.5
+    kernels = {"flash_attention_jvp (dispatched)": functools.partial(flash_attention_jvp, softmax_scale=scale)}
+    if _hopper_kernel_serves(*inputs, None):  # else the dispatched call is the autotuned Triton kernel
+        kernels["hopper (gluon) fwd+jvp"] = lambda *tensors: launch_hopper(*tensors, scale)
+        kernels["triton fwd+jvp (autotuned)"] = lambda *tensors: launch(*tensors, scale, None, None)
+    calls = {"": (inputs, 3 * fwd_flops)}
     if name in CONSTANT_KV_SHAPES:
-        candidates[f"{ours} fwd+jvp, constant k/v"] = (lambda: flash_attention_jvp(q, k, v, q_t), 2 * fwd_flops)
+        calls[", constant k/v"] = ((q, k, v, q_t, None, None), 2 * fwd_flops)
+    candidates = {label + variant: (functools.partial(kernel, *tensors), flops)
+                  for label, kernel in kernels.items() for variant, (tensors, flops) in calls.items()}
+    candidates["sdpa flash fwd"] = (sdpa_with(SDPBackend.FLASH_ATTENTION), fwd_flops)
+    candidates["sdpa cudnn fwd"] = (sdpa_with(SDPBackend.CUDNN_ATTENTION), fwd_flops)
     if max(seqlen_q, seqlen_k) <= MATH_JVP_MAX_SEQ and not quick:
         candidates["math sdpa func.jvp"] = (math_jvp, 3 * fwd_flops)
     rows_out = []
@@ -132,7 +127,8 @@ def bench_shape(name, quick):
         ms, peak = measured if measured else (None, None)
         rows_out.append(dict(shape=name, impl=label, ms=ms, peak_gib=None if peak is None else peak / 2**30,
                              tflops=None if ms is None else flops / ms / 1e9))
-    flash_ms, cudnn_ms = rows_out[1]["ms"], rows_out[2]["ms"]
+    ms = {row["impl"]: row["ms"] for row in rows_out}
+    flash_ms, cudnn_ms = ms["sdpa flash fwd"], ms["sdpa cudnn fwd"]
     for row in rows_out:
         row["ratio_to_flash"] = None if row["ms"] is None or flash_ms is None else row["ms"] / flash_ms
         row["ratio_to_cudnn"] = None if row["ms"] is None or cudnn_ms is None else row["ms"] / cudnn_ms

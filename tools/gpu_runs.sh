@@ -15,6 +15,7 @@
 #   bash tools/gpu_runs.sh kernel  # tools/tune_flash_jvp.py: both attention kernels' launch configs at
 #                                  # self-attention and both cross shapes, checked against float64 (sweep.json);
 #                                  # pytest -m gpu tests/kernels; bench_attention.py's kernel table (issue 23)
+#                                  # (KERNEL_QUICK=1: no sweep, the tests and the table only, about 4 minutes)
 #   bash tools/gpu_runs.sh generate    # tools/bench_generate.py on 1 GPU: 4-step student vs 50-step CFG teacher
 #   bash tools/gpu_runs.sh generate2   # the same with the transformer at TP=2, then at CP=2 (2 GPUs)
 #                                      # (both need transformers for UMT5: its wheel in .whl/ if not installed)
@@ -133,12 +134,15 @@ train)
   ;;
 kernel)
   # on GPU 0, timings one after the other (timings taken while other GPUs of the host worked were
-  # lower). The sweep starts on an empty Triton cache (it compiles every candidate, about 3 minutes)
-  # and prints each case's table as it ends; the tests then run in four processes at once (they
-  # time nothing, and compile on four cores), and the bench reuses the compiled kernels
+  # lower). The sweep (skipped with KERNEL_QUICK=1) starts on an empty Triton cache (it compiles every
+  # candidate, about 3 minutes) and prints each case's table as it ends; the tests then run in four
+  # processes at once (they time nothing, and compile on four cores), and the bench reuses the
+  # compiled kernels
   export CUDA_VISIBLE_DEVICES=0 TRITON_CACHE_DIR=/tmp/triton_kernel_phase
   rm -rf "$TRITON_CACHE_DIR"
-  timeout 270 python3 tools/tune_flash_jvp.py --json "$OUT/sweep.json" > "$OUT/tune_flash_jvp.log" 2>&1
+  quick=${KERNEL_QUICK:-0}
+  [ "$quick" = 1 ] || timeout 270 python3 tools/tune_flash_jvp.py --json "$OUT/sweep.json" \
+    > "$OUT/tune_flash_jvp.log" 2>&1
   PYTEST="timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider"
   $PYTEST tests/kernels/test_flash_jvp_hopper.py -k candidate > "$OUT/tests_kernels_candidates.log" 2>&1 &
   $PYTEST tests/kernels/test_flash_jvp_hopper.py -k matches_reference > "$OUT/tests_kernels_hopper_lengths.log" 2>&1 &
@@ -148,10 +152,13 @@ kernel)
   wait
   timeout 80 python3 tools/bench_attention.py --shapes wan1.3b,cross,cross_odd --quick \
     --json "$OUT/bench_attention.json" > "$OUT/bench_attention.log" 2>&1
-  sed -n '/^### fastest correct/,$p' "$OUT/tune_flash_jvp.log" | grep -v "^$" || tail -5 "$OUT/tune_flash_jvp.log"
-  grep -c "| ok |" "$OUT/tune_flash_jvp.log"; grep -i "wrong\|failed" "$OUT/tune_flash_jvp.log" | head -8
+  if [ "$quick" != 1 ]; then
+    sed -n '/^### fastest correct/,$p' "$OUT/tune_flash_jvp.log" | grep -v "^$" || tail -5 "$OUT/tune_flash_jvp.log"
+    grep -c "| ok |" "$OUT/tune_flash_jvp.log"; grep -i "wrong\|failed" "$OUT/tune_flash_jvp.log" | head -8
+  fi
   for f in "$OUT"/tests_kernels_*.log; do echo "== $f: $(tail -1 "$f")"; grep FAILED "$f" | head -5; done
-  grep -A12 "^| shape | impl" "$OUT/bench_attention.log" || tail -5 "$OUT/bench_attention.log"
+  grep -q "^| shape | impl" "$OUT/bench_attention.log" && sed -n '/^| shape | impl/,$p' "$OUT/bench_attention.log" \
+    || tail -5 "$OUT/bench_attention.log"
   ;;
 cosmos)
   CUDA_VISIBLE_DEVICES=0 timeout 260 python3 tools/bench_cosmos.py --profile --json "$OUT/cosmos2b.json" \

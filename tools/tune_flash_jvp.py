@@ -1,7 +1,8 @@
 """Sweep of the attention forward+JVP kernels' launch configs at the Wan shapes, in one run (bf16, one GPU).
 
-Autotuning keeps only the winner of ``_CONFIGS``, and the Hopper kernel runs the one pipeline shape
-``flash_jvp_hopper.CONFIGS`` names for each kind of call. This times every candidate on its own:
+Autotuning keeps only the winner of ``_CONFIGS``, the Hopper kernel runs the one pipeline shape
+``flash_jvp_hopper.CONFIGS`` names for each kind of call, and short keys on sm_90 run the Triton kernel at
+``flash_jvp.PINNED_CONFIGS`` (``flash_jvp.route``). This times every candidate on its own:
 the Gluon kernel's ``flash_jvp_hopper.CANDIDATES`` (on sm_90) and the Triton kernel's
 ``TRITON_CANDIDATES`` below, next to SDPA's flash and cuDNN forwards and ``flash_attention_jvp``
 as dispatched, all in the same process. Each candidate's outputs are checked against the float64
@@ -14,8 +15,9 @@ Cases (``--cases``): self-attention at Wan 1.3B (keys with tangents); cross-atte
 keys and an odd cross shape (226 keys, batch 2), each with constant keys and values (the models'
 case, ``-const``) and with key tangents. Storage as the Wan model passes it: [B, H, S, D] views of
 [S, B, H, D] tensors. It prints one table per case, then the fastest correct config of each kernel
-per case and the ``flash_jvp_hopper.CONFIGS`` to paste (per kind of call, the candidate whose
-worst time over its cases, relative to each case's fastest, is least). ``--json`` writes all rows.
+per case (the Triton ones at short keys belong in ``flash_jvp.PINNED_CONFIGS``) and the
+``flash_jvp_hopper.CONFIGS`` to paste (per kind of call, the candidate whose worst time over its
+cases, relative to each case's fastest, is least). ``--json`` writes all rows.
 
     python tools/tune_flash_jvp.py [--cases self,cross-const,odd-const] [--json PATH] [--rep-ms 100]
                                    [--configs 64,64,4,3,1 ...] [--hopper-configs 64,64,2,0 ...]
@@ -200,13 +202,14 @@ def sweep_case(name, case, args, device):
                 with sdpa_kernel(backend):
                     scaled_dot_product_attention(q, k, v, scale=scale)
             add("sdpa forward", label, forward, 2)
-    dispatched = "hopper" if flash_jvp._hopper_kernel_serves(*inputs, None) else "triton (autotuned)"
+    route = flash_jvp._route(*inputs, None)
+    dispatched = (_hopper_name(route.config) if route.kernel == "hopper" else
+                  _triton_name(route.config) if route.config else "triton (autotuned)")
     add("flash_attention_jvp", dispatched, lambda: flash_attention_jvp(*inputs, softmax_scale=scale), jvp_gemms)
 
     if flash_jvp._hopper_kernel_serves(*inputs, None) and args.hopper_configs != []:
         from megatron_rcm.kernels import flash_jvp_hopper
 
-        flash_jvp._install_descriptor_allocator()  # the kernel's descriptors are made on the device
         current = flash_jvp.hopper_config(case.seqlen_k, case.kv_tangent)
         for config in _hopper_candidates(args.hopper_configs):
             if not flash_jvp_hopper.fits(config, case.head_dim, case.kv_tangent):
@@ -215,15 +218,16 @@ def sweep_case(name, case, args, device):
                                  numbers=list(config)))
                 continue
             add("hopper", _hopper_name(config),
-                lambda c=config: flash_jvp_hopper.launch(*inputs, scale, flash_jvp._empty_outputs(q, k), c),
+                lambda c=config: flash_jvp.launch_hopper(*inputs, scale, c),
                 jvp_gemms, list(config), current=config == current)
     if args.configs != []:
-        tuned = {_triton_name(c) for c in flash_jvp._CONFIGS}
+        in_use = {_triton_name(c) for c in ([route.config] if route.kernel == "triton" and route.config
+                                            else flash_jvp._CONFIGS)}
         for config in _triton_candidates(args.configs, args.cpu_smoke):
             numbers = [config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages,
                        int(config.kwargs["USE_TMA"])]
             add("triton", _triton_name(config), lambda c=config: flash_jvp.launch(*inputs, scale, None, c),
-                jvp_gemms, numbers, current=_triton_name(config) in tuned)
+                jvp_gemms, numbers, current=_triton_name(config) in in_use)
     _judge(rows, INTERPRETER_ERROR_LIMIT if device.type == "cpu" else ERROR_LIMIT)
     flash = next((r["ms"] for r in rows if r["config"] == "flash"), None)
     cudnn = next((r["ms"] for r in rows if r["config"] == "cudnn"), None)
@@ -235,7 +239,8 @@ def sweep_case(name, case, args, device):
 
 def _judge(rows, limit):
     """out and out_t within ``limit``; lse and lse_t within 1.5x the error of the same kernel's first
-    config in use (CONFIGS' for this call, or the first of _CONFIGS), else of the dispatched kernel."""
+    config in use (CONFIGS' for this call; PINNED_CONFIGS' or else the first of _CONFIGS), else of the
+    dispatched kernel."""
     baseline = {}
     for row in rows:
         if row["errors"] is not None and (row["current"] or row["kernel"] == "flash_attention_jvp"):
@@ -263,7 +268,7 @@ def table(name, case, rows):
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         errors = r["errors"] or [None] * 4
-        config = r["config"] + ({"hopper": " (in CONFIGS)", "triton": " (in _CONFIGS)"}[r["kernel"]]
+        config = r["config"] + ({"hopper": " (in CONFIGS)", "triton": " (in use)"}[r["kernel"]]
                                 if r["current"] else "")
         lines.append(f"| {r['kernel']} | {config} | {_fmt(r['ms'], '.3f')} | {_fmt(r['tflops'], '.0f')} | "
                      f"{_fmt(r['x_flash'], '.2f')} | {_fmt(r['x_cudnn'], '.2f')} | {_fmt(errors[1], '.2e')} | "

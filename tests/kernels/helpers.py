@@ -10,6 +10,11 @@ def random_inputs(batch, heads, seqlen_q, seqlen_k, head_dim, dtype, device="cpu
     return [torch.randn(s, dtype=torch.float64, device=device, generator=gen).to(dtype) for s in shapes]
 
 
+def sbhd_views(inputs):
+    """The strided [B, H, S, D] views of [S, B, H, D] storage that the Wan model passes."""
+    return [t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in inputs]
+
+
 def reference_jvp(inputs, softmax_scale=None, key_padding_mask=None):
     """(out, out_t, lse, lse_t) of the float64 reference, differentiated by torch.func.jvp."""
     q, k, v, q_t, k_t, v_t = (t.double() for t in inputs)

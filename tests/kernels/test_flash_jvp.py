@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_rcm.kernels import AttentionJVPOutput, flash_attention_jvp
-from megatron_rcm.kernels.flash_jvp import launch, launch_config
+from megatron_rcm.kernels.flash_jvp import PINNED_CONFIGS, launch, launch_config
 
 from megatron_rcm.testing import relative_error
 from .helpers import random_inputs, reference_jvp
@@ -127,6 +127,20 @@ def test_keys_and_values_without_tangent_match_zero_tangents_in_float64(masked, 
     mask = padding_mask(2, 97) if masked else None
     want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)], 0.3, mask)
     result = launch(q, k, v, q_t, None, None, 0.3, mask, launch_config(32, 16, 4, 2, tma))
+    for name, actual, expected in zip(AttentionJVPOutput._fields, result, want):
+        assert relative_error(actual, expected) <= TOLERANCE[torch.float64], name
+
+
+@pytest.mark.parametrize("kind", list(PINNED_CONFIGS), ids=lambda kind: "kv_tangent={}-very_short={}".format(*kind))
+def test_pinned_short_key_configs_match_reference_in_float64(kind):
+    """Each launch config that serves short keys on sm_90 (flash_jvp.route), with or without key
+    tangents as it serves them: 100 queries and 100 keys, partial query and key blocks."""
+    kv_tangent, _ = kind
+    q, k, v, q_t, k_t, v_t = random_inputs(1, 2, 100, 100, 64, torch.float64)
+    if not kv_tangent:
+        k_t, v_t = torch.zeros_like(k), torch.zeros_like(v)
+    want = reference_jvp([q, k, v, q_t, k_t, v_t], 0.3)
+    result = launch(q, k, v, q_t, *((k_t, v_t) if kv_tangent else (None, None)), 0.3, None, PINNED_CONFIGS[kind])
     for name, actual, expected in zip(AttentionJVPOutput._fields, result, want):
         assert relative_error(actual, expected) <= TOLERANCE[torch.float64], name
 

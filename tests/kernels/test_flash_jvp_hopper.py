@@ -4,27 +4,19 @@ import pytest
 import torch
 
 from megatron_rcm.kernels import flash_attention_jvp
-from megatron_rcm.kernels.flash_jvp import (_empty_outputs, _install_descriptor_allocator, flash_jvp_hopper,
-                                            hopper_config, launch, launch_config)
+from megatron_rcm.kernels.flash_jvp import PINNED_MAX_KEYS, flash_jvp_hopper, launch, launch_config, launch_hopper
 
 from megatron_rcm.testing import relative_error
-from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
+from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp, sbhd_views
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     flash_jvp_hopper is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
     reason="needs an sm_90 GPU and Triton with Gluon")]
 
 
-def _sbhd(inputs):
-    """The strided [B, H, S, D] views of [S, B, H, D] storage that the Wan model passes."""
-    return [t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in inputs]
-
-
 def _hopper(q, k, v, q_t, k_t, v_t, config=None):
-    """The Gluon kernel at ``config``, by default the one flash_attention_jvp picks for the call."""
-    _install_descriptor_allocator()
-    config = config or hopper_config(k.shape[2], k_t is not None)
-    return flash_jvp_hopper.launch(q, k, v, q_t, k_t, v_t, q.shape[-1] ** -0.5, _empty_outputs(q, k), config)
+    """The Gluon kernel at ``config``, by default its CONFIGS entry for the call."""
+    return launch_hopper(q, k, v, q_t, k_t, v_t, q.shape[-1] ** -0.5, config)
 
 
 def _check_against_reference_and_triton(inputs, kv_tangent, tolerance, config=None):
@@ -48,7 +40,7 @@ def _check_against_reference_and_triton(inputs, kv_tangent, tolerance, config=No
 @pytest.mark.parametrize("kv_tangent", [True, False])
 def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, head_dim, seqlen_q, seqlen_k, kv_tangent):
     """At the pipeline shape flash_attention_jvp picks (short keys up to 1024, long beyond)."""
-    inputs = _sbhd(random_inputs(2, 3, seqlen_q, seqlen_k, head_dim, dtype, device="cuda"))
+    inputs = sbhd_views(random_inputs(2, 3, seqlen_q, seqlen_k, head_dim, dtype, device="cuda"))
     _check_against_reference_and_triton(inputs, kv_tangent, tolerance)
 
 
@@ -62,7 +54,7 @@ def _fitting_candidates(kv_tangent):
 def test_every_candidate_with_key_tangents_over_ragged_short_keys(config):
     """The sweep's candidates: 226 keys (a partial last key block, as the odd cross shape has) and
     333 queries (a partial last query block), keys and values with tangents."""
-    inputs = _sbhd(random_inputs(2, 2, 333, 226, 128, torch.bfloat16, device="cuda"))
+    inputs = sbhd_views(random_inputs(2, 2, 333, 226, 128, torch.bfloat16, device="cuda"))
     _check_against_reference_and_triton(inputs, True, 2e-2, config)
 
 
@@ -71,14 +63,15 @@ def test_every_candidate_with_key_tangents_over_ragged_short_keys(config):
 def test_every_candidate_with_constant_keys(config, seqlen_k):
     """Cross-attention's case (text keys and values without tangents): 226 keys (a partial last
     block) and 512 (the Wan text length: whole key blocks only)."""
-    inputs = _sbhd(random_inputs(1, 2, 333, seqlen_k, 128, torch.bfloat16, device="cuda"))
+    inputs = sbhd_views(random_inputs(1, 2, 333, seqlen_k, 128, torch.bfloat16, device="cuda"))
     _check_against_reference_and_triton(inputs, False, 2e-2, config)
 
 
-@pytest.mark.parametrize("seqlen_k", [190, 1100])
+@pytest.mark.parametrize("seqlen_k", [PINNED_MAX_KEYS + 190, 1100])
 def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask(seqlen_k):
-    """At CONFIGS' pipeline shape for the call: short or long keys, with and without key tangents."""
-    inputs = _sbhd(random_inputs(2, 2, 150, seqlen_k, 128, torch.bfloat16, device="cuda"))
+    """At CONFIGS' pipeline shape for the call: short keys (but more than those the Triton kernel
+    serves at its pinned configs) or long keys, with and without key tangents."""
+    inputs = sbhd_views(random_inputs(2, 2, 150, seqlen_k, 128, torch.bfloat16, device="cuda"))
     for got, want in zip(flash_attention_jvp(*inputs), _hopper(*inputs)):
         assert torch.equal(got, want)
     q, k, v, q_t = inputs[:4]
@@ -109,7 +102,7 @@ def test_a_compile_failure_falls_back_to_the_triton_kernel_with_a_warning(monkey
 
     monkeypatch.setattr(flash_jvp_hopper, "launch", fails)
     monkeypatch.setattr(flash_jvp, "_hopper_compile_errors", [])
-    inputs = _sbhd(random_inputs(1, 2, 100, 130, 128, torch.bfloat16, device="cuda"))
+    inputs = sbhd_views(random_inputs(1, 2, 100, PINNED_MAX_KEYS + 130, 128, torch.bfloat16, device="cuda"))
     with pytest.warns(UserWarning, match="does not compile"):
         first = flash_attention_jvp(*inputs)
     assert not flash_jvp._hopper_kernel_serves(*inputs, None)

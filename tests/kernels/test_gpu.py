@@ -5,7 +5,7 @@ import torch
 from megatron_rcm.kernels import flash_attention_jvp
 
 from megatron_rcm.testing import relative_error
-from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp
+from .helpers import inputs_with_key_rows_past_2_to_the_31, random_inputs, reference_jvp, sbhd_views
 
 pytestmark = pytest.mark.gpu
 
@@ -36,6 +36,31 @@ def test_constant_keys_and_values_bf16(kernel):
     want = reference_jvp([q, k, v, q_t, torch.zeros_like(k), torch.zeros_like(v)])
     for got, expected in zip(flash_attention_jvp(q, k, v, q_t), want):
         assert relative_error(got, expected) <= 2e-2
+
+
+@pytest.mark.parametrize("batch,seqlen_q,seqlen_k", [(1, 8190, 512), (2, 5001, 226)], ids=["cross", "cross_odd"])
+@pytest.mark.parametrize("kv_tangent", [True, False], ids=["key_tangents", "constant_keys"])
+def test_cross_attention_as_dispatched_bf16(batch, seqlen_q, seqlen_k, kv_tangent):
+    """tools/bench_attention.py's cross shapes with fewer queries, [S, B, H, D] storage as the
+    models pass it: flash_attention_jvp as dispatched (on sm_90 the Triton kernel at its pinned
+    config, bit for bit) against the reference."""
+    from megatron_rcm.kernels.flash_jvp import PINNED_CONFIGS, _route, flash_jvp_hopper, launch
+
+    q, k, v, q_t, k_t, v_t = sbhd_views(random_inputs(batch, 12, seqlen_q, seqlen_k, 128, torch.bfloat16,
+                                                      device="cuda"))
+    if not kv_tangent:
+        k_t = v_t = None
+    zeros = [torch.zeros_like(k), torch.zeros_like(v)]
+    want = reference_jvp([q, k, v, q_t, *((k_t, v_t) if kv_tangent else zeros)])
+    got = flash_attention_jvp(q, k, v, q_t, k_t, v_t)
+    for name, g, w in zip(("out", "out_t", "lse", "lse_t"), got, want):
+        assert relative_error(g, w) <= 2e-2, name
+    kernel, config = _route(q, k, v, q_t, k_t, v_t, None)
+    assert kernel == "triton"
+    if torch.cuda.get_device_capability() == (9, 0) and flash_jvp_hopper is not None:
+        assert config is PINNED_CONFIGS[(kv_tangent, seqlen_k <= 256)]
+        pinned = launch(q, k, v, q_t, k_t, v_t, 128 ** -0.5, None, config)
+        assert all(torch.equal(g, p) for g, p in zip(got, pinned))
 
 
 def test_key_rows_past_2_to_the_31_elements():

@@ -1,10 +1,11 @@
-"""Which pipeline shape of the Hopper kernel serves which call, and which Triton tuning class a
-call falls in (no GPU needed: the choice is made in Python before any launch)."""
+"""Which kernel and which pipeline shape or launch config serve which call, and which Triton
+tuning class a call falls in (no GPU needed: the choice is made in Python before any launch)."""
 import pytest
 import torch
 
 from megatron_rcm.kernels import flash_jvp
-from megatron_rcm.kernels.flash_jvp import SHORT_KEYS, _size_class, flash_jvp_hopper, hopper_config
+from megatron_rcm.kernels.flash_jvp import (PINNED_CONFIGS, SHORT_KEYS, Route, _size_class, flash_jvp_hopper,
+                                            hopper_config, launch_config, route)
 
 pytestmark = pytest.mark.skipif(flash_jvp_hopper is None, reason="needs Triton with Gluon")
 
@@ -46,3 +47,41 @@ def test_triton_tuning_classes_keep_short_keys_apart_from_long_ones(seqlen_q, se
     """Cross-attention to text (few key blocks per program) is tuned on its own, not given the
     config that self-attention at 32k tokens picked."""
     assert _size_class(seqlen_q, seqlen_k) == size_class
+
+
+HOPPER, BF16 = (9, 0), torch.bfloat16
+
+
+def test_self_attention_on_hopper_goes_to_the_hopper_kernel():
+    for dtype in (torch.bfloat16, torch.float16):
+        for kv_tangent in (True, False):
+            assert route(HOPPER, dtype, 128, 32760, kv_tangent, False) == Route("hopper", hopper_config(32760, kv_tangent))
+    assert route(HOPPER, BF16, 64, 1100, True, False) == Route("hopper", hopper_config(1100, True))
+
+
+@pytest.mark.parametrize("seqlen_k,kv_tangent,config", [
+    (512, True, (128, 64, 8, 2)), (226, True, (128, 64, 8, 2)),
+    (512, False, (128, 64, 8, 2)), (226, False, (64, 32, 4, 2))])
+def test_cross_attention_on_hopper_goes_to_the_triton_kernel_at_the_sweeps_config(seqlen_k, kv_tangent, config):
+    """The fastest Triton config of tools/tune_flash_jvp.py's H200 sweep for each cross-attention case,
+    pointers (no tensor descriptors), bf16 and fp16 alike."""
+    for dtype in (torch.bfloat16, torch.float16):
+        kernel, pinned = route(HOPPER, dtype, 128, seqlen_k, kv_tangent, False)
+        assert kernel == "triton" and pinned is PINNED_CONFIGS[(kv_tangent, seqlen_k <= 256)]
+        assert (pinned.kwargs, pinned.num_warps, pinned.num_stages) == (
+            launch_config(*config).kwargs, config[2], config[3])
+
+
+def test_keys_just_past_the_pinned_length_go_to_the_hopper_kernel():
+    assert route(HOPPER, BF16, 128, 513, False, False) == Route("hopper", hopper_config(513, False))
+
+
+@pytest.mark.parametrize("capability,dtype,head_dim,masked,hopper_ready", [
+    (HOPPER, torch.float32, 128, False, True), ((8, 0), BF16, 128, False, True), ((10, 0), BF16, 128, False, True),
+    (HOPPER, BF16, 128, True, True), (HOPPER, BF16, 32, False, True), (HOPPER, BF16, 128, False, False)],
+    ids=["fp32", "sm_80", "sm_100", "masked", "head_dim_32", "hopper_kernel_off"])
+def test_calls_the_hopper_kernel_does_not_fit_stay_autotuned(capability, dtype, head_dim, masked, hopper_ready):
+    """As before short keys were pinned: the autotuned Triton kernel, at short and long keys alike
+    (hopper_ready is False with MEGATRON_RCM_HOPPER_KERNEL=0 or misaligned tensors)."""
+    for seqlen_k, kv_tangent in ((226, False), (512, True), (32760, True)):
+        assert route(capability, dtype, head_dim, seqlen_k, kv_tangent, masked, hopper_ready) == Route("triton")
