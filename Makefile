@@ -21,7 +21,7 @@ test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra tests
 
 demo: $(STAMP)
-	$(PY) examples/demo_moving_digits.py
+	$(PY) examples/demo_moving_digits.py $(DEMO_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

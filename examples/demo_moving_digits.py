@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The README's demo: distil the shipped Moving Digits teacher with rCM on CPU, then compare.
 
-    python examples/demo_moving_digits.py [--work runs/demo] [--iters 100] [--nproc 2]
+    python examples/demo_moving_digits.py [--work runs/demo] [--iters 100] [--nproc 2] [--fresh]
 
 1. writes Moving Digits training shards and the negative-prompt embedding;
 2. runs ``examples/pretrain_rcm.py`` under torchrun on ``--nproc`` gloo ranks (data parallel),
@@ -18,8 +18,7 @@ A short run distils only a little: the numbers show the pipeline, not rCM's qual
 import argparse
 import json
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,18 +34,43 @@ def train(work, iters, nproc):
     data = work / "data"
     if not (data / NEGATIVE_PROMPT_FILE).exists():
         write_training_data(data, 2048, 512)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = {"OMP_NUM_THREADS": "1"}
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"  # the JVP attention kernel on CPU tensors
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(ROOT / "examples/configs/digits_demo.yaml"),
+    command = ["--standalone", f"--nproc_per_node={nproc}", str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(ROOT / "examples/configs/digits_demo.yaml"),
                "--teacher", str(TEACHER), "--data-path", str(data),
                "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--train-iters", str(iters),
                "--global-batch-size", str(4 * nproc), "--save", str(work / "ckpt"),
                "--log-jsonl", str(work / "train.jsonl")]
-    subprocess.run(command, env=env, check=True)
+    had_checkpoints = any((work / "ckpt").glob("iter_*"))
+    if not _torchrun(command, env):
+        hint = (f"; if {work / 'ckpt'} holds a run with other settings (an older demo), --fresh starts over "
+                f"(make demo DEMO_FLAGS=--fresh)"
+                if had_checkpoints else "")
+        raise SystemExit(f"demo: examples/pretrain_rcm.py failed (its error is above){hint}")
     exports = sorted((work / "ckpt" / "ema_student").glob("iter_*"))
     return exports[-1]
+
+
+def _torchrun(argv, env) -> bool:
+    """torchrun ``argv`` with ``env`` added to the ranks' environment; False if a rank failed. In this
+    process, so that a failed rank ends in its own error line rather than torchrun's traceback."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        run(parse_args(argv))
+        return True
+    except ChildFailedError:
+        return False
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def sample_all(student_path, digits, directions, seed):
@@ -77,9 +101,13 @@ def main():
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true",
+                   help="delete WORK/ckpt first (the demo resumes from it otherwise, and refuses a run with other settings)")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        shutil.rmtree(work / "ckpt", ignore_errors=True)
     student = train(work, args.iters, args.nproc)
 
     from megatron_rcm.data.moving_digits import make_videos, prompt_for, prompt_grid

@@ -187,7 +187,9 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
         if flash_jvp._hopper_kernel_serves(
                 *(torch.empty(1, 1, 64, cfg.head_dim, dtype=x.dtype, device=x.device) for _ in range(6)), None):
             print(f"attention JVP kernel: the Gluon kernel for Hopper, per (key tangents, short keys) "
-                  f"{flash_jvp.flash_jvp_hopper.CONFIGS}, for calls without a key mask", flush=True)
+                  f"{flash_jvp.flash_jvp_hopper.CONFIGS}, for calls without a key mask of more than "
+                  f"{flash_jvp.PINNED_MAX_KEYS} keys; the Triton kernel at {flash_jvp.PINNED_CONFIGS} "
+                  f"per (key tangents, at most 256 keys) up to that", flush=True)
         # what autotuning picked for calls the Triton kernel served, per (head dim, mask, size class, dtypes) key
         for key, config in flash_jvp._flash_jvp_tuned.cache.items():
             print(f"attention JVP kernel, tuned for {key}: {config}", flush=True)

@@ -99,10 +99,20 @@ ROUND_5 = {name: (name[:3], B32 + flags) for name, flags in {
     "rcm-b32-rollout2-dmdcfg7": R2 + ["--dmd-guidance-scale", "7"],
     "rcm-b32-rollout2-dmdcfg5-dmdw0.25": R2 + ["--dmd-guidance-scale", "5", "--dmd-weight", "0.25"],
     "rcm-b32-dmdcfg5": ["--dmd-guidance-scale", "5"]}.items()}
+# Round 6, from round 4's choice again: the first mid time, where the 2-step sampler re-noises (round
+# 2's times moved the 2-step accuracy most), each beside its sCM run since the times are shared.
+def _first_mid(t):
+    return ["--mid-times", str(t), "0.86", "0.3"]
+
+
+ROUND_6 = {name: (name[:3], B32 + flags) for name, flags in {
+    **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}-mid{t}": (R2 if m == "rcm" else []) + _first_mid(t)
+       for m in ("rcm", "scm") for t in (1.0, 1.1, 1.35)},
+    "rcm-b32-rollout2-mid1.35-dmdcfg3.5": R2 + _first_mid(1.35) + ["--dmd-guidance-scale", "3.5"]}.items()}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
-# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168; docs/results.md). The config now holds round
+# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b; docs/results.md). The config now holds round
 # 3's choice, so today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
-ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5}
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic

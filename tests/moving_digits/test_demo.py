@@ -27,3 +27,22 @@ def test_demo_distils_samples_and_writes_gif_and_metrics(tmp_path):
     assert all(labels[:HEADER_HEIGHT, LABEL_WIDTH + 64 * c: LABEL_WIDTH + 64 * (c + 1)].max() > 128 for c in range(8))
     assert labels[:HEADER_HEIGHT, :LABEL_WIDTH].max() == 0
     assert "sampling 160 videos: teacher, 50 steps, CFG 2.5" in run.stderr and "tools/eval_digits.py --model" in run.stdout
+
+
+def _demo(work, *flags):
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "demo_moving_digits.py"), "--work", str(work),
+                           "--nproc", "1", *flags], capture_output=True, text=True, timeout=300)
+
+
+def test_a_failed_training_ends_in_one_line_and_fresh_starts_over(tmp_path):
+    old = tmp_path / "ckpt" / "iter_0000100"
+    old.mkdir(parents=True)
+    run = _demo(tmp_path, "--iters", "0")  # the trainer refuses 0 iterations
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"demo: examples/pretrain_rcm.py failed (its error is above); if {tmp_path / 'ckpt'} holds a run with "
+        f"other settings (an older demo), --fresh starts over (make demo DEMO_FLAGS=--fresh)")
+    assert old.exists()  # nothing is deleted without --fresh
+    run = _demo(tmp_path, "--iters", "0", "--fresh")
+    assert not old.exists() and run.stderr.strip().splitlines()[-1] == (
+        "demo: examples/pretrain_rcm.py failed (its error is above)")
