@@ -37,12 +37,23 @@ def _demo(work, *flags):
 def test_a_failed_training_ends_in_one_line_and_fresh_starts_over(tmp_path):
     old = tmp_path / "ckpt" / "iter_0000100"
     old.mkdir(parents=True)
-    run = _demo(tmp_path, "--iters", "0")  # the trainer refuses 0 iterations
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "negative_prompt.pt").write_text("not a tensor")  # the trainer refuses it
+    run = _demo(tmp_path, "--iters", "1")
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
         f"demo: examples/pretrain_rcm.py failed (its error is above); if {tmp_path / 'ckpt'} holds a run with "
         f"other settings (an older demo), --fresh starts over (make demo DEMO_FLAGS=--fresh)")
     assert old.exists()  # nothing is deleted without --fresh
-    run = _demo(tmp_path, "--iters", "0", "--fresh")
+    run = _demo(tmp_path, "--iters", "1", "--fresh")
     assert not old.exists() and run.stderr.strip().splitlines()[-1] == (
         "demo: examples/pretrain_rcm.py failed (its error is above)")
+
+
+def test_wrong_sizes_end_in_one_line_before_anything_is_written(tmp_path):
+    for flags, message in ((["--nproc", "0"], "argument --nproc: must be a positive integer, got 0"),
+                           (["--iters", "-3"], "argument --iters: must be a positive integer, got -3"),
+                           (["--iters", "many"], "argument --iters: invalid _positive value: 'many'")):
+        run = _demo(tmp_path / "work", *flags)
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith(message), run.stderr
+        assert not (tmp_path / "work").exists()
