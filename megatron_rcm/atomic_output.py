@@ -19,6 +19,11 @@ def note_interrupt():
     _interrupted = True
 
 
+def interrupted() -> bool:
+    """Whether a signal marked this process interrupted (``note_interrupt``)."""
+    return _interrupted
+
+
 class OutputExistsError(FileExistsError):
     """The output path exists and replacing it was not asked for."""
 
@@ -42,7 +47,7 @@ def atomic_output_dir(path, overwrite=False):
         os.chmod(tmp, new_dir_mode())
         yield tmp
         _fsync_tree(tmp)
-        if _interrupted:  # the block may have swallowed the interrupt: still no final output
+        if interrupted():  # the block may have swallowed the interrupt: still no final output
             raise KeyboardInterrupt
         old = None
         if path.exists():

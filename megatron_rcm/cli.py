@@ -18,7 +18,7 @@ import sys
 import traceback
 import warnings
 
-from .atomic_output import note_interrupt, raised_while_interrupted
+from .atomic_output import interrupted, note_interrupt, raised_while_interrupted
 
 __all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_signals",
            "one_line_errors", "positive_int", "raised_while_interrupted"]
@@ -90,7 +90,9 @@ def one_line_errors(prog, errors, debug=False):
     except KeyboardInterrupt:
         fail(prog, "interrupted", INTERRUPTED_EXIT_STATUS, debug)
     except Exception as e:
-        if raised_while_interrupted(e):
+        # a library may also turn the interrupt into an error of its own that keeps no trace of it
+        # (safetensors reading a tensor as SIGTERM lands): the process's mark still says so
+        if raised_while_interrupted(e) or interrupted():
             fail(prog, "interrupted", INTERRUPTED_EXIT_STATUS, debug)
         if isinstance(e, errors):
             fail(prog, str(e) or type(e).__name__, 1, debug)

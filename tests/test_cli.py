@@ -75,3 +75,29 @@ def test_an_interrupt_caught_by_a_library_still_leaves_no_output(tmp_path, sig):
                          timeout=120)
     assert (run.returncode, run.stderr.strip().splitlines(), run.stdout) == (130, ["tool: error: interrupted"], "")
     assert list(tmp_path.iterdir()) == []
+
+
+LOSING_READER = """
+import os, signal, sys, time
+from megatron_rcm import cli
+cli.interrupt_on_signals()
+with cli.one_line_errors("tool", (ValueError,)):
+    lost = False
+    try:
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        time.sleep(5)
+    except KeyboardInterrupt:  # as safetensors reading a tensor: the interrupt becomes an error of its own
+        lost = True
+    if lost:
+        raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_a_library_turned_into_its_own_error_still_ends_as_interrupted(sig):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", LOSING_READER, sig], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stderr.strip().splitlines(), run.stdout) == (130, ["tool: error: interrupted"], "")
