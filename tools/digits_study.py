@@ -15,8 +15,10 @@ seeds ``VALIDATION_SEEDS``, FD against val videos); phase B distils whichever te
 50-step val FD. Round 1 varies the loss balance, the critic and the DMD timesteps; round 2, from
 round 1's choice, the budget every method shares (batch, learning rate, updates) and the sampler's
 times; round 3, at round 2's batch and times, the DMD weight, the discrete-time tangent and the
-updates; round 4, from round 3's choice, the rollout length, the DMD weight and the guidance. The choice (``choose``): the rCM configuration that meets the most of the issue's targets on
-val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG
+updates; round 4, from round 3's choice, the rollout length, the DMD weight and the guidance; rounds
+5 to 7, from round 4's choice, the DMD direction's guidance, the first mid time, and the EMA width
+with the later sampler times. The choice (``choose``): the rCM configuration that meets the most of
+the issue's targets on val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG
 2.5) beside distilling it with sCM only (the choice's shared and tangent flags), rCM (the choice)
 and DMD only (its shared and critic flags) for training seeds 1000 + S and sampling seeds S,
 S = 0, 1, 2, against test videos, and checks the issue's targets.
@@ -109,15 +111,28 @@ ROUND_6 = {name: (name[:3], B32 + flags) for name, flags in {
     **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}-mid{t}": (R2 if m == "rcm" else []) + _first_mid(t)
        for m in ("rcm", "scm") for t in (1.0, 1.1, 1.35)},
     "rcm-b32-rollout2-mid1.35-dmdcfg3.5": R2 + _first_mid(1.35) + ["--dmd-guidance-scale", "3.5"]}.items()}
+# Round 7, from round 4's choice: the power EMA's width, which every method's export shares, and
+# the 3- and 4-step samplers' later times for the 4-step diversity missed on test. With DMD on the
+# 1-2-step rollouts only, training uses only the first mid time: runs that differ in the later
+# times train alike, so the choice breaks their tie on the 4-step results (``choose``).
+def _later(t2, t3):
+    return ["--mid-times", "1.23", str(t2), str(t3)]
+
+
+ROUND_7 = {name: (name[:3], B32 + (R2 if name.startswith("rcm") else []) + flags) for name, flags in {
+    **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}{suffix}": flags for m in ("rcm", "scm") for suffix, flags in {
+        "": [], "-ema0.05": ["--ema-std", "0.05"], "-ema0.2": ["--ema-std", "0.2"],
+        "-later1.0-0.5": _later(1.0, 0.5), "-later1.1-0.7": _later(1.1, 0.7)}.items()}}.items()}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
-# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b; docs/results.md). The config now holds round
-# 3's choice, so today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
-ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6}
+# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a; docs/results.md).
+# The config now holds round 4's choice, so today's "rcm" is that choice at batch 8: rerun a round
+# as it ran at its commit.
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
 SHARED_FLAGS = ("--micro-batch-size", "--global-batch-size", "--lr", "--fake-score-lr", "--student-updates",
-                "--mid-times", "--guidance-scale")
+                "--mid-times", "--guidance-scale", "--ema-std")
 SCM_FLAGS = ("--dcm-step", *SHARED_FLAGS)
 CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", "--max-rollout-steps", "--dmd-guidance-scale", *SHARED_FLAGS)
 
@@ -150,8 +165,9 @@ class Budget:
         return self.deadline - time.time()
 
 
-def _row(path, steps):
-    rows = json.loads(Path(path).read_text())["rows"]
+def _row(source, steps):
+    """The row of ``steps`` steps among ``source``'s rows (an eval.json path, or the rows themselves)."""
+    rows = source if isinstance(source, list) else json.loads(Path(source).read_text())["rows"]
     return next(r for r in rows if r["name"].endswith(f", few-step {steps}") or r["name"].endswith(f" {steps} steps, CFG 2.5"))
 
 
@@ -228,8 +244,10 @@ def choose(results, teacher_rows):
     and accuracy targets on val (judged as ``_targets`` judges the test table, against the val
     sCM-only run with the same shared flags, as phase B pairs them), the lower 2-step FD among
     equals. Accuracy alone picks settings whose FD is 10x the teacher's, FD alone sCM-like ones.
-    Diversity does not choose: it rises with the DMD term's saturation artefacts (val DMD-only: FD
-    1,318 at 4 steps, diversity above the teacher's)."""
+    Diversity does not choose alone: it rises with the DMD term's saturation artefacts (val DMD-only:
+    FD 1,318 at 4 steps, diversity above the teacher's). Runs that train alike (round 7's later
+    sampler times) tie on all of that (FD to 0.1); between them the 4-step diversity target on val,
+    then the lower 4-step FD, decide."""
     scored = {}
     for name, path in results.items():
         scm = _baseline(results, name) if ABLATIONS[name][0] == "rcm" else None
@@ -237,11 +255,12 @@ def choose(results, teacher_rows):
             continue
         rows = list(teacher_rows) + _renamed(results[scm], scm, NAMES["scm"]) + _renamed(path, name, NAMES["rcm"])
         met = [t["target"] for t in _targets(rows, diversity=False) if t["met"]]
-        scored[name] = (len(met), -_mean(_row(path, 2), "fd"), met, scm)
+        diverse = _mean(_row(path, 4), "diversity") >= 0.95 * _mean(_row(teacher_rows, 50), "diversity")
+        scored[name] = (len(met), -round(_mean(_row(path, 2), "fd"), 1), diverse, -_mean(_row(path, 4), "fd"), met, scm)
     if not scored:
         return None
-    name = max(scored, key=lambda n: scored[n][:2])
-    count, fd, met, scm = scored[name]
+    name = max(scored, key=lambda n: scored[n][:4])
+    count, fd, _, _, met, scm = scored[name]
     return name, (f"meets {count} of the issue's 4 FD/accuracy targets on val against {scm}, the most "
                   f"({'; '.join(met)}); 2-step val FD {-fd:.1f}")
 
@@ -452,7 +471,8 @@ def main():
                    help="phase a: the ablations of this round (1: the loss balance, critic and DMD timesteps; 2: "
                         "the shared budget and sampler times, from round 1's choice; 3: DMD weight, discrete-time "
                         "tangent and updates at round 2's batch and times; 4: rollout length, DMD weight and "
-                        "guidance from round 3's choice; default: %(default)s)")
+                        "guidance from round 3's choice; 5: DMD guidance; 6: the first mid time; 7: the EMA width and the "
+                        "later sampler times, from round 4's choice; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}),
                    help="phase a: these ablations of the round only (default: all)")
     args = p.parse_args()

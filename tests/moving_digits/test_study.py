@@ -57,7 +57,7 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     for name in study.ROUND_2:
         if name.startswith("rcm"):
             assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
-    for number in (3, 4, 5, 6):  # every later rCM run has its sCM run too
+    for number in (3, 4, 5, 6, 7):  # every later rCM run has its sCM run too
         monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[number])
         assert all(study._baseline(study.ABLATIONS, n) for n, (m, _) in study.ABLATIONS.items() if m == "rcm")
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[4])
@@ -74,6 +74,34 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     }.items()}
     name, why = study.choose(results, teacher)
     assert name == "rcm-mid" and "3 of" in why and "scm-mid" in why
+
+
+def _with_4_steps(path, fd, diversity):
+    report = json.loads(path.read_text())
+    report["rows"][2].update(fd=[fd, fd], diversity=[diversity, diversity])
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_runs_that_train_alike_are_told_apart_by_their_4_step_diversity_then_fd(study, tmp_path, monkeypatch):
+    """Round 7: the later sampler times leave training, and so the 1- and 2-step results, alike."""
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[7])
+    assert study._baseline(study.ROUND_7, "rcm-b32-rollout2-later1.0-0.5") == "scm-b32-later1.0-0.5"
+    assert study._baseline(study.ROUND_7, "rcm-b32-rollout2-ema0.2") == "scm-b32-ema0.2"  # every export has an EMA
+    teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [div]}
+               for n, acc, fd, div in ((50, 0.88, 80.0, 24.0), (4, 0.84, 135.0, 23.0))]
+    names = ("b32", "b32-later1.0-0.5", "b32-later1.1-0.7")
+    results = {f"scm-{n}": _eval_json(tmp_path / f"scm-{n}.json", f"scm-{n}", 170.0, 0.60) for n in names}
+    for n, fd4, div4 in zip(names, (75.0, 85.0, 95.0), (22.5, 22.9, 23.5)):  # 0.95 x 24 = 22.8
+        rcm = f"rcm-{n.replace('b32', 'b32-rollout2')}"
+        results[rcm] = _with_4_steps(_eval_json(tmp_path / f"{rcm}.json", rcm, 86.0 + 1e-6 * fd4, 0.81), fd4, div4)
+    assert study.choose(results, teacher)[0] == "rcm-b32-rollout2-later1.0-0.5"  # diverse enough, the lower FD
+    results["rcm-b32-rollout2-later1.0-0.5"] = _with_4_steps(results["rcm-b32-rollout2-later1.0-0.5"], 85.0, 22.0)
+    assert study.choose(results, teacher)[0] == "rcm-b32-rollout2-later1.1-0.7"
+    del results["rcm-b32-rollout2-later1.1-0.7"]
+    assert study.choose(results, teacher)[0] == "rcm-b32-rollout2"  # none diverse enough: the lower 4-step FD
+    results["rcm-b32-rollout2"] = _eval_json(tmp_path / "lower.json", "rcm-b32-rollout2", 85.0, 0.81)
+    assert study.choose(results, teacher)[0] == "rcm-b32-rollout2"  # a lower 2-step FD still comes first
 
 
 def test_baselines_share_only_their_part_of_the_chosen_flags(study):
