@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_rcm import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "assets" / "moving_digits" / "teacher"
 GIF_PROMPTS = [(d, d % 8) for d in range(8)]  # (digit, direction) per column
@@ -95,19 +97,12 @@ def sample_all(student_path, digits, directions, seed):
     return out
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "runs" / "demo"),
                    help="folder for the shards, checkpoints, GIF and metrics (default: runs/demo)")
-    p.add_argument("--iters", type=_positive, default=100, help="training iterations (default: 100)")
-    p.add_argument("--nproc", type=_positive, default=2, help="gloo ranks, data parallel (default: 2)")
+    p.add_argument("--iters", type=cli.positive_int, default=100, help="training iterations (default: 100)")
+    p.add_argument("--nproc", type=cli.positive_int, default=2, help="gloo ranks, data parallel (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the comparison (default: 0)")
     p.add_argument("--fresh", action="store_true",
                    help="delete WORK/ckpt first (the demo resumes from it otherwise, and refuses a run with other settings)")

@@ -21,7 +21,7 @@ import warnings
 from .atomic_output import interrupted, note_interrupt, raised_while_interrupted
 
 __all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_signals",
-           "one_line_errors", "positive_int", "raised_while_interrupted"]
+           "non_negative_int", "one_line_errors", "positive_float", "positive_int", "raised_while_interrupted"]
 
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -46,11 +46,31 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _integer_at_least(text, low):
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+    return value
+
+
 def positive_int(text):
     """argparse type: an integer >= 1."""
-    value = int(text) if text.lstrip("-").isdigit() else None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return _integer_at_least(text, 1)
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0 (counts where 0 means none)."""
+    return _integer_at_least(text, 0)
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (rates, scales, time limits)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 

@@ -101,3 +101,17 @@ def test_an_interrupt_a_library_turned_into_its_own_error_still_ends_as_interrup
 
     run = subprocess.run([sys.executable, "-c", LOSING_READER, sig], capture_output=True, text=True, timeout=120)
     assert (run.returncode, run.stderr.strip().splitlines(), run.stdout) == (130, ["tool: error: interrupted"], "")
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    (cli.positive_int, {"1": 1, "12": 12}, ["0", "-3", "1.5", "two", ""]),
+    (cli.non_negative_int, {"0": 0, "7": 7}, ["-1", "0.5", "x"]),
+    (cli.positive_float, {"0.5": 0.5, "3": 3.0, "1e-4": 1e-4}, ["0", "-1e-3", "inf", "nan", "fast"]),
+])
+def test_argument_types_take_what_they_say_and_name_what_they_refuse(kind, good, bad):
+    import argparse
+
+    assert {text: kind(text) for text in good} == good
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
+            kind(text)

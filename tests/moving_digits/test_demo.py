@@ -51,9 +51,10 @@ def test_a_failed_training_ends_in_one_line_and_fresh_starts_over(tmp_path):
 
 
 def test_wrong_sizes_end_in_one_line_before_anything_is_written(tmp_path):
-    for flags, message in ((["--nproc", "0"], "argument --nproc: must be a positive integer, got 0"),
-                           (["--iters", "-3"], "argument --iters: must be a positive integer, got -3"),
-                           (["--iters", "many"], "argument --iters: invalid _positive value: 'many'")):
+    for flags, message in ((["--nproc", "0"], "argument --nproc: expected an integer >= 1, got '0'"),
+                           (["--iters", "-3"], "argument --iters: expected an integer >= 1, got '-3'"),
+                           (["--iters", "many"], "argument --iters: expected an integer >= 1, got 'many'")):
         run = _demo(tmp_path / "work", *flags)
-        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith(message), run.stderr
+        assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+            f"demo: error: {message} (see --help)"], run.stderr
         assert not (tmp_path / "work").exists()
