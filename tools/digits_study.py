@@ -67,7 +67,11 @@ ROUND_1 = {
 # shares (batch, learning rate, updates) and the sampler's times, each rCM run beside the sCM run of
 # the same shared flags. Wan's mid times (1.5, 1.4, 1.0) at a fifth of the noise level,
 # arctan(tan(t) / 5), as the DMD shift of 5 -> 1: the same signal left at 2,048 elements as at 2 M.
-MID = ["--mid-times", "1.23", "0.86", "0.3"]
+def _mid_times(first=1.23, second=0.86, third=0.3):
+    return ["--mid-times", str(first), str(second), str(third)]
+
+
+MID = _mid_times()
 B32 = ["--micro-batch-size", "32", "--global-batch-size", "32"]
 LR3 = ["--lr", "3e-4", "--fake-score-lr", "3e-4"]
 U800 = ["--student-updates", "800"]
@@ -103,26 +107,19 @@ ROUND_5 = {name: (name[:3], B32 + flags) for name, flags in {
     "rcm-b32-dmdcfg5": ["--dmd-guidance-scale", "5"]}.items()}
 # Round 6, from round 4's choice again: the first mid time, where the 2-step sampler re-noises (round
 # 2's times moved the 2-step accuracy most), each beside its sCM run since the times are shared.
-def _first_mid(t):
-    return ["--mid-times", str(t), "0.86", "0.3"]
-
-
 ROUND_6 = {name: (name[:3], B32 + flags) for name, flags in {
-    **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}-mid{t}": (R2 if m == "rcm" else []) + _first_mid(t)
+    **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}-mid{t}": (R2 if m == "rcm" else []) + _mid_times(t)
        for m in ("rcm", "scm") for t in (1.0, 1.1, 1.35)},
-    "rcm-b32-rollout2-mid1.35-dmdcfg3.5": R2 + _first_mid(1.35) + ["--dmd-guidance-scale", "3.5"]}.items()}
+    "rcm-b32-rollout2-mid1.35-dmdcfg3.5": R2 + _mid_times(1.35) + ["--dmd-guidance-scale", "3.5"]}.items()}
 # Round 7, from round 4's choice: the power EMA's width, which every method's export shares, and
 # the 3- and 4-step samplers' later times for the 4-step diversity missed on test. With DMD on the
 # 1-2-step rollouts only, training uses only the first mid time: runs that differ in the later
 # times train alike, so the choice breaks their tie on the 4-step results (``choose``).
-def _later(t2, t3):
-    return ["--mid-times", "1.23", str(t2), str(t3)]
-
-
-ROUND_7 = {name: (name[:3], B32 + (R2 if name.startswith("rcm") else []) + flags) for name, flags in {
-    **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}{suffix}": flags for m in ("rcm", "scm") for suffix, flags in {
-        "": [], "-ema0.05": ["--ema-std", "0.05"], "-ema0.2": ["--ema-std", "0.2"],
-        "-later1.0-0.5": _later(1.0, 0.5), "-later1.1-0.7": _later(1.1, 0.7)}.items()}}.items()}
+ROUND_7_FLAGS = {"": [], "-ema0.05": ["--ema-std", "0.05"], "-ema0.2": ["--ema-std", "0.2"],
+                 "-later1.0-0.5": _mid_times(second=1.0, third=0.5),
+                 "-later1.1-0.7": _mid_times(second=1.1, third=0.7)}
+ROUND_7 = {**{f"rcm-b32-rollout2{suffix}": ("rcm", B32 + R2 + flags) for suffix, flags in ROUND_7_FLAGS.items()},
+           **{f"scm-b32{suffix}": ("scm", B32 + flags) for suffix, flags in ROUND_7_FLAGS.items()}}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a; docs/results.md).
 # The config now holds round 4's choice, so today's "rcm" is that choice at batch 8: rerun a round
