@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +32,13 @@ def load_torch_file(path, mmap=False):
     """``torch.load`` with ``weights_only=True``, errors as one-line ``CheckpointFileError``s: a
     file that needs more than tensors and plain containers to unpickle is refused, never run."""
     try:
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        with warnings.catch_warnings():  # damaged bytes can read as an unknown pickle protocol: the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
-        raise CheckpointFileError(f"{path}: not a file of tensors that loads with weights_only=True ({lines[0]}); "
-                                  "other pickles are refused, never run") from e
+        raise CheckpointFileError(f"{path}: not a readable torch state dict: it does not load with "
+                                  f"weights_only=True ({lines[0]}); other pickles are refused, never run") from e
     except RuntimeError as e:
         if mmap and "mmap can only be used" in str(e):  # the pre-zip torch.save format
             return load_torch_file(path, mmap=False)

@@ -137,3 +137,22 @@ def test_command_line_exits_with_one_line_reason(tmp_path):
     bad = run("--from", "diffusers", "--to", "wan", "--input", str(folder), "--output", str(tmp_path / "w"))
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("convert_checkpoint: error:")
     assert "exists" in bad.stderr
+
+
+def test_damaged_torch_files_are_one_error_whatever_their_bytes(tmp_path):
+    """Random bytes reach different failures inside torch.load (unpickler opcodes, index and decode
+    errors, an unknown pickle protocol's warning): each must end as the same one-line error, silently."""
+    import os
+    import warnings
+
+    from megatron_rcm.convert.tensor_files import load_torch_file
+
+    path = tmp_path / "damaged.pth"
+    for i in range(300):
+        data = os.urandom(4096)
+        path.write_bytes(b"\x80" + data[1:] if i % 3 == 0 else data)  # a third start with pickle's PROTO opcode
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(CheckpointFileError, match=r"^.*damaged\.pth: not a readable torch state dict"):
+                load_torch_file(path)
+        assert [str(w.message) for w in caught] == []

@@ -48,7 +48,7 @@ CONVERT = _entries(
     ("pickle-pt-file", "--from wan --to diffusers --no-progress --input {pickle_pt} --output {out}",
      "weights_only"),
     ("random-byte-pth", "--from wan --to diffusers --no-progress --input {random_pth} --output {out}",
-     "not a file of tensors"),
+     "not a readable torch state dict"),  # which error the random bytes raise varies; the message's start does not
     ("not-a-megatron-checkpoint", "--from megatron --to diffusers --no-progress --input {teacher} --output {out}",
      "not a Megatron distributed checkpoint"),
     ("unknown-megatron-prefix", "--from megatron --to diffusers --no-progress --input {megatron} --output {out} "
