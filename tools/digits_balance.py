@@ -13,10 +13,11 @@ mean rms of the DMD direction d.
 """
 
 import argparse
+import math
 
 import torch
 
-from megatron_rcm import load_model
+from megatron_rcm import cli
 from megatron_rcm.data.moving_digits import MovingDigitsSpec, make_videos
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
 from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
@@ -24,7 +25,6 @@ from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
 from megatron_rcm.diffusion.time_sampling import sample_time_dmd, sample_time_scm
 from megatron_rcm.losses.config import RCMConfig
 from megatron_rcm.losses.rcm import Denoisers, IterationNoise, student_loss
-from megatron_rcm.parallel import ParallelConfig, parallel_context
 
 from distill_digits import TEACHER  # tools/ is this script's directory
 
@@ -51,17 +51,25 @@ def gradient_norms(denoisers, student, spec, seed, batch, dcm_step):
     return norms[0], norms[1], rms_d
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batches", type=int, default=8,
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=cli.positive_int, default=8,
                    help="batches per latent size, data and noise seeds 0..N-1; the table shows means over them "
                         "(default: %(default)s)")
-    p.add_argument("--batch", type=int, default=8, help="videos per batch (default: %(default)s)")
+    p.add_argument("--batch", type=cli.positive_int, default=8, help="videos per batch (default: %(default)s)")
     p.add_argument("--dcm-step", type=float, default=0.05,
-                   help="TrigFlow step of the sCM term's discrete tangent (RCMConfig.dcm_step; 0: the JVP, "
+                   help="TrigFlow step of the sCM term's discrete tangent, >= 0 (RCMConfig.dcm_step; 0: the JVP, "
                         "in the Triton interpreter on CPU) (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    args = p.parse_args()
+    p.add_argument("--threads", type=cli.positive_int, default=2, help="torch CPU threads (default: %(default)s)")
+    return p
+
+
+def measure(args):
+    """Print the table: per latent size, the gradient ratio and rms(d), means over the batches."""
+    # megatron-core loads here, after the flags are checked: a wrong one is refused at once
+    from megatron_rcm import load_model
+    from megatron_rcm.parallel import ParallelConfig, parallel_context
+
     torch.set_num_threads(args.threads)
     with parallel_context(ParallelConfig()):
         teacher, student, fake = (load_model(str(TEACHER)).eval() for _ in range(3))
@@ -75,6 +83,18 @@ def main():
             rms_d = sum(r for _, _, r in rows) / len(rows)
             print(f"| {spec.frames} x {spec.size} x {spec.size} | {spec.frames * spec.size ** 2} | {ratio:.3f} | "
                   f"{rms_d:.3f} | {ratio / rms_d:.3f} |", flush=True)
+
+
+def _check(parser, args):
+    if not 0 <= args.dcm_step < math.inf:
+        parser.error(f"--dcm-step must be a number >= 0 (0: the JVP), not {args.dcm_step:g}")
+
+
+def main():
+    parser = build_parser()
+    args = parser.parse_args()
+    _check(parser, args)
+    measure(args)
 
 
 if __name__ == "__main__":

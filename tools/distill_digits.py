@@ -23,10 +23,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 import torch
 from eval_digits import METRICS, table  # tools/ is this script's directory
 
+from megatron_rcm import cli
 from megatron_rcm.data.toy_text_encoder import NEGATIVE_PROMPT_FILE, write_training_data
 from megatron_rcm.losses.config import RCMConfig
 
@@ -146,22 +146,57 @@ def merge(results):
     return list(rows.values())
 
 
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=str(ROOT / "runs" / "digits"),
+                   help="folder of the training data (WORK/data), the runs (WORK/METHOD-seedS, finished ones "
+                        "are not redone), table.md and results.json (default: runs/digits)")
+    p.add_argument("--teacher", default=str(TEACHER),
+                   help="the teacher's diffusers folder, distilled by every run (default: "
+                        "assets/moving_digits/teacher)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="scm: sCM only; rcm: both terms; dmd: DMD only (default: %(default)s)")
+    p.add_argument("--seeds", type=cli.non_negative_int, nargs="+", default=[0, 1, 2],
+                   help="one run per method and seed S >= 0: training seed 1000 + S, sampling seed S "
+                        "(default: %(default)s)")
+    p.add_argument("--student-updates", type=cli.positive_int, default=400,
+                   help="student updates of every run, whatever its method (default: %(default)s)")
+    p.add_argument("--micro-batch-size", type=cli.positive_int, default=8,
+                   help="videos per iteration, also the global batch (default: %(default)s)")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-4,
+                   help="student and fake-score learning rate (default: %(default)s)")
+    p.add_argument("--tangent-warmup", type=cli.non_negative_int, default=40,
+                   help="iterations of the sCM tangent warm-up, sCM term only (0: none; default: %(default)s)")
+    p.add_argument("--student-update-freq", type=cli.positive_int, default=2,
+                   help="one student iteration every N, critic iterations between (default: %(default)s)")
+    p.add_argument("--train-videos", type=cli.positive_int, default=8192,
+                   help="training videos written to WORK/data if it has none (default: %(default)s)")
+    p.add_argument("--jobs", type=cli.positive_int, default=2,
+                   help="runs at a time, sharing the GPU if there is one (default: %(default)s)")
+    p.add_argument("--threads", type=cli.positive_int, default=1,
+                   help="torch threads per run and its evaluation (default: %(default)s)")
+    p.add_argument("--gif", help="also write the side-by-side GIF here, in a folder that exists (default: none)")
+    return p
+
+
+def _check(parser, args):
+    """One line for each input the runs would otherwise fail on, minutes or hours later."""
+    if not (Path(args.teacher) / "config.json").is_file():
+        parser.error(f"--teacher {args.teacher}: no config.json there (a diffusers model folder)")
+    if Path(args.work).exists() and not Path(args.work).is_dir():
+        parser.error(f"--work {args.work} is a file, not a folder")
+    for flag, values in (("--methods", args.methods), ("--seeds", args.seeds)):
+        if len(set(values)) < len(values):
+            parser.error(f"{flag}: each at most once (the runs of one method and seed share a folder), not "
+                         f"{' '.join(map(str, values))}")
+    if args.gif and not Path(args.gif).parent.is_dir():
+        parser.error(f"--gif {args.gif}: the folder {Path(args.gif).parent} does not exist")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=str(ROOT / "runs" / "digits"))
-    p.add_argument("--teacher", default=str(TEACHER), help="the teacher's diffusers folder")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--student-updates", type=int, default=400)
-    p.add_argument("--micro-batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="student and fake-score learning rate")
-    p.add_argument("--tangent-warmup", type=int, default=40)
-    p.add_argument("--student-update-freq", type=int, default=2)
-    p.add_argument("--train-videos", type=int, default=8192)
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (they share the GPU if there is one)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--gif", help="also write the side-by-side GIF here")
-    args = p.parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    _check(parser, args)
     work = Path(args.work)
     data = work / "data"
     if not (data / NEGATIVE_PROMPT_FILE).exists():

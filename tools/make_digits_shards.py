@@ -9,17 +9,33 @@ so the shards match the shipped teacher.
 """
 
 import argparse
+from pathlib import Path
 
+from megatron_rcm import cli
 from megatron_rcm.data.toy_text_encoder import write_training_data
 
 
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True,
+                   help="folder the shards and negative_prompt.pt are written to, made if missing (required)")
+    p.add_argument("--num-samples", type=cli.positive_int, default=8192,
+                   help="training videos to write (default: %(default)s)")
+    p.add_argument("--samples-per-shard", type=cli.positive_int, default=1024,
+                   help="videos per shard file (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the videos (default: %(default)s)")
+    return p
+
+
+def _check(parser, args):
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-samples", type=int, default=8192)
-    p.add_argument("--samples-per-shard", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    _check(parser, args)
     negative = write_training_data(args.out, args.num_samples, args.samples_per_shard, seed=args.seed)
     print(f"wrote {args.num_samples} samples to {args.out} and {negative}")
 

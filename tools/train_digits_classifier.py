@@ -10,30 +10,59 @@ held-out test-split videos (source images never seen in training), and writes th
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from megatron_rcm import cli
 from megatron_rcm.data.moving_digits import make_videos
 from megatron_rcm.evaluation.digits import DEFAULT_WEIGHTS, DigitsClassifier, classify, prompt_accuracy
 
 
+ONE_CYCLE_WARMUP = 0.1  # OneCycleLR's pct_start: the fraction of the steps the learning rate rises
+
+
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(DEFAULT_WEIGHTS),
+                   help="safetensors file the weights are written to, in a folder that exists (default: "
+                        "assets/moving_digits/classifier.safetensors, the one the metrics load)")
+    p.add_argument("--steps", type=cli.positive_int, default=3000,
+                   help="optimizer steps of the one-cycle schedule (default: %(default)s)")
+    p.add_argument("--batch", type=cli.positive_int, default=64,
+                   help="fresh training videos per step (default: %(default)s)")
+    p.add_argument("--lr", type=cli.positive_float, default=2e-3,
+                   help="peak AdamW learning rate of the one-cycle schedule (default: %(default)s)")
+    p.add_argument("--test-videos", type=cli.positive_int, default=4000,
+                   help="held-out test-split videos the accuracy is reported on (default: %(default)s)")
+    p.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and the training and held-out videos (default: %(default)s)")
+    return p
+
+
+def _check(parser, args):
+    """One line for each input training would otherwise fail on, before it starts."""
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        parser.error(f"--out {args.out}: not a file in a folder that exists")
+    if args.steps * ONE_CYCLE_WARMUP == 1:
+        parser.error(f"--steps {args.steps}: torch's OneCycleLR divides by zero when its warm-up is one step; "
+                     "take one step more or less")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--test-videos", type=int, default=4000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    _check(parser, args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     print(vars(args), flush=True)
     model = DigitsClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
+                                                pct_start=ONE_CYCLE_WARMUP)
     # seeds below 1e6 are the training stream; the held-out set uses a seed outside it (and another split)
     test = make_videos("test", args.test_videos, seed=10_000_000 + args.seed)
     start = time.time()

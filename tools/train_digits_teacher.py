@@ -20,13 +20,13 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
+from megatron_rcm import cli
 from megatron_rcm.data.moving_digits import MovingDigitsSpec, make_videos
 from megatron_rcm.data.toy_text_encoder import ToyTextEncoder
-from megatron_rcm.models.wan import WanModel, load_diffusers_weights, save_diffusers_folder, wan_config
-from megatron_rcm.parallel import ParallelConfig, current_device, parallel_context
 
 # 64 tokens (4 x 4 x 4 patches of 2 frames x 4 x 4 pixels), 2 heads of 32: small enough to train in
 # minutes on a shared 2-core CPU, and for the distillation's JVP under TRITON_INTERPRET
@@ -82,24 +82,59 @@ def learning_rate_factor(step, elapsed, args):
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--init", help="continue from this diffusers folder (weights only; fresh optimizer and warm-up)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes", type=float, default=None, help="stop early after this wall time")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--uncond-prob", type=float, default=0.1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr-min", type=float, help="cosine decay to this learning rate (default: --lr, constant)")
-    p.add_argument("--workers", type=int, default=0, help="data-loader processes rendering the batches")
-    p.add_argument("--eval-every", type=int, default=0, help="steps between val-split evaluations (0: none)")
-    args = p.parse_args()
-    args.lr_min = args.lr if args.lr_min is None else args.lr_min
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True,
+                   help="folder the EMA weights are written to at the end, as a diffusers folder (required)")
+    p.add_argument("--init", help="continue from this diffusers folder (weights only; fresh optimizer and "
+                                  "warm-up) (default: random weights)")
+    p.add_argument("--steps", type=cli.positive_int, default=3000,
+                   help="optimizer steps, the length of the cosine decay (default: %(default)s)")
+    p.add_argument("--minutes", type=cli.positive_float,
+                   help="stop early after this wall time, also the length of the cosine decay if it ends "
+                        "first (default: none, --steps alone)")
+    p.add_argument("--batch", type=cli.positive_int, default=32,
+                   help="fresh training videos per step (default: %(default)s)")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3,
+                   help="AdamW learning rate after the warm-up (default: %(default)s)")
+    p.add_argument("--warmup", type=cli.non_negative_int, default=50,
+                   help="steps of linear learning-rate warm-up (0: none; default: %(default)s)")
+    p.add_argument("--ema", type=float, default=0.995,
+                   help="decay of the exported EMA of the weights, in [0, 1) (default: %(default)s)")
+    p.add_argument("--uncond-prob", type=float, default=0.1,
+                   help="fraction of the samples trained on the negative-prompt embedding, the CFG "
+                        "unconditional branch, in [0, 1] (default: %(default)s)")
+    p.add_argument("--threads", type=cli.positive_int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0,
+                   help="seed of the initial weights, the training videos and the noise, >= 0 (default: %(default)s)")
+    p.add_argument("--lr-min", type=float,
+                   help="cosine decay to this learning rate, 0 to --lr (default: --lr, constant)")
+    p.add_argument("--workers", type=cli.non_negative_int, default=0,
+                   help="data-loader processes rendering the batches (0: this process; default: %(default)s)")
+    p.add_argument("--eval-every", type=cli.non_negative_int, default=0,
+                   help="steps between val-split evaluations of the EMA (0: none; default: %(default)s)")
+    return p
+
+
+def _check(parser, args):
+    """One line for each input training would otherwise fail on, or waste its time on, before it starts."""
+    if args.init is not None and not (Path(args.init) / "config.json").is_file():
+        parser.error(f"--init {args.init}: no config.json there (a diffusers model folder)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
+    if args.lr_min is not None and not 0 <= args.lr_min <= args.lr:
+        parser.error(f"--lr-min must be between 0 and --lr ({args.lr:g}), not {args.lr_min:g}")
+    if not 0 <= args.ema < 1:
+        parser.error(f"--ema must be in [0, 1) (1 never moves the exported weights), not {args.ema:g}")
+    if not 0 <= args.uncond_prob <= 1:
+        parser.error(f"--uncond-prob is a probability, in [0, 1], not {args.uncond_prob:g}")
+
+
+def train(args):
+    # megatron-core loads here, after the flags are checked: a wrong one is refused at once
+    from megatron_rcm.models.wan import WanModel, load_diffusers_weights, save_diffusers_folder, wan_config
+    from megatron_rcm.parallel import ParallelConfig, current_device, parallel_context
+
     torch.set_num_threads(args.threads)
     spec, encoder = MovingDigitsSpec(), ToyTextEncoder()
     negative = encoder.negative()
@@ -151,6 +186,14 @@ def main():
                 break
         save_diffusers_folder(ema, args.out)
         print(f"saved the EMA weights to {args.out} after {time.time() - start:.0f}s", flush=True)
+
+
+def main():
+    parser = build_parser()
+    args = parser.parse_args()
+    _check(parser, args)
+    args.lr_min = args.lr if args.lr_min is None else args.lr_min
+    train(args)
 
 
 if __name__ == "__main__":
