@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from megatron_rcm import cli
 from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
 from megatron_rcm.diffusion.few_step import sample_few_step
 from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
@@ -209,28 +210,49 @@ def evaluate(problem, student, args, generator):
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=["scm", "rcm", "dmd"], default="rcm")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cfg", type=float, default=1.0, help="teacher CFG scale")
-    parser.add_argument("--student-iters", type=int, default=3000)
-    parser.add_argument("--pretrain-iters", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--fake-lr", type=float, default=3e-4)
-    parser.add_argument("--student-update-freq", type=int, default=2)
-    parser.add_argument("--tangent-warmup", type=int, default=500)
-    parser.add_argument("--scm-weight", type=float, default=100.0)
-    parser.add_argument("--dmd-weight", type=float, default=1.0)
-    parser.add_argument("--p-mean", type=float, default=0.0)
-    parser.add_argument("--p-std", type=float, default=1.6)
-    parser.add_argument("--dmd-shift", type=float, default=5.0)
-    parser.add_argument("--eval-samples", type=int, default=2000, help="per class")
+def build_parser():
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=["scm", "rcm", "dmd"], default="rcm",
+                        help="the terms distilled: the sCM term, DMD with its critic, or both (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the run's random draws; the problem itself is fixed (default: %(default)s)")
+    parser.add_argument("--cfg", type=cli.positive_float, default=1.0, help="teacher CFG scale (default: %(default)s)")
+    parser.add_argument("--student-iters", type=cli.positive_int, default=3000,
+                        help="student updates; the critic's come between them (default: %(default)s)")
+    parser.add_argument("--pretrain-iters", type=cli.non_negative_int, default=3000,
+                        help="steps regressing the MLP onto the teacher's velocity before distillation "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch", type=cli.positive_int, default=512, help="samples per step (default: %(default)s)")
+    parser.add_argument("--hidden", type=cli.positive_int, default=128,
+                        help="width of the MLP's hidden layers (default: %(default)s)")
+    parser.add_argument("--depth", type=cli.positive_int, default=3,
+                        help="hidden layers of the MLP (default: %(default)s)")
+    parser.add_argument("--lr", type=cli.positive_float, default=3e-4,
+                        help="student learning rate (default: %(default)s)")
+    parser.add_argument("--fake-lr", type=cli.positive_float, default=3e-4,
+                        help="fake-score (critic) learning rate (default: %(default)s)")
+    parser.add_argument("--student-update-freq", type=cli.positive_int, default=2,
+                        help="one student iteration every N, critic iterations between (default: %(default)s)")
+    parser.add_argument("--tangent-warmup", type=cli.non_negative_int, default=500,
+                        help="iterations of the sCM tangent warm-up, sCM term only (default: %(default)s)")
+    parser.add_argument("--scm-weight", type=cli.positive_float, default=100.0,
+                        help="weight of the sCM term, where --method has it (default: %(default)s)")
+    parser.add_argument("--dmd-weight", type=cli.positive_float, default=1.0,
+                        help="weight of the DMD term, where --method has it (default: %(default)s)")
+    parser.add_argument("--p-mean", type=float, default=0.0,
+                        help="mean of the sCM term's log-normal time distribution (default: %(default)s)")
+    parser.add_argument("--p-std", type=cli.positive_float, default=1.6,
+                        help="spread of the sCM term's log-normal time distribution (default: %(default)s)")
+    parser.add_argument("--dmd-shift", type=cli.positive_float, default=5.0,
+                        help="RF time shift of the DMD term's times (default: %(default)s)")
+    parser.add_argument("--eval-samples", type=cli.positive_int, default=2000,
+                        help="evaluation samples per class (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a short run for tests (< 60 s)")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.quick:
         args.student_iters, args.pretrain_iters, args.tangent_warmup = 300, 600, 50
         args.batch, args.eval_samples = 256, 500

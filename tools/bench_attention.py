@@ -24,6 +24,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
+from bench_flags import names_of, output_file  # tools/ is this script's directory
+from megatron_rcm import cli
 from megatron_rcm.kernels import flash_attention_jvp
 from megatron_rcm.kernels.flash_jvp import _hopper_kernel_serves, launch, launch_hopper
 from megatron_rcm.kernels.reference import attention_reference
@@ -163,24 +165,26 @@ def cpu_smoke():
         raise SystemExit("cpu smoke: error too large")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {list(SHAPES)}")
+def build_parser():
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", type=names_of(SHAPES, "shapes"), default=",".join(SHAPES),
+                        help=f"comma-separated subset of {list(SHAPES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="shorter timing, no math-SDPA jvp")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--json", metavar="PATH", type=output_file,
+                        help="write the results as JSON (default: print only)")
     parser.add_argument("--cpu-smoke", action="store_true", help="one tiny call on CPU (TRITON_INTERPRET=1), no timing")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.cpu_smoke:
         cpu_smoke()
         return
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device; use --cpu-smoke on CPU")
-    names = args.shapes.split(",")
-    unknown = [n for n in names if n not in SHAPES]
-    if unknown:
-        raise SystemExit(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
     results = []
-    for name in names:
+    for name in args.shapes.split(","):
         results.append(bench_shape(name, args.quick))
         torch.cuda.empty_cache()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from megatron_rcm import cli
+
 _CHILD = r"""
 import json, sys, threading, time
 from megatron_rcm.convert.api import convert_checkpoint
@@ -77,13 +79,30 @@ def _measure(source, target, inp, out, tp=1):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def build_parser():
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=cli.positive_int, default=15,
+                        help="transformer blocks of the random model (default: %(default)s)")
+    parser.add_argument("--dim", type=cli.positive_int, default=1024,
+                        help="hidden size, a multiple of 128 (heads of 128) (default: %(default)s)")
+    parser.add_argument("--ffn", type=cli.positive_int, default=4096,
+                        help="feed-forward hidden size (default: %(default)s)")
+    parser.add_argument("--workdir", help="existing folder the scratch folder is made in (default: the system's "
+                                          "temporary folder)")
+    return parser
+
+
+def _check(parser, args):
+    if args.dim % 128:
+        parser.error(f"--dim must be a multiple of 128 (the head size), not {args.dim}")
+    if args.workdir is not None and not Path(args.workdir).is_dir():
+        parser.error(f"--workdir {args.workdir} is not a folder")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=15)
-    parser.add_argument("--dim", type=int, default=1024, help="hidden size (multiple of 128)")
-    parser.add_argument("--ffn", type=int, default=4096)
-    parser.add_argument("--workdir", help="scratch folder (default: a temporary one)")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    _check(parser, args)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         size = _random_diffusers(tmp / "diffusers", args.layers, args.dim, args.ffn)

@@ -22,23 +22,26 @@ from pathlib import Path
 
 import torch
 
+from bench_flags import add_prompt_flags, output_file  # tools/ is this script's directory
 from bench_generate import TINY_UMT5, TINY_VAE, UMT5_XXL, _timed
 from bench_wan import Timer
+from megatron_rcm import cli
 
 CLIPS = {"480p": (81, 480, 832), "720p": (81, 720, 1280)}
 SMOKE_CLIPS = {"smoke": (5, 32, 32)}
 
 
-def _parse():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--prompt-tokens", type=int, default=40)
-    p.add_argument("--steps", type=int, default=50, help="teacher sampler steps")
-    p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--skip-teacher", action="store_true")
-    p.add_argument("--json", help="write the results here")
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=cli.positive_int, default=2,
+                   help="timed runs of each VAE and text row after the warm-up, their median reported "
+                        "(default: %(default)s)")
+    add_prompt_flags(p)
+    p.add_argument("--steps", type=cli.positive_int, default=50, help="teacher sampler steps (default: %(default)s)")
+    p.add_argument("--skip-teacher", action="store_true", help="leave out the teacher-sample row")
+    p.add_argument("--json", type=output_file, help="write the results here (default: print only)")
     p.add_argument("--smoke", "--cpu-smoke", action="store_true", help="tiny models on the CPU (TRITON_INTERPRET=1)")
-    return p.parse_args()
+    return p
 
 
 def _vae_rows(args, device, timer):
@@ -111,7 +114,7 @@ def _teacher_row(args, device, encoder, ids, mask):
 
 
 def main():
-    args = _parse()
+    args = build_parser().parse_args()
     from megatron_rcm.parallel import current_device, destroy_parallel, initialize_parallel
 
     if args.smoke:

@@ -24,7 +24,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
+# bench_flags: tools/ is this script's directory. torch and the models are imported where they are
+# used, so that a wrong flag is refused before they load
+from bench_flags import add_parallel_flags, add_prompt_flags, check_parallel, output_file, preset_family, world_size
+from megatron_rcm import cli
 
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -42,27 +45,63 @@ TINY_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, la
                 latents_std=[1.0] * 4)
 
 
-def _parse():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b", help="a model preset of any family")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--num-frames", type=int, default=81)
-    p.add_argument("--student-steps", type=int, default=4)
-    p.add_argument("--teacher-steps", type=int, default=50)
-    p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--prompt-tokens", type=int, default=40)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--cp", type=int, default=1)
-    p.add_argument("--cp-mode", choices=("a2a", "p2p"), default="a2a")
-    p.add_argument("--no-vae-tiling", action="store_true")
-    p.add_argument("--json", help="write the results here")
+# AutoencoderKLWan's compression (its defaults' and TINY_VAE's): 8x in space, 4x in time
+VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE = 8, 4
+
+
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b",
+                   help="a model preset of any family (--smoke: that family's tiny one) (default: %(default)s)")
+    p.add_argument("--height", type=cli.positive_int, default=480,
+                   help="video height in pixels, a multiple of 16 (default: %(default)s)")
+    p.add_argument("--width", type=cli.positive_int, default=832,
+                   help="video width in pixels, a multiple of 16 (default: %(default)s)")
+    p.add_argument("--num-frames", type=cli.positive_int, default=81,
+                   help="video frames, 4k + 1; 1 for an image (default: %(default)s)")
+    p.add_argument("--student-steps", type=cli.positive_int, default=4,
+                   help="the rCM student's sampler steps, 1 to 4 (default: %(default)s)")
+    p.add_argument("--teacher-steps", type=cli.positive_int, default=50,
+                   help="the teacher's UniPC steps, each with CFG (default: %(default)s)")
+    add_prompt_flags(p)
+    add_parallel_flags(p)
+    p.add_argument("--no-vae-tiling", action="store_true", help="decode whole frames (more memory)")
+    p.add_argument("--json", type=output_file, help="write the results here (default: print only)")
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU (with TRITON_INTERPRET=1)")
-    return p.parse_args()
+    return p
+
+
+def _parse():
+    parser = build_parser()
+    args = parser.parse_args()
+    check_parallel(parser, args, world_size(), "torchrun --nproc-per-node")
+    family = preset_family(parser, args.preset)
+    if args.smoke:
+        args.preset = FAMILY_PARTS[family.name][3]
+        args.height, args.width, args.teacher_steps, args.prompt_tokens = 32, 32, 3, 5
+        args.num_frames = min(args.num_frames, 5)
+    _check_sampling(parser, args, family)
+    return args
+
+
+def _check_sampling(parser, args, family):
+    """One line for a step count or a video size the samplers or the model cannot take."""
+    from megatron_rcm.diffusion import MAX_STEPS
+    from megatron_rcm.generation import GenerationError, VideoSize
+
+    if args.student_steps > MAX_STEPS:
+        parser.error(f"--student-steps must lie in 1..{MAX_STEPS} (the rCM sampler's step counts), "
+                     f"not {args.student_steps}")
+    patch_size = family.config_class.PRESETS[args.preset]["patch_size"]
+    try:
+        VideoSize(args.num_frames, args.height, args.width).check(VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, patch_size)
+    except GenerationError as error:
+        parser.error(str(error))
 
 
 def _build(args, device):
     """(transformer, text encoder, VAE), random; the tiny ones with --smoke."""
+    import torch
     import transformers
     from diffusers import AutoencoderKLWan
 
@@ -90,6 +129,8 @@ def _build(args, device):
 
 def _timed(fn, device):
     """(seconds, peak GiB allocated) of one call of fn."""
+    import torch
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     if device.type == "cuda":
@@ -103,15 +144,11 @@ def _timed(fn, device):
 
 def main():
     args = _parse()
+    import torch
+
     from megatron_rcm.generation import SamplingConfig, VideoSize, draw_noise, sample
     from megatron_rcm.parallel import ParallelConfig, current_device, destroy_parallel, initialize_parallel
 
-    if args.smoke:
-        from megatron_rcm.models import family_of_preset
-
-        args.preset = FAMILY_PARTS[family_of_preset(args.preset).name][3]
-        args.height, args.width, args.teacher_steps, args.prompt_tokens = 32, 32, 3, 5
-        args.num_frames = min(args.num_frames, 5)
     initialize_parallel(ParallelConfig(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp))
     rank0 = torch.distributed.get_rank() == 0
     device = current_device()

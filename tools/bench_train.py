@@ -36,7 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# tools/ is this script's directory. torch and megatron are imported where they are used, so that a
+# wrong flag is refused before they load
+from bench_flags import add_parallel_flags, check_parallel
+from megatron_rcm import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_LEN = 512
@@ -45,6 +48,7 @@ TEXT_LEN = 512
 def prepare(work, preset="wan2.1-t2v-1.3b", num_layers=None, latent=(21, 60, 104), text_len=TEXT_LEN):
     """(teacher folder, shard folder, negative embedding) under ``work``, written once per model and
     video size."""
+    import torch
     from diffusers import WanTransformer3DModel
 
     from megatron_rcm.data.synthetic import write_synthetic_shards
@@ -113,6 +117,8 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
         sequence_parallel=False, cp_comm_type="a2a", iters=10, recompute=True, config=None, extra=(), cache=None,
         fresh_cache=False):
     """Train ``iters`` iterations under torchrun; returns the JSON-ready result (rank 0's log)."""
+    import torch
+
     from megatron_rcm.models.wan import wan_config
     from megatron_rcm.planning import Workload
     from megatron_rcm.planning.calibrate import measured_matmul_tflops
@@ -155,31 +161,70 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
-    parser.add_argument("--num-layers", type=int, default=None, help="fewer blocks than the preset's")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--config", type=Path, default=None, help="trainer YAML (default: wan1.3b_rcm.yaml)")
-    parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--cp", type=int, default=1)
-    parser.add_argument("--sequence-parallel", action="store_true")
-    parser.add_argument("--cp-comm-type", default="a2a")
-    parser.add_argument("--no-recompute", action="store_true")
-    parser.add_argument("--iters", type=int, default=10)
+def add_run_flags(parser):
+    """The model, video and trainer YAML of a run (profile_train.py's too)."""
+    parser.add_argument("--preset", default="wan2.1-t2v-1.3b",
+                        help="Wan preset of the random-weight teacher and the student (default: %(default)s)")
+    parser.add_argument("--num-layers", type=cli.positive_int, default=None,
+                        help="fewer blocks than the preset's (default: the preset's)")
+    parser.add_argument("--frames", type=cli.positive_int, default=81,
+                        help="video frames, 4k + 1 (default: %(default)s)")
+    parser.add_argument("--height", type=cli.positive_int, default=480,
+                        help="video height in pixels, a multiple of 16 (default: %(default)s)")
+    parser.add_argument("--width", type=cli.positive_int, default=832,
+                        help="video width in pixels, a multiple of 16 (default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="trainer YAML (default: examples/configs/wan1.3b_rcm.yaml)")
+
+
+def check_run(parser, preset, num_layers, frames, height, width, config):
+    """One line for a trainer YAML that is not there, an unknown Wan preset, or a video its VAE and
+    patches cannot take."""
+    from megatron_rcm.planning import PlanError, Workload
+
+    if config is not None and not config.is_file():
+        parser.error(f"--config {config} is not a file")
+    try:
+        workload = Workload(preset, height, width, frames, num_layers=num_layers)
+        workload.tokens(workload.config())
+    except PlanError as error:
+        parser.error(str(error))
+    except ValueError as error:  # no Wan preset of that name
+        parser.error(f"--preset: {error}")
+
+
+def build_parser():
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True,
+                        help="folder for the teacher, shards, negative embedding and logs, reused by later runs "
+                             "(required)")
+    add_run_flags(parser)
+    parser.add_argument("--nproc", type=cli.positive_int, default=1,
+                        help="GPUs: the trainer's processes under torchrun (default: %(default)s)")
+    add_parallel_flags(parser, "--cp-comm-type")
+    parser.add_argument("--sequence-parallel", action="store_true", help="sequence parallelism (needs --tp > 1)")
+    parser.add_argument("--no-recompute", action="store_true", help="no activation recompute (default: full)")
+    parser.add_argument("--iters", type=cli.positive_int, default=10, help="trainer iterations (default: %(default)s)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the teacher, shards and negative embedding, then stop")
     parser.add_argument("--cache-dir", type=Path, help="the trainer's Triton and TorchInductor caches (default: "
                                                        "the environment's TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR)")
     parser.add_argument("--fresh-cache", action="store_true", help="empty --cache-dir first (a cold start)")
-    parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py")
-    args = parser.parse_args()
+    parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py (default: none)")
+    return parser
+
+
+def _check(parser, args):
     if args.fresh_cache and args.cache_dir is None:
         parser.error("--fresh-cache needs --cache-dir (the folder it empties)")
+    check_parallel(parser, args, args.nproc, "--nproc", args.sequence_parallel and "--sequence-parallel")
+    check_run(parser, args.preset, args.num_layers, args.frames, args.height, args.width, args.config)
+
+
+def main():
+    parser = build_parser()
+    args = parser.parse_args()
+    _check(parser, args)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.prepare_only:
         from megatron_rcm.planning import Workload

@@ -26,35 +26,64 @@ import statistics
 import sys
 import time
 
-import torch
-
-from megatron_rcm.testing import norm_relative_error
-
+# tools/ is this script's directory. torch and megatron are imported where they are used, so that a
+# wrong flag is refused before they load
+from bench_flags import add_parallel_flags, check_parallel, output_file, preset_family, world_size
+from megatron_rcm import cli
 
 WAN_DEFAULTS = dict(preset="wan2.1-t2v-1.3b", smoke_preset="tiny-b", frames=81, height=480, width=832, text_len=512)
 
 
-def _parse(defaults, description):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(defaults=WAN_DEFAULTS, description=__doc__):
+    p = cli.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(**defaults)
-    p.add_argument("--preset")
-    p.add_argument("--frames", type=int, help="video frames (latent frames = (frames - 1) / 4 + 1)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--layers", type=int, default=None, help="fewer blocks for quick runs")
-    p.add_argument("--text-len", type=int)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--cp", type=int, default=1)
-    p.add_argument("--cp-mode", choices=("a2a", "p2p"), default="a2a")
+    p.add_argument("--preset", help="model preset of any family (default: %(default)s)")
+    p.add_argument("--frames", type=cli.positive_int,
+                   help="video frames (latent frames = (frames - 1) / 4 + 1) (default: %(default)s)")
+    p.add_argument("--height", type=cli.positive_int,
+                   help="video height in pixels (latent: / 8) (default: %(default)s)")
+    p.add_argument("--width", type=cli.positive_int, help="video width in pixels (latent: / 8) (default: %(default)s)")
+    p.add_argument("--layers", type=cli.positive_int, default=None,
+                   help="fewer blocks for quick runs (default: the preset's)")
+    p.add_argument("--text-len", type=cli.positive_int, help="text-embedding tokens (default: %(default)s)")
+    add_parallel_flags(p)
     p.add_argument("--sp", action="store_true", help="sequence parallelism (needs --tp > 1)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip-diffusers", action="store_true")
+    p.add_argument("--repeats", type=cli.positive_int, default=3,
+                   help="timed calls of each measurement after the warm-up, their median reported "
+                        "(default: %(default)s)")
+    p.add_argument("--skip-diffusers", action="store_true", help="time our model only")
     p.add_argument("--skip-error", action="store_true", help="skip the bf16-vs-float32 error runs")
     p.add_argument("--no-fuse-elementwise", action="store_true", help="run the elementwise pieces eagerly")
     p.add_argument("--profile", action="store_true", help="top kernels and device busy time of each forward and the jvp")
-    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--json", type=output_file, default=None, help="write the results here (default: print only)")
     p.add_argument("--cpu-smoke", "--smoke", action="store_true", help="tiny model on CPU (needs TRITON_INTERPRET=1)")
-    return p.parse_args()
+    return p
+
+
+def _parse(defaults, description):
+    parser = build_parser(defaults, description)
+    args = parser.parse_args()
+    check_parallel(parser, args, world_size(), "torchrun --nproc-per-node", args.sp and "--sp")
+    if args.cpu_smoke:
+        args.preset, args.height, args.width, args.text_len, args.repeats = args.smoke_preset, 32, 48, 8, 1
+        args.frames = min(args.frames, 5)
+    _check_patches(parser, args)
+    return args
+
+
+def _latent(args):
+    """(frames, height, width) of the latent video: the Wan VAE's 4x in time (first frame kept), 8x in space."""
+    return (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+
+
+def _check_patches(parser, args):
+    """One line for an unknown preset, or a latent video that does not divide into the model's patches."""
+    patch_size = preset_family(parser, args.preset).config_class.PRESETS[args.preset]["patch_size"]
+    sizes = (("--frames", args.frames), ("--height", args.height), ("--width", args.width))
+    for (flag, value), latent, patch in zip(sizes, _latent(args), patch_size):
+        if latent % patch:
+            parser.error(f"{flag} {value} gives {latent} latent steps, not a multiple of {args.preset}'s patch "
+                         f"size {patch}")
 
 
 class Timer:
@@ -62,11 +91,15 @@ class Timer:
         self.device, self.repeats = device, repeats
 
     def _sync(self):
+        import torch
+
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
     def __call__(self, fn):
         """(median seconds, peak GiB) of fn(), or ('OOM', None)."""
+        import torch
+
         try:
             fn()
             self._sync()
@@ -91,6 +124,7 @@ class Timer:
 def _profile(fn, device, calls=3, top=12):
     """torch.profiler over ``calls`` calls of fn() after a warm-up: device busy ms and kernels per
     call, and the ``top`` kernels by device time (CPU ops on a CPU run)."""
+    import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -126,14 +160,14 @@ def _diffusers_model(family, cfg, device, dtype):
 
 def main(defaults=WAN_DEFAULTS, description=__doc__):
     args = _parse(defaults, description)
+    import torch
+
     from megatron_rcm.models import family_of_preset
     from megatron_rcm.models.weight_map import load_diffusers_weights
     from megatron_rcm.parallel import ParallelConfig, current_device, initialize_parallel, destroy_parallel
     from megatron_rcm.planning import wan_forward_flops
+    from megatron_rcm.testing import norm_relative_error
 
-    if args.cpu_smoke:
-        args.preset, args.height, args.width, args.text_len, args.repeats = args.smoke_preset, 32, 48, 8, 1
-        args.frames = min(args.frames, 5)
     family = family_of_preset(args.preset)
     initialize_parallel(ParallelConfig(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp,
                                        sequence_parallel=args.sp))
@@ -146,7 +180,7 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
     if args.layers is not None:
         overrides["num_layers"] = args.layers
     cfg = family.config_class.from_preset(args.preset, params_dtype=dtype, bf16=True, **overrides)
-    latent = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    latent = _latent(args)
     tokens = math.prod(s // p for s, p in zip(latent, cfg.patch_size))
 
     torch.manual_seed(0)  # the same random weights and inputs on every rank

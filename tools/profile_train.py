@@ -32,12 +32,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# torch and megatron are imported where they are used, so that a wrong flag is refused before they load
 import bench_train  # noqa: E402
+from bench_flags import output_file  # noqa: E402
+
+from megatron_rcm import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (key, row label, range-name prefixes); the first matching prefix of a range names its phase
@@ -55,6 +57,7 @@ EXTRA_ROWS = (("communication", "communication (NCCL)"), ("other", "other (loss 
               ("idle", "idle (device gaps)"), ("overlap", "overlapping streams (counted twice above)"))
 ITERATION = "rcm/iteration"
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+MIN_ITERS = 4  # two warm iterations, then the two profiled
 SMOKE = dict(preset="tiny-a", frames=5, height=32, width=32, text_len=8, iters=4,
              config=ROOT / "examples" / "configs" / "tiny_cpu.yaml")
 
@@ -156,14 +159,16 @@ def profile_run(work, preset, frames, height, width, iters, text_len=bench_train
                 config=None, extra=()):
     """Train ``iters`` iterations in this process, profiling the last two; returns (trace events,
     log records, whether CUDA ran, compile report)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from megatron_rcm.planning import Workload
     from megatron_rcm.training.arguments import load_config
     from megatron_rcm.training.loop import train
 
-    if iters < 4:
-        raise SystemExit("profile_train: --iters must be at least 4 (two warm iterations, then the two profiled)")
+    if iters < MIN_ITERS:
+        raise SystemExit(f"profile_train: --iters must be at least {MIN_ITERS} (two warm iterations, then the two "
+                         "profiled)")
     latent = Workload(preset, height, width, frames, num_layers=num_layers).latent_shape()
     teacher, data, negative = bench_train.prepare(work, preset, num_layers, latent, text_len)
     log = work / "profile-log.jsonl"
@@ -197,6 +202,8 @@ def _ms(us):
 
 def report(events, records, cuda, top=15):
     """The JSON-ready result: per profiled iteration its phases; the top kernels; the logged seconds."""
+    import torch
+
     iterations = breakdown(events, cuda)
     profiled = records[-len(iterations):]
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "iterations": [],
@@ -241,32 +248,41 @@ def markdown(result):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path,
                         help="folder for the teacher, shards, trace and log (default: a temporary folder)")
-    parser.add_argument("--preset", default="wan2.1-t2v-1.3b",
-                        help="Wan preset of the random-weight teacher and the student (default: %(default)s)")
-    parser.add_argument("--num-layers", type=int, default=None,
-                        help="fewer blocks than the preset's (default: the preset's)")
-    parser.add_argument("--frames", type=int, default=81, help="video frames (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=480, help="video height in pixels (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=832, help="video width in pixels (default: %(default)s)")
-    parser.add_argument("--iters", type=int, default=6,
-                        help="trainer iterations, at least 4; the last two (one student, one critic) are profiled "
-                             "(default: %(default)s)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="trainer YAML (default: examples/configs/wan1.3b_rcm.yaml)")
-    parser.add_argument("--json", type=Path, help="also write the result as JSON to this file (default: print only)")
+    bench_train.add_run_flags(parser)
+    parser.add_argument("--iters", type=cli.positive_int, default=6,
+                        help=f"trainer iterations, at least {MIN_ITERS}; the last two (one student, one critic) are "
+                             "profiled (default: %(default)s)")
+    parser.add_argument("--json", type=output_file,
+                        help="also write the result as JSON to this file (default: print only)")
     parser.add_argument("--smoke", action="store_true",
                         help="plumbing only: a tiny model (tiny-a, 5 frames of 32 x 32, 4 iterations, tiny_cpu.yaml) "
                              "in place of --preset, the size, --iters and --config; on CPU with TRITON_INTERPRET=1")
     parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py (default: none)")
-    args = parser.parse_args()
+    return parser
+
+
+def _setup(parser, args):
+    """profile_run's model, video, iterations and YAML (the flags', or --smoke's), checked before any work."""
     setup = dict(preset=args.preset, num_layers=args.num_layers, frames=args.frames, height=args.height,
                  width=args.width, iters=args.iters, config=args.config)
     if args.smoke:
         setup.update(SMOKE)
+    if setup["iters"] < MIN_ITERS:
+        parser.error(f"--iters must be at least {MIN_ITERS} (two warm iterations, then the two profiled), "
+                     f"not {setup['iters']}")
+    bench_train.check_run(parser, setup["preset"], setup["num_layers"], setup["frames"], setup["height"],
+                          setup["width"], setup["config"])
+    return setup
+
+
+def main():
+    parser = build_parser()
+    args = parser.parse_args()
+    setup = _setup(parser, args)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)

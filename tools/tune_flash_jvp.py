@@ -34,9 +34,10 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
+from bench_flags import names_of, output_file  # tools/ is this script's directory
+from megatron_rcm import cli
 from megatron_rcm.kernels import flash_attention_jvp, flash_jvp
 from megatron_rcm.kernels.reference import attention_reference
-from megatron_rcm.testing import norm_relative_error
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, 1 = tensor descriptors (TMA)]): what autotuning keeps
 # at head dim 128, then the runners-up of the earlier sweeps (docs/benchmarks.md)
@@ -74,27 +75,38 @@ CASES = {
 SMOKE_CASES = {"smoke": Case(1, 2, 150, 45, 32, True), "smoke-const": Case(1, 2, 150, 45, 32, False)}
 
 
-def _parse():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(CASES),
+def _launch_config(fields, flag):
+    """argparse type: ``fields`` comma-separated integers >= 1, then optionally ``flag`` as 0 or 1;
+    the text back as given (``_triton_candidates`` and ``_hopper_candidates`` read it)."""
+    def parse(text):
+        parts = text.split(",")
+        numbers, switch = parts[:len(fields)], parts[len(fields):]
+        if (len(numbers) < len(fields) or not all(n.isdigit() and int(n) >= 1 for n in numbers)
+                or switch not in ([], ["0"], ["1"])):
+            raise argparse.ArgumentTypeError(f"expected {','.join(fields)}[,{flag}] ({len(fields)} integers >= 1, "
+                                             f"then optionally 0 or 1), got {text!r}")
+        return text
+    return parse
+
+
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", type=names_of(CASES, "cases"), default=",".join(CASES),
                    help=f"comma-separated subset of {list(CASES)} (default: all; --cpu-smoke runs its own)")
-    p.add_argument("--configs", nargs="*", help="Triton kernel: BLOCK_M,BLOCK_N,warps,stages[,1 = tensor "
-                                               "descriptors] (default: TRITON_CANDIDATES, two tiny ones with "
-                                               "--cpu-smoke; the flag alone: skip the kernel)")
-    p.add_argument("--hopper-configs", nargs="*", help="Hopper kernel, timed on sm_90 only: BLOCK_M,BLOCK_N,stages"
-                                                      "[,1 = early rescale] (default: flash_jvp_hopper.CANDIDATES; "
-                                                      "the flag alone: skip the kernel)")
-    p.add_argument("--rep-ms", type=float, default=100,
+    p.add_argument("--configs", nargs="*", type=_launch_config(("BLOCK_M", "BLOCK_N", "warps", "stages"), "TMA"),
+                   help="Triton kernel: BLOCK_M,BLOCK_N,warps,stages[,1 = tensor descriptors] (default: "
+                        "TRITON_CANDIDATES, two tiny ones with --cpu-smoke; the flag alone: skip the kernel)")
+    p.add_argument("--hopper-configs", nargs="*", type=_launch_config(("BLOCK_M", "BLOCK_N", "stages"), "EARLY"),
+                   help="Hopper kernel, timed on sm_90 only: BLOCK_M,BLOCK_N,stages[,1 = early rescale] (default: "
+                        "flash_jvp_hopper.CANDIDATES; the flag alone: skip the kernel)")
+    p.add_argument("--rep-ms", type=cli.positive_float, default=100,
                    help="milliseconds of timing per candidate, after 25 ms of warm-up (triton.testing.do_bench's "
-                        "rep; default: %(default)s)")
-    p.add_argument("--json", metavar="PATH", help="also write every row and the picks as JSON (default: print only)")
+                        "rep) (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", type=output_file,
+                   help="also write every row and the picks as JSON (default: print only)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny cases, two Triton configs, under TRITON_INTERPRET=1 (no timing, no Hopper kernel)")
-    args = p.parse_args()
-    unknown = [] if args.cpu_smoke else [c for c in args.cases.split(",") if c not in CASES]
-    if unknown:
-        p.error(f"unknown cases {unknown}; choose from {list(CASES)}")
-    return args
+    return p
 
 
 def _inputs(case, device):
@@ -130,6 +142,8 @@ def _reference(inputs, rows):
 
 
 def _errors(outputs, reference, rows):
+    from megatron_rcm.testing import norm_relative_error  # megatron-core: seconds, only once a sweep runs
+
     return [norm_relative_error(o[:, :, rows], r) for o, r in zip(outputs, reference)]
 
 
@@ -302,7 +316,7 @@ def hopper_picks(results):
 
 
 def main():
-    args = _parse()
+    args = build_parser().parse_args()
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     cases = SMOKE_CASES if args.cpu_smoke else {n: CASES[n] for n in args.cases.split(",")}
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)"

@@ -21,25 +21,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# megatron_rcm.planning (megatron-core) is imported where it is used, so that a wrong flag is refused
+# before it loads
 import bench_train  # noqa: E402
+from bench_flags import names_of, output_file  # noqa: E402
 
-from megatron_rcm.planning import (DEFAULT_PROFILE, Cluster, Layout, Workload, load_profile, predict,  # noqa: E402
-                                   save_profile)
+from megatron_rcm import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WAN14B = ROOT / "examples" / "configs" / "wan14b_rcm.yaml"
 OFFLOAD = dict(offload_ema=True, offload_teacher=True)
-# all on one GPU; config: the trainer's YAML (None: wan1.3b_rcm.yaml)
+# all on one GPU; config: the trainer's YAML (None: wan1.3b_rcm.yaml); layout: the planning.Layout's
+# fields (the others its defaults)
 CASES = {
-    "1.3b": dict(preset="wan2.1-t2v-1.3b", layout=Layout()),
-    "1.3b-offload": dict(preset="wan2.1-t2v-1.3b", layout=Layout(**OFFLOAD)),
-    "1.3b-17f-no-recompute": dict(preset="wan2.1-t2v-1.3b", frames=17, layout=Layout(recompute="none")),
-    "14b-6": dict(preset="wan2.1-t2v-14b", layers=6, config=WAN14B, layout=Layout()),
+    "1.3b": dict(preset="wan2.1-t2v-1.3b", layout={}),
+    "1.3b-offload": dict(preset="wan2.1-t2v-1.3b", layout=OFFLOAD),
+    "1.3b-17f-no-recompute": dict(preset="wan2.1-t2v-1.3b", frames=17, layout=dict(recompute="none")),
+    "14b-6": dict(preset="wan2.1-t2v-14b", layers=6, config=WAN14B, layout={}),
     # as many blocks as the planner fits with both offloads (about 121 of 139 GiB)
-    "14b-8-offload": dict(preset="wan2.1-t2v-14b", layers=8, config=WAN14B, layout=Layout(**OFFLOAD)),
+    "14b-8-offload": dict(preset="wan2.1-t2v-14b", layers=8, config=WAN14B, layout=OFFLOAD),
 }
 SMOKE = dict(preset="tiny-a", frames=5, height=32, width=32, config=ROOT / "examples" / "configs" / "tiny_cpu.yaml",
-             layout=Layout(recompute="none"))
+             layout=dict(recompute="none"))
 
 
 def _error(predicted, measured):
@@ -47,11 +50,14 @@ def _error(predicted, measured):
 
 
 def _workload(case):
+    from megatron_rcm.planning import Workload
+
     return Workload(case["preset"], case.get("height", 480), case.get("width", 832), case.get("frames", 81),
                     num_layers=case.get("layers"), student_update_freq=2)
 
 
 def _calibrate_to_file(workload, path):
+    from megatron_rcm.planning import save_profile
     from megatron_rcm.planning.calibrate import calibrate
 
     save_profile(calibrate(workload), path)
@@ -63,6 +69,8 @@ def _calibrated(work, cases):
     Each calibration runs in its own process: CUDA memory a process once held stays with it
     (17 GiB here), and the training cases need the whole card."""
     import multiprocessing
+
+    from megatron_rcm.planning import load_profile
 
     profiles = {}
     for case in cases:
@@ -81,8 +89,10 @@ def _calibrated(work, cases):
 
 
 def run_case(work, name, iters, memory_gib, profiles):
+    from megatron_rcm.planning import Cluster, Layout, predict
+
     case = CASES[name]
-    workload, layout = _workload(case), case["layout"]
+    workload, layout = _workload(case), Layout(**case["layout"])
     # explicit both ways: wan14b_rcm.yaml turns both offloads on
     extra = ["--offload-ema" if layout.offload_ema else "--no-offload-ema",
              "--offload-teacher" if layout.offload_teacher else "--no-offload-teacher"]
@@ -117,30 +127,37 @@ def _markdown(rows):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, help="teachers, shards, logs (default: a temporary folder)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {sorted(CASES)}")
-    parser.add_argument("--iters", type=int, default=4, help="2 student + 2 critic iterations at 4")
-    parser.add_argument("--skip-calibration", action="store_true")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--cases", type=names_of(CASES, "cases"), default=",".join(CASES),
+                        help=f"comma-separated, of {sorted(CASES)} (default: all)")
+    parser.add_argument("--iters", type=cli.positive_int, default=4,
+                        help="trainer iterations per case; 2 student + 2 critic iterations at 4 (default: %(default)s)")
+    parser.add_argument("--skip-calibration", action="store_true",
+                        help="predict with the default (H200) profile only, calibrate none on this GPU")
+    parser.add_argument("--json", type=output_file,
+                        help="also write the rows as JSON, after every case (default: print only)")
     parser.add_argument("--smoke", action="store_true", help="one tiny CPU case: plumbing only")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         args.work = args.work or Path(scratch)
         args.work.mkdir(parents=True, exist_ok=True)
-        _validate(parser, args)
+        _validate(args)
 
 
-def _validate(parser, args):
+def _validate(args):
     if args.smoke:
         CASES["smoke"] = SMOKE
         args.cases, args.skip_calibration = "smoke", True
     names = args.cases.split(",")
-    unknown = sorted(set(names) - set(CASES))
-    if unknown:
-        parser.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
     import torch
+
+    from megatron_rcm.planning import DEFAULT_PROFILE
 
     memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 24.0
     profiles = {"default": DEFAULT_PROFILE}

@@ -1,0 +1,124 @@
+"""The benchmark, profiling and tuning tools' flags: each says what it does and its default in --help,
+and a wrong value is refused in one line on stderr (exit status 2, no traceback) before any work."""
+
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_encoders.py",
+         "tools/bench_generate.py", "tools/bench_train.py", "tools/bench_wan.py", "tools/profile_train.py",
+         "tools/tune_flash_jvp.py", "tools/validate_plan.py", "examples/distill_2d.py")
+NO_FOLDER = "no/such/folder/out.json"
+WORK = ["--work", "/nonexistent/bench"]  # refused before it is made; were it reached, making it would fail
+
+# (tool, arguments, a fragment of the one line that refuses them)
+REFUSALS = [
+    ("bench_attention", ["--shapes", "wan1.3b,wan3"], "unknown shapes ['wan3']"),
+    ("bench_attention", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
+    ("bench_attention", ["--shape", "wan1.3b"], "unrecognized arguments: --shape"),  # no abbreviations
+    ("bench_convert_memory", ["--layers", "0"], "--layers: expected an integer >= 1, got '0'"),
+    ("bench_convert_memory", ["--ffn", "-4096"], "--ffn: expected an integer >= 1, got '-4096'"),
+    ("bench_convert_memory", ["--dim", "1k"], "--dim: expected an integer >= 1, got '1k'"),
+    ("bench_convert_memory", ["--dim", "1000"], "--dim must be a multiple of 128"),
+    ("bench_convert_memory", ["--workdir", "no/such/folder"], "--workdir no/such/folder is not a folder"),
+    ("bench_convert_memory", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("bench_encoders", ["--repeats", "0"], "--repeats: expected an integer >= 1, got '0'"),
+    ("bench_encoders", ["--steps", "fifty"], "--steps: expected an integer >= 1, got 'fifty'"),
+    ("bench_encoders", ["--cpu_smoke"], "unrecognized arguments: --cpu_smoke"),
+    ("bench_generate", ["--teacher-steps", "0"], "--teacher-steps: expected an integer >= 1, got '0'"),
+    ("bench_generate", ["--height", "480px"], "--height: expected an integer >= 1, got '480px'"),
+    ("bench_generate", ["--prompt-tokens", "600"], "--prompt-tokens: expected at most 512"),
+    ("bench_generate", ["--guidance-scale", "nan"], "--guidance-scale: expected a number > 0, got 'nan'"),
+    ("bench_generate", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
+    ("bench_generate", ["--cp-mode", "ring"], "--cp-mode: invalid choice: 'ring'"),
+    ("bench_generate", ["--tp", "2"], "--tp 2 x --cp 1 needs a multiple of 2 processes"),
+    ("bench_generate", ["--student-steps", "5"], "--student-steps must lie in 1..4"),
+    ("bench_generate", ["--num-frames", "80"], "--num-frames 80 must be 1 + a multiple"),
+    ("bench_generate", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("bench_train", [*WORK, "--iters", "0"], "--iters: expected an integer >= 1, got '0'"),
+    ("bench_train", [*WORK, "--nproc", "two"], "--nproc: expected an integer >= 1, got 'two'"),
+    ("bench_train", [*WORK, "--nproc", "3", "--tp", "2"], "needs a multiple of 2 processes (--nproc), not 3"),
+    ("bench_train", [*WORK, "--sequence-parallel"], "--sequence-parallel needs --tp > 1"),
+    ("bench_train", [*WORK, "--fresh-cache"], "--fresh-cache needs --cache-dir"),
+    ("bench_train", [*WORK, "--frames", "80"], "--frames 80 must be 4k + 1"),
+    ("bench_train", ["--iters", "6"], "the following arguments are required: --work"),
+    ("bench_train", [*WORK, "--iter", "6"], "unrecognized arguments: --iter"),
+    ("bench_wan", ["--repeats", "0"], "--repeats: expected an integer >= 1, got '0'"),
+    ("bench_wan", ["--layers", "x"], "--layers: expected an integer >= 1, got 'x'"),
+    ("bench_wan", ["--sp"], "--sp needs --tp > 1"),
+    ("bench_wan", ["--cp", "2", "--cp-mode", "p2p"], "--tp 1 x --cp 2 needs a multiple of 2 processes"),
+    ("bench_wan", ["--preset", "wan3"], "--preset: unknown model preset 'wan3'"),
+    ("bench_wan", ["--height", "104"], "--height 104 gives 13 latent steps, not a multiple of"),
+    ("bench_wan", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("profile_train", ["--iters", "3"], "--iters must be at least 4"),
+    ("profile_train", ["--iters", "-6"], "--iters: expected an integer >= 1, got '-6'"),
+    ("profile_train", ["--num-layers", "many"], "--num-layers: expected an integer >= 1, got 'many'"),
+    ("profile_train", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
+    ("profile_train", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("tune_flash_jvp", ["--rep-ms", "0"], "--rep-ms: expected a number > 0, got '0'"),
+    ("tune_flash_jvp", ["--configs", "64,64,4,3,1", "64,64,four,3"],
+     "--configs: expected BLOCK_M,BLOCK_N,warps,stages[,TMA] (4 integers >= 1, then optionally 0 or 1), "
+     "got '64,64,four,3'"),
+    ("tune_flash_jvp", ["--hopper-configs", "64,64,2,2"], "--hopper-configs: expected BLOCK_M,BLOCK_N,stages"),
+    ("tune_flash_jvp", ["--cpu-smoke", "--bogus"], "unrecognized arguments: --bogus"),
+    ("validate_plan", ["--iters", "-4"], "--iters: expected an integer >= 1, got '-4'"),
+    ("validate_plan", ["--iters", "four"], "--iters: expected an integer >= 1, got 'four'"),
+    ("validate_plan", ["--cases", "1.3b,70b"], "unknown cases ['70b']"),
+    ("validate_plan", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("distill_2d", ["--depth", "0"], "--depth: expected an integer >= 1, got '0'"),
+    ("distill_2d", ["--lr", "fast"], "--lr: expected a number > 0, got 'fast'"),
+    ("distill_2d", ["--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+def _script(name):
+    return next(tool for tool in TOOLS if Path(tool).stem == name)
+
+
+def _parser(tool):
+    path = ROOT / tool
+    if path.parent.name == "tools":  # by name, as the tools import each other: the module other tests import
+        module = importlib.import_module(path.stem)
+    else:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda tool: Path(tool).stem)
+def test_help_says_what_every_flag_does_and_its_default(tool, capsys):
+    parser = _parser(tool)
+    torch = sys.modules.get("torch")
+    assert torch is None or not torch.cuda.is_initialized()  # importing the tool needs no GPU
+    silent = [action.dest for action in parser._actions if not (action.help or "").strip()]
+    assert silent == []
+    takes_value = [action for action in parser._actions if action.option_strings and action.nargs != 0]
+    assert [action.dest for action in takes_value if not action.required and "(default: " not in action.help] == []
+    assert [action.dest for action in takes_value if action.required and "(required)" not in action.help] == []
+    with pytest.raises(SystemExit) as exit:
+        parser.parse_args(["--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert [flag for action in parser._actions for flag in action.option_strings if flag not in text] == []
+
+
+@pytest.mark.parametrize("name,args,fragment", REFUSALS, ids=[f"{name} {' '.join(args)}" for name, args, _ in REFUSALS])
+def test_a_wrong_flag_is_refused_in_one_line_before_any_work(name, args, fragment):
+    env = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}  # one process, not torchrun's
+    result = subprocess.run([sys.executable, _script(name), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and re.fullmatch(rf"{name}: error: .+ \(see --help\)", lines[0]), result.stderr[-3000:]
+    assert fragment in lines[0]
