@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ..reliability.driver import run_cases
+
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER = str(ROOT / "assets" / "moving_digits" / "teacher")
 TOOLS = ("distill_digits", "train_digits_teacher", "train_digits_classifier", "make_digits_shards", "digits_balance")
@@ -120,16 +122,28 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("argv, fragment", WRONG, ids=[" ".join(argv) for argv, _ in WRONG])
-def test_a_wrong_flag_is_refused_in_one_line_before_anything_is_written(argv, fragment, tmp_path):
-    (tmp_path / "file").write_text("kept")
-    places = {"out": tmp_path / "out", "missing": tmp_path / "missing", "file": tmp_path / "file"}
-    tool, *flags = [arg.format(**places) for arg in argv]
-    run = subprocess.run([sys.executable, f"tools/{tool}.py", *flags], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    lines = run.stderr.splitlines()
-    assert run.returncode == 2 and len(lines) == 1, run.stderr[-3000:]
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """{case index: outcome} of WRONG, each tool's cases in one process (tests/reliability/driver.py),
+    in a folder whose contents are compared before and after."""
+    root, work = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("runs")
+    (root / "file").write_text("kept")
+    places = {"out": root / "out", "missing": root / "missing", "file": root / "file"}
+    outcomes = {}
+    for tool in TOOLS:
+        cases = [{"id": str(i), "argv": [arg.format(**places) for arg in argv[1:]]}
+                 for i, (argv, _) in enumerate(WRONG) if argv[0] == tool]
+        outcomes.update(run_cases(ROOT / "tools" / f"{tool}.py", cases, work))
+    return outcomes, places, sorted(p.name for p in root.iterdir()), (root / "file").read_text()
+
+
+@pytest.mark.parametrize("index", range(len(WRONG)), ids=[" ".join(argv) for argv, _ in WRONG])
+def test_a_wrong_flag_is_refused_in_one_line_before_anything_is_written(refusals, index):
+    outcomes, places, left, kept = refusals
+    (tool, *_), fragment = WRONG[index]
+    run = outcomes[str(index)]
+    lines = run["stderr"].splitlines()
+    assert run["status"] == 2 and len(lines) == 1, run["stderr"][-3000:]
     assert re.fullmatch(rf"{tool}: error: .+ \(see --help\)", lines[0]), lines[0]
     assert fragment.format(**places) in lines[0]
-    assert run.stdout == "" and list(tmp_path.iterdir()) == [tmp_path / "file"]
-    assert (tmp_path / "file").read_text() == "kept"
+    assert run["stdout"] == "" and (left, kept) == (["file"], "kept")

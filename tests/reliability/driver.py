@@ -1,17 +1,23 @@
 """Run one entry point script on several command lines in this process (as ``python SCRIPT ARGS``
 would, ``__main__`` included) and record, for each, the exit status and everything written to
-stderr (file descriptor 2, so C-level output counts too). A per-case alarm ends a case that hangs.
+stdout and stderr (file descriptors 1 and 2, so C-level output counts too). A per-case alarm ends
+a case that hangs.
 
     python driver.py SCRIPT CASES.json RESULTS.json     # CASES: [{"id": ..., "argv": [...]}, ...]
+
+Tests call ``run_cases``: one process per script, so torch and megatron-core are imported once.
 """
 
+import contextlib
 import json
 import os
 import runpy
 import signal
+import subprocess
 import sys
 import tempfile
 import traceback
+from pathlib import Path
 
 CASE_SECONDS = 120
 
@@ -41,24 +47,46 @@ def _run(script, argv):
         return "raised"
 
 
+def run_cases(script, cases, work, env=None, timeout=400):
+    """{case id: {"status", "stdout", "stderr"}} of ``script`` (a path) on each ``{"id", "argv"}`` of
+    ``cases``, all in one process started in the repository root; ``work``: a folder for the lists."""
+    work = Path(work)
+    cases_path, results_path = work / f"{Path(script).stem}.cases.json", work / f"{Path(script).stem}.results.json"
+    cases_path.write_text(json.dumps(list(cases)))
+    subprocess.run([sys.executable, __file__, str(script), str(cases_path), str(results_path)],
+                   cwd=Path(__file__).resolve().parents[2], env=env, timeout=timeout, check=True)
+    return json.loads(results_path.read_text())
+
+
+@contextlib.contextmanager
+def _captured(fd, stream):
+    with tempfile.TemporaryFile() as file:
+        saved = os.dup(fd)
+        os.dup2(file.fileno(), fd)
+        text = {}
+        try:
+            yield text
+        finally:
+            stream.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            file.seek(0)
+            text["text"] = file.read().decode(errors="replace")
+
+
 def main():
     script, cases_path, results_path = sys.argv[1:4]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as ``python SCRIPT`` sets it: a tool imports its siblings
     signal.signal(signal.SIGALRM, _alarm)
     results = {}
     for case in json.loads(open(cases_path).read()):
-        with tempfile.TemporaryFile() as err:
-            saved = os.dup(2)
-            os.dup2(err.fileno(), 2)
+        with _captured(1, sys.stdout) as out, _captured(2, sys.stderr) as err:
             signal.alarm(CASE_SECONDS)
             try:
                 status = _run(script, case["argv"])
             finally:
                 signal.alarm(0)
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-            err.seek(0)
-            results[case["id"]] = {"status": status, "stderr": err.read().decode(errors="replace")}
+        results[case["id"]] = {"status": status, "stdout": out["text"], "stderr": err["text"]}
     with open(results_path, "w") as f:
         json.dump(results, f)
 

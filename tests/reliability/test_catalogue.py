@@ -21,6 +21,7 @@ import torch
 
 from ..training.tiny_setup import ROOT, TINY_CONFIG, make_inputs
 from .catalogue import CONVERT, GENERATE, LOAD_MODEL, PLAN, PREPARE_DATA, PRETRAIN
+from .driver import run_cases
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {"convert_checkpoint": ROOT / "tools" / "convert_checkpoint.py",
@@ -147,11 +148,7 @@ def outcomes(bad_inputs, tmp_path_factory):
     for name, entries in ENTRIES.items():
         before = _tree(root)
         cases = [{"id": e.id, "argv": [a.format(**paths) for a in e.argv]} for e in entries]
-        (work / f"{name}.json").write_text(json.dumps(cases))
-        subprocess.run([sys.executable, str(HERE / "driver.py"), str(SCRIPTS[name]), str(work / f"{name}.json"),
-                        str(work / f"{name}.out.json")], cwd=ROOT, env=_environment(), timeout=BATCH_SECONDS,
-                       check=True)
-        results[name] = json.loads((work / f"{name}.out.json").read_text())
+        results[name] = run_cases(SCRIPTS[name], cases, work, _environment(), BATCH_SECONDS)
         results[name]["_tree_changes"] = sorted(set(_tree(root).items()) ^ set(before.items()))
     return results
 

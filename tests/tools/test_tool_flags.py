@@ -5,11 +5,12 @@ import importlib
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..reliability.driver import run_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -112,13 +113,24 @@ def test_help_says_what_every_flag_does_and_its_default(tool, capsys):
     assert [flag for action in parser._actions for flag in action.option_strings if flag not in text] == []
 
 
-@pytest.mark.parametrize("name,args,fragment", REFUSALS, ids=[f"{name} {' '.join(args)}" for name, args, _ in REFUSALS])
-def test_a_wrong_flag_is_refused_in_one_line_before_any_work(name, args, fragment):
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """{(tool, case index): outcome} of REFUSALS, each tool's cases in one process (tests/reliability/driver.py)."""
     env = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}  # one process, not torchrun's
-    result = subprocess.run([sys.executable, _script(name), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and re.fullmatch(rf"{name}: error: .+ \(see --help\)", lines[0]), result.stderr[-3000:]
+    work, outcomes = tmp_path_factory.mktemp("runs"), {}
+    for tool in TOOLS:
+        name = Path(tool).stem
+        cases = [{"id": str(i), "argv": args} for i, (n, args, _) in enumerate(REFUSALS) if n == name]
+        outcomes.update({(name, i): run for i, run in run_cases(ROOT / tool, cases, work, env).items()})
+    return outcomes
+
+
+@pytest.mark.parametrize("index", range(len(REFUSALS)), ids=[f"{n} {' '.join(a)}" for n, a, _ in REFUSALS])
+def test_a_wrong_flag_is_refused_in_one_line_before_any_work(refusals, index):
+    name, _, fragment = REFUSALS[index]
+    result = refusals[(name, str(index))]
+    assert result["status"] == 2, result["stderr"][-3000:]
+    assert result["stdout"] == ""
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1 and re.fullmatch(rf"{name}: error: .+ \(see --help\)", lines[0]), result["stderr"][-3000:]
     assert fragment in lines[0]
