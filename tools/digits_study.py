@@ -16,8 +16,8 @@ seeds ``VALIDATION_SEEDS``, FD against val videos); phase B distils whichever te
 round 1's choice, the budget every method shares (batch, learning rate, updates) and the sampler's
 times; round 3, at round 2's batch and times, the DMD weight, the discrete-time tangent and the
 updates; round 4, from round 3's choice, the rollout length, the DMD weight and the guidance; rounds
-5 to 7, from round 4's choice, the DMD direction's guidance, the first mid time, and the EMA width
-with the later sampler times. The choice (``choose``): the rCM configuration that meets the most of
+5 to 7, from round 4's choice, the DMD direction's guidance, the first mid time, and the later
+sampler times. The choice (``choose``): the rCM configuration that meets the most of
 the issue's targets on val, the lower 2-step FD among equals. Phase B evaluates the teacher (50 and 4 Euler steps, CFG
 2.5) beside distilling it with sCM only (the choice's shared and tangent flags), rCM (the choice)
 and DMD only (its shared and critic flags) for training seeds 1000 + S and sampling seeds S,
@@ -111,15 +111,16 @@ ROUND_6 = {name: (name[:3], B32 + flags) for name, flags in {
     **{f"{m}-b32{'-rollout2' if m == 'rcm' else ''}-mid{t}": (R2 if m == "rcm" else []) + _mid_times(t)
        for m in ("rcm", "scm") for t in (1.0, 1.1, 1.35)},
     "rcm-b32-rollout2-mid1.35-dmdcfg3.5": R2 + _mid_times(1.35) + ["--dmd-guidance-scale", "3.5"]}.items()}
-# Round 7, from round 4's choice: the power EMA's width, which every method's export shares, and
-# the 3- and 4-step samplers' later times for the 4-step diversity missed on test. With DMD on the
-# 1-2-step rollouts only, training uses only the first mid time: runs that differ in the later
-# times train alike, so the choice breaks their tie on the 4-step results (``choose``).
-ROUND_7_FLAGS = {"": [], "-ema0.05": ["--ema-std", "0.05"], "-ema0.2": ["--ema-std", "0.2"],
-                 "-later1.0-0.5": _mid_times(second=1.0, third=0.5),
-                 "-later1.1-0.7": _mid_times(second=1.1, third=0.7)}
-ROUND_7 = {**{f"rcm-b32-rollout2{suffix}": ("rcm", B32 + R2 + flags) for suffix, flags in ROUND_7_FLAGS.items()},
-           **{f"scm-b32{suffix}": ("scm", B32 + flags) for suffix, flags in ROUND_7_FLAGS.items()}}
+# Round 7, from round 4's choice: the 3- and 4-step samplers' later times (after the first mid
+# time), for the 4-step diversity missed on test. DMD on the 1-2-step rollouts (and sCM, which has
+# no rollout) does not train at them, so each such setting samples its method's one training at
+# other times (``SAMPLER_ONLY``), and the choice tells these apart on the 4-step results (``choose``).
+LATER_TIMES = {"-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.2-1.1": (1.2, 1.1)}
+ROUND_7_TRAINED = {"rcm-b32-rollout2": ("rcm", B32 + R2), "scm-b32": ("scm", B32)}
+SAMPLER_ONLY = {f"{name}{suffix}": name for name in ROUND_7_TRAINED for suffix in LATER_TIMES}
+ROUND_7 = {**ROUND_7_TRAINED, **{f"{name}{suffix}": (method, flags + _mid_times(1.23, *times))
+                                 for name, (method, flags) in ROUND_7_TRAINED.items()
+                                 for suffix, times in LATER_TIMES.items()}}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a; docs/results.md).
 # The config now holds round 4's choice, so today's "rcm" is that choice at batch 8: rerun a round
@@ -129,7 +130,7 @@ ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
 SHARED_FLAGS = ("--micro-batch-size", "--global-batch-size", "--lr", "--fake-score-lr", "--student-updates",
-                "--mid-times", "--guidance-scale", "--ema-std")
+                "--mid-times", "--guidance-scale")
 SCM_FLAGS = ("--dcm-step", *SHARED_FLAGS)
 CRITIC_FLAGS = ("--student-update-freq", "--dmd-shift", "--max-rollout-steps", "--dmd-guidance-scale", *SHARED_FLAGS)
 
@@ -182,7 +183,7 @@ def run_many(specs, args, data, budget, log, out):
         path = None
         try:
             path = run_one(method, seed, args, data, name=name, extra=flags, sample_seeds=sample_seeds, split=split,
-                           timeout=budget.left())
+                           timeout=budget.left(), trained_as=SAMPLER_ONLY.get(name) if split == "val" else None)
             log(f"{name}: done {json.loads(path.read_text())['timing']}")
         except subprocess.TimeoutExpired:
             log(f"{name}: stopped at the time budget")
@@ -241,10 +242,10 @@ def choose(results, teacher_rows):
     and accuracy targets on val (judged as ``_targets`` judges the test table, against the val
     sCM-only run with the same shared flags, as phase B pairs them), the lower 2-step FD among
     equals. Accuracy alone picks settings whose FD is 10x the teacher's, FD alone sCM-like ones.
-    Diversity does not choose alone: it rises with the DMD term's saturation artefacts (val DMD-only:
-    FD 1,318 at 4 steps, diversity above the teacher's). Runs that train alike (round 7's later
-    sampler times) tie on all of that (FD to 0.1); between them the 4-step diversity target on val,
-    then the lower 4-step FD, decide."""
+    Diversity does not choose: it rises with the DMD term's saturation artefacts (val DMD-only: FD
+    1,318 at 4 steps, diversity above the teacher's). Runs that differ only in the later sampler
+    times (round 7) tie on all of that (FD to 0.1); between them the 2-step targets' form decides at
+    4 steps: a 4-step FD within 1.2x the 50-step teacher's first, then the higher 4-step accuracy."""
     scored = {}
     for name, path in results.items():
         scm = _baseline(results, name) if ABLATIONS[name][0] == "rcm" else None
@@ -252,8 +253,9 @@ def choose(results, teacher_rows):
             continue
         rows = list(teacher_rows) + _renamed(results[scm], scm, NAMES["scm"]) + _renamed(path, name, NAMES["rcm"])
         met = [t["target"] for t in _targets(rows, diversity=False) if t["met"]]
-        diverse = _mean(_row(path, 4), "diversity") >= 0.95 * _mean(_row(teacher_rows, 50), "diversity")
-        scored[name] = (len(met), -round(_mean(_row(path, 2), "fd"), 1), diverse, -_mean(_row(path, 4), "fd"), met, scm)
+        fd_bound = 1.2 * _mean(_row(teacher_rows, 50), "fd")
+        scored[name] = (len(met), -round(_mean(_row(path, 2), "fd"), 1), _mean(_row(path, 4), "fd") <= fd_bound,
+                        _mean(_row(path, 4), "digit_acc"), met, scm)
     if not scored:
         return None
     name = max(scored, key=lambda n: scored[n][:4])
@@ -300,7 +302,11 @@ def phase_a(out, args, data, budget, log):
         log(f"Triton warm-up run: exit status {warming.result()}")
         specs = {name: (method, VALIDATION_SEEDS[0], VALIDATION_SEEDS, "val", flags)
                  for name, (method, flags) in ABLATIONS.items()}
-        results = run_many(specs, args, data, budget, log, out)
+        results = {}
+        for sampled_only in (False, True):  # the trainings first, then the samplers of their exports
+            results.update(run_many({n: spec for n, spec in specs.items() if (n in SAMPLER_ONLY) == sampled_only},
+                                    args, data, budget, log, out))
+        results = {name: results[name] for name in specs if name in results}
         if training is not None:
             try:
                 teachers["gpu"], curve, teacher_rows["gpu"] = training.result()
@@ -468,8 +474,8 @@ def main():
                    help="phase a: the ablations of this round (1: the loss balance, critic and DMD timesteps; 2: "
                         "the shared budget and sampler times, from round 1's choice; 3: DMD weight, discrete-time "
                         "tangent and updates at round 2's batch and times; 4: rollout length, DMD weight and "
-                        "guidance from round 3's choice; 5: DMD guidance; 6: the first mid time; 7: the EMA width and the "
-                        "later sampler times, from round 4's choice; default: %(default)s)")
+                        "guidance from round 3's choice; 5: DMD guidance; 6: the first mid time; 7: the later sampler "
+                        "times, from round 4's choice; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}),
                    help="phase a: these ablations of the round only (default: all)")
     args = p.parse_args()

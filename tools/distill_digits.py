@@ -64,13 +64,16 @@ def run_env(threads):
     return env
 
 
-def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, split="test", timeout=None):
+def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, split="test", timeout=None,
+            trained_as=None):
     """Distil ``args.teacher`` with ``method`` (training seed 1000 + ``seed``, trainer ``extra`` flags
     after the method's), then evaluate its EMA export at 1, 2 and 4 steps with ``sample_seeds``
     (default ``[seed]``) against ``split``; ``extra`` may also hold ``--student-updates N`` (default
     ``args.student_updates``). Writes WORK/NAME/{train,eval}.log, train.jsonl, eval.json
     (kept: a finished run is not redone); returns the eval.json path. ``timeout``: seconds for the
-    whole run (subprocess.TimeoutExpired when it is spent)."""
+    whole run (subprocess.TimeoutExpired when it is spent). ``trained_as``: a finished run whose
+    training this one's would repeat (its flags differ only in the sampler's later times, which
+    training does not use): its export is sampled at this run's ``--mid-times`` instead."""
     name = name or f"{method}-seed{seed}"
     run = Path(args.work) / name
     result = run / "eval.json"
@@ -85,6 +88,28 @@ def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, sp
     if "--student-updates" in extra:
         del extra[extra.index("--student-updates"):extra.index("--student-updates") + 2]
     iters = iterations_for(method, updates, args.tangent_warmup, freq)
+    start = time.time()
+    if trained_as is None:
+        _train(method, seed, args, data, run, iters, extra, env, deadline)
+    trained = time.time()
+    export = sorted((Path(args.work) / (trained_as or name) / "ckpt" / "ema_student").glob("iter_*"))[-1]
+    times = extra[extra.index("--mid-times"):extra.index("--mid-times") + 4] if trained_as else []
+    evaluate = [sys.executable, str(ROOT / "tools" / "eval_digits.py"), "--model", str(export),
+                "--name", NAMES[method] if name == f"{method}-seed{seed}" else name,
+                "--sampler", "few-step", "--steps", "1", "2", "4", "--split", split,
+                "--seeds", *map(str, [seed] if sample_seeds is None else sample_seeds), "--threads", str(args.threads),
+                "--json", str(run / "eval.partial.json"), *times]
+    with open(run / "eval.log", "w") as log:
+        subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       timeout=None if deadline is None else max(1.0, deadline - time.time()))
+    report = json.loads((run / "eval.partial.json").read_text())
+    report["timing"] = {"iterations": 0 if trained_as else iters, "train_s": round(trained - start, 1),
+                        "eval_s": round(time.time() - trained, 1), **({"trained_as": trained_as} if trained_as else {})}
+    result.write_text(json.dumps(report, indent=1))
+    return result
+
+
+def _train(method, seed, args, data, run, iters, extra, env, deadline):
     train = [sys.executable, str(ROOT / "examples" / "pretrain_rcm.py"), "--config", str(CONFIG),
              "--teacher", str(args.teacher), "--data-path", str(data),
              "--negative-prompt-embedding", str(data / NEGATIVE_PROMPT_FILE), "--seed", str(1000 + seed),
@@ -94,25 +119,9 @@ def run_one(method, seed, args, data, name=None, extra=(), sample_seeds=None, sp
              "--student-update-freq", str(args.student_update_freq), "--save", str(run / "ckpt"),
              "--save-interval", str(iters), "--log-interval", "25", "--log-jsonl", str(run / "train.jsonl"),
              *weight_flags(method), *extra]  # later flags win: extra overrides the defaults above
-    start = time.time()
     with open(run / "train.log", "w") as log:
         subprocess.run(train, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
                        timeout=None if deadline is None else max(1.0, deadline - time.time()))
-    trained = time.time()
-    export = sorted((run / "ckpt" / "ema_student").glob("iter_*"))[-1]
-    evaluate = [sys.executable, str(ROOT / "tools" / "eval_digits.py"), "--model", str(export),
-                "--name", NAMES[method] if name == f"{method}-seed{seed}" else name,
-                "--sampler", "few-step", "--steps", "1", "2", "4", "--split", split,
-                "--seeds", *map(str, [seed] if sample_seeds is None else sample_seeds), "--threads", str(args.threads),
-                "--json", str(run / "eval.partial.json")]
-    with open(run / "eval.log", "w") as log:
-        subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
-                       timeout=None if deadline is None else max(1.0, deadline - time.time()))
-    report = json.loads((run / "eval.partial.json").read_text())
-    report["timing"] = {"iterations": iters, "train_s": round(trained - start, 1),
-                        "eval_s": round(time.time() - trained, 1)}
-    result.write_text(json.dumps(report, indent=1))
-    return result
 
 
 def comparison_gif(path, args):

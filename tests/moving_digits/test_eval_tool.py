@@ -85,3 +85,28 @@ def test_students_are_sampled_at_the_times_their_training_recorded(tmp_path):
                               str(bad_json)], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
         assert not bad_json.exists()
+
+
+def test_a_run_trained_as_another_samples_its_export_at_its_own_later_times(tmp_path):
+    """tools/distill_digits.run_one(trained_as=...): no training; the 1- and 2-step samplers are the
+    other run's, the 4-step one follows this run's --mid-times."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from distill_digits import run_one
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    (tmp_path / "base" / "ckpt" / "ema_student").mkdir(parents=True)
+    _student_export(tmp_path / "base" / "ckpt" / "ema_student" / "iter_0000001")
+    args = SimpleNamespace(work=str(tmp_path), threads=1, student_update_freq=2, student_updates=4, tangent_warmup=1)
+    rows = {}
+    for name, later in {"near": ["0.8", "0.3"], "far": ["1.1", "0.9"]}.items():
+        path = run_one("rcm", 100, args, tmp_path / "no-data", name=name, extra=["--mid-times", "1.2", *later],
+                       sample_seeds=[5], split="val", trained_as="base")
+        report = json.loads(path.read_text())
+        assert report["timing"]["trained_as"] == "base" and report["timing"]["iterations"] == 0
+        assert sorted(p.name for p in path.parent.iterdir()) == ["eval.json", "eval.log", "eval.partial.json"]
+        rows[name] = {row["name"].rsplit(" ", 1)[-1]: row["fd"][0] for row in report["rows"]}
+    assert rows["near"]["1"] == rows["far"]["1"] and rows["near"]["2"] == rows["far"]["2"]
+    assert rows["near"]["4"] != rows["far"]["4"]
