@@ -97,7 +97,9 @@ def test_runs_that_differ_in_the_later_sampler_times_are_told_apart_at_4_steps(s
     for n, fd4, acc4 in zip(names, (80.0, 76.0, 87.0, 98.0), (0.82, 0.84, 0.86, 0.87)):
         rcm = f"rcm-{n.replace('b32', 'b32-rollout2')}"
         results[rcm] = _with_4_steps(_eval_json(tmp_path / f"{rcm}.json", rcm, 86.0 + 1e-6 * fd4, 0.81), fd4, acc4)
-    assert study.choose(results, teacher)[0] == "rcm-b32-rollout2-later1.15-0.9"  # within the bound, most accurate
+    name, why = study.choose(results, teacher)
+    assert name == "rcm-b32-rollout2-later1.15-0.9"  # within the bound, the most accurate
+    assert "4-step val FD 87.0 (1.2x the teacher's 96.0), accuracy 0.860" in why
     del results["rcm-b32-rollout2-later1.15-0.9"]
     assert study.choose(results, teacher)[0] == "rcm-b32-rollout2-later1.0-0.5"  # 1.2-1.1 is past the bound
     results["rcm-b32-rollout2"] = _eval_json(tmp_path / "lower.json", "rcm-b32-rollout2", 85.0, 0.81)
