@@ -115,16 +115,15 @@ ROUND_6 = {name: (name[:3], B32 + flags) for name, flags in {
 # time), for the 4-step diversity missed on test. DMD on the 1-2-step rollouts (and sCM, which has
 # no rollout) does not train at them, so each such setting samples its method's one training at
 # other times (``SAMPLER_ONLY``), and the choice tells these apart on the 4-step results (``choose``).
-LATER_TIMES = {"-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.2-1.1": (1.2, 1.1)}
+LATER_TIMES = {"": (0.86, 0.3), "-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.2-1.1": (1.2, 1.1)}
 ROUND_7_TRAINED = {"rcm-b32-rollout2": ("rcm", B32 + R2), "scm-b32": ("scm", B32)}
-SAMPLER_ONLY = {f"{name}{suffix}": name for name in ROUND_7_TRAINED for suffix in LATER_TIMES}
-ROUND_7 = {**ROUND_7_TRAINED, **{f"{name}{suffix}": (method, flags + _mid_times(1.23, *times))
-                                 for name, (method, flags) in ROUND_7_TRAINED.items()
-                                 for suffix, times in LATER_TIMES.items()}}
+ROUND_7 = {f"{name}{suffix}": (method, flags + _mid_times(1.23, *times))
+           for name, (method, flags) in ROUND_7_TRAINED.items() for suffix, times in LATER_TIMES.items()}
+SAMPLER_ONLY = {f"{name}{suffix}": name for name in ROUND_7_TRAINED for suffix in LATER_TIMES if suffix}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
-# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a; docs/results.md).
-# The config now holds round 4's choice, so today's "rcm" is that choice at batch 8: rerun a round
-# as it ran at its commit.
+# round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
+# f0d9f9d; docs/results.md). The config now holds round 7's choice, so today's "rcm" is that choice
+# at batch 8: rerun a round as it ran at its commit.
 ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
