@@ -148,6 +148,8 @@ def test_bad_inputs_end_in_one_line_before_anything_is_written(tmp_path):
         "zero minutes": (["--phase", "a", "--minutes", "0"], "--minutes must be > 0"),
         "student updates not an integer": (["--phase", "a", "--student-updates", "4e2"], "--student-updates"),
         "zero jobs": (["--phase", "a", "--jobs", "0"], "--jobs"),
+        "a round that does not exist": (["--phase", "a", "--round", "9"], "argument --round: invalid choice: 9"),
+        "an ablation no round has": (["--phase", "a", "--only", "rcm-b64"], "argument --only: invalid choice"),
     }
     outs = {name: tmp_path / f"out{i}" for i, name in enumerate(cases)}
     procs = {name: subprocess.Popen([sys.executable, str(ROOT / "tools" / "digits_study.py"), *argv, "--out",
