@@ -57,7 +57,7 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     for name in study.ROUND_2:
         if name.startswith("rcm"):
             assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
-    for number in (3, 4, 5, 6, 7):  # every later rCM run has its sCM run too
+    for number in (3, 4, 5, 6, 7, 8):  # every later rCM run has its sCM run too
         monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[number])
         assert all(study._baseline(study.ABLATIONS, n) for n, (m, _) in study.ABLATIONS.items() if m == "rcm")
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[4])
@@ -65,6 +65,9 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     assert study._baseline(study.ROUND_4, "rcm-b32-cfg3.5") == "scm-b32-cfg3.5"  # guidance is shared
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[5])
     assert study._baseline(study.ROUND_5, "rcm-b32-dmdcfg5") == "scm-b32"  # the DMD direction's guidance is not
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[8])
+    assert study._baseline(study.ROUND_8, "rcm-b32-pmean0.7") == "scm-b32-pmean0.7"  # sCM's noise levels are shared
+    assert study._baseline(study.ROUND_8, "rcm-b32-dcm0.1-dmdw1") == "scm-b32-dcm0.1"
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[2])
     teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [23.0]}
                for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]
@@ -108,9 +111,9 @@ def test_runs_that_differ_in_the_later_sampler_times_are_told_apart_at_4_steps(s
 
 def test_baselines_share_only_their_part_of_the_chosen_flags(study):
     flags = ["--dmd-weight", "0.3", "--student-update-freq", "5", "--dcm-step", "0.05", "--dmd-shift", "1",
-             "--mid-times", "1.2", "0.8", "0.3", "--micro-batch-size", "32", "--student-updates", "800"]
+             "--p-mean", "0.7", "--mid-times", "1.2", "0.8", "0.3", "--micro-batch-size", "32", "--student-updates", "800"]
     shared = ["--mid-times", "1.2", "0.8", "0.3", "--micro-batch-size", "32", "--student-updates", "800"]
-    assert study.flag_subset(flags, study.SCM_FLAGS) == ["--dcm-step", "0.05", *shared]
+    assert study.flag_subset(flags, study.SCM_FLAGS) == ["--dcm-step", "0.05", "--p-mean", "0.7", *shared]
     assert study.flag_subset(flags, study.CRITIC_FLAGS) == ["--student-update-freq", "5", "--dmd-shift", "1", *shared]
 
 
