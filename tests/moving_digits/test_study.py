@@ -109,6 +109,24 @@ def test_runs_that_differ_in_the_later_sampler_times_are_told_apart_at_4_steps(s
     assert study.choose(results, teacher)[0] == "rcm-b32-rollout2"  # a lower 2-step FD still comes first
 
 
+def test_from_round_9_the_2_step_accuracy_breaks_ties_within_the_fd_bound(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[9])
+    teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [23.0]}
+               for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]  # 2-step FD bound: 1.2 x 80 = 96
+    results = {name: _eval_json(tmp_path / f"{name}.json", name, *numbers) for name, numbers in {
+        "scm-b32": (170.0, 0.60), "scm-b32-dcm0.1": (200.0, 0.55), "scm-b32-dcm0.15": (200.0, 0.55),
+        "rcm-b32": (86.0, 0.80),  # 3 targets: all but the 2-step accuracy
+        "rcm-b32-dcm0.1": (82.0, 0.78),  # 3, the lowest FD
+        "rcm-b32-dcm0.1-dmdw1": (91.0, 0.83),  # 3, the most accurate within the FD bound
+        "rcm-b32-dmdw1": (120.0, 0.86),  # 3: the 2-step accuracy met, the FD bound not
+    }.items()}
+    assert study.choose(results, teacher)[0] == "rcm-b32-dcm0.1"
+    assert study.choose(results, teacher, accuracy_first=True)[0] == "rcm-b32-dcm0.1-dmdw1"
+    results["rcm-b32-dcm0.15-dmdw1"] = _eval_json(tmp_path / "all4.json", "rcm-b32-dcm0.15-dmdw1", 95.0, 0.85)
+    for accuracy_first in (False, True):  # all 4 targets still come first
+        assert study.choose(results, teacher, accuracy_first=accuracy_first)[0] == "rcm-b32-dcm0.15-dmdw1"
+
+
 def test_baselines_share_only_their_part_of_the_chosen_flags(study):
     flags = ["--dmd-weight", "0.3", "--student-update-freq", "5", "--dcm-step", "0.05", "--dmd-shift", "1",
              "--p-mean", "0.7", "--mid-times", "1.2", "0.8", "0.3", "--micro-batch-size", "32", "--student-updates", "800"]
@@ -151,7 +169,7 @@ def test_bad_inputs_end_in_one_line_before_anything_is_written(tmp_path):
         "zero minutes": (["--phase", "a", "--minutes", "0"], "--minutes must be > 0"),
         "student updates not an integer": (["--phase", "a", "--student-updates", "4e2"], "--student-updates"),
         "zero jobs": (["--phase", "a", "--jobs", "0"], "--jobs"),
-        "a round that does not exist": (["--phase", "a", "--round", "9"], "argument --round: invalid choice: 9"),
+        "a round that does not exist": (["--phase", "a", "--round", "99"], "argument --round: invalid choice: 99"),
         "an ablation no round has": (["--phase", "a", "--only", "rcm-b64"], "argument --only: invalid choice"),
     }
     outs = {name: tmp_path / f"out{i}" for i, name in enumerate(cases)}
