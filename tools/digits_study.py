@@ -12,14 +12,15 @@ Phase A trains a teacher with ``tools/train_digits_teacher.py`` from the shipped
 cosine decay over ``--teacher-minutes``, the val FD every ``--teacher-eval-every`` steps) while the
 shipped teacher is distilled in every configuration of the ``--round``'s ablations beside it
 (``tools/distill_digits.run_one``, ``--jobs`` runs sharing the GPU; sampling seeds
-``VALIDATION_SEEDS``, round 9's ``ROUND_9_SEEDS``, training seed 1000 + the first; FD against val
+``VALIDATION_SEEDS``, from round 9 ``ROUND_SEEDS``, training seed 1000 + the first; FD against val
 videos); phase B distils whichever teacher has the lower 50-step val FD. Round 1 varies the loss
 balance, the critic and the DMD timesteps; round 2, from round 1's choice, the budget every method
 shares (batch, learning rate, updates) and the sampler's times; round 3, at round 2's batch and
 times, the DMD weight, the discrete-time tangent and the updates; round 4, from round 3's choice,
 the rollout length, the DMD weight and the guidance; rounds 5 to 7, from round 4's choice, the DMD
 direction's guidance, the first mid time, and the later sampler times; round 8, from round 7's
-choice, sCM's noise levels and the discrete-time step; round 9, round 8's best at fresh seeds. The
+choice, sCM's noise levels and the discrete-time step; round 9, round 8's best at fresh seeds;
+round 10, from round 9's choice, the later sampler times again. The
 choice (``choose``): the rCM configuration that meets the most of the issue's targets on val, the
 lower 2-step FD among equals (from round 9: a 2-step FD within its bound, then the higher 2-step
 accuracy). Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5) beside distilling it with
@@ -121,9 +122,16 @@ ROUND_6 = {name: (name[:3], B32 + flags) for name, flags in {
 # other times (``SAMPLER_ONLY``), and the choice tells these apart on the 4-step results (``choose``).
 LATER_TIMES = {"": (0.86, 0.3), "-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.2-1.1": (1.2, 1.1)}
 ROUND_7_TRAINED = {"rcm-b32-rollout2": ("rcm", B32 + R2), "scm-b32": ("scm", B32)}
-ROUND_7 = {f"{name}{suffix}": (method, flags + _mid_times(1.23, *times))
-           for name, (method, flags) in ROUND_7_TRAINED.items() for suffix, times in LATER_TIMES.items()}
-SAMPLER_ONLY = {f"{name}{suffix}": name for name in ROUND_7_TRAINED for suffix in LATER_TIMES if suffix}
+
+
+def _later_times(trained, later_times):
+    """Each trained run at each setting of the later times; the runs that only re-sample a trained one."""
+    runs = {f"{name}{suffix}": (method, flags + _mid_times(1.23, *times))
+            for name, (method, flags) in trained.items() for suffix, times in later_times.items()}
+    return runs, {f"{name}{suffix}": name for name in trained for suffix in later_times if suffix}
+
+
+ROUND_7, SAMPLER_ONLY = _later_times(ROUND_7_TRAINED, LATER_TIMES)
 # Round 8, from round 7's choice (the digits config), for the 2-step accuracy still missed: where
 # sCM draws its noise levels (the config's p_mean 0 centres them at t = pi/4, below both the 2-step
 # sampler's points, pure noise and the first mid time 1.23; Wan 1.3B uses 0.7), and a larger
@@ -135,19 +143,27 @@ ROUND_8 = {name: (name[:3], B32 + flags) for name, flags in {
     "rcm-b32-dcm0.1-dmdw1": ["--dcm-step", "0.1", "--dmd-weight", "1"]}.items()}
 # Round 9, from round 7's choice again: round 8's setting nearest the missed 2-step accuracy (dcm step
 # 0.1 with the DMD weight back at 1: val 0.838 at FD 91) and its neighbours, at fresh training and
-# sampling seeds (``ROUND_9_SEEDS``), so the choice is not made on the numbers that suggested it.
+# sampling seeds (``ROUND_SEEDS``), so the choice is not made on the numbers that suggested it.
 ROUND_9 = {name: (name[:3], B32 + flags) for name, flags in {
     "rcm-b32": [], "rcm-b32-dmdw1": ["--dmd-weight", "1"], "rcm-b32-dcm0.1": ["--dcm-step", "0.1"],
     **{f"rcm-b32-dcm{step}-dmdw{w}": ["--dcm-step", step, "--dmd-weight", w]
        for step, w in (("0.1", "0.75"), ("0.1", "1"), ("0.15", "1"))},
     **{f"scm-b32{suffix}": flags for suffix, flags in {
         "": [], "-dcm0.1": ["--dcm-step", "0.1"], "-dcm0.15": ["--dcm-step", "0.15"]}.items()}}.items()}
-ROUND_9_SEEDS = (102, 103, 104)
+# Round 10, from round 9's choice (the digits config): round 7's question again, the 3- and 4-step
+# samplers' later times, for a training whose tangent and DMD weight round 9 changed (its test 4-step
+# diversity fell to 22.7 against the bar of 22.8). Sampler-only, as round 7, at fresh seeds.
+ROUND_10, _round_10_sampled = _later_times({"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}, {
+    "": (1.2, 1.1), "-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.22-1.21": (1.22, 1.21)})
+SAMPLER_ONLY.update(_round_10_sampled)
+# sampling seeds on val per round from round 9 (fresh ones: training seed 1000 + the first)
+ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107)}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
 # f0d9f9d; docs/results.md). The config now holds round 7's choice, so today's "rcm" is that choice
 # at batch 8: rerun a round as it ran at its commit.
-ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8, 9: ROUND_9}
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8, 9: ROUND_9,
+          10: ROUND_10}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
@@ -314,7 +330,7 @@ def phase_a(out, args, data, budget, log):
     teachers = {"shipped": TEACHER}
     teacher_rows = {}
 
-    seeds = {9: ROUND_9_SEEDS}.get(args.round, VALIDATION_SEEDS)
+    seeds = ROUND_SEEDS.get(args.round, VALIDATION_SEEDS)
 
     def val_rows(name, path):
         return evaluate_teacher(path, "val", seeds, [50, 4], Path(args.work) / f"teacher_{name}_val.json",
@@ -505,7 +521,8 @@ def main():
                         "tangent and updates at round 2's batch and times; 4: rollout length, DMD weight and "
                         "guidance from round 3's choice; 5: DMD guidance; 6: the first mid time; 7: the later sampler "
                         "times, from round 4's choice; 8: sCM's noise levels and the discrete-time step, from "
-                        "round 7's choice; 9: round 8's best at fresh seeds; default: %(default)s)")
+                        "round 7's choice; 9: round 8's best at fresh seeds; 10: the later sampler times, from round 9's "
+                        "choice; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}), metavar="NAME",
                    help="phase a: these ablations of the round only, by their names in ROUND_N of this file "
                         "(default: all)")
