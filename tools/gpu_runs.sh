@@ -246,7 +246,7 @@ digits-a|digits-b)
   phase=${1#digits-}
   flags="--student-updates ${DIGITS_UPDATES:-400} --jobs ${DIGITS_JOBS:-12}"
   if [ "$phase" = a ]; then
-    round=${DIGITS_ROUND:-10}  # rounds 2 to 10 keep the shipped teacher (round 1's GPU teacher lost on val FD)
+    round=${DIGITS_ROUND:-11}  # rounds 2 to 11 keep the shipped teacher (round 1's GPU teacher lost on val FD)
     flags="$flags --round $round --teacher-minutes ${DIGITS_TEACHER_MINUTES:-$([ $round = 1 ] && echo 3 || echo 0)}"
     flags="$flags --teacher-workers 3"
     # beside the study, a GPU test that needs little of the GPU (default: keeping attention through a

@@ -57,7 +57,7 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     for name in study.ROUND_2:
         if name.startswith("rcm"):
             assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
-    for number in (3, 4, 5, 6, 7, 8, 9, 10):  # every later rCM run has its sCM run too
+    for number in (3, 4, 5, 6, 7, 8, 9, 10, 11):  # every later rCM run has its sCM run too
         monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[number])
         assert all(study._baseline(study.ABLATIONS, n) for n, (m, _) in study.ABLATIONS.items() if m == "rcm")
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[4])
@@ -110,6 +110,28 @@ def test_runs_that_differ_in_the_later_sampler_times_are_told_apart_at_4_steps(s
     assert study.choose(results, teacher)[0] == "rcm-b32-rollout2-later1.0-0.5"  # 1.2-1.1 is past the bound
     results["rcm-b32-rollout2"] = _eval_json(tmp_path / "lower.json", "rcm-b32-rollout2", 85.0, 0.81)
     assert study.choose(results, teacher)[0] == "rcm-b32-rollout2"  # a lower 2-step FD still comes first
+
+
+def test_from_round_11_the_4_step_diversity_bar_comes_before_the_4_step_fd_and_accuracy(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[11])
+    assert study.SAMPLER_ONLY["scm-b32-later1.225-1.222"] == "scm-b32"
+    teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [24.0]}
+               for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]  # bars: FD 96, diversity 0.95 x 24 = 22.8
+    results = {}
+    for suffix, fd4, acc4, div4 in (("", 80.0, 0.88, 22.0), ("-later1.21-1.17", 85.0, 0.87, 22.9),
+                                    ("-later1.22-1.21", 90.0, 0.86, 23.2), ("-later1.225-1.222", 100.0, 0.89, 23.5)):
+        scm = f"scm-b32{suffix}"
+        results[scm] = _eval_json(tmp_path / f"{scm}.json", scm, 170.0, 0.60)
+        rcm = f"rcm-b32{suffix}"
+        path = _with_4_steps(_eval_json(tmp_path / f"{rcm}.json", rcm, 86.0, 0.81), fd4, acc4)
+        report = json.loads(path.read_text())
+        report["rows"][2]["diversity"] = [div4, div4]
+        path.write_text(json.dumps(report))
+        results[rcm] = path
+    assert study.choose(results, teacher, accuracy_first=True)[0] == "rcm-b32"  # rounds 9 and 10: diversity unseen
+    name, why = study.choose(results, teacher, accuracy_first=True, diversity_at_4=True)
+    assert name == "rcm-b32-later1.21-1.17"  # over the bar and within the FD bound, the most accurate
+    assert "diversity 22.9 (0.95x the teacher's 22.8)" in why
 
 
 def test_from_round_9_the_2_step_accuracy_breaks_ties_within_the_fd_bound(study, tmp_path, monkeypatch):
