@@ -154,12 +154,13 @@ ROUND_9 = {name: (name[:3], B32 + flags) for name, flags in {
 # Round 10, from round 9's choice (the digits config): round 7's question again, the 3- and 4-step
 # samplers' later times, for a training whose tangent and DMD weight round 9 changed (its test 4-step
 # diversity fell to 22.7 against the bar of 22.8). Sampler-only, as round 7, at fresh seeds.
-ROUND_10, _round_10_sampled = _later_times({"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}, {
+ROUND_9_TRAINED = {"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}  # round 9's choice is the config's
+ROUND_10, _round_10_sampled = _later_times(ROUND_9_TRAINED, {
     "": (1.2, 1.1), "-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.22-1.21": (1.22, 1.21)})
 SAMPLER_ONLY.update(_round_10_sampled)
 # Round 11: round 10 again, judged with the 4-step diversity bar first (``choose``), at the late end
 # of the later times, where round 10's 4-step diversity rose above that bar, and at fresh seeds.
-ROUND_11, _round_11_sampled = _later_times({"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}, {
+ROUND_11, _round_11_sampled = _later_times(ROUND_9_TRAINED, {
     "": (1.2, 1.1), "-later1.21-1.17": (1.21, 1.17), "-later1.22-1.21": (1.22, 1.21),
     "-later1.225-1.222": (1.225, 1.222)})
 SAMPLER_ONLY.update(_round_11_sampled)
