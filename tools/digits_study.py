@@ -19,15 +19,15 @@ shares (batch, learning rate, updates) and the sampler's times; round 3, at roun
 times, the DMD weight, the discrete-time tangent and the updates; round 4, from round 3's choice,
 the rollout length, the DMD weight and the guidance; rounds 5 to 7, from round 4's choice, the DMD
 direction's guidance, the first mid time, and the later sampler times; round 8, from round 7's
-choice, sCM's noise levels and the discrete-time step; round 9, round 8's best at fresh seeds;
-round 10, from round 9's choice, the later sampler times again; round 11, their late end, with the
-4-step diversity bar in the choice. The
-choice (``choose``): the rCM configuration that meets the most of the issue's targets on val, the
-lower 2-step FD among equals (from round 9: a 2-step FD within its bound, then the higher 2-step
-accuracy). Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5) beside distilling it with
-sCM only (the choice's shared and tangent flags), rCM (the choice) and DMD only (its shared and
-critic flags) for training seeds 1000 + S and sampling seeds S, S = 0, 1, 2, against test videos,
-and checks the issue's targets.
+choice, sCM's noise levels and the discrete-time step; round 9, round 8's best at fresh seeds; round
+10, from round 9's choice, the later sampler times again; round 11, their late end, with the 4-step
+diversity bar in the choice. The choice (``choose``): the rCM configuration that meets the most of
+the issue's targets on val, the lower 2-step FD among equals (from round 9: a 2-step FD within its
+bound, then the higher 2-step accuracy; from round 11, between runs that differ in the later times:
+the 4-step diversity bar first). Phase B evaluates the teacher (50 and 4 Euler steps, CFG 2.5)
+beside distilling it with sCM only (the choice's shared and tangent flags), rCM (the choice) and DMD
+only (its shared and critic flags) for training seeds 1000 + S and sampling seeds S, S = 0, 1, 2,
+against test videos, and checks the issue's targets.
 
 Everything lands in ``--out`` as it finishes: the teacher folder, logs, per-run logs and eval
 JSON (``OUT/runs/NAME``), ``OUT/phase_a.json``, ``OUT/choice.json``, ``OUT/ablations.md`` or
@@ -168,8 +168,9 @@ SAMPLER_ONLY.update(_round_11_sampled)
 ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107), 11: (108, 109, 110)}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
-# f0d9f9d; docs/results.md). The config now holds round 7's choice, so today's "rcm" is that choice
-# at batch 8: rerun a round as it ran at its commit.
+# f0d9f9d, round 8 0ff10d4, round 9 c8720a2, round 10 9f226a8, round 11 7f2f8d4; docs/results.md).
+# The config now holds round 9's choice, so today's "rcm" is that choice at batch 8: rerun a round
+# as it ran at its commit.
 ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8, 9: ROUND_9,
           10: ROUND_10, 11: ROUND_11}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
@@ -380,7 +381,8 @@ def phase_a(out, args, data, budget, log):
               "ablations": {name: {"flags": ABLATIONS[name][1], "method": ABLATIONS[name][0],
                                    **json.loads(Path(path).read_text())} for name, path in results.items()},
               "args": {k: v for k, v in vars(args).items()}}
-    chosen = choose(results, teacher_rows["shipped"], accuracy_first=args.round >= 9, diversity_at_4=args.round >= 11)  # the teacher the ablations distilled
+    # judged against the teacher the ablations distilled, by the rule of the round
+    chosen = choose(results, teacher_rows["shipped"], accuracy_first=args.round >= 9, diversity_at_4=args.round >= 11)
     if chosen is not None:
         name, why = chosen
         # "gpu": the teacher folder next to choice.json; "shipped": assets/moving_digits/teacher
