@@ -57,7 +57,7 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     for name in study.ROUND_2:
         if name.startswith("rcm"):
             assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
-    for number in (3, 4, 5, 6, 7, 8, 9, 10, 11):  # every later rCM run has its sCM run too
+    for number in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12):  # every later rCM run has its sCM run too
         monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[number])
         assert all(study._baseline(study.ABLATIONS, n) for n, (m, _) in study.ABLATIONS.items() if m == "rcm")
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[4])
@@ -150,6 +150,22 @@ def test_from_round_9_the_2_step_accuracy_breaks_ties_within_the_fd_bound(study,
     results["rcm-b32-dcm0.15-dmdw1"] = _eval_json(tmp_path / "all4.json", "rcm-b32-dcm0.15-dmdw1", 95.0, 0.85)
     for accuracy_first in (False, True):  # all 4 targets still come first
         assert study.choose(results, teacher, accuracy_first=accuracy_first)[0] == "rcm-b32-dcm0.15-dmdw1"
+
+
+def test_from_round_12_the_diversity_against_the_teacher_counts_among_the_targets(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[12])
+    teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [23.0]}
+               for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]  # diversity bar: 0.95 x 23 = 21.85
+    results = {name: _eval_json(tmp_path / f"{name}.json", name, *numbers) for name, numbers in {
+        "scm-b32": (170.0, 0.60, 23.0),
+        "rcm-b32": (86.0, 0.86, 21.5),  # all 4 FD/accuracy targets, narrow at every step
+        "rcm-b32-dmdw0.85": (90.0, 0.83, 22.0),  # 3 of them, over the diversity bar at every step
+        "rcm-b32-rollout4": (88.0, 0.82, 21.9),  # the same 6, less accurate at 2 steps
+    }.items()}
+    assert study.choose(results, teacher, accuracy_first=True, diversity_at_4=True)[0] == "rcm-b32"
+    name, why = study.choose(results, teacher, accuracy_first=True, diversity_at_4=True, diversity_counted=True)
+    assert name == "rcm-b32-dmdw0.85" and "meets 6 of the issue's 7" in why
+    assert "rCM 4-step diversity >= 0.95x the 50-step teacher's" in why
 
 
 def test_baselines_share_only_their_part_of_the_chosen_flags(study):
