@@ -25,10 +25,15 @@ from .seed import set_random_seed
 @dataclass(frozen=True)
 class LaunchEnv:
     rank: int
+    """This process's rank among all of the job's processes."""
     world_size: int
+    """The number of processes in the job."""
     local_rank: int
+    """This process's rank on its node (it picks the GPU)."""
     master_addr: str
+    """Where rank 0's rendezvous store listens."""
     master_port: int
+    """Its TCP port; 0 for a single process without MASTER_PORT, whose store lives in the process."""
 
 
 def _first_slurm_host(nodelist: str) -> str:
@@ -71,7 +76,9 @@ def launch_env(environ=None) -> LaunchEnv:
     elif "SLURM_JOB_ID" in env:
         port = 20000 + int(env["SLURM_JOB_ID"]) % 20000
     elif world == 1:
-        port = free_port()
+        # no TCP store: a free port found here could be taken before the store binds it, as
+        # happens when several single-process runs start together (EADDRINUSE)
+        port = 0
     else:
         raise ValueError("MASTER_PORT is not set; launch with torchrun or srun, or export MASTER_PORT")
     if not 0 <= rank < world:
@@ -106,9 +113,11 @@ def initialize_parallel(
         enable_cpu_shim()
         backend = "gloo"
     if not dist.is_initialized():
+        rendezvous = ({"store": dist.HashStore()} if env.master_port == 0
+                      else {"init_method": f"tcp://{env.master_addr}:{env.master_port}"})
         dist.init_process_group(
             backend=backend,
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            **rendezvous,
             rank=env.rank,
             world_size=env.world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),

@@ -58,11 +58,30 @@ def test_launch_env_torchrun_and_slurm():
                       "SLURM_JOB_NODELIST": "gpu[003-005,010],cpu1", "SLURM_JOB_ID": "123456"})
     assert (env.rank, env.world_size, env.local_rank, env.master_addr) == (5, 16, 5, "gpu003")
     assert env.master_port == 20000 + 123456 % 20000
-    assert launch_env({}).world_size == 1
+    assert (launch_env({}).world_size, launch_env({}).master_port) == (1, 0)  # an in-process store
     with pytest.raises(ValueError, match="MASTER_PORT is not set"):
         launch_env({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="outside the world size"):
         launch_env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
+
+
+def _single_process_store():
+    with parallel_context(ParallelConfig()):
+        return type(dist.distributed_c10d._get_default_store().underlying_store).__name__
+
+
+def test_a_single_process_without_master_port_needs_no_tcp_port():
+    """Several single-process runs started together (tools/digits_study.py's) once raced for the
+    free port each had found; the store now lives in the process."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")
+           and not k.startswith("SLURM_")}
+    code = "from tests.parallel.test_runtime import _single_process_store as f; print(f())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "HashStore"
 
 
 def _fails_on_rank_one():
