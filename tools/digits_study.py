@@ -166,7 +166,6 @@ ROUND_11, _round_11_sampled = _later_times(ROUND_9_TRAINED, {
     "": (1.2, 1.1), "-later1.21-1.17": (1.21, 1.17), "-later1.22-1.21": (1.22, 1.21),
     "-later1.225-1.222": (1.225, 1.222)})
 SAMPLER_ONLY.update(_round_11_sampled)
-# sampling seeds on val per round from round 9 (fresh ones: training seed 1000 + the first)
 # Round 12, from round 9's choice, for its 4-step diversity (test 22.7 against a bar of 22.8) that
 # later times cannot lift (rounds 10 and 11): a DMD weight between round 9's 0.75 and 1 (its val
 # diversity fell as the weight rose), and DMD on 3- and 4-step rollouts, alone and at weight 0.85.
@@ -176,6 +175,7 @@ ROUND_12 = {name: (name[:3], B32 + flags) for name, flags in {
     **{f"rcm-b32-dmdw{w}": ["--dmd-weight", w] for w in ("0.75", "0.85", "0.9")},
     **{f"rcm-b32-rollout{r}{suffix}": ["--max-rollout-steps", r, *flags] for r in ("3", "4")
        for suffix, flags in {"": [], "-dmdw0.85": ["--dmd-weight", "0.85"]}.items()}}.items()}
+# sampling seeds on val per round from round 9 (fresh ones: training seed 1000 + the first)
 ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107), 11: (108, 109, 110), 12: (114, 115, 116)}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
@@ -329,8 +329,9 @@ def choose(results, teacher_rows, accuracy_first=False, diversity_at_4=False, di
         return None
     name = max(scored, key=lambda n: scored[n][:-5])
     count, *_, acc4, met, scm, fd2, fd4, div4 = scored[name]
-    return name, (f"meets {count} of the issue's {7 if diversity_counted else 4} "
-                  f"{'FD/accuracy/diversity' if diversity_counted else 'FD/accuracy'} targets on val against {scm}, the most "
+    kinds = "FD/accuracy/diversity" if diversity_counted else "FD/accuracy"
+    return name, (f"meets {count} of the issue's {7 if diversity_counted else 4} {kinds} targets on val against "
+                  f"{scm}, the most "
                   f"({'; '.join(met)}); 2-step val FD {fd2:.1f}; 4-step val FD {fd4:.1f} (1.2x the teacher's "
                   f"{fd_bound:.1f}), accuracy {acc4:.3f}, diversity {div4:.1f} (0.95x the teacher's "
                   f"{diversity_bar:.1f})")
