@@ -22,7 +22,7 @@ direction's guidance, the first mid time, and the later sampler times; round 8, 
 choice, sCM's noise levels and the discrete-time step; round 9, round 8's best at fresh seeds; round
 10, from round 9's choice, the later sampler times again; round 11, their late end, with the 4-step
 diversity bar in the choice; round 12, from round 9's choice, the DMD weight and the rollout length
-for the 4-step diversity. The choice (``choose``): the rCM configuration that meets the most of
+for the 4-step diversity; round 13, from round 12's choice, the later sampler times again. The choice (``choose``): the rCM configuration that meets the most of
 the issue's targets on val, the lower 2-step FD among equals (from round 9: a 2-step FD within its
 bound, then the higher 2-step accuracy; from round 11, between runs that differ in the later times:
 the 4-step diversity bar first; from round 12, the diversity against the teacher's counts among
@@ -175,15 +175,23 @@ ROUND_12 = {name: (name[:3], B32 + flags) for name, flags in {
     **{f"rcm-b32-dmdw{w}": ["--dmd-weight", w] for w in ("0.75", "0.85", "0.9")},
     **{f"rcm-b32-rollout{r}{suffix}": ["--max-rollout-steps", r, *flags] for r in ("3", "4")
        for suffix, flags in {"": [], "-dmdw0.85": ["--dmd-weight", "0.85"]}.items()}}.items()}
+# Round 13, from round 12's choice (the config): rounds 10 and 11's question, the later sampler times,
+# for the training that now uses the second of them in its 3-step DMD rollouts; judged by round 12's
+# rule, in which the 4-step diversity counts (sampler-only runs tie on everything else).
+ROUND_12_TRAINED = {"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}  # round 12's choice is the config's
+ROUND_13, _round_13_sampled = _later_times(ROUND_12_TRAINED, {
+    "": (1.2, 1.1), "-later1.21-1.17": (1.21, 1.17), "-later1.22-1.21": (1.22, 1.21)})
+SAMPLER_ONLY.update(_round_13_sampled)
 # sampling seeds on val per round from round 9 (fresh ones: training seed 1000 + the first)
-ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107), 11: (108, 109, 110), 12: (114, 115, 116)}
+ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107), 11: (108, 109, 110), 12: (114, 115, 116),
+               13: (117, 118, 119)}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
 # f0d9f9d, round 8 0ff10d4, round 9 c8720a2, round 10 9f226a8, round 11 7f2f8d4, round 12 011f8cb;
 # docs/results.md). The config now holds round 12's choice, so today's "rcm" is that choice at batch
 # 8: rerun a round as it ran at its commit.
 ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8, 9: ROUND_9,
-          10: ROUND_10, 11: ROUND_11, 12: ROUND_12}
+          10: ROUND_10, 11: ROUND_11, 12: ROUND_12, 13: ROUND_13}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
