@@ -22,7 +22,8 @@ direction's guidance, the first mid time, and the later sampler times; round 8, 
 choice, sCM's noise levels and the discrete-time step; round 9, round 8's best at fresh seeds; round
 10, from round 9's choice, the later sampler times again; round 11, their late end, with the 4-step
 diversity bar in the choice; round 12, from round 9's choice, the DMD weight and the rollout length
-for the 4-step diversity; round 13, from round 12's choice, the later sampler times again. The choice (``choose``): the rCM configuration that meets the most of
+for the 4-step diversity; round 13, from round 12's choice, the later sampler times again. The
+choice (``choose``): the rCM configuration that meets the most of
 the issue's targets on val, the lower 2-step FD among equals (from round 9: a 2-step FD within its
 bound, then the higher 2-step accuracy; from round 11, between runs that differ in the later times:
 the 4-step diversity bar first; from round 12, the diversity against the teacher's counts among
@@ -156,7 +157,7 @@ ROUND_9 = {name: (name[:3], B32 + flags) for name, flags in {
 # Round 10, from round 9's choice (the digits config): round 7's question again, the 3- and 4-step
 # samplers' later times, for a training whose tangent and DMD weight round 9 changed (its test 4-step
 # diversity fell to 22.7 against the bar of 22.8). Sampler-only, as round 7, at fresh seeds.
-ROUND_9_TRAINED = {"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}  # round 9's choice is the config's
+ROUND_9_TRAINED = {"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}  # the config at the round's commit
 ROUND_10, _round_10_sampled = _later_times(ROUND_9_TRAINED, {
     "": (1.2, 1.1), "-later1.0-0.5": (1.0, 0.5), "-later1.15-0.9": (1.15, 0.9), "-later1.22-1.21": (1.22, 1.21)})
 SAMPLER_ONLY.update(_round_10_sampled)
@@ -178,8 +179,7 @@ ROUND_12 = {name: (name[:3], B32 + flags) for name, flags in {
 # Round 13, from round 12's choice (the config): rounds 10 and 11's question, the later sampler times,
 # for the training that now uses the second of them in its 3-step DMD rollouts; judged by round 12's
 # rule, in which the 4-step diversity counts (sampler-only runs tie on everything else).
-ROUND_12_TRAINED = {"rcm-b32": ("rcm", B32), "scm-b32": ("scm", B32)}  # round 12's choice is the config's
-ROUND_13, _round_13_sampled = _later_times(ROUND_12_TRAINED, {
+ROUND_13, _round_13_sampled = _later_times(ROUND_9_TRAINED, {  # its names: round 12's choice, the config's
     "": (1.2, 1.1), "-later1.21-1.17": (1.21, 1.17), "-later1.22-1.21": (1.22, 1.21)})
 SAMPLER_ONLY.update(_round_13_sampled)
 # sampling seeds on val per round from round 9 (fresh ones: training seed 1000 + the first)
@@ -562,7 +562,9 @@ def main():
                         "guidance from round 3's choice; 5: DMD guidance; 6: the first mid time; 7: the later sampler "
                         "times, from round 4's choice; 8: sCM's noise levels and the discrete-time step, from "
                         "round 7's choice; 9: round 8's best at fresh seeds; 10: the later sampler times, from round 9's "
-                        "choice; 11: their late end, the 4-step diversity bar first; default: %(default)s)")
+                        "choice; 11: their late end, the 4-step diversity bar first; 12: the DMD weight and rollout "
+                        "length, the diversity counted among the targets; 13: the later sampler times for round 12's "
+                        "choice; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}), metavar="NAME",
                    help="phase a: these ablations of the round only, by their names in ROUND_N of this file "
                         "(default: all)")

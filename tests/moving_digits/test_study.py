@@ -1,6 +1,7 @@
 """tools/digits_study.py's decisions: the validation choice rule, the flags the baselines share, the targets."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,11 @@ def test_bad_inputs_end_in_one_line_before_anything_is_written(tmp_path):
         lines = err.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and cases[name][1] in lines[0], (name, err)
         assert not outs[name].exists() and not Path(str(outs[name]) + "-work").exists(), name
+
+
+def test_help_describes_every_round(study):
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "digits_study.py"), "--help"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "1000"})
+    assert out.returncode == 0
+    described = out.stdout.split("--round {", 1)[1]
+    assert all(f"{number}: " in described for number in study.ROUNDS), described

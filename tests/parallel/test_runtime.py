@@ -2,7 +2,10 @@
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,13 +76,11 @@ def _single_process_store():
 def test_a_single_process_without_master_port_needs_no_tcp_port():
     """Several single-process runs started together (tools/digits_study.py's) once raced for the
     free port each had found; the store now lives in the process."""
-    import subprocess
-    import sys
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")
            and not k.startswith("SLURM_")}
     code = "from tests.parallel.test_runtime import _single_process_store as f; print(f())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "HashStore"
 
