@@ -58,7 +58,7 @@ def test_round_2_pairs_each_rcm_run_with_the_scm_run_of_its_shared_flags(study, 
     for name in study.ROUND_2:
         if name.startswith("rcm"):
             assert study._baseline(study.ROUND_2, name) == name.replace("rcm", "scm", 1)
-    for number in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13):  # every later rCM run has its sCM run too
+    for number in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14):  # every later rCM run has its sCM run too
         monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[number])
         assert all(study._baseline(study.ABLATIONS, n) for n, (m, _) in study.ABLATIONS.items() if m == "rcm")
     monkeypatch.setattr(study, "ABLATIONS", study.ROUNDS[4])
@@ -97,6 +97,10 @@ def test_runs_that_differ_in_the_later_sampler_times_are_told_apart_at_4_steps(s
     assert study.SAMPLER_ONLY["rcm-b32-later1.22-1.21"] == "rcm-b32"  # round 10 re-samples round 9's choice
     assert study.ROUND_10["rcm-b32-later1.22-1.21"][1][-4:] == ["--mid-times", "1.23", "1.22", "1.21"]
     assert "rcm-b32" not in study.SAMPLER_ONLY  # the run they re-sample trains
+    # round 14: only the 1-2-step rollouts are re-sampled at other times; the config's 3-step ones train at them
+    assert study.SAMPLER_ONLY["rcm-b32-rollout2-later1.2-1.1"] == "rcm-b32-rollout2"
+    assert [n for n in study.ROUND_14 if n.startswith("rcm-b32-later")] == []
+    assert study.ROUND_14["rcm-b32-rollout2-later1.2-1.1"][1][-6:] == [*study.R2, "--mid-times", "1.23", "1.2", "1.1"]
     teacher = [{"name": f"teacher, RF Euler {n} steps, CFG 2.5", "digit_acc": [acc], "fd": [fd], "diversity": [24.0]}
                for n, acc, fd in ((50, 0.88, 80.0), (4, 0.84, 135.0))]  # 4-step FD bound: 1.2 x 80 = 96
     names = ("b32", "b32-later1.0-0.5", "b32-later1.15-0.9", "b32-later1.2-1.1")
