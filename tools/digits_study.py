@@ -24,7 +24,8 @@ choice, sCM's noise levels and the discrete-time step; round 9, round 8's best a
 diversity bar in the choice; round 12, from round 9's choice, the DMD weight and the rollout length
 for the 4-step diversity; round 13, from round 12's choice, the later sampler times again; round
 14, from round 13's choice, the 1-2-step DMD rollouts again, at both later times; round 15, from
-round 14's choice, the DMD direction's guidance. The
+round 14's choice, the DMD direction's guidance; round 16, from round 15's choice, the later
+sampler times again. The
 choice (``choose``): the rCM configuration that meets the most of
 the issue's targets on val, the lower 2-step FD among equals (from round 9: a 2-step FD within its
 bound, then the higher 2-step accuracy; from round 11, between runs that differ in the later times:
@@ -197,16 +198,21 @@ SAMPLER_ONLY.update({"rcm-b32-rollout2-later1.2-1.1": "rcm-b32-rollout2", "scm-b
 # shared guidance, and wider samples), a little above the sCM teacher's 2.5.
 ROUND_15 = {"scm-b32": ("scm", B32), "rcm-b32": ("rcm", B32),
             **{f"rcm-b32-dmdcfg{scale}": ("rcm", B32 + ["--dmd-guidance-scale", scale]) for scale in ("2.75", "3", "3.5")}}
+# Round 16: round 13's runs again (the later sampler times), on round 15's choice (the config), whose
+# test 4-step diversity missed its bar by 0.045; its rollouts are 1-2 steps, so they only re-sample.
+ROUND_16 = ROUND_13
 # sampling seeds on val per round from round 9 (fresh ones: training seed 1000 + the first)
 ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107), 11: (108, 109, 110), 12: (114, 115, 116),
-               13: (117, 118, 119), 14: (120, 121, 122), 15: (123, 124, 125)}
+               13: (117, 118, 119), 14: (120, 121, 122), 15: (123, 124, 125),
+               16: (126, 127, 128)}
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
 # f0d9f9d, round 8 0ff10d4, round 9 c8720a2, round 10 9f226a8, round 11 7f2f8d4, round 12 011f8cb,
-# round 13 03d194d, round 14 9ddbdf0; docs/results.md). The config now holds round 14's choice, so
-# today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
+# round 13 03d194d, round 14 9ddbdf0, round 15 ea08b69; docs/results.md). The config now holds round
+# 15's choice, so today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
 ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8, 9: ROUND_9,
-          10: ROUND_10, 11: ROUND_11, 12: ROUND_12, 13: ROUND_13, 14: ROUND_14, 15: ROUND_15}
+          10: ROUND_10, 11: ROUND_11, 12: ROUND_12, 13: ROUND_13, 14: ROUND_14, 15: ROUND_15,
+          16: ROUND_16}
 ABLATIONS = dict(ROUND_1)  # the round --round picks (main() replaces it)
 # what the phase-B baselines share with the chosen rCM: every method the budget and the sampler's
 # times; sCM only its tangent, DMD only its critic
@@ -580,7 +586,8 @@ def main():
                         "choice; 11: their late end, the 4-step diversity bar first; 12: the DMD weight and rollout "
                         "length, the diversity counted among the targets; 13: the later sampler times for round 12's "
                         "choice; 14: the 1-2-step DMD rollouts again at both later times, from round 13's choice; "
-                        "15: the DMD direction's guidance, from round 14's choice; default: %(default)s)")
+                        "15: the DMD direction's guidance, from round 14's choice; 16: the later sampler times for round "
+                        "15's choice; default: %(default)s)")
     p.add_argument("--only", nargs="+", choices=sorted({n for r in ROUNDS.values() for n in r}), metavar="NAME",
                    help="phase a: these ablations of the round only, by their names in ROUND_N of this file "
                         "(default: all)")

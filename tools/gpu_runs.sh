@@ -35,7 +35,7 @@
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
-#                                    # runs side by side) of DIGITS_ROUND (default 15; round 1 also trains a teacher
+#                                    # runs side by side) of DIGITS_ROUND (default 16; round 1 also trains a teacher
 #                                    # from the shipped one beside them, with its val FD curve)
 #   bash tools/gpu_runs.sh digits-b  # phase B: the 3-seed test table with A's choice.json and teacher, which
 #                                    # phase A leaves in runs/digits_a (carry it to a fresh machine; DIGITS_A=path)
@@ -246,7 +246,7 @@ digits-a|digits-b)
   phase=${1#digits-}
   flags="--student-updates ${DIGITS_UPDATES:-400} --jobs ${DIGITS_JOBS:-12}"
   if [ "$phase" = a ]; then
-    round=${DIGITS_ROUND:-15}  # rounds 2 to 15 keep the shipped teacher (round 1's GPU teacher lost on val FD)
+    round=${DIGITS_ROUND:-16}  # rounds 2 to 16 keep the shipped teacher (round 1's GPU teacher lost on val FD)
     flags="$flags --round $round --teacher-minutes ${DIGITS_TEACHER_MINUTES:-$([ $round = 1 ] && echo 3 || echo 0)}"
     flags="$flags --teacher-workers 3"
     # beside the study, a GPU test that needs little of the GPU (default: keeping attention through a
