@@ -208,8 +208,9 @@ ROUND_SEEDS = {9: (102, 103, 104), 10: (105, 106, 107), 11: (108, 109, 110), 12:
 # Each round's flags apply on top of the digits config of the commit it ran at (round 1 02a87dc,
 # round 2 6181aa0, round 3 00ae77a, round 4 bcb4168, round 5 994288b, round 6 953a56a, round 7
 # f0d9f9d, round 8 0ff10d4, round 9 c8720a2, round 10 9f226a8, round 11 7f2f8d4, round 12 011f8cb,
-# round 13 03d194d, round 14 9ddbdf0, round 15 ea08b69; docs/results.md). The config now holds round
-# 15's choice, so today's "rcm" is that choice at batch 8: rerun a round as it ran at its commit.
+# round 13 03d194d, round 14 9ddbdf0, round 15 ea08b69, round 16 199cfbb; docs/results.md). The config
+# now holds round 16's choice, so today's "rcm" is that choice at batch 8: rerun a round as it ran at
+# its commit.
 ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8, 9: ROUND_9,
           10: ROUND_10, 11: ROUND_11, 12: ROUND_12, 13: ROUND_13, 14: ROUND_14, 15: ROUND_15,
           16: ROUND_16}
