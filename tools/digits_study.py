@@ -189,10 +189,11 @@ SAMPLER_ONLY.update(_round_13_sampled)
 # DMD on 1-2-step rollouts again (round 9's training, which met it on test), at the config's later
 # times and at round 9's (sampler-only: those rollouts never train at the later times). The config's
 # 3-step rollouts do train at the second time, so they are kept at the config's times only.
-ROUND_14 = {"rcm-b32": ("rcm", B32), "rcm-b32-rollout2": ("rcm", B32 + R2), "scm-b32": ("scm", B32),
+_ROUND_14_RESAMPLED = {"rcm-b32-rollout2": ("rcm", B32 + R2), "scm-b32": ("scm", B32)}
+ROUND_14 = {"rcm-b32": ("rcm", B32), **_ROUND_14_RESAMPLED,
             **{f"{name}-later1.2-1.1": (method, flags + _mid_times(1.23, 1.2, 1.1))
-               for name, (method, flags) in {"rcm-b32-rollout2": ("rcm", B32 + R2), "scm-b32": ("scm", B32)}.items()}}
-SAMPLER_ONLY.update({"rcm-b32-rollout2-later1.2-1.1": "rcm-b32-rollout2", "scm-b32-later1.2-1.1": "scm-b32"})
+               for name, (method, flags) in _ROUND_14_RESAMPLED.items()}}
+SAMPLER_ONLY.update({f"{name}-later1.2-1.1": name for name in _ROUND_14_RESAMPLED})
 # Round 15, from round 14's choice (the config; on test it met the 2-step accuracy by 0.004 and had
 # 17 of 2-step FD to spare): guidance in the DMD direction only (round 5: accuracy for less FD than
 # shared guidance, and wider samples), a little above the sCM teacher's 2.5.
