@@ -32,6 +32,9 @@
 #   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
 #                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
+#   bash tools/gpu_runs.sh profile-plan # on GPU 0 (about 6 minutes): the planner's pick with --keep-attention,
+#                                       # timed by bench_train.py (cold caches), then profile_train.py's breakdown
+#                                       # of it with the device's idle gaps
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -45,8 +48,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -327,6 +330,22 @@ plan = json.loads(text("profile_plan.json") or "{}").get("layouts") or [{}]
 print("planner:", " ".join(plan[0].get("flags", [])),
       {k: plan[0].get(k) for k in ("peak_memory_gib", "student_seconds", "critic_seconds")})
 EOF
+  ;;
+profile-plan)
+  export CUDA_VISIBLE_DEVICES=0
+  W=/tmp/bench C=/tmp/plan_cache
+  python3 tools/bench_train.py --prepare-only --work $W > "$OUT/profile_prepare.log" 2>&1
+  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
+  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
+    > "$OUT/profile_plan.json" 2>> "$OUT/profile_prepare.log"
+  flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
+    "$OUT/profile_plan.json")
+  timeout 200 python3 tools/bench_train.py --work $W --iters 6 --cache-dir $C -- $flags > "$OUT/train_plan.log" 2>&1
+  TRITON_CACHE_DIR=$C/triton TORCHINDUCTOR_CACHE_DIR=$C/inductor timeout 170 python3 tools/profile_train.py \
+    --work $W --iters 4 --json "$OUT/profile.json" -- $flags > "$OUT/profile.log" 2>&1
+  echo "planner: $flags"
+  echo "train_plan: $(tail -1 "$OUT/train_plan.log")"
+  sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do

@@ -18,7 +18,8 @@ NCCL kernels count as communication wherever they are launched, and device time 
 as idle. Shares are of the iteration's wall time (the range ``rcm/iteration``, what the trainer's
 log counts); where streams overlap, the overlap is subtracted once, so the rows add up to it.
 
-Prints a markdown table per profiled iteration, the top kernels by device time, the seconds the
+Prints a markdown table per profiled iteration with its device-idle gaps (by size, and the largest
+with the work on either side), the top kernels by device time, the seconds the
 trainer logged for every iteration (the profiled ones run a little slower) and, on CUDA,
 torch.compile's counters and compile times; ``--json`` writes the same as one object.
 """
@@ -147,12 +148,35 @@ def breakdown(events, cuda):
             kernel[0] += stop - start
             kernel[1] += 1
             kernel[2][phase] += stop - start
-            clipped.append((start, stop))
-        busy = _union(clipped)
+            clipped.append((start, stop, name, phase))
+        busy = _union([(start, stop) for start, stop, _, _ in clipped])
         phases["idle"] = (end - begin) - busy
-        phases["overlap"] = -(sum(stop - start for start, stop in clipped) - busy)
-        out.append({"window_us": end - begin, "busy_us": busy, "phases_us": dict(phases), "kernels": kernels})
+        phases["overlap"] = -(sum(stop - start for start, stop, _, _ in clipped) - busy)
+        out.append({"window_us": end - begin, "busy_us": busy, "phases_us": dict(phases), "kernels": kernels,
+                    "gaps": gaps(clipped, begin, end)})
     return out
+
+
+GAP_CLASSES_US = ((0, 10), (10, 100), (100, 1000), (1000, float("inf")))
+
+
+def gaps(spans, begin, end, top=12):
+    """The device's idle stretches in [begin, end] between work ``spans`` [(start, stop, name, phase)]:
+    per size class (µs) their count and total, and the ``top`` largest with the work on either side
+    and the phase of the work that ended each (where the host was late to launch it)."""
+    found, last_stop, last_name = [], begin, "(iteration start)"
+    for start, stop, name, phase in sorted(spans):
+        if start > last_stop:
+            found.append((start - last_stop, phase, last_name, name))
+        if stop > last_stop:
+            last_stop, last_name = stop, name
+    if end > last_stop:
+        found.append((end - last_stop, "other", last_name, "(iteration end)"))
+    classes = [{"from_us": low, "to_us": high, "count": sum(1 for g in found if low <= g[0] < high),
+                "us": sum(g[0] for g in found if low <= g[0] < high)} for low, high in GAP_CLASSES_US]
+    largest = [{"us": us, "phase": phase, "before": before, "after": after}
+               for us, phase, before, after in sorted(found, key=lambda g: -g[0])[:top]]
+    return {"classes": classes, "largest": largest}
 
 
 def profile_run(work, preset, frames, height, width, iters, text_len=bench_train.TEXT_LEN, num_layers=None,
@@ -214,7 +238,8 @@ def report(events, records, cuda, top=15):
         result["iterations"].append({
             "network": record["network"], "logged_seconds": record["seconds"], "profiled_ms": _ms(window),
             "busy_ms": _ms(it["busy_us"]),
-            "phases": {key: {"ms": _ms(us), "share": us / window} for key, us in it["phases_us"].items()}})
+            "phases": {key: {"ms": _ms(us), "share": us / window} for key, us in it["phases_us"].items()},
+            "gaps": it["gaps"]})
         for name, (us, calls, phases) in it["kernels"].items():
             totals[name][0] += us
             totals[name][1] += calls
@@ -240,12 +265,25 @@ def markdown(result):
         lines += [f"| {labels[key]} | {p['ms']:.1f} | {100 * p['share']:.1f}% |" for key, p in it["phases"].items()]
         lines += [f"| **iteration** | {sum(p['ms'] for p in it['phases'].values()):.1f} | "
                   f"{100 * sum(p['share'] for p in it['phases'].values()):.1f}% |", ""]
+        lines += _gap_lines(it["gaps"], labels)
     kind = "operator" if result["device"] == "cpu" else "kernel"
     lines += [f"top {len(result['top_kernels'])} {kind}s by device time (both iterations)", "",
               f"| {kind} | ms | calls | share | mostly in |", "|---|---|---|---|---|"]
     lines += [f"| `{k['name'][:90]}` | {k['ms']:.1f} | {k['calls']} | {100 * k['share']:.1f}% | {labels[k['phase']]} |"
               for k in result["top_kernels"]]
     return "\n".join(lines)
+
+
+def _gap_lines(found, labels):
+    def size(c):
+        return f"{c['from_us'] / 1000:g}-{c['to_us'] / 1000:g} ms".replace("-inf ms", " ms and longer")
+
+    lines = ["device idle by gap size: " + "; ".join(
+        f"{size(c)}: {c['count']} gaps, {_ms(c['us']):.1f} ms" for c in found["classes"]), "",
+        "| gap ms | phase of the work that ended it | last work before | first work after |", "|---|---|---|---|"]
+    lines += [f"| {_ms(g['us']):.2f} | {labels.get(g['phase'], g['phase'])} | `{g['before'][:60]}` | "
+              f"`{g['after'][:60]}` |" for g in found["largest"]]
+    return lines + [""]
 
 
 def build_parser():

@@ -73,3 +73,10 @@ def test_backward_kernels_go_to_the_backward_range_and_nccl_to_communication():
     assert phases["overlap"] == -10  # the NCCL kernel ran beside the backward gemm for 10 us
     assert it["busy_us"] == 10 + 40 + 5 and phases["idle"] == 100 - 55
     assert sum(phases.values()) == it["window_us"] == 100
+    # the idle time, gap by gap: each with the work on either side and the phase of the work after it
+    found = it["gaps"]
+    assert sum(c["us"] for c in found["classes"]) == phases["idle"]
+    assert [c["count"] for c in found["classes"]] == [0, 3, 0, 0]  # 10, 15 and 20 us: all in [10, 100)
+    assert [(g["us"], g["phase"], g["before"], g["after"]) for g in found["largest"]] == [
+        (20, "student_train", "(iteration start)", "gemm"), (15, "other", "ncclDevKernel_AllReduce", "adam"),
+        (10, "student_train", "gemm", "gemm_backward")]
