@@ -18,7 +18,7 @@ from .config import DataConfig, TrainingConfig
 from .determinism import enable_deterministic_mode
 from .logger import MetricsLogger, memory_metrics, reduce_diagnostics
 from .networks import build_networks
-from .noise import draw_noise
+from .noise import NoisePrefetcher
 from .signals import preemption_handler, stop_loader_workers
 from .state import Progress, export_ema, load_state, recipe_of, sharded_state
 from .step import fake_score_step, student_step
@@ -96,6 +96,7 @@ def train(config: TrainingConfig, after_iteration=None):
         first_sample = parallel_state.get_data_parallel_rank() * data.micro_batch_size
         batches = iter(data_loader(dataset, data, config.seed, progress.consumed_samples))
         nonfinite = NonFiniteBatches(data.max_skipped_batches)
+        noises = NoisePrefetcher()
         try:
             while progress.iteration < config.train_iters:
                 start = time.perf_counter()
@@ -107,7 +108,7 @@ def train(config: TrainingConfig, after_iteration=None):
                         if not skip:
                             x0, text = latent.to(device, dtype), embed.to(device, dtype)
                             iteration = progress.iteration
-                            noise = draw_noise(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm,
+                            noise = noises.draw(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm,
                                                device, dtype)
                     if skip:  # consumed, not trained on
                         progress.consumed_samples += data.global_batch_size
@@ -134,6 +135,7 @@ def train(config: TrainingConfig, after_iteration=None):
             if saver and progress.iteration == config.train_iters:
                 export_ema(networks, progress.iteration, config)
         finally:
+            noises.close()
             stop_loader_workers(batches)
             logger.close()
     return progress
