@@ -158,6 +158,8 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
             result[f"{network}_tokens_per_second"] = dp * tokens / s
             result[f"{network}_mfu"] = forward * FORWARD_EQUIVALENTS[kind] * dp / s / peak if cuda else None
     result["peak_memory_gib"] = max(r.get("memory/peak_allocated_gib", 0.0) for r in records)
+    result["alloc_retries"] = records[-1].get("memory/alloc_retries")
+    result["allocator"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     return result
 
 

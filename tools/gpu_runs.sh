@@ -32,9 +32,10 @@
 #   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
 #                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
 #                                  # and a critic iteration; bench_train.py with the planner's block recompute
-#   bash tools/gpu_runs.sh profile-plan # on GPU 0 (about 6 minutes): the planner's pick with --keep-attention,
-#                                       # timed by bench_train.py (cold caches), then profile_train.py's breakdown
-#                                       # of it with the device's idle gaps
+#   bash tools/gpu_runs.sh profile-plan # on GPU 0 (about 8 minutes): the planner's pick with --keep-attention,
+#                                       # timed by bench_train.py with torch's default allocator (cold caches),
+#                                       # expandable segments, the default again; then profile_train.py's
+#                                       # breakdown of it with the device's idle gaps (PROFILE_ALLOC: its allocator)
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -334,17 +335,29 @@ EOF
 profile-plan)
   export CUDA_VISIBLE_DEVICES=0
   W=/tmp/bench C=/tmp/plan_cache
+  B="python3 tools/bench_train.py --work $W --iters 6 --cache-dir $C"
   python3 tools/bench_train.py --prepare-only --work $W > "$OUT/profile_prepare.log" 2>&1
   gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
   python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
     > "$OUT/profile_plan.json" 2>> "$OUT/profile_prepare.log"
   flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
     "$OUT/profile_plan.json")
-  timeout 200 python3 tools/bench_train.py --work $W --iters 6 --cache-dir $C -- $flags > "$OUT/train_plan.log" 2>&1
-  TRITON_CACHE_DIR=$C/triton TORCHINDUCTOR_CACHE_DIR=$C/inductor timeout 170 python3 tools/profile_train.py \
+  # torch's default caching allocator (cold caches first), then expandable segments, then the default
+  # again, both on warm caches: the allocator's retries near the card's limit, and what they cost
+  for run in default expandable default_warm; do
+    conf=$([ $run = expandable ] && echo expandable_segments:True || echo "")
+    PYTORCH_CUDA_ALLOC_CONF=$conf timeout 200 $B -- $flags > "$OUT/train_$run.log" 2>&1
+  done
+  PYTORCH_CUDA_ALLOC_CONF=${PROFILE_ALLOC-expandable_segments:True} TRITON_CACHE_DIR=$C/triton \
+    TORCHINDUCTOR_CACHE_DIR=$C/inductor timeout 170 python3 tools/profile_train.py \
     --work $W --iters 4 --json "$OUT/profile.json" -- $flags > "$OUT/profile.log" 2>&1
   echo "planner: $flags"
-  echo "train_plan: $(tail -1 "$OUT/train_plan.log")"
+  for run in default expandable default_warm; do
+    python3 -c "import json, sys; r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print(sys.argv[2], {k: r.get(k) for k in ('student_seconds', 'fake_score_seconds', 'student_mfu', 'fake_score_mfu',
+      'matmul_tflops_per_gpu', 'first_student_seconds', 'peak_memory_gib', 'alloc_retries', 'allocator')})" \
+      "$OUT/train_$run.log" $run 2>/dev/null || echo "$run: $(tail -2 "$OUT/train_$run.log")"
+  done
   sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
   ;;
 generate2)

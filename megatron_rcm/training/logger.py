@@ -33,6 +33,10 @@ def memory_metrics():
     if torch.cuda.is_available():
         out["memory/allocated_gib"] = torch.cuda.memory_allocated() / 2**30
         out["memory/peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["memory/reserved_gib"] = torch.cuda.memory_reserved() / 2**30
+        # the caching allocator's retries after a failed cudaMalloc (it frees its cache and syncs the
+        # device first): each can cost hundreds of ms, the sign of fragmentation near the card's limit
+        out["memory/alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
     return out
 
 
