@@ -35,7 +35,9 @@
 #   bash tools/gpu_runs.sh profile-plan # on GPU 0 (about 8 minutes): the planner's pick with --keep-attention,
 #                                       # timed by bench_train.py with torch's default allocator (cold caches),
 #                                       # expandable segments, the default again; then profile_train.py's
-#                                       # breakdown of it with the device's idle gaps (PROFILE_ALLOC: its allocator)
+#                                       # breakdown of it with the device's idle gaps and torch.compile's
+#                                       # recompilations (PROFILE_ALLOC: its allocator; PROFILE_ONLY=1: the
+#                                       # profile alone; PROFILE_ITERS: its iterations, default 4)
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -344,15 +346,20 @@ profile-plan)
     "$OUT/profile_plan.json")
   # torch's default caching allocator (cold caches first), then expandable segments, then the default
   # again, both on warm caches: the allocator's retries near the card's limit, and what they cost
-  for run in default expandable default_warm; do
+  # (PROFILE_ONLY=1: the profile alone, on cold caches)
+  runs=$([ -z "${PROFILE_ONLY:-}" ] && echo default expandable default_warm)
+  for run in $runs; do
     conf=$([ $run = expandable ] && echo expandable_segments:True || echo "")
     PYTORCH_CUDA_ALLOC_CONF=$conf timeout 200 $B -- $flags > "$OUT/train_$run.log" 2>&1
   done
-  PYTORCH_CUDA_ALLOC_CONF=${PROFILE_ALLOC-expandable_segments:True} TRITON_CACHE_DIR=$C/triton \
-    TORCHINDUCTOR_CACHE_DIR=$C/inductor timeout 170 python3 tools/profile_train.py \
-    --work $W --iters 4 --json "$OUT/profile.json" -- $flags > "$OUT/profile.log" 2>&1
+  # TORCH_LOGS=recompiles: every torch.compile recompilation and its reason, in the log
+  PYTORCH_CUDA_ALLOC_CONF=${PROFILE_ALLOC-} TRITON_CACHE_DIR=$C/triton \
+    TORCHINDUCTOR_CACHE_DIR=$C/inductor TORCH_LOGS=recompiles timeout 240 python3 tools/profile_train.py \
+    --work $W --iters ${PROFILE_ITERS:-4} --json "$OUT/profile.json" -- $flags > "$OUT/profile.log" 2>&1
   echo "planner: $flags"
-  for run in default expandable default_warm; do
+  echo "recompilations: $(grep -c "Recompiling" "$OUT/profile.log")"
+  grep -A2 "Recompiling" "$OUT/profile.log" | cut -c1-300 | head -24
+  for run in $runs; do
     python3 -c "import json, sys; r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 print(sys.argv[2], {k: r.get(k) for k in ('student_seconds', 'fake_score_seconds', 'student_mfu', 'fake_score_mfu',
       'matmul_tflops_per_gpu', 'first_student_seconds', 'peak_memory_gib', 'alloc_retries', 'allocator')})" \

@@ -19,7 +19,7 @@ as idle. Shares are of the iteration's wall time (the range ``rcm/iteration``, w
 log counts); where streams overlap, the overlap is subtracted once, so the rows add up to it.
 
 Prints a markdown table per profiled iteration with its device-idle gaps (by size, and the largest
-with the work on either side), the top kernels by device time, the seconds the
+with the work on either side; on CUDA, the host's work during the three largest), the top kernels by device time, the seconds the
 trainer logged for every iteration (the profiled ones run a little slower) and, on CUDA,
 torch.compile's counters and compile times; ``--json`` writes the same as one object.
 """
@@ -128,6 +128,7 @@ def breakdown(events, cuda):
             by_thread[e["tid"]].append(e)
     threads = {tid: Ranges(evs) for tid, evs in by_thread.items()}
     work = _device_work(events, cuda)
+    host = [e for e in events if e.get("cat") in HOST_CATEGORIES] if cuda else []
     out = []
     for window in windows:
         begin, end = window["ts"], window["ts"] + window["dur"]
@@ -152,9 +153,24 @@ def breakdown(events, cuda):
         busy = _union([(start, stop) for start, stop, _, _ in clipped])
         phases["idle"] = (end - begin) - busy
         phases["overlap"] = -(sum(stop - start for start, stop, _, _ in clipped) - busy)
+        found = gaps(clipped, begin, end)
+        for gap in found["largest"][:HOST_GAPS]:
+            gap["host"] = host_work(host, gap["start"], gap["start"] + gap["us"])
         out.append({"window_us": end - begin, "busy_us": busy, "phases_us": dict(phases), "kernels": kernels,
-                    "gaps": gaps(clipped, begin, end)})
+                    "gaps": found})
     return out
+
+
+HOST_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver", "python_function", "user_annotation")
+HOST_GAPS = 3  # the largest gaps whose host work is listed
+
+
+def host_work(events, begin, end, top=8):
+    """What the host ran while the device idled in [begin, end]: events that cover at least a quarter
+    of it, innermost (shortest) first, as (name, ms, thread)."""
+    span = end - begin
+    covering = [e for e in events if min(e["ts"] + e["dur"], end) - max(e["ts"], begin) >= span / 4]
+    return [(e["name"], _ms(e["dur"]), e["tid"]) for e in sorted(covering, key=lambda e: e["dur"])[:top]]
 
 
 GAP_CLASSES_US = ((0, 10), (10, 100), (100, 1000), (1000, float("inf")))
@@ -167,15 +183,15 @@ def gaps(spans, begin, end, top=12):
     found, last_stop, last_name = [], begin, "(iteration start)"
     for start, stop, name, phase in sorted(spans):
         if start > last_stop:
-            found.append((start - last_stop, phase, last_name, name))
+            found.append((start - last_stop, phase, last_name, name, last_stop))
         if stop > last_stop:
             last_stop, last_name = stop, name
     if end > last_stop:
-        found.append((end - last_stop, "other", last_name, "(iteration end)"))
+        found.append((end - last_stop, "other", last_name, "(iteration end)", last_stop))
     classes = [{"from_us": low, "to_us": high, "count": sum(1 for g in found if low <= g[0] < high),
                 "us": sum(g[0] for g in found if low <= g[0] < high)} for low, high in GAP_CLASSES_US]
-    largest = [{"us": us, "phase": phase, "before": before, "after": after}
-               for us, phase, before, after in sorted(found, key=lambda g: -g[0])[:top]]
+    largest = [{"us": us, "phase": phase, "before": before, "after": after, "start": start}
+               for us, phase, before, after, start in sorted(found, key=lambda g: -g[0])[:top]]
     return {"classes": classes, "largest": largest}
 
 
@@ -283,6 +299,10 @@ def _gap_lines(found, labels):
         "| gap ms | phase of the work that ended it | last work before | first work after |", "|---|---|---|---|"]
     lines += [f"| {_ms(g['us']):.2f} | {labels.get(g['phase'], g['phase'])} | `{g['before'][:60]}` | "
               f"`{g['after'][:60]}` |" for g in found["largest"]]
+    for g in found["largest"]:
+        if g.get("host"):
+            lines += ["", f"host work during the {_ms(g['us']):.2f} ms gap (innermost first): " + "; ".join(
+                f"`{name[:70]}` {ms:.2f} ms (thread {tid})" for name, ms, tid in g["host"])]
     return lines + [""]
 
 

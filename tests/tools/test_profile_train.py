@@ -80,3 +80,21 @@ def test_backward_kernels_go_to_the_backward_range_and_nccl_to_communication():
     assert [(g["us"], g["phase"], g["before"], g["after"]) for g in found["largest"]] == [
         (20, "student_train", "(iteration start)", "gemm"), (15, "other", "ncclDevKernel_AllReduce", "adam"),
         (10, "student_train", "gemm", "gemm_backward")]
+
+
+def test_the_host_work_of_a_large_gap_is_listed_innermost_first():
+    """A 40 us device gap under a 38 us host sync inside a 60 us range: both named, the sync first;
+    a host event that covers under a quarter of the gap is left out."""
+    events = [_event("user_annotation", "rcm/iteration", 0, 100),
+              _event("user_annotation", "rcm/student/grad", 5, 60),
+              _event("cuda_runtime", "cudaStreamSynchronize", 31, 38),
+              _event("cpu_op", "aten::empty", 40, 5)]
+    for correlation, (name, start, dur) in enumerate((("gemm", 10, 20), ("memset", 70, 30)), start=1):
+        events.append(_event("cuda_runtime", "cudaLaunchKernel", start - 1, 1, correlation=correlation))
+        events.append(_event("kernel", name, start, dur, tid=7, correlation=correlation))
+    (it,) = profile_train.breakdown(events, cuda=True)
+    gap = it["gaps"]["largest"][0]
+    assert (gap["us"], gap["before"], gap["after"]) == (40, "gemm", "memset")
+    assert [name for name, _, _ in gap["host"]] == ["cudaStreamSynchronize", "rcm/student/grad", "rcm/iteration"]
+    assert any(line.startswith("host work during the 0.04 ms gap (innermost first): `cudaStreamSynchronize` 0.04 ms")
+               for line in profile_train._gap_lines(it["gaps"], {}))
