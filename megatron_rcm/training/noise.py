@@ -93,7 +93,11 @@ class NoisePrefetcher:
     @staticmethod
     def _host(key):
         seed, iteration, first_index, batch, latent_shape, rcm, device, dtype = key
-        return draw_host_noise(seed, iteration, first_index, batch, latent_shape, rcm, dtype, pin=device.type == "cuda")
+        if device.type != "cuda":
+            return draw_host_noise(seed, iteration, first_index, batch, latent_shape, rcm, dtype)
+        # the rank's GPU on this thread too (a new thread starts on GPU 0), as DataLoader's pinning thread does
+        with torch.cuda.device(device):
+            return draw_host_noise(seed, iteration, first_index, batch, latent_shape, rcm, dtype, pin=True)
 
     def close(self):
         self._executor.shutdown(wait=True, cancel_futures=True)
