@@ -1,7 +1,6 @@
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["megatron_rcm", "megatron_rcm.*"])
-packages.append("megatron_rcm.kernels")
 
 setup(
     name="megatron_rcm",
@@ -9,9 +8,6 @@ setup(
     description="rCM (score-regularised continuous-time consistency) distillation of video DiTs on Megatron-core",
     python_requires=">=3.10",
     packages=packages,
-    # The Triton kernels live in the top-level folder kernels/ but import only as
-    # megatron_rcm.kernels: a bare `kernels` would clash with an unrelated PyPI package.
-    package_dir={"megatron_rcm.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
         "megatron-core>=0.15,<0.20",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "megatron_rcm"
-BELOW_TRAINING = ["convert", "models", "diffusion", "losses", "data", "parallel", "encoders", "planning", "evaluation",
-                  "loading.py", "save_folder.py", "generation.py", "atomic_output.py"]
+BELOW_TRAINING = ["convert", "models", "diffusion", "losses", "data", "parallel", "kernels", "encoders", "planning",
+                  "evaluation", "loading.py", "save_folder.py", "generation.py", "atomic_output.py"]
 
 
 def _modules(*names):

@@ -66,7 +66,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   while [ ! -e /tmp/site.done ]; do sleep 2; done
   export PYTHONPATH=$PWD:/tmp/site
 fi
-[ -e megatron_rcm/kernels ] || ln -s ../kernels megatron_rcm/kernels
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor TRITON_CACHE_DIR=/tmp/triton
 nvidia-smi -L > "$OUT/gpus.txt"

@@ -12,10 +12,6 @@ import os
 import warnings
 from typing import NamedTuple, Optional, Tuple
 
-if __name__ != "megatron_rcm.kernels.flash_jvp":
-    # a second copy would register the custom op again (see kernels/__init__.py)
-    raise ImportError(f"import megatron_rcm.kernels.flash_jvp, not {__name__}")
-
 import torch
 import triton
 import triton.language as tl
