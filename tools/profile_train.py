@@ -19,9 +19,10 @@ as idle. Shares are of the iteration's wall time (the range ``rcm/iteration``, w
 log counts); where streams overlap, the overlap is subtracted once, so the rows add up to it.
 
 Prints a markdown table per profiled iteration with its device-idle gaps (by size, and the largest
-with the work on either side; on CUDA, the host's work during the three largest), the top kernels by device time, the seconds the
-trainer logged for every iteration (the profiled ones run a little slower) and, on CUDA,
-torch.compile's counters and compile times; ``--json`` writes the same as one object.
+with the work on either side; on CUDA, the host's work during the three largest), the top kernels
+by device time, the seconds the trainer logged for every iteration (the profiled ones run a little
+slower) and, on CUDA, torch.compile's counters and compile times; ``--json`` writes the same as one
+object.
 """
 
 import argparse
@@ -341,7 +342,10 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
     setup = _setup(parser, args)
-    with tempfile.TemporaryDirectory() as scratch:
+    from megatron_rcm.training.arguments import ConfigError
+
+    # a trainer flag after -- or a setup the trainer refuses (no GPU and no TRITON_INTERPRET): one line
+    with tempfile.TemporaryDirectory() as scratch, cli.one_line_errors("profile_train", (ConfigError,)):
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         events, records, cuda, compiled = profile_run(work, extra=args.extra, **setup)

@@ -48,7 +48,7 @@ def draw_host_noise(seed, iteration, first_index, batch, latent_shape, rcm: RCMC
     return IterationNoise(
         eps=stack(lambda s: s["eps"], dtype),
         t_scm=stack(lambda s: s["t_scm"][0], torch.float64),
-        rollout=[stack(lambda s, i=i: s["rollout"][i], dtype) for i in range(rcm.max_rollout_steps)],
+        rollout=[stack(lambda s: s["rollout"][i], dtype) for i in range(rcm.max_rollout_steps)],
         t_dmd=stack(lambda s: s["t_dmd"][0], torch.float64),
         eps_dmd=stack(lambda s: s["eps_dmd"], dtype),
     )

@@ -98,3 +98,18 @@ def test_the_host_work_of_a_large_gap_is_listed_innermost_first():
     assert [name for name, _, _ in gap["host"]] == ["cudaStreamSynchronize", "rcm/student/grad", "rcm/iteration"]
     assert any(line.startswith("host work during the 0.04 ms gap (innermost first): `cudaStreamSynchronize` 0.04 ms")
                for line in profile_train._gap_lines(it["gaps"], {}))
+
+
+@pytest.mark.parametrize("interpret, extra, message", [
+    ("0", [], "profile_train: error: no CUDA device: the sCM term's attention JVP kernel runs on CPU only"),
+    ("1", ["--", "--recompute-num-layers", "abc"], "invalid int value: 'abc'"),
+], ids=["no-gpu-no-interpreter", "bad-trainer-flag"])
+def test_a_setup_the_trainer_refuses_ends_in_one_line(tmp_path, interpret, extra, message):
+    work = tmp_path / "work"
+    env = dict(os.environ, TRITON_INTERPRET=interpret, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "tools/profile_train.py", "--smoke", "--work", str(work),
+                             "--json", str(tmp_path / "out.json"), *extra],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    stderr = result.stderr
+    assert result.returncode != 0 and message in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not (tmp_path / "out.json").exists() and not (work / "profile-trace.json").exists()
