@@ -18,11 +18,12 @@ NCCL kernels count as communication wherever they are launched, and device time 
 as idle. Shares are of the iteration's wall time (the range ``rcm/iteration``, what the trainer's
 log counts); where streams overlap, the overlap is subtracted once, so the rows add up to it.
 
-Prints a markdown table per profiled iteration with its device-idle gaps (by size, and the largest
-with the work on either side; on CUDA, the host's work during the three largest), the top kernels
-by device time, the seconds the trainer logged for every iteration (the profiled ones run a little
-slower) and, on CUDA, torch.compile's counters and compile times; ``--json`` writes the same as one
-object.
+Prints a markdown table per profiled iteration, its device time by kind of kernel (attention,
+matrix products, compiled pointwise work, ...: ``KERNEL_CLASSES``), its device-idle gaps (by
+size, and the largest with the work on either side; on CUDA, the host's work during the three
+largest), the top kernels by device time, the seconds the trainer logged for every iteration (the
+profiled ones run a little slower) and, on CUDA, torch.compile's counters and compile times;
+``--json`` writes the same as one object.
 """
 
 import argparse
@@ -73,6 +74,29 @@ def _phase(range_name):
 
 def _communication(name):
     return "nccl" in name.lower() or name.startswith(("c10d::", "gloo"))
+
+
+# (key, row label, name fragments), first match wins: cuDNN's attention kernels also name wgmma,
+# so attention comes before the matrix products. Matched on lower-case kernel names.
+KERNEL_CLASSES = (
+    ("attention_jvp", "attention forward + JVP (ours)", ("flash_jvp",)),
+    ("attention", "attention (cuDNN, flash; forward and backward)", ("fmha", "sdpa", "flash", "cudnn")),
+    ("matmul", "matrix products (cuBLAS, CUTLASS)", ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "sm90_", "sm80_")),
+    ("compiled", "torch.compile's fused pointwise and norms (Triton)", ("triton_",)),
+    ("optimizer_kernels", "multi-tensor kernels (optimizer, grad norm)", ("multi_tensor", "fused_adam",
+                                                                              "fusedadam")),
+    ("reduction", "reductions (aten)", ("reduce_kernel", "norm_kernel")),
+    ("elementwise", "other pointwise kernels (aten)", ("elementwise", "cat", "index", "copy_kernel")),
+    ("copy", "copies and memsets", ("memcpy", "memset")),
+)
+
+
+def kernel_class(name):
+    """The KERNEL_CLASSES key of a device kernel's name; NCCL is communication, the rest other."""
+    if _communication(name):
+        return "communication"
+    lower = name.lower()
+    return next((key for key, _, fragments in KERNEL_CLASSES if any(f in lower for f in fragments)), "other")
 
 
 class Ranges:
@@ -134,6 +158,7 @@ def breakdown(events, cuda):
     for window in windows:
         begin, end = window["ts"], window["ts"] + window["dur"]
         phases = collections.Counter({key: 0.0 for key, _, _ in PHASES})
+        classes = collections.Counter()
         kernels = collections.defaultdict(lambda: [0.0, 0, collections.Counter()])
         clipped = []
         for name, start, stop, tid, launch in work:
@@ -146,6 +171,7 @@ def breakdown(events, cuda):
                 label = next((c for c in candidates if c is not None), None)
             phase = "communication" if _communication(name) else _phase(label or "")
             phases[phase] += stop - start
+            classes[kernel_class(name)] += stop - start
             kernel = kernels[name]
             kernel[0] += stop - start
             kernel[1] += 1
@@ -158,7 +184,7 @@ def breakdown(events, cuda):
         for gap in found["largest"][:HOST_GAPS]:
             gap["host"] = host_work(host, gap["start"], gap["start"] + gap["us"])
         out.append({"window_us": end - begin, "busy_us": busy, "phases_us": dict(phases), "kernels": kernels,
-                    "gaps": found})
+                    "classes_us": dict(classes), "gaps": found})
     return out
 
 
@@ -256,6 +282,8 @@ def report(events, records, cuda, top=15):
             "network": record["network"], "logged_seconds": record["seconds"], "profiled_ms": _ms(window),
             "busy_ms": _ms(it["busy_us"]),
             "phases": {key: {"ms": _ms(us), "share": us / window} for key, us in it["phases_us"].items()},
+            "kernel_classes": {key: {"ms": _ms(us), "share": us / window}
+                               for key, us in sorted(it["classes_us"].items(), key=lambda kv: -kv[1])},
             "gaps": it["gaps"]})
         for name, (us, calls, phases) in it["kernels"].items():
             totals[name][0] += us
@@ -282,6 +310,7 @@ def markdown(result):
         lines += [f"| {labels[key]} | {p['ms']:.1f} | {100 * p['share']:.1f}% |" for key, p in it["phases"].items()]
         lines += [f"| **iteration** | {sum(p['ms'] for p in it['phases'].values()):.1f} | "
                   f"{100 * sum(p['share'] for p in it['phases'].values()):.1f}% |", ""]
+        lines += _class_lines(it["kernel_classes"])
         lines += _gap_lines(it["gaps"], labels)
     kind = "operator" if result["device"] == "cpu" else "kernel"
     lines += [f"top {len(result['top_kernels'])} {kind}s by device time (both iterations)", "",
@@ -289,6 +318,14 @@ def markdown(result):
     lines += [f"| `{k['name'][:90]}` | {k['ms']:.1f} | {k['calls']} | {100 * k['share']:.1f}% | {labels[k['phase']]} |"
               for k in result["top_kernels"]]
     return "\n".join(lines)
+
+
+def _class_lines(classes):
+    labels = {key: label for key, label, _ in KERNEL_CLASSES} | {"communication": "communication (NCCL)",
+                                                                 "other": "other kernels"}
+    lines = ["device time by kind of kernel (shares of the iteration; streams that overlap count twice)", "",
+             "| kind | ms | share |", "|---|---|---|"]
+    return lines + [f"| {labels[key]} | {c['ms']:.1f} | {100 * c['share']:.1f}% |" for key, c in classes.items()] + [""]
 
 
 def _gap_lines(found, labels):

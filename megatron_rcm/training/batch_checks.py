@@ -23,20 +23,25 @@ class NonFiniteDataError(ValueError):
     """Too many consecutive batches held a NaN or inf."""
 
 
+def all_finite(*tensors) -> bool:
+    """No NaN or inf in any of ``tensors`` (the data loader's workers check each batch with it)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 class NonFiniteBatches:
-    """``skip(latent, embed)`` is collective: true on every rank when any rank's batch is not finite."""
+    """``skip(finite)`` is collective: true on every rank when any rank's batch is not finite."""
 
     def __init__(self, max_consecutive: int):
         self.max_consecutive = max_consecutive
         self.skipped = 0
         self.consecutive = 0
 
-    def skip(self, *tensors) -> bool:
-        bad = torch.tensor([0 if all(bool(torch.isfinite(t).all()) for t in tensors) else 1], dtype=torch.int32,
-                           device=current_device())
-        if dist.is_initialized():
+    def skip(self, finite: bool) -> bool:
+        if dist.is_initialized() and dist.get_world_size() > 1:  # one rank alone need not wait for its device
+            bad = torch.tensor([0 if finite else 1], dtype=torch.int32, device=current_device())
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if not bad.item():
+            finite = not bad.item()
+        if finite:
             self.consecutive = 0
             return False
         self.skipped += 1

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..data.latent_shards import LatentShardDataset
 from ..data.sampler import ResumableDistributedSampler
 from ..parallel import current_device, parallel_context
-from .batch_checks import NonFiniteBatches, check_shapes
+from .batch_checks import NonFiniteBatches, all_finite, check_shapes
 from .checkpointing import TRACKER, CheckpointManager, CheckpointNotFoundError, checkpoint_name
 from .config import DataConfig, TrainingConfig
 from .determinism import enable_deterministic_mode
@@ -25,14 +25,19 @@ from .step import fake_score_step, student_step
 
 
 def _collate(samples):
-    return torch.stack([s["latent"] for s in samples]), torch.stack([s["embed"] for s in samples])
+    """(latents, embeddings, whether both are finite): the check runs in the loader's workers, where
+    it does not hold up the GPU at the start of an iteration."""
+    latent, embed = torch.stack([s["latent"] for s in samples]), torch.stack([s["embed"] for s in samples])
+    return latent, embed, all_finite(latent, embed)
 
 
 def data_loader(dataset, data: DataConfig, seed, consumed_samples):
+    """Batches in page-locked memory on CUDA, so that their copies to the device do not wait for it."""
     sampler = ResumableDistributedSampler(
         len(dataset), data.micro_batch_size, parallel_state.get_data_parallel_rank(),
         parallel_state.get_data_parallel_world_size(), seed=seed, consumed_samples=consumed_samples)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=_collate)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=_collate,
+                      pin_memory=torch.cuda.is_available())
 
 
 def _unusable(manager, error):
@@ -102,11 +107,11 @@ def train(config: TrainingConfig, after_iteration=None):
                 start = time.perf_counter()
                 with record_function("rcm/iteration"):
                     with record_function("rcm/data"):
-                        latent, embed = next(batches)
+                        latent, embed, finite = next(batches)
                         check_shapes(latent, embed, student_config.in_channels, student_config.text_dim, patch)
-                        skip = nonfinite.skip(latent, embed)
+                        skip = nonfinite.skip(finite)
                         if not skip:
-                            x0, text = latent.to(device, dtype), embed.to(device, dtype)
+                            x0, text = (x.to(device, non_blocking=x.is_pinned()).to(dtype) for x in (latent, embed))
                             iteration = progress.iteration
                             noise = noises.draw(config.seed, iteration, first_sample, x0.shape[0], x0.shape[1:], rcm,
                                                device, dtype)

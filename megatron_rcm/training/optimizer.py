@@ -3,6 +3,9 @@
 GPU: megatron-core's ``get_megatron_optimizer`` (AdamW; with ``--bf16`` the DistributedOptimizer
 over bf16 params with fp32 master weights, sharded over data-parallel ranks). A constant loss
 scale of 1 turns on megatron's non-finite gradient check (``prepare_grads``) without scaling.
+Without Apex or Transformer Engine megatron falls back to torch's AdamW, whose default on CUDA is
+the foreach implementation: about ten passes over the fp32 states per step. ``fuse_adam`` switches
+it to torch's fused kernel, one pass (docs/benchmarks.md has the times).
 
 CPU: megatron's optimizer allocates on ``'cuda'``, so ``CpuFP32Optimizer`` stands in: megatron's
 ``FP32Optimizer`` (same interface, same sharded checkpoint format: Adam state keyed like the
@@ -87,7 +90,24 @@ def _init_adam_state(optimizer, config=None):
             if len(optimizer.state[p]) == 0:
                 optimizer.state[p]["exp_avg"] = torch.zeros_like(p)
                 optimizer.state[p]["exp_avg_sq"] = torch.zeros_like(p)
-                optimizer.state[p]["step"] = torch.zeros(())
+                optimizer.state[p]["step"] = torch.zeros((), device=_step_device(group, p))
+
+
+def _step_device(group, param):
+    """Where torch's AdamW keeps a parameter's step count: the fused kernel reads it on the
+    parameter's device, the foreach and single-tensor ones on the host."""
+    return param.device if group.get("fused") else torch.device("cpu")
+
+
+def fuse_adam(torch_optimizer):
+    """Switch a torch AdamW over CUDA parameters (megatron's fallback without Apex/TE) to the fused
+    kernel, and give each parameter its own step count where that kernel reads it; any other
+    optimizer keeps its kernel."""
+    if isinstance(torch_optimizer, torch.optim.AdamW):
+        for group in torch_optimizer.param_groups:
+            if all(p.is_cuda for p in group["params"]):
+                group["fused"], group["foreach"] = True, False
+    unshare_steps(torch_optimizer)
 
 
 def ensure_adam_state(optimizer):
@@ -122,25 +142,33 @@ def load_optimizer_state(optimizer, state_dict):
             getattr(opt, f"load_parameter_state_from_{_PARAM_STATE_LOADERS[sharding_type]}")(param_state)
             for p, step in steps.items():
                 opt.optimizer.state[p]["step"] = step
-        unshare_steps(opt.optimizer)
+        # the loaded param groups carry the kernel choice of the run that saved them, and one step
+        # tensor shared by every parameter (unshared here)
+        fuse_adam(opt.optimizer)
     if len(inner) > 1:
         optimizer._synchronize_steps()
 
 
 def unshare_steps(torch_optimizer):
-    """Give every parameter its own 'step' tensor. megatron's DistributedOptimizer.load_state_dict
-    (no Apex/TE) puts one tensor into every parameter's state; torch's foreach Adam then adds 1 to
-    it once per parameter, so the bias correction of the first step after a resume was wrong (seen
-    on 4 x H200: the resumed fake-score update differed from the straight run's)."""
-    for state in torch_optimizer.state.values():
-        if isinstance(state.get("step"), torch.Tensor):
-            state["step"] = state["step"].clone()
+    """Give every parameter its own 'step' tensor, where its kernel reads it (``_step_device``).
+    megatron's DistributedOptimizer.load_state_dict (no Apex/TE) puts one tensor into every
+    parameter's state; torch's Adam then adds 1 to it once per parameter, so the bias correction
+    of the first step after a resume was wrong (seen on 4 x H200: the resumed fake-score update
+    differed from the straight run's)."""
+    for group in torch_optimizer.param_groups:
+        for p in group["params"]:
+            state = torch_optimizer.state.get(p, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(_step_device(group, p), copy=True)
 
 
 def build_optimizer(ddp_model, settings: OptimizationConfig, lr: float, bf16: bool = False):
     config = optimizer_config(settings, lr, bf16)
     if torch.cuda.is_available():
-        return get_megatron_optimizer(config, [ddp_model])
+        optimizer = get_megatron_optimizer(config, [ddp_model])
+        for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+            fuse_adam(inner.optimizer)
+        return optimizer
     return CpuFP32Optimizer(ddp_model.module, config)
 
 

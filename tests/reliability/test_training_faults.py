@@ -14,7 +14,7 @@ from megatron_rcm.data import write_shards
 from megatron_rcm.models.wan import wan_config
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed
-from megatron_rcm.training.batch_checks import NonFiniteBatches, NonFiniteDataError
+from megatron_rcm.training.batch_checks import NonFiniteBatches, NonFiniteDataError, all_finite
 
 from ..training.tiny_setup import LATENT, PRESET, ROOT, SCRIPT, TEXT_LEN, make_inputs, read_jsonl, torchrun_env
 
@@ -28,10 +28,11 @@ def _skip_on_rank_one(max_consecutive):
         finite = torch.randn(2, 3)
         nan = finite.clone()
         nan[0, 1] = float("nan")
-        decisions = [guard.skip(finite), guard.skip(nan if rank == 1 else finite), guard.skip(finite)]
+        decisions = [guard.skip(all_finite(finite)), guard.skip(all_finite(nan if rank == 1 else finite, finite)),
+                     guard.skip(all_finite(finite))]
         try:
             for _ in range(max_consecutive + 1):
-                guard.skip(finite if rank == 1 else torch.full((2,), float("inf")))
+                guard.skip(all_finite(finite if rank == 1 else torch.full((2,), float("inf"))))
         except NonFiniteDataError as e:
             return decisions, guard.skipped, str(e)
         return decisions, guard.skipped, None

@@ -73,6 +73,7 @@ def test_backward_kernels_go_to_the_backward_range_and_nccl_to_communication():
     assert phases["overlap"] == -10  # the NCCL kernel ran beside the backward gemm for 10 us
     assert it["busy_us"] == 10 + 40 + 5 and phases["idle"] == 100 - 55
     assert sum(phases.values()) == it["window_us"] == 100
+    assert it["classes_us"] == {"matmul": 10 + 30, "communication": 20, "other": 5}
     # the idle time, gap by gap: each with the work on either side and the phase of the work after it
     found = it["gaps"]
     assert sum(c["us"] for c in found["classes"]) == phases["idle"]
@@ -80,6 +81,27 @@ def test_backward_kernels_go_to_the_backward_range_and_nccl_to_communication():
     assert [(g["us"], g["phase"], g["before"], g["after"]) for g in found["largest"]] == [
         (20, "student_train", "(iteration start)", "gemm"), (15, "other", "ncclDevKernel_AllReduce", "adam"),
         (10, "student_train", "gemm", "gemm_backward")]
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("_flash_jvp_hopper_kernel", "attention_jvp"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1_kernel0_0", "attention"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4, false, false>>", "attention"),
+    ("nvjet_sm90_tst_256x160_64x4_2x1_v_bz_coopA_TNT", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1", "matmul"),
+    ("triton_poi_fused_add_gelu_0", "compiled"),
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_1", "compiled"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+     "FusedOptimizerTensorListMetadata<4>, FusedAdamMathFunctor<float, 4>>", "optimizer_kernels"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>>>",
+     "reduction"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::lerp_kernel_scalar_weight>", "elementwise"),
+    ("Memcpy HtoD (Pinned -> Device)", "copy"),
+    ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", "communication"),
+    ("some_custom_kernel", "other"),
+])
+def test_kernels_are_classed_by_name(name, kind):
+    assert profile_train.kernel_class(name) == kind
 
 
 def test_the_host_work_of_a_large_gap_is_listed_innermost_first():
