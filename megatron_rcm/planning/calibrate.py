@@ -38,29 +38,12 @@ def _seconds(fn, repeats):
     return statistics.median(times), torch.cuda.max_memory_allocated() - base
 
 
-def measured_matmul_tflops(n=8192, warmup_s=1.0, batches=7, per_batch=25) -> float:
-    """Sustained dense bf16 matmul rate of this GPU, TFLOP/s: the median of ``batches`` timings
-    (CUDA events) of ``per_batch`` back-to-back n x n x n products, after about ``warmup_s`` of
-    them. Timed one product at a time from the host, right after a training run had left the GPU
-    idle, the rate came out anywhere in 726-792 TFLOP/s on one H200 (host syncs and clocks still
-    settling); the MFU of tools/bench_train.py divides by it."""
+def measured_matmul_tflops(n=8192, repeats=20) -> float:
+    """Dense bf16 matmul rate of this GPU, TFLOP/s."""
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty_like(a)
-    deadline = time.perf_counter() + warmup_s
-    while time.perf_counter() < deadline:
-        torch.matmul(a, b, out=out)
-        torch.cuda.synchronize()
-    rates = []
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(per_batch):
-            torch.matmul(a, b, out=out)
-        end.record()
-        end.synchronize()
-        rates.append(2 * n**3 * per_batch / (start.elapsed_time(end) / 1e3) / 1e12)
-    return statistics.median(rates)
+    seconds, _ = _seconds(lambda: a @ b, repeats)
+    return 2 * n**3 / seconds / 1e12
 
 
 def _copy_rates(numel=2**28):
