@@ -11,7 +11,12 @@ synthetic latent shards of the video size ([16, 21, 60, 104] at 480p x 81 frames
 --no-recompute; student every 2nd iteration, no tangent warm-up, so both kinds of iteration
 occur; flags after ``--`` go to the trainer), then prints one JSON line: median seconds per
 student and per critic iteration (the first of each kind left out), tokens/s, model FLOP
-utilisation against this card's measured bf16 matmul rate, and peak GPU memory.
+utilisation against this card's measured bf16 matmul rate (or ``--matmul-tflops``), and peak GPU
+memory. The rollout takes 1, 2, 3, 4 steps in turn, so iteration times depend on where in that
+cycle they fall: with 10 or more iterations (a whole cycle of each kind after its first), the
+``*_cycle_seconds`` and ``*_cycle_mfu`` fields give the mean over whole cycles, the mean the FLOP
+count assumes. The median of iterations 3 and 5 of a 6-iteration run (a 2- and a 3-step rollout)
+came within 0.1% of it on an H200.
 
 Model FLOPs count network passes in forward equivalents F of one Wan forward
 (``megatron_rcm.planning.timing``: ``wan_forward_flops``, ``FORWARD_EQUIVALENTS``). Recompute adds work
@@ -113,12 +118,23 @@ def _launch(command, log, env):
     return first, time.perf_counter() - start
 
 
+def cycle_mean(seconds, cycle):
+    """Mean seconds per iteration over the last whole cycles of rollout lengths, from one kind's
+    iterations in order (the k-th, from 0, takes k % cycle + 1 steps); the first, which compiles,
+    left out. That is the mean the MFU accounting's MEAN_ROLLOUT_STEPS assumes. None when less
+    than one cycle follows the first iteration."""
+    whole = max(len(seconds) - 1, 0) // cycle * cycle
+    return statistics.fmean(seconds[len(seconds) - whole:]) if whole else None
+
+
 def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, width=832, nproc=1, tp=1, cp=1,
         sequence_parallel=False, cp_comm_type="a2a", iters=10, recompute=True, config=None, extra=(), cache=None,
-        fresh_cache=False):
-    """Train ``iters`` iterations under torchrun; returns the JSON-ready result (rank 0's log)."""
+        fresh_cache=False, matmul_tflops=None):
+    """Train ``iters`` iterations under torchrun; returns the JSON-ready result (rank 0's log).
+    MFU divides by ``matmul_tflops`` per GPU, or by the rate timed after the run when None."""
     import torch
 
+    from megatron_rcm.diffusion.few_step import MAX_STEPS
     from megatron_rcm.models.wan import wan_config
     from megatron_rcm.planning import Workload
     from megatron_rcm.planning.calibrate import measured_matmul_tflops
@@ -140,23 +156,28 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
     forward = wan_forward_flops(model, tokens, TEXT_LEN)
     dp = nproc // (tp * cp)
     cuda = torch.cuda.is_available()
-    peak = measured_matmul_tflops() * 1e12 * nproc if cuda else None
+    rate = matmul_tflops or (measured_matmul_tflops() if cuda else None)
+    peak = rate * 1e12 * nproc if cuda else None
     result = {"preset": preset, "layers": model.num_layers, "frames": frames, "gpus": nproc, "tp": tp, "cp": cp,
               "dp": dp, "sequence_parallel": sequence_parallel, "recompute": recompute, "extra": list(extra),
               "device": torch.cuda.get_device_name() if cuda else "cpu", "tokens_per_sample": tokens,
-              "matmul_tflops_per_gpu": peak / nproc / 1e12 if cuda else None,
+              "matmul_tflops_per_gpu": rate if cuda else None,
+              "matmul_rate": "given" if matmul_tflops else "timed after the run",
               "cache": None if cache is None else ("cold" if fresh_cache else "reused"),
               "seconds_to_first_iteration": to_first, "wall_seconds": wall}
     for network, kind in (("student", "student"), ("fake_score", "critic")):
-        seconds = [r["seconds"] for r in records if r["network"] == network]
-        if seconds:
-            result[f"first_{network}_seconds"] = seconds[0]
-        seconds = seconds[1:]
-        if seconds:
-            s = statistics.median(seconds)
+        every = [r["seconds"] for r in records if r["network"] == network]
+        if every:
+            result[f"first_{network}_seconds"] = every[0]
+        if len(every) > 1:
+            s = statistics.median(every[1:])
             result[f"{network}_seconds"] = s
             result[f"{network}_tokens_per_second"] = dp * tokens / s
             result[f"{network}_mfu"] = forward * FORWARD_EQUIVALENTS[kind] * dp / s / peak if cuda else None
+        cycle = cycle_mean(every, MAX_STEPS)
+        if cycle:
+            result[f"{network}_cycle_seconds"] = cycle
+            result[f"{network}_cycle_mfu"] = forward * FORWARD_EQUIVALENTS[kind] * dp / cycle / peak if cuda else None
     result["peak_memory_gib"] = max(r.get("memory/peak_allocated_gib", 0.0) for r in records)
     result["alloc_retries"] = records[-1].get("memory/alloc_retries")
     result["allocator"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
@@ -212,6 +233,9 @@ def build_parser():
     parser.add_argument("--cache-dir", type=Path, help="the trainer's Triton and TorchInductor caches (default: "
                                                        "the environment's TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR)")
     parser.add_argument("--fresh-cache", action="store_true", help="empty --cache-dir first (a cold start)")
+    parser.add_argument("--matmul-tflops", type=cli.positive_float,
+                        help="the bf16 matmul rate per GPU (TFLOP/s) MFU divides by, to compare runs at one rate "
+                             "(default: timed after the run, which varies by a few percent between runs)")
     parser.add_argument("extra", nargs="*", help="after --: flags for examples/pretrain_rcm.py (default: none)")
     return parser
 
@@ -236,7 +260,8 @@ def main():
         return
     print(json.dumps(run(args.work, args.preset, args.num_layers, args.frames, args.height, args.width, args.nproc,
                          args.tp, args.cp, args.sequence_parallel, args.cp_comm_type, args.iters,
-                         not args.no_recompute, args.config, args.extra, args.cache_dir, args.fresh_cache)))
+                         not args.no_recompute, args.config, args.extra, args.cache_dir, args.fresh_cache,
+                         args.matmul_tflops)))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ REFUSALS = [
     ("bench_train", [*WORK, "--nproc", "3", "--tp", "2"], "needs a multiple of 2 processes (--nproc), not 3"),
     ("bench_train", [*WORK, "--sequence-parallel"], "--sequence-parallel needs --tp > 1"),
     ("bench_train", [*WORK, "--fresh-cache"], "--fresh-cache needs --cache-dir"),
+    ("bench_train", [*WORK, "--matmul-tflops", "0"], "--matmul-tflops: expected a number > 0, got '0'"),
     ("bench_train", [*WORK, "--frames", "80"], "--frames 80 must be 4k + 1"),
     ("bench_train", ["--iters", "6"], "the following arguments are required: --work"),
     ("bench_train", [*WORK, "--iter", "6"], "unrecognized arguments: --iter"),
