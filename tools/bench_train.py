@@ -162,10 +162,13 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
               "dp": dp, "sequence_parallel": sequence_parallel, "recompute": recompute, "extra": list(extra),
               "device": torch.cuda.get_device_name() if cuda else "cpu", "tokens_per_sample": tokens,
               "matmul_tflops_per_gpu": rate if cuda else None,
-              "matmul_rate": "given" if matmul_tflops else "timed after the run",
+              "matmul_rate": ("given" if matmul_tflops else "timed after the run") if cuda else None,
               "cache": None if cache is None else ("cold" if fresh_cache else "reused"),
               "seconds_to_first_iteration": to_first, "wall_seconds": wall}
     for network, kind in (("student", "student"), ("fake_score", "critic")):
+        def mfu(seconds):
+            return forward * FORWARD_EQUIVALENTS[kind] * dp / seconds / peak if cuda else None
+
         every = [r["seconds"] for r in records if r["network"] == network]
         if every:
             result[f"first_{network}_seconds"] = every[0]
@@ -173,11 +176,11 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
             s = statistics.median(every[1:])
             result[f"{network}_seconds"] = s
             result[f"{network}_tokens_per_second"] = dp * tokens / s
-            result[f"{network}_mfu"] = forward * FORWARD_EQUIVALENTS[kind] * dp / s / peak if cuda else None
+            result[f"{network}_mfu"] = mfu(s)
         cycle = cycle_mean(every, MAX_STEPS)
         if cycle:
             result[f"{network}_cycle_seconds"] = cycle
-            result[f"{network}_cycle_mfu"] = forward * FORWARD_EQUIVALENTS[kind] * dp / cycle / peak if cuda else None
+            result[f"{network}_cycle_mfu"] = mfu(cycle)
     result["peak_memory_gib"] = max(r.get("memory/peak_allocated_gib", 0.0) for r in records)
     result["alloc_retries"] = records[-1].get("memory/alloc_retries")
     result["allocator"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
