@@ -35,7 +35,7 @@ from megatron.core.tensor_parallel.mappings import (
 from megatron.core.transformer.module import MegatronModule
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from . import weight_map
+from . import elementwise, weight_map
 from .attention import SequenceLayout
 from .tangent import compute_dtype, linear, stack, upcast
 
@@ -202,8 +202,11 @@ class VideoDiT(MegatronModule):
             chunk = self.blocks[start:min(start + chunk_size, recomputed)]
 
             def run(x, *cond, chunk=chunk):
-                for block in chunk:
-                    x = block(x, *cond, rope, layout, False)
+                # megatron's reentrant checkpoint runs this without grad, then with grad in the
+                # backward: both passes must compute alike
+                with elementwise.without_gemm_epilogues():
+                    for block in chunk:
+                        x = block(x, *cond, rope, layout, False)
                 return x
 
             if config.recompute_keep_attention:

@@ -124,7 +124,7 @@ class FeedForward(MegatronModule):
 
     def forward(self, x, tangent):
         """-> (output without its bias, the bias): the caller adds the bias in its residual."""
-        h = elementwise.bias_gelu(*linear_parts(self.fc1, x), tangent=tangent, compiled=self.config.fuse_elementwise)
+        h = elementwise.linear_bias_gelu(self.fc1, x, tangent=tangent, compiled=self.config.fuse_elementwise)
         return linear_parts(self.fc2, h)
 
 
