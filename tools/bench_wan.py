@@ -9,8 +9,8 @@ CPU check: TRITON_INTERPRET=1 python tools/bench_wan.py --cpu-smoke
 Random weights (a random diffusers model, loaded into ours), bf16, 480p (latent 60 x 104),
 text length 512. Ours: forward, jvp, forward+backward with and without per-block recompute;
 diffusers: forward, forward+backward with gradient checkpointing (and without, usually out
-of memory). Also the bf16 error of our forward and jvp against a float32 run of our model, and
-of diffusers' forward against a float32 run of diffusers (the same weights and inputs).
+of memory). Also the bf16 error of our jvp (both halves) and of our no-grad forward against a
+float32 run of our model, and of diffusers' forward against a float32 run of diffusers (the same weights and inputs).
 Times are medians of CUDA-event timings after a warm-up; memory is the peak allocated during
 the measurement. Only rank 0 prints; every rank runs diffusers on its own GPU.
 
@@ -259,6 +259,9 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
     if not args.skip_error:
         with torch.no_grad():
             out, out_t = ours.jvp(x, t, text, x_t, t_t)
+            # the forward a frozen or no-grad call runs: separate from the JVP's primal half, as
+            # its FFN has the bias and GELU in the GEMM's epilogue
+            no_grad_out = ours(x, t, text)
             ours.float()
             timed_fused, cfg.fuse_elementwise = cfg.fuse_elementwise, False  # no float32 recompile
             start = time.perf_counter()
@@ -266,7 +269,8 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
             if rank0:
                 print(f"float32 reference jvp: {time.perf_counter() - start:.1f} s", flush=True)
             cfg.fuse_elementwise = timed_fused
-        errors.update(forward_bf16_vs_fp32=norm_relative_error(out, ref), jvp_bf16_vs_fp32=norm_relative_error(out_t, ref_t))
+        errors.update(forward_bf16_vs_fp32=norm_relative_error(out, ref), jvp_bf16_vs_fp32=norm_relative_error(out_t, ref_t),
+                      no_grad_forward_bf16_vs_fp32=norm_relative_error(no_grad_out, ref))
 
     if rank0:
         result = dict(family=cfg.FAMILY, preset=args.preset, layers=cfg.num_layers, latent=latent, tokens=tokens, text_len=args.text_len,
