@@ -37,7 +37,8 @@
 #                                       # expandable segments, the default again; then profile_train.py's
 #                                       # breakdown of it with the device's idle gaps and torch.compile's
 #                                       # recompilations (PROFILE_ALLOC: its allocator; PROFILE_ONLY=1: the
-#                                       # profile alone; PROFILE_ITERS: its iterations, default 4)
+#                                       # profile alone; PROFILE_ITERS: its iterations, default 4;
+#                                       # PROFILE_TOP: how many of the largest kernels it lists, default 15)
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -358,7 +359,7 @@ profile-plan)
   # TORCH_LOGS=recompiles: every torch.compile recompilation and its reason, in the log
   PYTORCH_CUDA_ALLOC_CONF=${PROFILE_ALLOC-} TRITON_CACHE_DIR=$C/triton \
     TORCHINDUCTOR_CACHE_DIR=$C/inductor TORCH_LOGS=recompiles timeout 240 python3 tools/profile_train.py \
-    --work $W --iters ${PROFILE_ITERS:-4} --json "$OUT/profile.json" -- $flags > "$OUT/profile.log" 2>&1
+    --work $W --iters ${PROFILE_ITERS:-4} --top ${PROFILE_TOP:-15} --json "$OUT/profile.json" -- $flags > "$OUT/profile.log" 2>&1
   echo "planner: $flags"
   echo "recompilations: $(grep -c "Recompiling" "$OUT/profile.log")"
   grep -A2 "Recompiling" "$OUT/profile.log" | cut -c1-300 | head -24

@@ -354,6 +354,8 @@ def build_parser():
                              "profiled (default: %(default)s)")
     parser.add_argument("--json", type=output_file,
                         help="also write the result as JSON to this file (default: print only)")
+    parser.add_argument("--top", type=cli.positive_int, default=15,
+                        help="how many kernels the table of the largest lists (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true",
                         help="plumbing only: a tiny model (tiny-a, 5 frames of 32 x 32, 4 iterations, tiny_cpu.yaml) "
                              "in place of --preset, the size, --iters and --config; on CPU with TRITON_INTERPRET=1")
@@ -386,7 +388,7 @@ def main():
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         events, records, cuda, compiled = profile_run(work, extra=args.extra, **setup)
-    result = report(events, records, cuda)
+    result = report(events, records, cuda, args.top)
     result["compile"] = compiled
     print(markdown(result))
     print("\nseconds per iteration (the trainer's log):",
