@@ -75,6 +75,7 @@ class Elementwise:
     gradient per output, then the arguments."""
 
     compile_on = ("cuda",)  # device types where ``compiled=True`` compiles (tests add "cpu")
+    compile_options = {}  # TorchInductor options of every piece's torch.compile
 
     def __init__(self, plain, with_tangent, backward):
         self.plain, self.with_tangent, self.backward = plain, with_tangent, backward
@@ -86,7 +87,7 @@ class Elementwise:
                 # one training step calls each form with several dtypes and shapes (teacher,
                 # student and fake score; guided pairs; TP/SP shards): more than dynamo's default 8
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-                self._compiled[fn] = torch.compile(fn)
+                self._compiled[fn] = torch.compile(fn, options=self.compile_options or None)
             fn = self._compiled[fn]
             if not torch.is_grad_enabled():
                 # nothing is recorded here (no grad, or inside the autograd Function): without

@@ -15,8 +15,8 @@ from ..reliability.driver import run_cases
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_encoders.py",
-         "tools/bench_generate.py", "tools/bench_train.py", "tools/bench_wan.py", "tools/profile_train.py",
+TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py",
+         "tools/bench_encoders.py", "tools/bench_generate.py", "tools/bench_train.py", "tools/bench_wan.py", "tools/profile_train.py",
          "tools/tune_flash_jvp.py", "tools/validate_plan.py", "examples/distill_2d.py")
 NO_FOLDER = "no/such/folder/out.json"
 WORK = ["--work", "/nonexistent/bench"]  # refused before it is made; were it reached, making it would fail
@@ -32,6 +32,9 @@ REFUSALS = [
     ("bench_convert_memory", ["--dim", "1000"], "--dim must be a multiple of 128"),
     ("bench_convert_memory", ["--workdir", "no/such/folder"], "--workdir no/such/folder is not a folder"),
     ("bench_convert_memory", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("bench_elementwise", ["--options", "models,fastest"], "unknown option sets ['fastest']"),
+    ("bench_elementwise", ["--forms", "jvp"], "unknown forms ['jvp']"),
+    ("bench_elementwise", ["--tokens", "0"], "--tokens: expected an integer >= 1, got '0'"),
     ("bench_encoders", ["--repeats", "0"], "--repeats: expected an integer >= 1, got '0'"),
     ("bench_encoders", ["--steps", "fifty"], "--steps: expected an integer >= 1, got 'fifty'"),
     ("bench_encoders", ["--cpu_smoke"], "unrecognized arguments: --cpu_smoke"),

@@ -1,7 +1,7 @@
 """One GPU, bf16, compiled elementwise pieces: full recompute keeping the attention outputs runs the
 SDPA backend's op once per call (the op this card picks is one the policy keeps), adds no
-torch.compile graph to the model's, and gives no-recompute's loss and gradients to the rounding
-that plain full recompute shows."""
+torch.compile graph to the model's, gives no-recompute's loss bit for bit, and gradients as close
+to a float32 run's as no recompute's are."""
 
 import contextlib
 
@@ -19,18 +19,19 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 LAYERS = 3
 
 
-def _run(setting, state, data, count_ops):
+def _run(setting, state, data, count_ops, dtype=torch.bfloat16):
     """Loss, gradients, graphs compiled; with ``count_ops`` the ops counted instead (torch.compile
     runs eagerly under a user's dispatch mode)."""
     overrides = SETTINGS[setting]
-    config = wan_config("tiny-a", num_layers=LAYERS, params_dtype=torch.bfloat16, use_cpu_initialization=True,
+    config = wan_config("tiny-a", num_layers=LAYERS, params_dtype=dtype, use_cpu_initialization=True,
                         **(dict(recompute_granularity="full", **overrides) if overrides else {}))
     model = WanModel(config).cuda()
-    model.load_state_dict(state)
-    x = data["x"].clone().requires_grad_()
+    model.load_state_dict({k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                           for k, v in state.items()})
+    x = data["x"].to(dtype, copy=True).requires_grad_()
     graphs = counters["stats"]["unique_graphs"]
     with OpCounter() if count_ops else contextlib.nullcontext() as ops:
-        loss = (model(x, data["t"], data["text"]).float() * data["w"]).sum()
+        loss = (model(x, data["t"], data["text"].to(dtype)).float() * data["w"]).sum()
         loss.backward()
     if count_ops:
         return ops
@@ -62,14 +63,19 @@ def test_keeping_attention_on_the_gpu():
         compiled = _run("none", state, data, False)[2]
         results = {s: _run(s, state, data, False) for s in ("none", "full", "keep")}
         ops = {s: _run(s, state, data, True) for s in ("none", "full", "keep")}
+        oracle = _run("none", state, data, False, torch.float32)[1]
     loss, grads, _ = results["none"]
     assert compiled > 0 and all(new_graphs == 0 for *_, new_graphs in results.values())
     assert ops["none"].attention == 2 * LAYERS  # fused SDPA ops (the math backend would count 0)
     assert ops["full"].attention == 2 * ops["none"].attention and ops["keep"].attention == ops["none"].attention
     assert ops["keep"].linear == ops["full"].linear > ops["none"].linear
     assert torch.equal(results["keep"][0], loss)  # the same forward, with grad (full recompute's runs without)
-    # bf16 attention backwards accumulate in a nondeterministic order: keeping attention is as close
-    # to no recompute as plain recompute is, within bf16 rounding
+    # The bf16 attention backward accumulates in a nondeterministic order, so two bf16 runs of one
+    # setting differ by up to about 4e-3 (relative) in a gradient, while each lies about 1e-2 from
+    # the float32 gradient (8e-3 to 2.5e-2). Over 5 seeds on an H200 no gradient with kept attention
+    # was more than 1.07x as far from float32 as the no-recompute one (docs/benchmarks.md); a
+    # stale or missing kept output would put it several times as far.
     for key, g in grads.items():
-        full, keep = _relative(results["full"][1][key], g), _relative(results["keep"][1][key], g)
-        assert keep <= 2 * full + 2 ** -8, (key, keep, full)
+        for setting in ("full", "keep"):
+            error, bound = _relative(results[setting][1][key], oracle[key]), 1.25 * _relative(g, oracle[key])
+            assert error <= bound, (setting, key, error, bound)
