@@ -187,7 +187,10 @@ bias_gelu_erf = Elementwise(_bias_gelu_erf, _bias_gelu_erf_with_tangent, _bias_g
 # ---- LayerNorm: adaLN modulation and the affine cross-attention norm ---------------------------
 
 def _normalized(x, eps):
-    """The affine-free LayerNorm of x in float32 (float64 for float64), and 1/std."""
+    """The affine-free LayerNorm of x in float32 (float64 for float64), and 1/std. Two reductions
+    (mean, then the mean square about it) rather than ``layer_norm``'s Welford pass: torch.compile
+    makes a looped Welford kernel over rows of 1536, which ran at half the bandwidth on an H200
+    (tools/bench_elementwise.py, docs/benchmarks.md)."""
     x = upcast(x)
     centred = x - x.mean(-1, keepdim=True)
     rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + eps)
@@ -201,7 +204,7 @@ def _normalized_jacobian(normed, rstd, t):
 
 
 def _modulate(x, shift, scale, eps):
-    return (nn_functional.layer_norm(upcast(x), (x.shape[-1],), eps=eps) * (1 + scale) + shift).to(x.dtype)
+    return (_normalized(x, eps)[0] * (1 + scale) + shift).to(x.dtype)
 
 
 def _modulate_with_tangent(x, shift, scale, eps):
@@ -224,7 +227,7 @@ modulate = Elementwise(_modulate, _modulate_with_tangent, _modulate_backward)
 
 def _layer_norm(x, weight, bias, eps):
     """diffusers' FP32LayerNorm: normalise in float32 (float64 for float64), return the input dtype."""
-    return nn_functional.layer_norm(upcast(x), (x.shape[-1],), upcast(weight), upcast(bias), eps).to(x.dtype)
+    return (_normalized(x, eps)[0] * upcast(weight) + upcast(bias)).to(x.dtype)
 
 
 def _layer_norm_with_tangent(x, weight, bias, eps):
@@ -331,16 +334,27 @@ def _bias_sum_squares_backward(grad, y, bias):
 bias_sum_squares = Elementwise(_bias_sum_squares, _bias_sum_squares_with_tangent, _bias_sum_squares_backward)
 
 
+def _rotate_pairs(pairs, cos, sin, pair_dim):
+    """pairs * cos + (pairs with the two members of each pair swapped) * (-sin, +sin), the pair
+    members along ``pair_dim`` (size 2). Written with a flip rather than a stack or cat of the
+    rotated halves, so that torch.compile fuses the rotation into the kernel that computes its
+    input: read in four places, that input was written to memory and read back by a second kernel."""
+    shape = [1] * pairs.dim()
+    shape[pair_dim] = 2
+    sign = sin.new_tensor((-1.0, 1.0)).view(shape)
+    return pairs * cos + pairs.flip(pair_dim) * (sin * sign)
+
+
 def apply_rope(x, cos, sin):
     """Rotate channel pairs (2i, 2i+1) of x [S, B, H, D] by angles with (cos, sin) [S, 1, 1, D/2]; linear in x."""
-    x1, x2 = upcast(x).unflatten(-1, (-1, 2)).unbind(-1)
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+    pairs = upcast(x).unflatten(-1, (-1, 2))
+    return _rotate_pairs(pairs, cos[..., None], sin[..., None], -1).flatten(-2).to(x.dtype)
 
 
 def apply_rope_halves(x, cos, sin):
     """Rotate channel pairs (i, i + D/2) of x [S, B, H, D] (the "rotate half" layout); linear in x."""
-    x1, x2 = upcast(x).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    halves = upcast(x).unflatten(-1, (2, -1))
+    return _rotate_pairs(halves, cos[..., None, :], sin[..., None, :], -2).flatten(-2).to(x.dtype)
 
 
 def _heads(x, head_dim, cos, sin):
