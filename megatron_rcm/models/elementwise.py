@@ -396,31 +396,6 @@ bias_rms_normalise = Elementwise(_bias_rms_normalise, _bias_rms_normalise_with_t
                                  _bias_rms_normalise_backward)
 
 
-# At tensor-parallel size 1 nothing sits between the two pieces: one kernel reads y once.
-
-def _bias_rms_norm(y, bias, weight, eps, head_dim, cos, sin):
-    """``bias_rms_normalise`` of y + bias over its own channels (all of them: no TP split)."""
-    return _bias_rms_normalise(y, bias, _bias_sum_squares(y, bias), weight, y.shape[-1], eps, head_dim, cos, sin)
-
-
-def _bias_rms_norm_with_tangent(y, bias, weight, eps, head_dim, cos, sin):
-    return _bias_rms_normalise_with_tangent(y, bias, _bias_sum_squares_with_tangent(y, bias), weight, y.shape[-1],
-                                            eps, head_dim, cos, sin)
-
-
-def _bias_rms_norm_backward(grad, y, bias, weight, eps, head_dim, cos, sin):
-    """The two pieces' backward forms chained, their gradients of y and of the bias summed in the
-    dtype autograd would sum them in."""
-    total = _bias_sum_squares(y, bias)
-    g_y, g_bias, g_total, g_weight = _bias_rms_normalise_backward(grad, y, bias, total, weight, y.shape[-1], eps,
-                                                                  head_dim, cos, sin)[:4]
-    g_y_squares, g_bias_squares = _bias_sum_squares_backward(g_total, y, bias)
-    return g_y + g_y_squares, g_bias + g_bias_squares, g_weight, None, None, None, None
-
-
-bias_rms_norm = Elementwise(_bias_rms_norm, _bias_rms_norm_with_tangent, _bias_rms_norm_backward)
-
-
 # ---- RMSNorm of each head, then RoPE in the rotate-half layout (Cosmos' q/k norms) -------------
 
 def _rope_halves(x, cos, sin):

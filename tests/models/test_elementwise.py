@@ -46,8 +46,6 @@ def _cases(dtype, device, seed, in_float64=False, constants_require_grad=False):
         "bias_sum_squares": (ew.bias_sum_squares, (x,), lambda y: (y, bias)),
         "bias_rms_normalise_rope": (ew.bias_rms_normalise, (x, total),
                                     lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, cos, sin)),
-        "bias_rms_norm_rope": (ew.bias_rms_norm, (x,), lambda y: (y, bias, weight, 1e-6, HEAD_DIM, cos, sin)),
-        "bias_rms_norm": (ew.bias_rms_norm, (x,), lambda y: (y, bias, weight, 1e-6, HEAD_DIM, None, None)),
         "bias_rms_normalise": (ew.bias_rms_normalise, (x, total),
                                lambda y, tot: (y, bias, tot, weight, C, 1e-6, HEAD_DIM, None, None)),
         "head_rms_norm_rope": (ew.head_rms_norm, (x,), lambda y: (y, head_weight, 1e-6, HEAD_DIM, cos, sin)),

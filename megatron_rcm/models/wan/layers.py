@@ -64,7 +64,7 @@ class HeadsRMSNorm(torch.nn.Module):
 
     The sum of squares of the local channels is all-reduced over the TP group, forward and
     backward alike (every rank's channels use the total); in tangent mode the stacked
-    (sum x^2, sum 2 x dx) pair shares that one all-reduce. Without TP one piece does both.
+    (sum x^2, sum 2 x dx) pair shares that one all-reduce.
     """
 
     def __init__(self, config, local_dim):
@@ -74,14 +74,12 @@ class HeadsRMSNorm(torch.nn.Module):
 
     def forward(self, y, bias, tangent, rope=(None, None)):
         config = self.config
-        eps, fused = config.layernorm_epsilon, config.fuse_elementwise
-        if config.tensor_model_parallel_size == 1:
-            return elementwise.bias_rms_norm(y, bias, self.weight, eps, config.head_dim, *rope, tangent=tangent,
-                                             compiled=fused)
-        squares = elementwise.bias_sum_squares(y, bias, tangent=tangent, compiled=fused)
-        squares = reduce_from_tensor_model_parallel_region(copy_to_tensor_model_parallel_region(squares))
-        return elementwise.bias_rms_normalise(y, bias, squares, self.weight, config.hidden_size, eps,
-                                              config.head_dim, *rope, tangent=tangent, compiled=fused)
+        squares = elementwise.bias_sum_squares(y, bias, tangent=tangent, compiled=config.fuse_elementwise)
+        if config.tensor_model_parallel_size > 1:
+            squares = reduce_from_tensor_model_parallel_region(copy_to_tensor_model_parallel_region(squares))
+        return elementwise.bias_rms_normalise(y, bias, squares, self.weight, config.hidden_size,
+                                              config.layernorm_epsilon, config.head_dim, *rope, tangent=tangent,
+                                              compiled=config.fuse_elementwise)
 
 
 class SelfAttention(AttentionProjections):
