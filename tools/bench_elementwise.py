@@ -179,7 +179,7 @@ def build_parser():
                    help=f"comma-separated option sets out of {list(OPTION_SETS)} (default: %(default)s)")
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="timed calls per case (default: %(default)s)")
     p.add_argument("--json", type=output_file, help="also write the rows as JSON here (default: print only)")
-    p.add_argument("--cpu-smoke", action="store_true", help="plumbing only, on CPU (no timing)")
+    p.add_argument("--cpu-smoke", action="store_true", help="plumbing only: every piece and form eagerly at a tiny shape on CPU")
     return p
 
 
