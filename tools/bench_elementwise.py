@@ -138,7 +138,8 @@ def table(rows):
         lines.append(f"| {piece} | {form} | " + " | ".join(row) + " |")
     totals = {s: sum(r["ms"] for r in rows if r["options"] == s) for s in sets}
     first = {s: sum(r["first_call_s"] for r in rows if r["options"] == s) for s in sets}
-    lines.append("| **sum** | | " + " | ".join(f"{totals[s]:.3f} ms, first calls {first[s]:.0f} s" for s in sets) + " |")
+    sums = (f"{totals[s]:.3f} ms, first calls {first[s]:.0f} s" for s in sets)
+    lines.append("| **sum** | | " + " | ".join(sums) + " |")
     return "\n".join(lines)
 
 
@@ -179,7 +180,8 @@ def build_parser():
                    help=f"comma-separated option sets out of {list(OPTION_SETS)} (default: %(default)s)")
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="timed calls per case (default: %(default)s)")
     p.add_argument("--json", type=output_file, help="also write the rows as JSON here (default: print only)")
-    p.add_argument("--cpu-smoke", action="store_true", help="plumbing only: every piece and form eagerly at a tiny shape on CPU")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="plumbing only: every piece and form eagerly at a tiny shape on CPU")
     return p
 
 
@@ -191,7 +193,8 @@ def main():
     import torch
 
     if not torch.cuda.is_available():
-        cli.fail("bench_elementwise", "no CUDA device: the pieces are timed compiled on a GPU (--cpu-smoke runs on CPU)")
+        cli.fail("bench_elementwise", "no CUDA device: the pieces are timed compiled on a GPU "
+                 "(--cpu-smoke runs on CPU)")
     rows = bench(args.pieces.split(","), args.forms.split(","), args.options.split(","), args.tokens, args.repeats)
     print(f"\n{torch.cuda.get_device_name()}, {args.tokens} tokens, bf16\n")
     print(table(rows))
