@@ -35,6 +35,10 @@ REFUSALS = [
     ("bench_elementwise", ["--options", "models,fastest"], "unknown option sets ['fastest']"),
     ("bench_elementwise", ["--forms", "jvp"], "unknown forms ['jvp']"),
     ("bench_elementwise", ["--tokens", "0"], "--tokens: expected an integer >= 1, got '0'"),
+    ("bench_elementwise", ["--tokens", "-5"], "--tokens: expected an integer >= 1, got '-5'"),
+    ("bench_elementwise", ["--repeats", "two"], "--repeats: expected an integer >= 1, got 'two'"),
+    ("bench_elementwise", ["--pieces", "modulate,rope"], "unknown pieces ['rope']"),
+    ("bench_elementwise", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
     ("bench_encoders", ["--repeats", "0"], "--repeats: expected an integer >= 1, got '0'"),
     ("bench_encoders", ["--steps", "fifty"], "--steps: expected an integer >= 1, got 'fifty'"),
     ("bench_encoders", ["--cpu_smoke"], "unrecognized arguments: --cpu_smoke"),
@@ -72,6 +76,7 @@ REFUSALS = [
     ("profile_train", ["--num-layers", "many"], "--num-layers: expected an integer >= 1, got 'many'"),
     ("profile_train", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
     ("profile_train", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("profile_train", ["--top", "0"], "--top: expected an integer >= 1, got '0'"),
     ("tune_flash_jvp", ["--rep-ms", "0"], "--rep-ms: expected a number > 0, got '0'"),
     ("tune_flash_jvp", ["--configs", "64,64,4,3,1", "64,64,four,3"],
      "--configs: expected BLOCK_M,BLOCK_N,warps,stages[,TMA] (4 integers >= 1, then optionally 0 or 1), "
