@@ -3,7 +3,7 @@ pure functions of TrigFlow denoisers and tensors (docs/math.md sections 3 and 4)
 
 from .config import RCMConfig
 from .dmd import dmd_loss, fake_score_loss, rollout_steps, student_rollout
-from .rcm import Denoisers, IterationNoise, critic_loss, student_loss
+from .rcm import Denoisers, IterationNoise, critic_loss, student_loss, student_loss_terms
 from .scm import scm_loss, tangent_warmup_ratio
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "rollout_steps",
     "scm_loss",
     "student_loss",
+    "student_loss_terms",
     "student_rollout",
     "tangent_warmup_ratio",
 ]

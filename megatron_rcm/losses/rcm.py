@@ -47,10 +47,33 @@ def _rollout(student, config: RCMConfig, noise: IterationNoise, text, updates: i
     return student_rollout(student, noise.rollout[:steps], text, config.mid_times)
 
 
+def student_loss_terms(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text: torch.Tensor,
+                       noise: IterationNoise, iteration: int, student_updates: int):
+    """The terms of ``student_loss``, each computed only when the caller asks for it (a generator):
+    scm_weight L_sCM, then dmd_weight L_DMD times ``dmd_size_scale`` once the tangent warm-up is over.
+
+    A caller that backpropagates each term before it asks for the next frees the sCM pass's graph
+    before the DMD rollout builds its own, so one student graph is alive at a time instead of two
+    (the trainer does; ``planning.memory`` counts on it). Yields (weighted float64 loss,
+    diagnostics of detached 0-dim tensors); a term without a finite sample has no graph.
+    """
+    if config.scm_weight > 0:
+        ratio = tangent_warmup_ratio(iteration, config.tangent_warmup)
+        loss_scm, diag = scm_loss(denoisers.student, denoisers.teacher, x0, noise.eps, noise.t_scm, text, ratio,
+                                  config.dcm_step)
+        yield config.scm_weight * loss_scm, {**diag, "loss/scm": loss_scm.detach()}
+    if config.uses_dmd(iteration):
+        rollout = _rollout(denoisers.student, config, noise, text, student_updates)
+        real_score = denoisers.teacher if denoisers.dmd_teacher is None else denoisers.dmd_teacher
+        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, real_score, denoisers.fake_score)
+        size_scale = dmd_size_scale(x0[0].numel(), config.dmd_reference_numel)
+        yield config.dmd_weight * size_scale * loss_dmd, {**diag, "loss/dmd": loss_dmd.detach()}
+
+
 def student_loss(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text: torch.Tensor,
                  noise: IterationNoise, iteration: int, student_updates: int):
     """scm_weight L_sCM (eq. 3.4) + dmd_weight L_DMD (eq. 4.3, times ``dmd_size_scale``) once the
-    tangent warm-up is over.
+    tangent warm-up is over: the sum of ``student_loss_terms``, with both graphs alive.
 
     ``iteration`` sets the warm-up ratio (eq. 3.2), ``student_updates`` (the student updates made
     so far) the rollout length (eq. 4.1). Returns (float64 loss, diagnostics of detached 0-dim
@@ -58,19 +81,9 @@ def student_loss(denoisers: Denoisers, config: RCMConfig, x0: torch.Tensor, text
     """
     loss = torch.zeros((), dtype=torch.float64, device=x0.device)
     diagnostics = {}
-    if config.scm_weight > 0:
-        ratio = tangent_warmup_ratio(iteration, config.tangent_warmup)
-        loss_scm, diag = scm_loss(denoisers.student, denoisers.teacher, x0, noise.eps, noise.t_scm, text, ratio,
-                                  config.dcm_step)
-        loss = loss + config.scm_weight * loss_scm
-        diagnostics.update(diag, **{"loss/scm": loss_scm.detach()})
-    if config.uses_dmd(iteration):
-        rollout = _rollout(denoisers.student, config, noise, text, student_updates)
-        real_score = denoisers.teacher if denoisers.dmd_teacher is None else denoisers.dmd_teacher
-        loss_dmd, diag = dmd_loss(rollout, noise.t_dmd, noise.eps_dmd, text, real_score, denoisers.fake_score)
-        size_scale = dmd_size_scale(x0[0].numel(), config.dmd_reference_numel)
-        loss = loss + config.dmd_weight * size_scale * loss_dmd
-        diagnostics.update(diag, **{"loss/dmd": loss_dmd.detach()})
+    for term, diag in student_loss_terms(denoisers, config, x0, text, noise, iteration, student_updates):
+        loss = loss + term
+        diagnostics.update(diag)
     diagnostics["loss/student"] = loss.detach()
     return loss, diagnostics
 

@@ -112,13 +112,13 @@ def activation_bytes(config, tokens: int, layout: Layout, profile: Profile, batc
     return {"saved": saved, "checkpoint": batch * stream * d * BF16, "kept_attention": kept}
 
 
-def training_graph_bytes(config, tokens, layout, profile, batch, graphs: int, network: str = "student") -> float:
-    """Peak activation bytes of a backward with ``graphs`` graphs of ``network`` alive at once."""
+def training_graph_bytes(config, tokens, layout, profile, batch, network: str = "student") -> float:
+    """Peak activation bytes of a backward of one graph of ``network``."""
     block = activation_bytes(config, tokens, layout, profile, batch)
     recomputed = layout.recomputed_blocks(config.num_layers, network)
     kept = block["checkpoint"] + (block["kept_attention"] if layout.keep_attention else 0)
-    per_graph = recomputed * kept + (config.num_layers - recomputed) * block["saved"]
-    return graphs * per_graph + profile.backward_working_factor * block["saved"]
+    graph = recomputed * kept + (config.num_layers - recomputed) * block["saved"]
+    return graph + profile.backward_working_factor * block["saved"]
 
 
 def peak_memory(workload: Workload, layout: Layout, profile: Profile, config=None,
@@ -130,12 +130,12 @@ def peak_memory(workload: Workload, layout: Layout, profile: Profile, config=Non
     on_gpu = sum(network_total(p) for p in states.values() if p["where"] == "gpu")
     on_host = sum(network_total(p) for p in states.values() if p["where"] == "host")
     b = workload.micro_batch_size
-    # a student iteration backpropagates the sCM student pass and the DMD rollout's last step together
-    student = training_graph_bytes(config, tokens, layout, profile, b, graphs=2)
-    critic = training_graph_bytes(config, tokens, layout, profile, b, graphs=1, network="fake_score")
+    # one graph at a time: the trainer backpropagates the sCM student pass before the DMD rollout
+    # builds its graph (losses.rcm.student_loss_terms)
+    student = training_graph_bytes(config, tokens, layout, profile, b)
+    critic = training_graph_bytes(config, tokens, layout, profile, b, network="fake_score")
     if layout.offload_teacher:  # the teacher is resident during its calls, with the rollout's graph alive
-        student = max(student, states["teacher"]["parameters"]
-                      + training_graph_bytes(config, tokens, layout, profile, b, graphs=1))
+        student += states["teacher"]["parameters"]
     dp_cp = layout.dp * layout.cp
     numels = local_parameter_numels(config, layout.tp)
     # torch's foreach AdamW holds one fp32 temporary per state shard; an offloaded EMA visits the GPU

@@ -48,7 +48,8 @@ def test_the_plan_recomputes_the_fewest_blocks_that_fit_and_runs_faster_than_ful
     best = plan(WAN13B, H200, DEFAULT_PROFILE)[0]
     config = WAN13B.config()
     student, fake_score = best["recompute_blocks"], best["fake_score_recompute_blocks"]
-    assert best["fits"] and best["recompute"] == "block" and 1 <= fake_score < student < config.num_layers
+    # one graph alive in either backward: the same activations, so the same count fits both
+    assert best["fits"] and best["recompute"] == "block" and 1 <= fake_score == student < config.num_layers
     layout = Layout(recompute="block", recompute_blocks=student, fake_score_recompute_blocks=fake_score)
     usable = usable_gib(H200) * GIB
     assert peak_memory(WAN13B, layout, DEFAULT_PROFILE)["peak"] <= usable
@@ -58,15 +59,15 @@ def test_the_plan_recomputes_the_fewest_blocks_that_fit_and_runs_faster_than_ful
         assert peak_memory(WAN13B, fewer, DEFAULT_PROFILE)["peak"] > usable
     predictions = {name: predict(WAN13B, lay, H200, DEFAULT_PROFILE) for name, lay in (
         ("none", Layout(recompute="none")), ("block", layout), ("full", Layout()),
-        ("same count", replace(layout, fake_score_recompute_blocks=None)))}
+        ("more for the fake score", replace(layout, fake_score_recompute_blocks=fake_score + 4)))}
     student_s = {name: p["student_seconds"] for name, p in predictions.items()}
     critic_s = {name: p["critic_seconds"] for name, p in predictions.items()}
-    assert student_s["none"] < student_s["block"] == student_s["same count"] < student_s["full"]
-    assert critic_s["none"] < critic_s["block"] < critic_s["same count"] < critic_s["full"]
+    assert student_s["none"] < student_s["block"] == student_s["more for the fake score"] < student_s["full"]
+    assert critic_s["none"] < critic_s["block"] < critic_s["more for the fake score"] < critic_s["full"]
     # less GPU memory: more blocks recomputed; too little for any kept block: none offered
     smaller = fewest_recomputed_blocks(WAN13B, Layout(), Cluster(1, 110), DEFAULT_PROFILE)
     assert smaller.recompute_blocks > student and smaller.fake_score_recompute_blocks > fake_score
-    assert fewest_recomputed_blocks(WAN13B, Layout(), Cluster(1, 70), DEFAULT_PROFILE) is None
+    assert fewest_recomputed_blocks(WAN13B, Layout(), Cluster(1, 65), DEFAULT_PROFILE) is None
 
 
 def test_a_block_layouts_flags_give_the_trainer_that_recompute():
