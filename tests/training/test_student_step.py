@@ -67,7 +67,9 @@ class RecordingDenoiser:
 
 
 def _setup(tmp_path):
-    config = load_config(make_inputs(tmp_path) + ["--train-iters", "8", "--clip-grad", "0", "--lr-warmup-iters", "0"], world_size=1)
+    # no warm-up: the first update's learning rate is not 0, so a taken step moves the weights
+    flags = ["--train-iters", "8", "--clip-grad", "0", "--lr-warmup-iters", "0"]
+    config = load_config(make_inputs(tmp_path) + flags, world_size=1)
     networks = build_networks(config, torch.device("cpu"))
     g = torch.Generator().manual_seed(11)
     x0 = torch.randn(2, networks.student.module.config.in_channels, *LATENT, generator=g)
@@ -130,14 +132,15 @@ def test_a_non_finite_later_term_skips_the_step_and_leaves_nothing_for_the_next(
         config, networks, batch, noise = _setup(tmp_path)
         before = {n: p.detach().clone() for n, p in networks.student.module.named_parameters()}
 
-        def terms(scale):
-            yield from ((loss * factor, diag) for (loss, diag), factor in zip(
-                student_loss_terms(_denoisers(networks), config.rcm, *batch, noise, ITERATION, 1), (1.0, scale)))
+        def terms(dmd_factor):  # the real terms, one at a time as the trainer asks, the DMD one scaled
+            for loss, diag in student_loss_terms(_denoisers(networks), config.rcm, *batch, noise, ITERATION, 1):
+                yield (loss * dmd_factor if "loss/dmd" in diag else loss), diag
 
         diagnostics, _, metrics = _update(networks.student, terms(float("inf")), 0.0, "student")
         assert metrics["student/skipped_nonfinite_loss"] == 1 and "loss/dmd" in diagnostics
         assert all(torch.equal(p, before[n]) for n, p in networks.student.module.named_parameters())
-        # the skipped update left non-finite gradients in the buffers; the next one starts from zero
+        # the buffers now hold the joint gradient (after the skipped update's non-finite one): the
+        # next update must start from zero to equal it
         _, joint = _joint_gradient(networks, config, batch, noise)
         _, _, metrics = _update(networks.student, terms(1.0), 0.0, "student")
         split = _main_grads(networks)
