@@ -6,8 +6,15 @@ the first call's seconds (compilation and any tuning), the median time of a call
 bandwidth it reaches counting each input and output tensor once (a lower bound on the bytes
 moved; the card's peak is about 4.8 TB/s on an H200). Option set "models" is how the models
 compile the pieces (``Elementwise.compile_options``); the others add TorchInductor options.
+A backward form that runs as a hand-written kernel (``Elementwise.backward_kernel``) is timed as
+the models run it, the same under every option set.
+
+``--gelu-launches`` times instead the GELU backward at the FFN shape: torch.compile of its formula
+(the models' options, and coordinate-descent tuning) beside the hand-written kernel
+(``megatron_rcm.kernels.gelu``) at each launch shape, each checked against float64.
 
     python tools/bench_elementwise.py [--tokens 32760] [--options models,coordinate_descent] [--json PATH]
+    python tools/bench_elementwise.py --gelu-launches 32,256,256,8 64,128,512,4 [--tokens 32760]
     python tools/bench_elementwise.py --cpu-smoke      # plumbing only: tiny shapes, eager, on CPU
 """
 import argparse
@@ -106,21 +113,67 @@ def bench(pieces, forms, option_sets, tokens, repeats):
                 batch = 2 if form == "tangent" else 1
                 piece, args = piece_inputs(name, tokens, batch, torch.bfloat16, "cuda")
                 fn, call_args = form_call(piece, form, args)
-                compiled = torch.compile(fn, options=options or None)
-                start = time.perf_counter()
-                with torch.no_grad():
-                    out = compiled(*call_args)
-                    torch.cuda.synchronize()
-                    first_s = time.perf_counter() - start
-                    for _ in range(3):
-                        compiled(*call_args)
-                    ms = _median_ms(lambda: compiled(*call_args), repeats)
+                if form == "backward" and piece.backward_kernel is not None:
+                    compiled = piece.backward_kernel
+                else:
+                    compiled = torch.compile(fn, options=options or None)
+                first_s, ms, out = _timed(compiled, call_args, repeats)
                 moved = _bytes(call_args) + _bytes(out)
                 rows.append(dict(options=option_name, piece=name, form=form, first_call_s=first_s, ms=ms,
                                  gb_per_s=moved / ms / 1e6))
                 print(f"{option_name:24s} {name:20s} {form:9s} {ms:8.3f} ms {moved / ms / 1e6:7.0f} GB/s "
                       f"first call {first_s:6.1f} s", flush=True)
     return rows
+
+
+def _timed(fn, args, repeats):
+    """(first call's seconds, median ms of a call, outputs) under no_grad."""
+    import torch
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        out = fn(*args)
+        torch.cuda.synchronize()
+        first_s = time.perf_counter() - start
+        for _ in range(3):
+            fn(*args)
+        return first_s, _median_ms(lambda: fn(*args), repeats), out
+
+
+def sweep_gelu(launches, tokens, repeats):
+    """Rows for the GELU backward at the FFN shape (bf16): compiled formula, then each launch."""
+    import functools
+
+    import torch
+
+    from megatron_rcm.kernels import gelu
+    from megatron_rcm.models.elementwise import Elementwise
+
+    piece, args = piece_inputs("bias_gelu", tokens, 1, torch.bfloat16, "cuda")
+    fn, call_args = form_call(piece, "backward", args)
+    reference = fn(*(a.double() for a in call_args))
+    candidates = [(f"torch.compile, {name}", torch.compile(fn, options={**Elementwise.compile_options, **options} or None))
+                  for name, options in (("models", {}), ("coordinate_descent", OPTION_SETS["coordinate_descent"]))]
+    candidates += [(f"kernel {launch}", functools.partial(gelu.bias_gelu_backward, exact=False, launch=gelu.Launch(*launch)))
+                   for launch in launches]
+    rows = []
+    for name, candidate in candidates:
+        torch._dynamo.reset()
+        first_s, ms, out = _timed(candidate, call_args, repeats)
+        errors = [((o.double() - r).norm() / r.norm()).item() for o, r in zip(out, reference)]
+        rows.append(dict(candidate=name, ms=ms, first_call_s=first_s, error_y=errors[0], error_bias=errors[1],
+                         gb_per_s=(_bytes(call_args) + _bytes(out)) / ms / 1e6))
+        print(f"{name:40s} {ms:8.3f} ms first call {first_s:5.1f} s errors {errors[0]:.2e} {errors[1]:.2e}", flush=True)
+    return rows
+
+
+def gelu_table(rows):
+    base = rows[0]["ms"]
+    lines = ["| GELU backward | ms | GB/s | x torch.compile (models) | first call s | error of grad y / bias vs float64 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['candidate']} | {r['ms']:.3f} | {r['gb_per_s']:.0f} | {base / r['ms']:.2f} | {r['first_call_s']:.1f} "
+              f"| {r['error_y']:.2e} / {r['error_bias']:.2e} |" for r in rows]
+    return "\n".join(lines)
 
 
 def table(rows):
@@ -169,6 +222,18 @@ PIECES = ("modulate", "layer_norm", "bias_gated_residual", "bias_residual", "bia
 FORMS = ("plain", "tangent", "backward")
 
 
+def _gelu_launch(text):
+    """argparse type: a launch shape of the GELU backward kernel (``gelu.Launch``'s fields), as four
+    positive integers."""
+    values = text.split(",")
+    if len(values) != 4 or not all(v.isdigit() and int(v) > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give ROWS,COLS,ROWS_PER_PROGRAM,WARPS as four positive integers")
+    rows, _, rows_per_program, _ = launch = tuple(map(int, values))
+    if rows_per_program % rows:
+        raise argparse.ArgumentTypeError(f"{text!r}: ROWS_PER_PROGRAM must be a multiple of ROWS")
+    return launch
+
+
 def build_parser():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=cli.positive_int, default=32760, help="tokens per sample (default: %(default)s)")
@@ -180,6 +245,9 @@ def build_parser():
                    help=f"comma-separated option sets out of {list(OPTION_SETS)} (default: %(default)s)")
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="timed calls per case (default: %(default)s)")
     p.add_argument("--json", type=output_file, help="also write the rows as JSON here (default: print only)")
+    p.add_argument("--gelu-launches", nargs="+", type=_gelu_launch, metavar="ROWS,COLS,ROWS_PER_PROGRAM,WARPS",
+                   help="time the GELU backward kernel at these launch shapes beside torch.compile of its formula, "
+                        "instead of the pieces (default: the pieces)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="plumbing only: every piece and form eagerly at a tiny shape on CPU")
     return p
@@ -195,9 +263,14 @@ def main():
     if not torch.cuda.is_available():
         cli.fail("bench_elementwise", "no CUDA device: the pieces are timed compiled on a GPU "
                  "(--cpu-smoke runs on CPU)")
-    rows = bench(args.pieces.split(","), args.forms.split(","), args.options.split(","), args.tokens, args.repeats)
-    print(f"\n{torch.cuda.get_device_name()}, {args.tokens} tokens, bf16\n")
-    print(table(rows))
+    if args.gelu_launches:
+        rows = sweep_gelu(args.gelu_launches, args.tokens, args.repeats)
+        print(f"\n{torch.cuda.get_device_name()}, {args.tokens} tokens x {FFN}, bf16\n")
+        print(gelu_table(rows))
+    else:
+        rows = bench(args.pieces.split(","), args.forms.split(","), args.options.split(","), args.tokens, args.repeats)
+        print(f"\n{torch.cuda.get_device_name()}, {args.tokens} tokens, bf16\n")
+        print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -17,17 +17,20 @@ without one) adds nothing.
 
 On CUDA tensors the forms run through ``torch.compile`` when ``compiled=True``
 (the model config's ``fuse_elementwise``); on CPU they run eagerly, so the float64 tests check the same
-formulas. Rounding follows diffusers: reduced-precision inputs are computed on in float32
+formulas. Where torch.compile's kernel for a form was slow, a hand-written Triton kernel of the same
+formula takes its place on CUDA (the GELU backward: ``megatron_rcm.kernels.gelu``). Rounding follows diffusers: reduced-precision inputs are computed on in float32
 (``upcast``) and the result is rounded to the input dtype once.
 """
 
 import contextlib
 import contextvars
+import functools
 import math
 
 import torch
 import torch.nn.functional as nn_functional
 
+from ..kernels import gelu as gelu_kernels
 from .tangent import BATCH_DIM, is_one_matmul, linear_parts, stack, upcast
 
 _GELU_K = math.sqrt(2.0 / math.pi)
@@ -72,16 +75,21 @@ class Elementwise:
     """``piece(*args, tangent=..., compiled=...)``: the plain or the stacked tangent form; plain
     calls that autograd records differentiate through the backward form. A piece with several
     outputs returns a tuple from its plain and tangent forms; its backward form takes one
-    gradient per output, then the arguments."""
+    gradient per output, then the arguments. ``backward_kernel``, if given, takes the backward
+    form's arguments and returns its results; compiled calls on CUDA run it instead of compiling
+    the backward form."""
 
     compile_on = ("cuda",)  # device types where ``compiled=True`` compiles (tests add "cpu")
     compile_options = {}  # TorchInductor options of every piece's torch.compile
 
-    def __init__(self, plain, with_tangent, backward):
+    def __init__(self, plain, with_tangent, backward, backward_kernel=None):
         self.plain, self.with_tangent, self.backward = plain, with_tangent, backward
+        self.backward_kernel = backward_kernel
         self._compiled = {}
 
     def run(self, fn, args, compiled):
+        if compiled and fn is self.backward and self.backward_kernel is not None and args[0].is_cuda:
+            return self.backward_kernel(*args)
         if compiled and args[0].device.type in self.compile_on:
             if fn not in self._compiled:
                 # one training step calls each form with several dtypes and shapes (teacher,
@@ -126,7 +134,8 @@ def _bias_gelu_backward(grad, y, bias):
     return g.to(y.dtype), _grad(g, bias)
 
 
-bias_gelu = Elementwise(_bias_gelu, _bias_gelu_with_tangent, _bias_gelu_backward)
+bias_gelu = Elementwise(_bias_gelu, _bias_gelu_with_tangent, _bias_gelu_backward,
+                        functools.partial(gelu_kernels.bias_gelu_backward, exact=False))
 
 _GEMM_EPILOGUES = contextvars.ContextVar("gemm_epilogues", default=True)
 
@@ -181,7 +190,8 @@ def _bias_gelu_erf_backward(grad, y, bias):
     return g.to(y.dtype), _grad(g, bias)
 
 
-bias_gelu_erf = Elementwise(_bias_gelu_erf, _bias_gelu_erf_with_tangent, _bias_gelu_erf_backward)
+bias_gelu_erf = Elementwise(_bias_gelu_erf, _bias_gelu_erf_with_tangent, _bias_gelu_erf_backward,
+                            functools.partial(gelu_kernels.bias_gelu_backward, exact=True))
 
 
 # ---- LayerNorm: adaLN modulation and the affine cross-attention norm ---------------------------

@@ -39,6 +39,8 @@ REFUSALS = [
     ("bench_elementwise", ["--repeats", "two"], "--repeats: expected an integer >= 1, got 'two'"),
     ("bench_elementwise", ["--pieces", "modulate,rope"], "unknown pieces ['rope']"),
     ("bench_elementwise", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
+    ("bench_elementwise", ["--gelu-launches", "32,256"], "give ROWS,COLS,ROWS_PER_PROGRAM,WARPS as four positive"),
+    ("bench_elementwise", ["--gelu-launches", "32,256,250,8"], "ROWS_PER_PROGRAM must be a multiple of ROWS"),
     ("bench_encoders", ["--repeats", "0"], "--repeats: expected an integer >= 1, got '0'"),
     ("bench_encoders", ["--steps", "fifty"], "--steps: expected an integer >= 1, got 'fifty'"),
     ("bench_encoders", ["--cpu_smoke"], "unrecognized arguments: --cpu_smoke"),
