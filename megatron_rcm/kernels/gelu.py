@@ -2,9 +2,9 @@
 
 torch.compile makes the backward form of ``models.elementwise.bias_gelu`` one reduction kernel
 whose programs each own a few columns and loop over every row (32760 at the Wan shape), with
-the input's gradient stored along the way: few programs, strided loads, about a third of an
-H200's bandwidth. Here each program owns a tile of rows and columns, stores the input's gradient
-and keeps the float32 column sums of its rows; a second, small pass adds those partial sums.
+the input's gradient stored along the way: few programs, about a third of an H200's bandwidth. Here each program owns a strip of rows and columns, walks it a tile at a time,
+stores the input's gradient and adds each tile into a float32 tile of sums, which it reduces over
+rows once at the end; a second, small pass adds the programs' column sums.
 The bias's gradient is still the sum of the unrounded gradient, as in the eager formula.
 
 Both forms of GELU are served: tanh (Wan) and erf (Cosmos). Inputs in float64 are computed in
@@ -30,7 +30,7 @@ class Launch(NamedTuple):
 
 # picked on an H200 at the Wan FFN shape, 32760 x 8960 bf16 (tools/bench_elementwise.py
 # --gelu-launches; docs/benchmarks.md)
-LAUNCH = Launch(32, 256, 256, 8)
+LAUNCH = Launch(32, 128, 256, 4)
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def _bias_gelu_backward_kernel(Grad, Y, Bias, GradY, ColumnSums, rows, cols,
     col_ok = offs_c < cols
     if HAS_BIAS:
         bias = tl.load(Bias + offs_c, mask=col_ok, other=0.0)
-    sums = tl.zeros([BLOCK_COLS], COMPUTE)
+    sums = tl.zeros([BLOCK_ROWS, BLOCK_COLS], COMPUTE)  # reduced over rows once, after the loop
     first_row = row_program * ROWS_PER_PROGRAM
     for start in range(first_row, first_row + ROWS_PER_PROGRAM, BLOCK_ROWS):
         offs_r = start + tl.arange(0, BLOCK_ROWS)
@@ -68,8 +68,8 @@ def _bias_gelu_backward_kernel(Grad, Y, Bias, GradY, ColumnSums, rows, cols,
             y = (y.to(COMPUTE) + bias[None, :].to(COMPUTE)).to(Y.dtype.element_ty)
         g = tl.load(Grad + offsets, mask=mask, other=0.0).to(COMPUTE) * _slope(y.to(COMPUTE), EXACT)
         tl.store(GradY + offsets, g.to(GradY.dtype.element_ty), mask=mask)
-        sums += tl.sum(g, 0)  # masked entries are 0 * a finite slope
-    tl.store(ColumnSums + row_program * cols + offs_c, sums, mask=col_ok)
+        sums += g  # masked entries are 0 * a finite slope
+    tl.store(ColumnSums + row_program * cols + offs_c, tl.sum(sums, 0), mask=col_ok)
 
 
 def bias_gelu_backward(grad, y, bias, *, exact, launch=LAUNCH):
