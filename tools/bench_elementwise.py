@@ -30,6 +30,13 @@ OPTION_SETS = {
     "models": {},
     "coordinate_descent": {"coordinate_descent_tuning": True},
     "max_autotune_pointwise": {"max_autotune_pointwise": True},
+    # how inductor tiles and splits reductions: what the backward forms' column sums (bias, scale,
+    # shift gradients) depend on
+    "tile_reductions": {"triton.tile_reductions": True},
+    "prefer_nd_tiling": {"triton.prefer_nd_tiling": True},
+    "no_mix_order_reduction": {"triton.mix_order_reduction": False},
+    "no_split_reductions": {"split_reductions": False},
+    "multi_kernel": {"triton.multi_kernel": 1},
 }
 # Wan2.1-1.3B: hidden 1536, FFN 8960, heads of 128; 480p x 81 frames is 32760 tokens
 HIDDEN, FFN, HEAD_DIM = 1536, 8960, 128
