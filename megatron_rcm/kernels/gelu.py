@@ -50,7 +50,8 @@ def _slope(a, EXACT: tl.constexpr):
 
 @triton.jit
 def _bias_gelu_backward_kernel(Grad, Y, Bias, GradY, ColumnSums, rows, cols,
-                               HAS_BIAS: tl.constexpr, EXACT: tl.constexpr, COMPUTE: tl.constexpr,
+                               HAS_BIAS: tl.constexpr, ROUND_SUM: tl.constexpr, EXACT: tl.constexpr,
+                               COMPUTE: tl.constexpr,
                                ROWS_PER_PROGRAM: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     row_program = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
@@ -64,8 +65,10 @@ def _bias_gelu_backward_kernel(Grad, Y, Bias, GradY, ColumnSums, rows, cols,
         mask = (offs_r < rows)[:, None] & col_ok[None, :]
         offsets = offs_r.to(tl.int64)[:, None] * cols + offs_c[None, :]
         y = tl.load(Y + offsets, mask=mask, other=0.0)
-        if HAS_BIAS:  # the sum rounded to the input's dtype, as the forward rounds it
-            y = (y.to(COMPUTE) + bias[None, :].to(COMPUTE)).to(Y.dtype.element_ty)
+        if HAS_BIAS:
+            y = y.to(COMPUTE) + bias[None, :].to(COMPUTE)
+            if ROUND_SUM:  # to y's dtype, as torch rounds y + bias where the bias's dtype does not promote y's
+                y = y.to(Y.dtype.element_ty)
         g = tl.load(Grad + offsets, mask=mask, other=0.0).to(COMPUTE) * _slope(y.to(COMPUTE), EXACT)
         tl.store(GradY + offsets, g.to(GradY.dtype.element_ty), mask=mask)
         sums += g  # masked entries are 0 * a finite slope
@@ -81,15 +84,16 @@ def bias_gelu_backward(grad, y, bias, *, exact, launch=LAUNCH):
     cols = y.shape[-1]
     y2, grad2 = y.reshape(-1, cols).contiguous(), grad.reshape(-1, cols).contiguous()
     rows = y2.shape[0]
-    compute = torch.float64 if y.dtype == torch.float64 else torch.float32
+    has_bias = bias is not None
+    sum_dtype = torch.promote_types(y.dtype, bias.dtype) if has_bias else y.dtype
+    compute = torch.float64 if sum_dtype == torch.float64 else torch.float32
     grad_y = torch.empty_like(y2)
     row_programs = triton.cdiv(rows, launch.rows_per_program)
     column_sums = torch.empty(row_programs, cols, dtype=compute, device=y.device)
-    has_bias = bias is not None
     with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():
         _bias_gelu_backward_kernel[(row_programs, triton.cdiv(cols, launch.block_cols))](
             grad2, y2, bias if has_bias else y2, grad_y, column_sums, rows, cols,
-            HAS_BIAS=has_bias, EXACT=exact, COMPUTE=tl.float64 if compute == torch.float64 else tl.float32,
+            HAS_BIAS=has_bias, ROUND_SUM=sum_dtype == y.dtype, EXACT=exact, COMPUTE=tl.float64 if compute == torch.float64 else tl.float32,
             ROWS_PER_PROGRAM=launch.rows_per_program, BLOCK_ROWS=launch.block_rows, BLOCK_COLS=launch.block_cols,
             num_warps=launch.num_warps)
     grad_bias = column_sums.sum(0).view(bias.shape).to(bias.dtype) if has_bias else None

@@ -89,3 +89,14 @@ def test_a_launch_whose_rows_per_program_is_not_a_multiple_of_its_tile_is_refuse
     grad, y, bias = _inputs(SHAPES[1], torch.float64, "cpu", seed=0)
     with pytest.raises(ValueError, match="multiple of block_rows"):
         bias_gelu_backward(grad, y, bias, exact=False, launch=Launch(32, 64, 48, 4))
+
+
+def test_a_wider_bias_adds_without_rounding_to_the_input_dtype():
+    """float16 y with a float32 bias: torch adds them in float32 (no float16 rounding), and so must the kernel."""
+    grad, y, _ = _inputs(SHAPES[0], torch.float16, "cpu", seed=5)
+    bias = torch.randn(SHAPES[0][-1], generator=torch.Generator().manual_seed(6)) / 3
+    for exact in (False, True):
+        got, want = bias_gelu_backward(grad, y, bias, exact=exact), EAGER[exact](grad, y, bias)
+        assert got[0].dtype == torch.float16 and got[1].dtype == torch.float32
+        torch.testing.assert_close(got[0], want[0], rtol=1e-3, atol=1e-3)  # one float16 rounding apart at most
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
