@@ -1,4 +1,4 @@
-"""Triton attention kernels (forward + JVP)."""
+"""Triton kernels: attention forward + JVP (this face), and the GELU backward (``kernels.gelu``)."""
 
 from .attention import attention
 from .flash_jvp import AttentionJVPOutput, flash_attention_jvp
