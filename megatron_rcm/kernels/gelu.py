@@ -30,7 +30,7 @@ class Launch(NamedTuple):
 
 # picked on an H200 at the Wan FFN shape, 32760 x 8960 bf16 (tools/bench_elementwise.py
 # --gelu-launches; docs/benchmarks.md)
-LAUNCH = Launch(32, 128, 256, 4)
+LAUNCH = Launch(32, 128, 256, 8)
 
 
 @triton.jit
