@@ -39,6 +39,10 @@
 #                                       # recompilations (PROFILE_ALLOC: its allocator; PROFILE_ONLY=1: the
 #                                       # profile alone; PROFILE_ITERS: its iterations, default 4;
 #                                       # PROFILE_TOP: how many of the largest kernels it lists, default 15)
+#   AB_BASE=DIR bash tools/gpu_runs.sh ab  # on GPU 0: an A/B of this tree against the one checked out in DIR
+#                                  # (e.g. `git archive BASE | tar -x -C DIR`): bench_train.py --iters 10 with the
+#                                  # planner's one-GPU keep-attention pick, base and this tree in turn, AB_RUNS times
+#                                  # each (default 2; about 100 s a run, the first cold); then compare_runs.py
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -52,8 +56,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -213,6 +217,23 @@ offload)
   CUDA_VISIBLE_DEVICES=0 timeout 400 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short \
     tests/training/test_offload_gpu.py --basetemp /tmp/pt_offload > "$OUT/tests_offload.log" 2>&1
   tail -3 "$OUT/tests_offload.log"
+  ;;
+ab)
+  export CUDA_VISIBLE_DEVICES=0
+  base=$(cd "${AB_BASE:-/nonexistent}" 2>/dev/null && pwd) || { echo "ab: set AB_BASE to a checkout of the base tree" >&2; exit 2; }
+  python3 tools/bench_train.py --prepare-only --work /tmp/bench > "$OUT/ab_prepare.log" 2>&1
+  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
+  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
+    > "$OUT/ab_plan.json" 2>> "$OUT/ab_prepare.log"
+  flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" "$OUT/ab_plan.json")
+  # the matmul rate issue 23's figures imply, so that MFU compares across runs (docs/benchmarks.md)
+  B="tools/bench_train.py --work /tmp/bench --iters 10 --matmul-tflops 778 -- $flags"
+  for _ in $(seq "${AB_RUNS:-2}"); do
+    (cd "$base" && PYTHONPATH="$base${PYTHONPATH:+:$PYTHONPATH}" timeout 200 python3 $B) >> "$OUT/ab_base.log" 2>&1
+    timeout 200 python3 $B >> "$OUT/ab_new.log" 2>&1
+  done
+  echo "planner: $flags"
+  python3 tools/compare_runs.py base="$OUT/ab_base.log" new="$OUT/ab_new.log"
   ;;
 keepattn)
   export CUDA_VISIBLE_DEVICES=0

@@ -15,7 +15,7 @@ from ..reliability.driver import run_cases
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py",
+TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py", "tools/compare_runs.py",
          "tools/bench_encoders.py", "tools/bench_generate.py", "tools/bench_train.py", "tools/bench_wan.py",
          "tools/profile_train.py", "tools/tune_flash_jvp.py", "tools/validate_plan.py", "examples/distill_2d.py")
 NO_FOLDER = "no/such/folder/out.json"
@@ -57,6 +57,9 @@ REFUSALS = [
     ("bench_train", [*WORK, "--iters", "0"], "--iters: expected an integer >= 1, got '0'"),
     ("bench_train", [*WORK, "--nproc", "two"], "--nproc: expected an integer >= 1, got 'two'"),
     ("bench_train", [*WORK, "--nproc", "3", "--tp", "2"], "needs a multiple of 2 processes (--nproc), not 3"),
+    ("compare_runs", ["base"], "'base': give NAME=FILE, e.g. base=ab_base.log"),
+    ("compare_runs", ["base=README.md", "--json", NO_FOLDER], "the folder 'no/such/folder' of"),
+    ("compare_runs", ["base=/no/such/run.log"], "'/no/such/run.log' is not a file; give bench_train's output"),
     ("bench_train", [*WORK, "--sequence-parallel"], "--sequence-parallel needs --tp > 1"),
     ("bench_train", [*WORK, "--fresh-cache"], "--fresh-cache needs --cache-dir"),
     ("bench_train", [*WORK, "--matmul-tflops", "0"], "--matmul-tflops: expected a number > 0, got '0'"),
