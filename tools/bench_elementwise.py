@@ -159,10 +159,11 @@ def sweep_gelu(launches, tokens, repeats):
     piece, args = piece_inputs("bias_gelu", tokens, 1, torch.bfloat16, "cuda")
     fn, call_args = form_call(piece, "backward", args)
     reference = fn(*(a.double() for a in call_args))
-    candidates = [(f"torch.compile, {name}", torch.compile(fn, options={**Elementwise.compile_options, **options} or None))
-                  for name, options in (("models", {}), ("coordinate_descent", OPTION_SETS["coordinate_descent"]))]
-    candidates += [(f"kernel {launch}", functools.partial(gelu.bias_gelu_backward, exact=False, launch=gelu.Launch(*launch)))
-                   for launch in launches]
+    candidates = [(f"torch.compile, {name}", torch.compile(fn, options={**Elementwise.compile_options,
+                                                                          **OPTION_SETS[name]} or None))
+                  for name in ("models", "coordinate_descent")]
+    candidates += [(f"kernel {launch}", functools.partial(gelu.bias_gelu_backward, exact=False,
+                                                          launch=gelu.Launch(*launch))) for launch in launches]
     rows = []
     for name, candidate in candidates:
         torch._dynamo.reset()
@@ -176,10 +177,10 @@ def sweep_gelu(launches, tokens, repeats):
 
 def gelu_table(rows):
     base = rows[0]["ms"]
-    lines = ["| GELU backward | ms | GB/s | x torch.compile (models) | first call s | error of grad y / bias vs float64 |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['candidate']} | {r['ms']:.3f} | {r['gb_per_s']:.0f} | {base / r['ms']:.2f} | {r['first_call_s']:.1f} "
-              f"| {r['error_y']:.2e} / {r['error_bias']:.2e} |" for r in rows]
+    lines = ["| GELU backward | ms | GB/s | x torch.compile (models) | first call s | error of grad y / bias vs "
+             "float64 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['candidate']} | {r['ms']:.3f} | {r['gb_per_s']:.0f} | {base / r['ms']:.2f} "
+              f"| {r['first_call_s']:.1f} | {r['error_y']:.2e} / {r['error_bias']:.2e} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -2,10 +2,11 @@
 
 torch.compile makes the backward form of ``models.elementwise.bias_gelu`` one reduction kernel
 whose programs each own a few columns and loop over every row (32760 at the Wan shape), with
-the input's gradient stored along the way: few programs, about a third of an H200's bandwidth. Here each program owns a strip of rows and columns, walks it a tile at a time,
-stores the input's gradient and adds each tile into a float32 tile of sums, which it reduces over
-rows once at the end; a second, small pass adds the programs' column sums.
-The bias's gradient is still the sum of the unrounded gradient, as in the eager formula.
+the input's gradient stored along the way: few programs, about a third of an H200's bandwidth.
+Here each program owns a strip of rows and columns and walks it a tile at a time. It stores the
+input's gradient and adds each tile into a float32 tile of sums, which it reduces over rows once
+at the end; a second, small pass adds the programs' column sums. The bias's gradient is still the
+sum of the unrounded gradient, as in the eager formula.
 
 Both forms of GELU are served: tanh (Wan) and erf (Cosmos). Inputs in float64 are computed in
 float64, which lets the CPU tests (``TRITON_INTERPRET=1``) hold the kernel to the eager formula
@@ -93,7 +94,8 @@ def bias_gelu_backward(grad, y, bias, *, exact, launch=LAUNCH):
     with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():
         _bias_gelu_backward_kernel[(row_programs, triton.cdiv(cols, launch.block_cols))](
             grad2, y2, bias if has_bias else y2, grad_y, column_sums, rows, cols,
-            HAS_BIAS=has_bias, ROUND_SUM=sum_dtype == y.dtype, EXACT=exact, COMPUTE=tl.float64 if compute == torch.float64 else tl.float32,
+            HAS_BIAS=has_bias, ROUND_SUM=sum_dtype == y.dtype, EXACT=exact,
+            COMPUTE=tl.float64 if compute == torch.float64 else tl.float32,
             ROWS_PER_PROGRAM=launch.rows_per_program, BLOCK_ROWS=launch.block_rows, BLOCK_COLS=launch.block_cols,
             num_warps=launch.num_warps)
     grad_bias = column_sums.sum(0).view(bias.shape).to(bias.dtype) if has_bias else None

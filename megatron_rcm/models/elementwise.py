@@ -18,8 +18,9 @@ without one) adds nothing.
 On CUDA tensors the forms run through ``torch.compile`` when ``compiled=True``
 (the model config's ``fuse_elementwise``); on CPU they run eagerly, so the float64 tests check the same
 formulas. Where torch.compile's kernel for a form was slow, a hand-written Triton kernel of the same
-formula takes its place on CUDA (the GELU backward: ``megatron_rcm.kernels.gelu``). Rounding follows diffusers: reduced-precision inputs are computed on in float32
-(``upcast``) and the result is rounded to the input dtype once.
+formula takes its place on CUDA (the GELU backward: ``megatron_rcm.kernels.gelu``). Rounding follows
+diffusers: reduced-precision inputs are computed on in float32 (``upcast``) and the result is rounded
+to the input dtype once.
 """
 
 import contextlib
