@@ -15,8 +15,9 @@ from ..reliability.driver import run_cases
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py", "tools/compare_runs.py",
-         "tools/bench_encoders.py", "tools/bench_generate.py", "tools/bench_train.py", "tools/bench_wan.py",
+TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py",
+         "tools/compare_runs.py", "tools/bench_encoders.py", "tools/bench_generate.py", "tools/bench_train.py",
+         "tools/bench_wan.py",
          "tools/profile_train.py", "tools/tune_flash_jvp.py", "tools/validate_plan.py", "examples/distill_2d.py")
 NO_FOLDER = "no/such/folder/out.json"
 WORK = ["--work", "/nonexistent/bench"]  # refused before it is made; were it reached, making it would fail
