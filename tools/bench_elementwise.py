@@ -24,6 +24,7 @@ import time
 
 from bench_flags import names_of, output_file  # tools/ is this script's directory
 from megatron_rcm import cli
+from megatron_rcm.atomic_output import atomic_write_bytes
 
 # TorchInductor options added to the models' own (torch.compile(options=...))
 OPTION_SETS = {
@@ -155,6 +156,7 @@ def sweep_gelu(launches, tokens, repeats):
 
     from megatron_rcm.kernels import gelu
     from megatron_rcm.models.elementwise import Elementwise
+    from megatron_rcm.testing import norm_relative_error
 
     piece, args = piece_inputs("bias_gelu", tokens, 1, torch.bfloat16, "cuda")
     fn, call_args = form_call(piece, "backward", args)
@@ -168,7 +170,7 @@ def sweep_gelu(launches, tokens, repeats):
     for name, candidate in candidates:
         torch._dynamo.reset()
         first_s, ms, out = _timed(candidate, call_args, repeats)
-        errors = [((o.double() - r).norm() / r.norm()).item() for o, r in zip(out, reference)]
+        errors = [norm_relative_error(o, r) for o, r in zip(out, reference)]
         rows.append(dict(candidate=name, ms=ms, first_call_s=first_s, error_y=errors[0], error_bias=errors[1],
                          gb_per_s=(_bytes(call_args) + _bytes(out)) / ms / 1e6))
         print(f"{name:40s} {ms:8.3f} ms first call {first_s:5.1f} s errors {errors[0]:.2e} {errors[1]:.2e}", flush=True)
@@ -280,7 +282,7 @@ def main():
         print(f"\n{torch.cuda.get_device_name()}, {args.tokens} tokens, bf16\n")
         print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_bytes(args.json, json.dumps(rows, indent=1).encode())
 
 
 if __name__ == "__main__":

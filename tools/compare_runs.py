@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench_flags import output_file  # tools/ is this script's directory
 from megatron_rcm import cli
+from megatron_rcm.atomic_output import atomic_write_bytes
 
 KINDS = (("student", "student"), ("fake_score", "critic"))
 
@@ -89,11 +90,14 @@ def build_parser():
 
 
 def main():
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    names = [name for name, _ in args.trees]
+    for name in names:
+        if names.count(name) > 1:
+            parser.error(f"tree {name!r} is given twice; give each tree one NAME=FILE")
     trees = {}
     for name, path in args.trees:
-        if name in trees:
-            cli.fail("compare_runs", f"tree {name!r} is given twice; give each tree one NAME=FILE", status=2)
         runs, left_out = runs_of(path)
         if not runs:
             cli.fail("compare_runs", f"{path!r} holds no bench_train run with whole-cycle means ({left_out} without "
@@ -102,7 +106,7 @@ def main():
     rows = summarize(trees)
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_bytes(args.json, json.dumps(rows, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@
 set -u
 case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
   *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
+if [ "$1" = ab ]; then  # checked before the install, so that a wrong AB_BASE ends at once
+  AB_BASE=$(cd "${AB_BASE:-/nonexistent}" 2>/dev/null && [ -f tools/bench_train.py ] && pwd) \
+    || { echo "ab: set AB_BASE to the folder of a checkout of the base tree (with tools/bench_train.py)" >&2; exit 2; }
+fi
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 # two phases may run side by side (tests and training do, in one call): the second waits for the
@@ -220,7 +224,6 @@ offload)
   ;;
 ab)
   export CUDA_VISIBLE_DEVICES=0
-  base=$(cd "${AB_BASE:-/nonexistent}" 2>/dev/null && pwd) || { echo "ab: set AB_BASE to a checkout of the base tree" >&2; exit 2; }
   python3 tools/bench_train.py --prepare-only --work /tmp/bench > "$OUT/ab_prepare.log" 2>&1
   gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
   python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
@@ -229,7 +232,7 @@ ab)
   # the matmul rate issue 23's figures imply, so that MFU compares across runs (docs/benchmarks.md)
   B="tools/bench_train.py --work /tmp/bench --iters 10 --matmul-tflops 778 -- $flags"
   for _ in $(seq "${AB_RUNS:-2}"); do
-    (cd "$base" && PYTHONPATH="$base${PYTHONPATH:+:$PYTHONPATH}" timeout 200 python3 $B) >> "$OUT/ab_base.log" 2>&1
+    (cd "$AB_BASE" && PYTHONPATH="$AB_BASE${PYTHONPATH:+:$PYTHONPATH}" timeout 200 python3 $B) >> "$OUT/ab_base.log" 2>&1
     timeout 200 python3 $B >> "$OUT/ab_new.log" 2>&1
   done
   echo "planner: $flags"

@@ -1,6 +1,8 @@
 """tools/compare_runs.py on bench_train output: each tree's mean over runs, its spread and its ratio to
-the first tree; runs without whole-cycle means are counted and left out; a file without any is refused."""
+the first tree; runs without whole-cycle means are counted and left out; a file without any is refused.
+And `gpu_runs.sh ab`, which makes such files, refuses a wrong base tree at once."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,28 @@ def test_a_file_without_a_whole_run_is_refused_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"compare_runs: error: '{short}' holds no bench_train run with whole-cycle means (1 without them); "
         "run bench_train with --iters 10 or more, to its end"]
+
+
+def test_the_json_rows_are_written_whole(tmp_path):
+    base, out = tmp_path / "base.log", tmp_path / "rows.json"
+    base.write_text(_run_output(8.5, 3.2))
+    result = subprocess.run([sys.executable, "tools/compare_runs.py", f"base={base}", "--json", str(out)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["tree"], r["runs"], r["student_seconds"]) for r in rows] == [("base", 1, 8.5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.log", "rows.json"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("base", [None, "/no/such/folder", "docs"], ids=["unset", "missing", "not_a_checkout"])
+def test_gpu_runs_ab_refuses_a_wrong_base_at_once(base, tmp_path):
+    """Before installing anything or making its log folder."""
+    env = {k: v for k, v in os.environ.items() if k != "AB_BASE"}
+    if base is not None:
+        env["AB_BASE"] = base
+    env["OUT"] = str(tmp_path / "logs")
+    result = subprocess.run(["bash", "tools/gpu_runs.sh", "ab"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ab: set AB_BASE to the folder of a checkout of the base tree (with tools/bench_train.py)"]
+    assert not (tmp_path / "logs").exists()
