@@ -22,8 +22,9 @@ Prints a markdown table per profiled iteration, its device time by kind of kerne
 matrix products, compiled pointwise work, ...: ``KERNEL_CLASSES``), its device-idle gaps (by
 size, and the largest with the work on either side; on CUDA, the host's work during the three
 largest), the top kernels by device time, the seconds the trainer logged for every iteration (the
-profiled ones run a little slower) and, on CUDA, torch.compile's counters and compile times;
-``--json`` writes the same as one object.
+profiled ones run a little slower) and, on CUDA, torch.compile's counters and compile times: per
+iteration the graphs it compiled and the seconds spent (the first iterations' compile cost), the
+functions that took longest and why graphs were recompiled; ``--json`` writes the same as one object.
 """
 
 import argparse
@@ -33,6 +34,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -245,22 +247,59 @@ def profile_run(work, preset, frames, height, width, iters, text_len=bench_train
     cuda = torch.cuda.is_available()
     trace = work / "profile-trace.json"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    ends = [time.time()]  # the trainer's start, then each iteration's end: which iteration compiled a graph
+
+    def after_iteration(progress):
+        ends.append(time.time())
+        profiler.step()
+
     with profile(activities=activities, schedule=schedule(wait=iters - 3, warmup=1, active=2, repeat=1),
                  on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as profiler:
-        train(config, after_iteration=lambda progress: profiler.step())
+        train(config, after_iteration=after_iteration)
     events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    return events, records, cuda, _compile_report()
+    return events, records, cuda, _compile_report(ends)
 
 
-def _compile_report():
-    """torch.compile's counters (graphs, cache hits and misses, recompiles) and compile times."""
-    from torch._dynamo.utils import compile_times, counters
+def _compile_report(ends):
+    """torch.compile's counters (graphs, cache hits and misses, recompiles), compile times and, from
+    dynamo's per-graph metrics, ``compiled_graphs``."""
+    from torch._dynamo.utils import compile_times, counters, get_compilation_metrics
 
     wanted = ("graph", "cache", "recompile", "frames", "calls")
     summary = {group: {k: v for k, v in counts.items() if any(w in k for w in wanted)}
                for group, counts in counters.items()}
-    return {"counters": {g: c for g, c in summary.items() if c}, "compile_times": compile_times(repr="str")}
+    return {"counters": {g: c for g, c in summary.items() if c}, "compile_times": compile_times(repr="str"),
+            "graphs": compiled_graphs(get_compilation_metrics(), ends)}
+
+
+def compiled_graphs(metrics, ends):
+    """Where torch.compile's time went, from dynamo's metrics (one per compiled graph; a backward
+    graph is compiled at its first backward). ``ends``: the epoch seconds the trainer started, then
+    each iteration's end. Per iteration (numbered from 1; 0 before the first), and per compiled
+    function (``file:line name``; backward graphs under their own row), the graphs compiled and their
+    seconds: in all, in inductor, in Triton's compiler; and the reasons for recompiling, most
+    frequent first."""
+    def row():
+        return {"graphs": 0, "seconds": 0.0, "inductor_seconds": 0.0, "triton_seconds": 0.0}
+
+    def add(r, m):
+        r["graphs"] += 1
+        for key, field in (("seconds", "duration_us"), ("inductor_seconds", "inductor_cumulative_compile_time_us"),
+                           ("triton_seconds", "triton_compile_time_us")):
+            r[key] += (getattr(m, field, None) or 0) / 1e6
+
+    per_iteration, per_function, reasons = collections.defaultdict(row), collections.defaultdict(row), \
+        collections.Counter()
+    for m in metrics:
+        add(per_iteration[bisect.bisect_right(ends, m.start_time_us / 1e6)], m)
+        add(per_function[f"{Path(m.co_filename).name}:{m.co_firstlineno} {m.co_name}" if m.co_name
+                         else "(backward graphs)"], m)
+        if m.recompile_reason:
+            reasons[m.recompile_reason.split(": ", 1)[-1]] += 1
+    return {"per_iteration": dict(sorted(per_iteration.items())),
+            "per_function": dict(sorted(per_function.items(), key=lambda kv: -kv[1]["seconds"])),
+            "recompile_reasons": reasons.most_common()}
 
 
 def _ms(us):
@@ -318,6 +357,27 @@ def markdown(result):
     lines += [f"| `{k['name'][:90]}` | {k['ms']:.1f} | {k['calls']} | {100 * k['share']:.1f}% | {labels[k['phase']]} |"
               for k in result["top_kernels"]]
     return "\n".join(lines)
+
+
+def compile_lines(graphs, logged_seconds, top=15):
+    """Markdown tables of ``compiled_graphs``: per iteration beside its logged seconds, the ``top``
+    functions by compile time, the reasons for recompiling."""
+    def cells(r):
+        return f"{r['graphs']} | {r['seconds']:.1f} | {r['inductor_seconds']:.1f} | {r['triton_seconds']:.1f}"
+
+    lines = ["torch.compile's graphs by iteration (seconds of compiling; Triton's within inductor's, inductor's "
+             "within all)", "", "| iteration | network | logged s | graphs | compile s | inductor s | Triton s |",
+             "|---|---|---|---|---|---|---|"]
+    for index, r in graphs["per_iteration"].items():
+        network, seconds = (logged_seconds[index - 1] if 1 <= index <= len(logged_seconds)
+                            else ("(outside the iterations)", None))
+        logged = "" if seconds is None else f"{seconds:.2f}"
+        lines.append(f"| {index} | {network} | {logged} | {cells(r)} |")
+    lines += ["", f"the {top} functions that took longest to compile", "",
+              "| function | graphs | compile s | inductor s | Triton s |", "|---|---|---|---|---|"]
+    lines += [f"| `{name}` | {cells(r)} |" for name, r in list(graphs["per_function"].items())[:top]]
+    lines += ["", "| recompiled because | graphs |", "|---|---|"]
+    return lines + [f"| {reason[:150]} | {count} |" for reason, count in graphs["recompile_reasons"][:top]]
 
 
 def _class_lines(classes):
@@ -395,6 +455,7 @@ def main():
           ", ".join(f"{network} {seconds:.2f}" for network, seconds in result["logged_seconds"]))
     print("torch.compile counters:", json.dumps(compiled["counters"]))
     print(compiled["compile_times"])
+    print("\n" + "\n".join(compile_lines(compiled["graphs"], result["logged_seconds"], args.top)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

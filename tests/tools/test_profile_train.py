@@ -135,3 +135,38 @@ def test_a_setup_the_trainer_refuses_ends_in_one_line(tmp_path, interpret, extra
     stderr = result.stderr
     assert result.returncode != 0 and message in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert not (tmp_path / "out.json").exists() and not (work / "profile-trace.json").exists()
+
+
+def test_compiled_graphs_are_counted_per_iteration_and_function_with_their_recompile_reasons():
+    """Dynamo's real metrics of three iterations: the first compiles a forward graph and, at its
+    backward, a backward graph; the second recompiles for a new dtype; the third compiles nothing."""
+    import time
+
+    import torch
+    from torch._dynamo.utils import get_compilation_metrics
+
+    def scaled_gelu(x):
+        return torch.nn.functional.gelu(x) * 3
+
+    torch._dynamo.reset()
+    compiled = torch.compile(scaled_gelu, backend="aot_eager")
+    before = len(get_compilation_metrics())
+    ends = [time.time()]
+    compiled(torch.randn(4, 8, requires_grad=True)).sum().backward()
+    ends.append(time.time())
+    compiled(torch.randn(6, 8, dtype=torch.float64))
+    ends.append(time.time())
+    compiled(torch.randn(6, 8, dtype=torch.float64))
+    ends.append(time.time())
+    metrics = get_compilation_metrics()[before:]
+    graphs = profile_train.compiled_graphs(metrics, ends)
+    assert {i: r["graphs"] for i, r in graphs["per_iteration"].items()} == {1: 2, 2: 1}
+    name = f"test_profile_train.py:{scaled_gelu.__code__.co_firstlineno} scaled_gelu"
+    assert {n: r["graphs"] for n, r in graphs["per_function"].items()} == {name: 2, "(backward graphs)": 1}
+    assert graphs["recompile_reasons"] == [("tensor 'x' dtype mismatch. expected Float, actual Double", 1)]
+    total = sum(r["seconds"] for r in graphs["per_iteration"].values())
+    assert total == pytest.approx(sum(m.duration_us for m in metrics) / 1e6)
+    assert 0 < graphs["per_iteration"][2]["seconds"] <= ends[2] - ends[1]
+    lines = profile_train.compile_lines(graphs, [("student", 9.5), ("fake_score", 3.25), ("student", 8.0)])
+    assert "| 1 | student | 9.50 | 2 |" in "\n".join(lines)
+    assert any(line.startswith(f"| `{name}` | 2 |") for line in lines)
