@@ -30,6 +30,7 @@ functions that took longest and why graphs were recompiled; ``--json`` writes th
 import argparse
 import bisect
 import collections
+import contextlib
 import json
 import statistics
 import sys
@@ -254,23 +255,66 @@ def profile_run(work, preset, frames, height, width, iters, text_len=bench_train
         profiler.step()
 
     with profile(activities=activities, schedule=schedule(wait=iters - 3, warmup=1, active=2, repeat=1),
-                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as profiler:
+                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as profiler, \
+            triton_compiles() as compiles:
         train(config, after_iteration=after_iteration)
     events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    return events, records, cuda, _compile_report(ends)
+    return events, records, cuda, _compile_report(ends, compiles)
 
 
-def _compile_report(ends):
+def _compile_report(ends, compiles):
     """torch.compile's counters (graphs, cache hits and misses, recompiles), compile times and, from
-    dynamo's per-graph metrics, ``compiled_graphs``."""
+    dynamo's per-graph metrics, ``compiled_graphs``; ``jit_kernels`` of the Triton compilations."""
     from torch._dynamo.utils import compile_times, counters, get_compilation_metrics
 
     wanted = ("graph", "cache", "recompile", "frames", "calls")
     summary = {group: {k: v for k, v in counts.items() if any(w in k for w in wanted)}
                for group, counts in counters.items()}
     return {"counters": {g: c for g, c in summary.items() if c}, "compile_times": compile_times(repr="str"),
-            "graphs": compiled_graphs(get_compilation_metrics(), ends)}
+            "graphs": compiled_graphs(get_compilation_metrics(), ends), "jit": jit_kernels(compiles, ends)}
+
+
+@contextlib.contextmanager
+def triton_compiles():
+    """Yields the list of this process's Triton compilations while the block runs, each as (epoch
+    seconds at its end, kernel name, seconds, cache hit): the project's own kernels, which compile on
+    their first call (inductor compiles its kernels in worker processes and only loads them here).
+    Stays empty where Triton has no compilation listener (before 3.4) or on CPU."""
+    found = []
+    try:
+        from triton import knobs
+    except ImportError:
+        knobs = None
+    if knobs is None or not hasattr(knobs.compilation, "listener"):
+        yield found
+        return
+
+    def listener(*, src, metadata, metadata_group, times, cache_hit):
+        micros = times.ir_initialization + sum(us for _, us in times.lowering_stages) + times.store_results
+        found.append((time.time(), metadata.get("name", "?"), micros / 1e6, cache_hit))
+
+    previous, knobs.compilation.listener = knobs.compilation.listener, listener
+    try:
+        yield found
+    finally:
+        knobs.compilation.listener = previous
+
+
+def jit_kernels(compiles, ends):
+    """``triton_compiles``' list per iteration (as in ``compiled_graphs``) and per kernel name: the
+    compilations, their seconds and the cache hits among them."""
+    def row():
+        return {"compiles": 0, "seconds": 0.0, "cache_hits": 0}
+
+    per_iteration, per_kernel = collections.defaultdict(row), collections.defaultdict(row)
+    for end, name, seconds, hit in compiles:
+        for r in (per_iteration[bisect.bisect_right(ends, end)], per_kernel[name]):
+            r["compiles"] += 1
+            r["seconds"] += seconds
+            r["cache_hits"] += bool(hit)
+    return {"per_iteration": dict(sorted(per_iteration.items())),
+            "per_kernel": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1]["seconds"]))}
 
 
 def compiled_graphs(metrics, ends):
@@ -369,8 +413,7 @@ def compile_lines(graphs, logged_seconds, top=15):
              "within all)", "", "| iteration | network | logged s | graphs | compile s | inductor s | Triton s |",
              "|---|---|---|---|---|---|---|"]
     for index, r in graphs["per_iteration"].items():
-        network, seconds = (logged_seconds[index - 1] if 1 <= index <= len(logged_seconds)
-                            else ("(outside the iterations)", None))
+        network, seconds = _network(index, logged_seconds)
         logged = "" if seconds is None else f"{seconds:.2f}"
         lines.append(f"| {index} | {network} | {logged} | {cells(r)} |")
     lines += ["", f"the {top} functions that took longest to compile", "",
@@ -378,6 +421,24 @@ def compile_lines(graphs, logged_seconds, top=15):
     lines += [f"| `{name}` | {cells(r)} |" for name, r in list(graphs["per_function"].items())[:top]]
     lines += ["", "| recompiled because | graphs |", "|---|---|"]
     return lines + [f"| {reason[:150]} | {count} |" for reason, count in graphs["recompile_reasons"][:top]]
+
+
+def jit_lines(jit, logged_seconds):
+    """Markdown tables of ``jit_kernels``: per iteration, then per kernel."""
+    def cells(r):
+        return f"{r['compiles']} | {r['cache_hits']} | {r['seconds']:.1f}"
+
+    lines = ["Triton kernels compiled in this process (the project's own; seconds in Triton's compiler)", "",
+             "| iteration | network | compiles | cache hits | seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | {_network(i, logged_seconds)[0]} | {cells(r)} |" for i, r in jit["per_iteration"].items()]
+    lines += ["", "| kernel | compiles | cache hits | seconds |", "|---|---|---|---|"]
+    return lines + [f"| `{name[:80]}` | {cells(r)} |" for name, r in jit["per_kernel"].items()]
+
+
+def _network(index, logged_seconds):
+    """(network, logged seconds) of iteration ``index`` (from 1), or a placeholder outside them."""
+    return (logged_seconds[index - 1] if 1 <= index <= len(logged_seconds)
+            else ("(outside the iterations)", None))
 
 
 def _class_lines(classes):
@@ -456,6 +517,7 @@ def main():
     print("torch.compile counters:", json.dumps(compiled["counters"]))
     print(compiled["compile_times"])
     print("\n" + "\n".join(compile_lines(compiled["graphs"], result["logged_seconds"], args.top)))
+    print("\n" + "\n".join(jit_lines(compiled["jit"], result["logged_seconds"])))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

@@ -53,6 +53,20 @@ def _plus(y, bias):
     return y if bias is None else y + bias
 
 
+# The thread count of the first compiled call. Dynamo guards every graph on torch's CPU thread
+# count, which is per thread: autograd's device threads start at the process default, which a
+# DataLoader's pin-memory thread sets to 1, so backward and recompute calls on autograd's thread would
+# otherwise compile each form they meet a second time. No compiled form runs CPU work.
+_THREADS = []
+
+
+def _same_thread_count():
+    if not _THREADS:
+        _THREADS.append(torch.get_num_threads())
+    elif torch.get_num_threads() != _THREADS[0]:
+        torch.set_num_threads(_THREADS[0])
+
+
 class _HandWrittenBackward(torch.autograd.Function):
     """A plain call that autograd records: the forward without autograd, the backward form after."""
 
@@ -98,6 +112,7 @@ class Elementwise:
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
                 self._compiled[fn] = torch.compile(fn, options=self.compile_options or None)
             fn = self._compiled[fn]
+            _same_thread_count()
             if not torch.is_grad_enabled():
                 # nothing is recorded here (no grad, or inside the autograd Function): without
                 # requires_grad flags and Parameter types, the calls of the frozen teacher and of

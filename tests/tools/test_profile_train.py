@@ -170,3 +170,17 @@ def test_compiled_graphs_are_counted_per_iteration_and_function_with_their_recom
     lines = profile_train.compile_lines(graphs, [("student", 9.5), ("fake_score", 3.25), ("student", 8.0)])
     assert "| 1 | student | 9.50 | 2 |" in "\n".join(lines)
     assert any(line.startswith(f"| `{name}` | 2 |") for line in lines)
+
+
+def test_triton_compilations_are_counted_per_iteration_and_kernel():
+    """(end, name, seconds, cache hit) records land in the iteration whose span holds their end."""
+    ends = [100.0, 150.0, 160.0]
+    compiles = [(120.0, "_flash_jvp_hopper_kernel", 6.5, False), (121.0, "_bias_gelu_backward_kernel", 0.75, False),
+                (155.0, "_flash_jvp_hopper_kernel", 0.25, True)]
+    jit = profile_train.jit_kernels(compiles, ends)
+    assert jit["per_iteration"] == {1: {"compiles": 2, "seconds": 7.25, "cache_hits": 0},
+                                    2: {"compiles": 1, "seconds": 0.25, "cache_hits": 1}}
+    assert list(jit["per_kernel"]) == ["_flash_jvp_hopper_kernel", "_bias_gelu_backward_kernel"]
+    assert jit["per_kernel"]["_flash_jvp_hopper_kernel"] == {"compiles": 2, "seconds": 6.75, "cache_hits": 1}
+    lines = "\n".join(profile_train.jit_lines(jit, [("student", 51.5), ("fake_score", 2.5)]))
+    assert "| 1 | student | 2 | 0 | 7.2 |" in lines and "| `_bias_gelu_backward_kernel` | 1 | 0 | 0.8 |" in lines

@@ -35,3 +35,30 @@ def test_frozen_trainable_and_recorded_calls_share_one_compiled_graph(monkeypatc
     recorded.sum().backward()  # the backward form: one graph more
     assert counters["stats"]["unique_graphs"] == 2
     assert trainable.grad is not None and torch.isfinite(trainable.grad).all()
+
+
+def test_a_thread_with_another_thread_count_reuses_the_compiled_graph(monkeypatch):
+    """Autograd's device threads (backward, recompute) can start at another CPU thread count than the
+    main thread's (a DataLoader's pin-memory thread sets the default to 1); dynamo guards graphs on
+    it. Such a thread runs the form compiled on the main thread, at the main thread's count."""
+    import threading
+
+    piece = compiled_bias_gelu(monkeypatch)
+    monkeypatch.setattr(elementwise, "_THREADS", [])
+    g = torch.Generator().manual_seed(1)
+    y, bias = torch.randn(4, 1, 8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    main_threads = torch.get_num_threads()
+    piece(y, bias, tangent=False, compiled=True)
+    results = {}
+
+    def other_thread():
+        torch.set_num_threads(main_threads + 1)
+        results["out"] = piece(y, bias, tangent=False, compiled=True)
+        results["threads"] = torch.get_num_threads()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    torch.testing.assert_close(results["out"], elementwise._bias_gelu(y, bias), rtol=1e-12, atol=1e-12)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert results["threads"] == main_threads == torch.get_num_threads()
