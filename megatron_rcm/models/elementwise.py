@@ -67,6 +67,17 @@ def _same_thread_count():
         torch.set_num_threads(_THREADS[0])
 
 
+def start_compile_workers(device: torch.device):
+    """Start TorchInductor's compile worker processes now if pieces will compile on ``device``: they
+    take seconds to start, and until they are up inductor compiles each kernel (every launch config
+    it weighs) in this process, one after another. torch starts them at the first compile; a trainer
+    calls this before building its networks, so that they start while it does."""
+    if device.type in Elementwise.compile_on:
+        from torch._inductor.async_compile import maybe_warm_pool
+
+        maybe_warm_pool()
+
+
 class _HandWrittenBackward(torch.autograd.Function):
     """A plain call that autograd records: the forward without autograd, the backward form after."""
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..data.latent_shards import LatentShardDataset
 from ..data.sampler import ResumableDistributedSampler
+from ..models import elementwise
 from ..parallel import current_device, parallel_context
 from .batch_checks import NonFiniteBatches, all_finite, check_shapes
 from .checkpointing import TRACKER, CheckpointManager, CheckpointNotFoundError, checkpoint_name
@@ -91,6 +92,7 @@ def train(config: TrainingConfig, after_iteration=None):
     preemption = preemption_handler()  # before the data workers and checkpoint helpers start
     with parallel_context(config.parallel, seed=config.seed):
         device = current_device()
+        elementwise.start_compile_workers(device)
         dataset = LatentShardDataset(data.data_path)
         networks = build_networks(config, device)
         progress = _resume(config, networks)

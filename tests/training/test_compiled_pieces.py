@@ -62,3 +62,29 @@ def test_a_thread_with_another_thread_count_reuses_the_compiled_graph(monkeypatc
     torch.testing.assert_close(results["out"], elementwise._bias_gelu(y, bias), rtol=1e-12, atol=1e-12)
     assert counters["stats"]["unique_graphs"] == 1
     assert results["threads"] == main_threads == torch.get_num_threads()
+
+
+def test_compile_workers_start_only_where_pieces_compile():
+    """In a fresh process: nothing starts for a device the pieces do not compile on; for one they do,
+    inductor's worker pool starts and becomes ready (so that the first compiles use it)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from torch._inductor.async_compile import AsyncCompile
+from megatron_rcm.models import elementwise
+elementwise.start_compile_workers(torch.device("cpu"))
+print("started on cpu without compiling there:", AsyncCompile._ready_future is not None)
+elementwise.Elementwise.compile_on = ("cuda", "cpu")
+elementwise.start_compile_workers(torch.device("cpu"))
+print("started:", AsyncCompile._ready_future is not None)
+AsyncCompile.wait_pool_ready(timeout=120)
+print("ready:", AsyncCompile.use_process_pool())
+"""
+    env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS="2")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["started on cpu without compiling there: False", "started: True",
+                                          "ready: True"]
