@@ -31,7 +31,8 @@
 #                                   # the planner's pick only, with cold caches)
 #   bash tools/gpu_runs.sh profile # on GPU 0 (about 8 minutes): bench_train.py's first iteration with empty, then
 #                                  # reused Triton/TorchInductor caches; profile_train.py's breakdown of a student
-#                                  # and a critic iteration; bench_train.py with the planner's block recompute
+#                                  # and a critic iteration (and what the first ones compiled); bench_train.py
+#                                  # with the planner's block recompute
 #   bash tools/gpu_runs.sh profile-plan # on GPU 0 (about 8 minutes): the planner's pick with --keep-attention,
 #                                       # timed by bench_train.py with torch's default allocator (cold caches),
 #                                       # expandable segments, the default again; then profile_train.py's
@@ -337,6 +338,9 @@ print(*v) if isinstance(v, list) else print(v)" "$OUT/profile_plan.json" "$1"; }
       >> "$OUT/train_block.log" 2>&1
   fi
   sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
+  # what the first iterations compiled, and the kernels compiled in the trainer's process
+  sed -n "/^torch.compile's graphs by iteration/,/^the [0-9]* functions/p; /^Triton kernels compiled/,/^| kernel |/p" \
+    "$OUT/profile.log" | grep .
   python3 - "$OUT" <<'EOF'
 import json, re, sys
 out = sys.argv[1]
@@ -394,6 +398,9 @@ print(sys.argv[2], {k: r.get(k) for k in ('student_seconds', 'fake_score_seconds
       "$OUT/train_$run.log" $run 2>/dev/null || echo "$run: $(tail -2 "$OUT/train_$run.log")"
   done
   sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
+  # what the first iterations compiled, and the kernels compiled in the trainer's process
+  sed -n "/^torch.compile's graphs by iteration/,/^the [0-9]* functions/p; /^Triton kernels compiled/,/^| kernel |/p" \
+    "$OUT/profile.log" | grep .
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do
