@@ -279,8 +279,9 @@ def _compile_report(ends, compiles):
 def triton_compiles():
     """Yields the list of this process's Triton compilations while the block runs, each as (epoch
     seconds at its end, kernel name, seconds, cache hit): the project's own kernels, which compile on
-    their first call (inductor compiles its kernels in worker processes and only loads them here).
-    Stays empty where Triton has no compilation listener (before 3.4) or on CPU."""
+    their first call, and those of inductor's that it compiled here rather than in its worker
+    processes (before they are up). Stays empty where Triton has no compilation listener (before
+    3.4) or on CPU."""
     found = []
     try:
         from triton import knobs
@@ -320,7 +321,7 @@ def jit_kernels(compiles, ends):
 def compiled_graphs(metrics, ends):
     """Where torch.compile's time went, from dynamo's metrics (one per compiled graph; a backward
     graph is compiled at its first backward). ``ends``: the epoch seconds the trainer started, then
-    each iteration's end. Per iteration (numbered from 1; 0 before the first), and per compiled
+    each iteration's end. Per iteration (numbered from 1; 0 before the trainer started), and per compiled
     function (``file:line name``; backward graphs under their own row), the graphs compiled and their
     seconds: in all, in inductor, in Triton's compiler; and the reasons for recompiling, most
     frequent first."""
@@ -428,7 +429,8 @@ def jit_lines(jit, logged_seconds):
     def cells(r):
         return f"{r['compiles']} | {r['cache_hits']} | {r['seconds']:.1f}"
 
-    lines = ["Triton kernels compiled in this process (the project's own; seconds in Triton's compiler)", "",
+    lines = ["Triton kernels compiled in this process (the project's own, and inductor's where it did not use its "
+             "workers; seconds in Triton's compiler)", "",
              "| iteration | network | compiles | cache hits | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {i} | {_network(i, logged_seconds)[0]} | {cells(r)} |" for i, r in jit["per_iteration"].items()]
     lines += ["", "| kernel | compiles | cache hits | seconds |", "|---|---|---|---|"]
