@@ -84,6 +84,21 @@ TORCHRUN="torchrun --standalone --nproc-per-node 2"
 # on 4 GPUs the 1- and 2-GPU jobs run side by side; on 2 they share the pair
 if [ "$GPUS" -ge 4 ]; then PAIR=1,2 LAST=3; elif [ "$GPUS" -ge 2 ]; then PAIR=0,1 LAST=1; else PAIR= LAST=0; fi
 
+# the planner's one-GPU keep-attention pick for GPU 0's free memory: its JSON to $OUT/$1_plan.json (the
+# planner's messages to $OUT/$1_prepare.log); prints the pick's trainer flags
+keepattn_pick() {
+  local gib
+  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
+  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
+    > "$OUT/$1_plan.json" 2>> "$OUT/$1_prepare.log"
+  python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" "$OUT/$1_plan.json"
+}
+# what profile_train.py's first iterations compiled, and the kernels compiled in the trainer's process
+compile_summary() {
+  sed -n "/^torch.compile's graphs by iteration/,/^the [0-9]* functions/p; /^Triton kernels compiled/,/^| kernel |/p" \
+    "$OUT/profile.log" | grep .
+}
+
 case "${1:-}" in
 tests)
   # a float32 JVP at 32760 tokens is slow (fp32 without tensor cores): 2 layers, on the last GPU,
@@ -226,10 +241,7 @@ offload)
 ab)
   export CUDA_VISIBLE_DEVICES=0
   python3 tools/bench_train.py --prepare-only --work /tmp/bench > "$OUT/ab_prepare.log" 2>&1
-  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
-  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
-    > "$OUT/ab_plan.json" 2>> "$OUT/ab_prepare.log"
-  flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" "$OUT/ab_plan.json")
+  flags=$(keepattn_pick ab)
   # the matmul rate issue 23's figures imply, so that MFU compares across runs (docs/benchmarks.md)
   B="tools/bench_train.py --work /tmp/bench --iters 10 --matmul-tflops 778 -- $flags"
   for _ in $(seq "${AB_RUNS:-2}"); do
@@ -251,11 +263,7 @@ keepattn)
     for f in train_full train_full_keepattn; do echo "$f: $(tail -1 "$OUT/$f.log")"; done
     exit 0
   fi
-  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
-  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
-    > "$OUT/keepattn_plan.json" 2>> "$OUT/keepattn_prepare.log"
-  flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
-    "$OUT/keepattn_plan.json")
+  flags=$(keepattn_pick keepattn)
   timeout 180 $B -- $flags > "$OUT/train_plan_keepattn.log" 2>&1
   [ -z "${KEEPATTN_PLAN:-}" ] && timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/training/test_recompute_keep_attention_gpu.py \
     > "$OUT/tests_keepattn.log" 2>&1
@@ -338,9 +346,7 @@ print(*v) if isinstance(v, list) else print(v)" "$OUT/profile_plan.json" "$1"; }
       >> "$OUT/train_block.log" 2>&1
   fi
   sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
-  # what the first iterations compiled, and the kernels compiled in the trainer's process
-  sed -n "/^torch.compile's graphs by iteration/,/^the [0-9]* functions/p; /^Triton kernels compiled/,/^| kernel |/p" \
-    "$OUT/profile.log" | grep .
+  compile_summary
   python3 - "$OUT" <<'EOF'
 import json, re, sys
 out = sys.argv[1]
@@ -371,11 +377,7 @@ profile-plan)
   W=/tmp/bench C=/tmp/plan_cache
   B="python3 tools/bench_train.py --work $W --iters 6 --cache-dir $C"
   python3 tools/bench_train.py --prepare-only --work $W > "$OUT/profile_prepare.log" 2>&1
-  gib=$(python3 -c "import torch; print(torch.cuda.mem_get_info()[1] / 2**30)")
-  python3 tools/plan.py --model wan2.1-t2v-1.3b --gpus 1 --gpu-memory-gib "$gib" --keep-attention --json \
-    > "$OUT/profile_plan.json" 2>> "$OUT/profile_prepare.log"
-  flags=$(python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['layouts'][0]['flags'])" \
-    "$OUT/profile_plan.json")
+  flags=$(keepattn_pick profile)
   # torch's default caching allocator (cold caches first), then expandable segments, then the default
   # again, both on warm caches: the allocator's retries near the card's limit, and what they cost
   # (PROFILE_ONLY=1: the profile alone, on cold caches)
@@ -398,9 +400,7 @@ print(sys.argv[2], {k: r.get(k) for k in ('student_seconds', 'fake_score_seconds
       "$OUT/train_$run.log" $run 2>/dev/null || echo "$run: $(tail -2 "$OUT/train_$run.log")"
   done
   sed -n '/^student iteration/,/^torch.compile counters/p' "$OUT/profile.log" | grep . || tail -20 "$OUT/profile.log"
-  # what the first iterations compiled, and the kernels compiled in the trainer's process
-  sed -n "/^torch.compile's graphs by iteration/,/^the [0-9]* functions/p; /^Triton kernels compiled/,/^| kernel |/p" \
-    "$OUT/profile.log" | grep .
+  compile_summary
   ;;
 generate2)
   for layout in "--tp 2" "--cp 2"; do
