@@ -478,7 +478,8 @@ def build_parser():
     parser.add_argument("--json", type=output_file,
                         help="also write the result as JSON to this file (default: print only)")
     parser.add_argument("--top", type=cli.positive_int, default=15,
-                        help="how many kernels the table of the largest lists (default: %(default)s)")
+                        help="how many rows the tables of the largest kernels, of the functions slowest to "
+                             "compile and of the recompile reasons list (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true",
                         help="plumbing only: a tiny model (tiny-a, 5 frames of 32 x 32, 4 iterations, tiny_cpu.yaml) "
                              "in place of --preset, the size, --iters and --config; on CPU with TRITON_INTERPRET=1")
