@@ -4,14 +4,17 @@ The math and the outputs are those of ``flash_jvp`` (docs/math.md section 7); th
 schedules them differently. Triton's ``tl.dot`` waits for every wgmma before the next
 instruction, so the tensor cores idle while the softmax runs. Here each warpgroup owns 64 query
 rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs of
-block j - 1 (P V, P dV, (P * dS) V) back to back, waits only for the scores, and runs the
-softmax of block j while the value GEMMs are still on the tensor cores (FlashAttention-3's
-intra-warpgroup overlap). Two warpgroups (BLOCK_M = 128) share each key/value tile, or one
-warpgroup (BLOCK_M = 64) runs per CTA: with little shared memory two such CTAs fit on one SM and
-overlap each other's loads, softmax and stores without a barrier between them. Key and value
-blocks arrive by TMA, STAGES deep (1 to 4), with separate mbarriers for keys and for values.
-``CONFIGS`` holds the pipeline shape for each kind of call (keys with or without a tangent, long
-or short key sequences), as ``tools/tune_flash_jvp.py`` picked them.
+block j - 1 (P V, P dV, (P * dS) V) back to back and waits only for the scores, so that the
+softmax of block j can run while the value GEMMs are still on the tensor cores (FlashAttention-3's
+intra-warpgroup overlap). At the shipped pipeline shapes ptxas (CUDA 13) does not keep it: the
+SASS waits for the value GEMMs before the softmax's first exp2, also with P in shared memory at 240
+registers (docs/benchmarks.md); the overlap then comes from the second CTA on the SM. Two
+warpgroups (BLOCK_M = 128) share each key/value tile, or one warpgroup (BLOCK_M = 64) runs per CTA:
+with little shared memory two such CTAs fit on one SM and overlap each other's loads, softmax and
+stores without a barrier between them. Key and value blocks arrive by TMA, STAGES deep (1 to 4),
+with separate mbarriers for keys and for values. ``CONFIGS`` holds the pipeline shape for each kind
+of call (keys with or without a tangent, long or short key sequences), as
+``tools/tune_flash_jvp.py`` picked them.
 
 Gluon has no interpreter: this kernel runs on Hopper GPUs only, and is checked there against the
 float64 reference and the Triton kernel (tests/kernels/test_flash_jvp_hopper.py). ``flash_jvp``
@@ -145,15 +148,16 @@ def _issue_values(p, p_ds, v_smem, vt_smem, acc, acc_t, KV_TANGENT: gl.constexpr
 
 @gluon.jit
 def _softmax(s, ds, m_i, l_i, r_i, start_n, seqlen_k, qk_scale, softmax_scale):
-    """Online-softmax step for one key block: (m, l, r, P, P * dS, alpha); s in log2 units."""
+    """Online-softmax step for one key block: (m, l, r, P, P * dS, alpha); m in log2 units."""
     BLOCK_N: gl.constexpr = s.shape[1]
-    s = s * qk_scale
     if start_n + BLOCK_N > seqlen_k:  # the last, partial block: TMA filled its missing keys with zeros
         cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
         s = gl.where((cols < seqlen_k)[None, :], s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, 1))
+    # The scores stay unscaled: the scale is positive, so the scaled row maximum is max(s) * scale,
+    # and exp2's argument is one FMA per score (a multiply per score first cost 2-3% of the call).
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
     alpha = gl.exp2(m_i - m_new)
-    p = gl.exp2(s - m_new[:, None])
+    p = gl.exp2(s * qk_scale - m_new[:, None])
     p_ds = p * (ds * softmax_scale)
     l_i = l_i * alpha + gl.sum(p, 1)
     r_i = r_i * alpha + gl.sum(p_ds, 1)

@@ -36,10 +36,12 @@ def _check_against_reference_and_triton(inputs, kv_tangent, tolerance, config=No
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 517), (64, 64), (1, 3), (129, 40), (70, 200), (100, 1100)])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 517), (64, 64), (1, 3), (129, 40), (70, 200), (100, 1100),
+                                               (70, 256), (33, 65)])
 @pytest.mark.parametrize("kv_tangent", [True, False])
 def test_matches_reference_as_closely_as_the_triton_kernel(dtype, tolerance, head_dim, seqlen_q, seqlen_k, kv_tangent):
-    """At the pipeline shape flash_attention_jvp picks (short keys up to 1024, long beyond)."""
+    """At the pipeline shape flash_attention_jvp picks (short keys up to 1024, long beyond); key
+    lengths with a partial last block, a whole number of blocks, or one key past a block."""
     inputs = sbhd_views(random_inputs(2, 3, seqlen_q, seqlen_k, head_dim, dtype, device="cuda"))
     _check_against_reference_and_triton(inputs, kv_tangent, tolerance)
 
