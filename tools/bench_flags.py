@@ -25,6 +25,13 @@ def output_file(text):
     return Path(text)
 
 
+def input_file(text):
+    """argparse type: a file that exists now."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return Path(text)
+
+
 def names_of(known, what):
     """argparse type: comma-separated names, each a key of ``known``; the text back as given."""
     def parse(text):

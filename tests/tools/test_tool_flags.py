@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py",
          "tools/compare_runs.py", "tools/bench_encoders.py", "tools/bench_generate.py", "tools/bench_train.py",
          "tools/bench_wan.py",
-         "tools/profile_train.py", "tools/tune_flash_jvp.py", "tools/validate_plan.py", "examples/distill_2d.py")
+         "tools/profile_train.py", "tools/study_hopper_kernel.py", "tools/tune_flash_jvp.py", "tools/validate_plan.py",
+         "examples/distill_2d.py")
 NO_FOLDER = "no/such/folder/out.json"
 WORK = ["--work", "/nonexistent/bench"]  # refused before it is made; were it reached, making it would fail
 
@@ -87,6 +88,9 @@ REFUSALS = [
     ("profile_train", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
     ("profile_train", ["--bogus"], "unrecognized arguments: --bogus"),
     ("profile_train", ["--top", "0"], "--top: expected an integer >= 1, got '0'"),
+    ("study_hopper_kernel", ["--against", "no/such/old.py"], "--against: 'no/such/old.py' is not a file"),
+    ("study_hopper_kernel", ["--rounds", "0"], "--rounds: expected an integer >= 1, got '0'"),
+    ("study_hopper_kernel", ["--ablations"], "unrecognized arguments: --ablations"),
     ("tune_flash_jvp", ["--rep-ms", "0"], "--rep-ms: expected a number > 0, got '0'"),
     ("tune_flash_jvp", ["--configs", "64,64,4,3,1", "64,64,four,3"],
      "--configs: expected BLOCK_M,BLOCK_N,warps,stages[,TMA] (4 integers >= 1, then optionally 0 or 1), "

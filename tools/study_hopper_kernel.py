@@ -1,0 +1,188 @@
+"""What the Hopper attention kernel's time is made of, at the Wan self-attention shape (bf16, one sm_90 GPU).
+
+Two studies, each beside SDPA's flash forward and timed in interleaved rounds: every variant once a
+round, the order reversed every other round, and the median of the rounds kept (an H200's clock
+drifts by a few percent within one call, so variants timed one after the other cannot be compared).
+
+Ablations (without ``--against``): ``flash_jvp_hopper.py`` with one piece of its key loop taken out,
+each compiled as a module of its own. Their outputs are wrong; their times say what each piece costs.
+
+``--against FILE``: this tree's kernel against another version of ``flash_jvp_hopper.py`` (for instance
+``git show BASE:megatron_rcm/kernels/flash_jvp_hopper.py > old.py``) at self-attention, at 1100 keys
+and at 1100 constant keys, with each one's errors against float64 on three slices of query rows.
+
+Each compiled kernel's line gives its registers and the order of its SASS as run lengths: score
+GEMMs (S), value GEMMs (V), waits for wgmma groups (Dn: until n groups remain), exp2 (E) and CTA
+barriers (B). In the key loop, ``V12 D3 ... D0 E34`` means ptxas waits for the value GEMMs before the
+softmax; ``V12 D3 ... E34 ... D0`` would mean the softmax overlaps them.
+
+    python tools/study_hopper_kernel.py [--rounds 5] [--rep-ms 300]
+    python tools/study_hopper_kernel.py --against old.py [--rounds 7]
+"""
+import importlib.util
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench_flags import input_file  # tools/ is this script's directory
+from megatron_rcm import cli
+
+KERNEL = Path(__file__).resolve().parents[1] / "megatron_rcm" / "kernels" / "flash_jvp_hopper.py"
+# lines of flash_jvp_hopper.py that the ablations change
+_MAX = "    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)\n"
+_EXP2 = "    p = gl.exp2(s * qk_scale - m_new[:, None])\n"
+_PRODUCT = "    p_ds = p * (ds * softmax_scale)\n"
+_SUMS = [("    l_i = l_i * alpha + gl.sum(p, 1)\n", ""), ("    r_i = r_i * alpha + gl.sum(p_ds, 1)\n", "")]
+_RESCALE = ("    return acc * alpha_o, acc_t * alpha_o\n", "    return acc, acc_t\n")
+_MASK_BRANCH = ("    if start_n + BLOCK_N > seqlen_k:  # the last, partial block: TMA filled its missing keys "
+                "with zeros\n")
+# name: (what is taken out, [(source text, replacement)]); each source text must occur in the kernel
+ABLATIONS = {
+    "no_exp2": ("exp2 of the scores (P = the shifted scores)", [(_EXP2, "    p = s * qk_scale - m_new[:, None]\n")]),
+    "no_rescale": ("the rescale of both accumulators by alpha", [_RESCALE]),
+    "no_barriers": ("the CTA barriers before the refills", [("_cta_barrier()\n", "pass\n")]),
+    "no_product": ("the P * dS product (P * dS = dS)", [(_PRODUCT, "    p_ds = ds\n")]),
+    "no_mask_branch": ("the branch that masks a partial last key block", [(_MASK_BRANCH, "    if False:\n")]),
+    "no_row_sums": ("the row sums of P and P * dS (l and r)", _SUMS),
+    # without the row max alone the compiler folds P into a constant (m stays -inf): not a measurement
+    "no_softmax_arithmetic": ("the row max, the row sums, the rescale, exp2 and the product",
+                              [(_MAX, "    m_new = m_i\n"), (_EXP2, "    p = s\n"), (_PRODUCT, "    p_ds = ds\n"),
+                               *_SUMS, _RESCALE]),
+}
+SHAPES = {  # name: (batch, heads, query rows, keys, head dim, keys carry a tangent)
+    "self": (1, 12, 32760, 32760, 128, True),
+    "self-1100-keys": (2, 12, 20001, 1100, 128, True),
+    "cross-1100-const": (2, 12, 20001, 1100, 128, False),
+}
+
+
+def ablated_source(source, name):
+    """The kernel's source with ABLATIONS[name] applied; a ValueError names a text that is gone."""
+    for old, new in ABLATIONS[name][1]:
+        if old not in source:
+            raise ValueError(f"ablation {name}: the kernel no longer has {old.strip()!r}; update ABLATIONS")
+        source = source.replace(old, new)
+    return source
+
+
+def sass_order(sass):
+    """The run-length order of S, V, Dn, E and B in a SASS listing (see the module docstring)."""
+    runs = []
+    for line in sass.splitlines():
+        token = ("S" if "HGMMA.64x64" in line or "HGMMA.64x32" in line else "V" if "HGMMA.64x128" in line
+                 else "E" if "MUFU.EX2" in line else "B" if "BAR.SYNC" in line
+                 else "D" + line.split("0x")[-1].strip(" ;") if "WARPGROUP.DEPBAR" in line else None)
+        if token is None:
+            continue
+        if runs and runs[-1][0] == token:
+            runs[-1][1] += 1
+        else:
+            runs.append([token, 1])
+    return " ".join(token if count == 1 else f"{token}{count}" for token, count in runs)
+
+
+def _module(name, source, folder):
+    path = Path(folder) / f"hopper_{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"hopper_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(name, module):
+    for cache in module._flash_jvp_hopper_kernel.device_caches.values():
+        for kernel in cache[0].values():
+            print(f"  {name}: {kernel.n_regs} registers, {kernel.n_spills} spilled; {sass_order(kernel.asm['sass'])}",
+                  flush=True)
+
+
+def _timed(runs, rounds, rep_ms):
+    """{name: median ms} over interleaved rounds of triton.testing.do_bench."""
+    import triton
+
+    times = {name: [] for name in runs}
+    for r in range(rounds):
+        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            times[name].append(triton.testing.do_bench(runs[name], warmup=10, rep=rep_ms))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def study(modules, shapes, args, check_errors):
+    """Times every module's kernel at each shape next to SDPA flash; prints one table row per module."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention
+
+    import tune_flash_jvp as tune
+    from megatron_rcm.kernels import flash_jvp
+
+    flash_jvp._install_descriptor_allocator()
+    first = next(iter(modules))
+    print(f"| shape | kernel | median ms | x flash fwd | x {first} |\n|---|---|---|---|---|")
+    for shape in shapes:
+        case = tune.Case(*SHAPES[shape])
+        inputs = tune._inputs(case, torch.device("cuda"))
+        q, k, v, q_t, k_t, v_t = inputs
+        outputs = flash_jvp._empty_outputs(q, k)
+        config = modules[first].CONFIGS[(case.kv_tangent, False)]
+        scale = 1 / math.sqrt(case.head_dim)
+        runs = {name: (lambda m=m: m.launch(q, k, v, q_t, k_t, v_t, scale, outputs, config))
+                for name, m in modules.items()}
+        rows = tune._checked_rows(case.seqlen_q) if check_errors else None
+        reference = tune._reference(inputs, rows) if check_errors else None
+        for name, run in runs.items():
+            run()
+            torch.cuda.synchronize()
+            if check_errors:
+                errors = " / ".join(f"{e:.2e}" for e in tune._errors(outputs, reference, rows))
+                print(f"  {shape}, {name}: out / out_t / lse / lse_t error against float64 {errors}")
+            if shape == shapes[0]:
+                _report(name, modules[name])
+
+        def flash():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return scaled_dot_product_attention(q, k, v)
+
+        runs["sdpa flash fwd"] = flash
+        ms = _timed(runs, args.rounds, args.rep_ms)
+        for name in runs:
+            print(f"| {shape} | {name} | {ms[name]:.3f} | {ms[name] / ms['sdpa flash fwd']:.3f} | "
+                  f"{ms[first] / ms[name]:.3f} |", flush=True)
+
+
+def build_parser():
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", type=input_file, metavar="FILE",
+                   help="time this tree's kernel against FILE, another version of flash_jvp_hopper.py, instead "
+                        "of the ablations (default: the ablations)")
+    p.add_argument("--rounds", type=cli.positive_int, default=5,
+                   help="interleaved timing rounds (default: %(default)s)")
+    p.add_argument("--rep-ms", type=cli.positive_float, default=300,
+                   help="milliseconds of each do_bench run (default: %(default)s)")
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        raise SystemExit("this study needs an sm_90 GPU (H100/H200): the Hopper kernel runs nowhere else")
+    source = KERNEL.read_text()
+    with tempfile.TemporaryDirectory() as folder:
+        if args.against is None:
+            modules = {"kernel": _module("kernel", source, folder)}
+            modules.update((name, _module(name, ablated_source(source, name), folder)) for name in ABLATIONS)
+            for name, (what, _) in ABLATIONS.items():
+                print(f"{name}: without {what}")
+            study(modules, ["self"], args, check_errors=False)
+        else:
+            modules = {"other": _module("other", Path(args.against).read_text(), folder),
+                       "this tree": _module("tree", source, folder)}
+            study(modules, list(SHAPES), args, check_errors=True)
+
+
+if __name__ == "__main__":
+    main()
