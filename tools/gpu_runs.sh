@@ -44,6 +44,10 @@
 #                                  # (e.g. `git archive BASE | tar -x -C DIR`): bench_train.py --iters 10 with the
 #                                  # planner's one-GPU keep-attention pick, base and this tree in turn, AB_RUNS times
 #                                  # each (default 2; about 100 s a run, the first cold); then compare_runs.py
+#   bash tools/gpu_runs.sh study   # on GPU 0 (about 2 minutes): tools/study_hopper_kernel.py, the Hopper attention
+#                                  # kernel beside copies with one piece of its key loop taken out, with each build's
+#                                  # SASS order (STUDY_AGAINST=FILE: its A/B against that version of
+#                                  # flash_jvp_hopper.py instead)
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -57,8 +61,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|study|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|study|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
 if [ "$1" = ab ]; then  # checked before the install, so that a wrong AB_BASE ends at once
   AB_BASE=$(cd "${AB_BASE:-/nonexistent}" 2>/dev/null && [ -f tools/bench_train.py ] && pwd) \
     || { echo "ab: set AB_BASE to the folder of a checkout of the base tree (with tools/bench_train.py)" >&2; exit 2; }
@@ -250,6 +254,14 @@ ab)
   done
   echo "planner: $flags"
   python3 tools/compare_runs.py base="$OUT/ab_base.log" new="$OUT/ab_new.log"
+  ;;
+study)
+  against=()
+  [ -n "${STUDY_AGAINST:-}" ] && against=(--against "$STUDY_AGAINST")
+  CUDA_VISIBLE_DEVICES=0 timeout 500 python3 tools/study_hopper_kernel.py "${against[@]}" \
+    > "$OUT/study_hopper_kernel.log" 2>&1
+  grep -v "^|" "$OUT/study_hopper_kernel.log" | tail -20
+  grep "^|" "$OUT/study_hopper_kernel.log" || tail -5 "$OUT/study_hopper_kernel.log"
   ;;
 keepattn)
   export CUDA_VISIBLE_DEVICES=0
