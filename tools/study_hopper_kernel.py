@@ -14,10 +14,14 @@ and at 1100 constant keys, with each one's errors against float64 on three slice
 Each compiled kernel's line gives its registers and the order of its SASS as run lengths: score
 GEMMs (S), value GEMMs (V), waits for wgmma groups (Dn: until n groups remain), exp2 (E) and CTA
 barriers (B). In the key loop, ``V12 D3 ... D0 E34`` means ptxas waits for the value GEMMs before the
-softmax; ``V12 D3 ... E34 ... D0`` would mean the softmax overlaps them.
+softmax; ``V12 D3 ... E34 ... D0`` would mean the softmax overlaps them. An ablation with fewer GEMM
+instructions than the kernel is flagged: the compiler dropped work whose result it found constant.
+``--sass`` prints these without a GPU; Triton 3.6 (its ptxas 12.8) gives the same SASS order on a CPU
+as on an H200, while Triton 3.9 serialises every wgmma of this kernel.
 
     python tools/study_hopper_kernel.py [--rounds 5] [--rep-ms 300]
     python tools/study_hopper_kernel.py --against old.py [--rounds 7]
+    python tools/study_hopper_kernel.py --sass      # no GPU (TRITON_INTERPRET unset): counts and order only
 """
 import importlib.util
 import math
@@ -30,25 +34,19 @@ from megatron_rcm import cli
 
 KERNEL = Path(__file__).resolve().parents[1] / "megatron_rcm" / "kernels" / "flash_jvp_hopper.py"
 # lines of flash_jvp_hopper.py that the ablations change
-_MAX = "    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)\n"
 _EXP2 = "    p = gl.exp2(s * qk_scale - m_new[:, None])\n"
-_PRODUCT = "    p_ds = p * (ds * softmax_scale)\n"
-_SUMS = [("    l_i = l_i * alpha + gl.sum(p, 1)\n", ""), ("    r_i = r_i * alpha + gl.sum(p_ds, 1)\n", "")]
-_RESCALE = ("    return acc * alpha_o, acc_t * alpha_o\n", "    return acc, acc_t\n")
 _MASK_BRANCH = ("    if start_n + BLOCK_N > seqlen_k:  # the last, partial block: TMA filled its missing keys "
                 "with zeros\n")
 # name: (what is taken out, [(source text, replacement)]); each source text must occur in the kernel
 ABLATIONS = {
     "no_exp2": ("exp2 of the scores (P = the shifted scores)", [(_EXP2, "    p = s * qk_scale - m_new[:, None]\n")]),
-    "no_rescale": ("the rescale of both accumulators by alpha", [_RESCALE]),
+    "no_rescale": ("the rescale of both accumulators by alpha",
+                   [("    return acc * alpha_o, acc_t * alpha_o\n", "    return acc, acc_t\n")]),
     "no_barriers": ("the CTA barriers before the refills", [("_cta_barrier()\n", "pass\n")]),
-    "no_product": ("the P * dS product (P * dS = dS)", [(_PRODUCT, "    p_ds = ds\n")]),
+    "no_product": ("the P * dS product (P * dS = dS)", [("    p_ds = p * (ds * softmax_scale)\n", "    p_ds = ds\n")]),
     "no_mask_branch": ("the branch that masks a partial last key block", [(_MASK_BRANCH, "    if False:\n")]),
-    "no_row_sums": ("the row sums of P and P * dS (l and r)", _SUMS),
-    # without the row max alone the compiler folds P into a constant (m stays -inf): not a measurement
-    "no_softmax_arithmetic": ("the row max, the row sums, the rescale, exp2 and the product",
-                              [(_MAX, "    m_new = m_i\n"), (_EXP2, "    p = s\n"), (_PRODUCT, "    p_ds = ds\n"),
-                               *_SUMS, _RESCALE]),
+    # Not here: without the row max P becomes a constant, and without the row sums l and r stay 0, so
+    # out_t is a constant NaN; either way the compiler drops GEMMs (gemm_instructions shows it).
 }
 SHAPES = {  # name: (batch, heads, query rows, keys, head dim, keys carry a tangent)
     "self": (1, 12, 32760, 32760, 128, True),
@@ -82,6 +80,12 @@ def sass_order(sass):
     return " ".join(token if count == 1 else f"{token}{count}" for token, count in runs)
 
 
+def gemm_instructions(sass):
+    """wgmma instructions in a SASS listing: an ablation with fewer than the kernel lost work to the
+    compiler (a result it found constant), and its time is not a measurement."""
+    return sass.count("HGMMA")
+
+
 def _module(name, source, folder):
     path = Path(folder) / f"hopper_{name}.py"
     path.write_text(source)
@@ -91,11 +95,34 @@ def _module(name, source, folder):
     return module
 
 
-def _report(name, module):
+def _describe(name, sass, kernel_gemms):
+    gemms = gemm_instructions(sass)
+    flag = ("" if kernel_gemms in (None, gemms)
+            else f" (the kernel has {kernel_gemms}: GEMMs dropped, not a measurement)")
+    return f"{gemms} GEMM instructions{flag}; {sass_order(sass)}"
+
+
+def _report(name, module, kernel_gemms):
+    """Prints each compiled specialisation's registers and SASS; returns its GEMM instruction count."""
     for cache in module._flash_jvp_hopper_kernel.device_caches.values():
         for kernel in cache[0].values():
-            print(f"  {name}: {kernel.n_regs} registers, {kernel.n_spills} spilled; {sass_order(kernel.asm['sass'])}",
-                  flush=True)
+            print(f"  {name}: {kernel.n_regs} registers, {kernel.n_spills} spilled, "
+                  f"{_describe(name, kernel.asm['sass'], kernel_gemms)}", flush=True)
+            return gemm_instructions(kernel.asm["sass"])
+
+
+def compiled_sass(module):
+    """The SASS of module's kernel at its self-attention pipeline shape, compiled for sm_90a on any
+    machine (megatron_rcm.kernels.static_build; needs TRITON_INTERPRET unset)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from megatron_rcm.kernels.static_build import _compile
+
+    config = module.CONFIGS[(True, False)]
+    constexprs = dict(HEAD_DIM=128, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
+                      KV_TANGENT=True, EARLY_RESCALE=config.early_rescale)
+    return _compile(GluonASTSource, module._flash_jvp_hopper_kernel, constexprs, "bf16", 90, config.num_warps,
+                    None).asm["sass"]
 
 
 def _timed(runs, rounds, rep_ms):
@@ -132,6 +159,7 @@ def study(modules, shapes, args, check_errors):
                 for name, m in modules.items()}
         rows = tune._checked_rows(case.seqlen_q) if check_errors else None
         reference = tune._reference(inputs, rows) if check_errors else None
+        kernel_gemms = None
         for name, run in runs.items():
             run()
             torch.cuda.synchronize()
@@ -139,7 +167,8 @@ def study(modules, shapes, args, check_errors):
                 errors = " / ".join(f"{e:.2e}" for e in tune._errors(outputs, reference, rows))
                 print(f"  {shape}, {name}: out / out_t / lse / lse_t error against float64 {errors}")
             if shape == shapes[0]:
-                _report(name, modules[name])
+                gemms = _report(name, modules[name], kernel_gemms)
+                kernel_gemms = gemms if kernel_gemms is None else kernel_gemms
 
         def flash():
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -157,6 +186,9 @@ def build_parser():
     p.add_argument("--against", type=input_file, metavar="FILE",
                    help="time this tree's kernel against FILE, another version of flash_jvp_hopper.py, instead "
                         "of the ablations (default: the ablations)")
+    p.add_argument("--sass", action="store_true",
+                   help="no GPU: compile the kernel and each ablation for sm_90a here and print their GEMM "
+                        "instruction counts and SASS order only")
     p.add_argument("--rounds", type=cli.positive_int, default=5,
                    help="interleaved timing rounds (default: %(default)s)")
     p.add_argument("--rep-ms", type=cli.positive_float, default=300,
@@ -166,22 +198,29 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    import torch
-
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
-        raise SystemExit("this study needs an sm_90 GPU (H100/H200): the Hopper kernel runs nowhere else")
     source = KERNEL.read_text()
     with tempfile.TemporaryDirectory() as folder:
+        modules = {"kernel": _module("kernel", source, folder)}
+        modules.update((name, _module(name, ablated_source(source, name), folder)) for name in ABLATIONS)
+        for name, (what, _) in ABLATIONS.items():
+            print(f"{name}: without {what}")
+        if args.sass:
+            kernel_gemms = None
+            for name, module in modules.items():
+                sass = compiled_sass(module)
+                print(f"  {name}: {_describe(name, sass, kernel_gemms)}", flush=True)
+                kernel_gemms = kernel_gemms or gemm_instructions(sass)
+            return
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+            raise SystemExit("this study needs an sm_90 GPU (H100/H200): the Hopper kernel runs nowhere else "
+                             "(--sass compiles without one)")
         if args.against is None:
-            modules = {"kernel": _module("kernel", source, folder)}
-            modules.update((name, _module(name, ablated_source(source, name), folder)) for name in ABLATIONS)
-            for name, (what, _) in ABLATIONS.items():
-                print(f"{name}: without {what}")
             study(modules, ["self"], args, check_errors=False)
         else:
-            modules = {"other": _module("other", Path(args.against).read_text(), folder),
-                       "this tree": _module("tree", source, folder)}
-            study(modules, list(SHAPES), args, check_errors=True)
+            study({"other": _module("other", Path(args.against).read_text(), folder), "this tree": modules["kernel"]},
+                  list(SHAPES), args, check_errors=True)
 
 
 if __name__ == "__main__":
