@@ -6,9 +6,9 @@ instruction, so the tensor cores idle while the softmax runs. Here each warpgrou
 rows and, for key block j, issues the score GEMMs of block j (S, dS) and the value GEMMs of
 block j - 1 (P V, P dV, (P * dS) V) back to back and waits only for the scores, so that the
 softmax of block j can run while the value GEMMs are still on the tensor cores (FlashAttention-3's
-intra-warpgroup overlap). At the shipped pipeline shapes ptxas (CUDA 13) does not keep it: the
-SASS waits for the value GEMMs before the softmax's first exp2, also with P in shared memory at 240
-registers (docs/benchmarks.md); the overlap then comes from the second CTA on the SM. Two
+intra-warpgroup overlap). At the shipped pipeline shapes ptxas (Triton 3.6's, 12.8) does not keep
+it: the SASS waits for the value GEMMs before the softmax's first exp2, also with P in shared memory
+at 240 registers (docs/kernels.md); the overlap then comes from the second CTA on the SM. Two
 warpgroups (BLOCK_M = 128) share each key/value tile, or one warpgroup (BLOCK_M = 64) runs per CTA:
 with little shared memory two such CTAs fit on one SM and overlap each other's loads, softmax and
 stores without a barrier between them. Key and value blocks arrive by TMA, STAGES deep (1 to 4),
@@ -154,7 +154,7 @@ def _softmax(s, ds, m_i, l_i, r_i, start_n, seqlen_k, qk_scale, softmax_scale):
         cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
         s = gl.where((cols < seqlen_k)[None, :], s, float("-inf"))
     # The scores stay unscaled: the scale is positive, so the scaled row maximum is max(s) * scale,
-    # and exp2's argument is one FMA per score (a multiply per score first cost 2-3% of the call).
+    # and exp2's argument is one FMA per score (scaling every score first costs 2-3% of the call).
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(s * qk_scale - m_new[:, None])
