@@ -21,11 +21,12 @@ as on an H200, while Triton 3.9 serialises every wgmma of this kernel.
 
     python tools/study_hopper_kernel.py [--rounds 5] [--rep-ms 300]
     python tools/study_hopper_kernel.py --against old.py [--rounds 7]
-    python tools/study_hopper_kernel.py --sass      # no GPU (TRITON_INTERPRET unset): counts and order only
+    python tools/study_hopper_kernel.py --sass      # no GPU: GEMM counts and SASS order only
 """
 import importlib.util
 import math
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def _module(name, source, folder):
     return module
 
 
-def _describe(name, sass, kernel_gemms):
+def _describe(sass, kernel_gemms):
     gemms = gemm_instructions(sass)
     flag = ("" if kernel_gemms in (None, gemms)
             else f" (the kernel has {kernel_gemms}: GEMMs dropped, not a measurement)")
@@ -103,26 +104,20 @@ def _describe(name, sass, kernel_gemms):
 
 
 def _report(name, module, kernel_gemms):
-    """Prints each compiled specialisation's registers and SASS; returns its GEMM instruction count."""
-    for cache in module._flash_jvp_hopper_kernel.device_caches.values():
-        for kernel in cache[0].values():
-            print(f"  {name}: {kernel.n_regs} registers, {kernel.n_spills} spilled, "
-                  f"{_describe(name, kernel.asm['sass'], kernel_gemms)}", flush=True)
-            return gemm_instructions(kernel.asm["sass"])
+    """Prints the compiled kernel's registers and SASS (its first specialisation, the shape timed
+    first); returns its GEMM instruction count."""
+    kernel = next(k for cache in module._flash_jvp_hopper_kernel.device_caches.values() for k in cache[0].values())
+    print(f"  {name}: {kernel.n_regs} registers, {kernel.n_spills} spilled, "
+          f"{_describe(kernel.asm['sass'], kernel_gemms)}", flush=True)
+    return gemm_instructions(kernel.asm["sass"])
 
 
 def compiled_sass(module):
     """The SASS of module's kernel at its self-attention pipeline shape, compiled for sm_90a on any
-    machine (megatron_rcm.kernels.static_build; needs TRITON_INTERPRET unset)."""
-    from triton.experimental.gluon._runtime import GluonASTSource
+    machine (megatron_rcm.kernels.static_build)."""
+    from megatron_rcm.kernels.static_build import hopper_kernel
 
-    from megatron_rcm.kernels.static_build import _compile
-
-    config = module.CONFIGS[(True, False)]
-    constexprs = dict(HEAD_DIM=128, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-                      KV_TANGENT=True, EARLY_RESCALE=config.early_rescale)
-    return _compile(GluonASTSource, module._flash_jvp_hopper_kernel, constexprs, "bf16", 90, config.num_warps,
-                    None).asm["sass"]
+    return hopper_kernel(module.CONFIGS[(True, False)], jit_function=module._flash_jvp_hopper_kernel).asm["sass"]
 
 
 def _timed(runs, rounds, rep_ms):
@@ -133,6 +128,7 @@ def _timed(runs, rounds, rep_ms):
     for r in range(rounds):
         for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
             times[name].append(triton.testing.do_bench(runs[name], warmup=10, rep=rep_ms))
+        print(f"  timing round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -208,7 +204,7 @@ def main():
             kernel_gemms = None
             for name, module in modules.items():
                 sass = compiled_sass(module)
-                print(f"  {name}: {_describe(name, sass, kernel_gemms)}", flush=True)
+                print(f"  {name}: {_describe(sass, kernel_gemms)}", flush=True)
                 kernel_gemms = kernel_gemms or gemm_instructions(sass)
             return
         import torch

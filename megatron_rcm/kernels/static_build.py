@@ -59,14 +59,20 @@ def build_report(config: triton.Config, head_dim=128, dtype="bf16", arch=90, kv_
 
 def hopper_build_report(config, head_dim=128, dtype="bf16", kv_tangent=True) -> BuildReport:
     """The Gluon kernel for Hopper (flash_jvp_hopper) at one pipeline shape, for sm_90a."""
+    return _ptxas_report(hopper_kernel(config, head_dim, dtype, kv_tangent), config, 90)
+
+
+def hopper_kernel(config, head_dim=128, dtype="bf16", kv_tangent=True, jit_function=None):
+    """The compiled Gluon kernel (its ``asm`` holds the PTX and SASS) at one pipeline shape, for sm_90a;
+    ``jit_function``: another version of ``flash_jvp_hopper._flash_jvp_hopper_kernel``."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from .flash_jvp_hopper import _flash_jvp_hopper_kernel
 
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
                       KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale)
-    kernel = _compile(GluonASTSource, _flash_jvp_hopper_kernel, constexprs, dtype, 90, config.num_warps, None)
-    return _ptxas_report(kernel, config, 90)
+    return _compile(GluonASTSource, jit_function or _flash_jvp_hopper_kernel, constexprs, dtype, 90, config.num_warps,
+                    None)
 
 
 def _compile(source_class, jit_function, constexprs, dtype, arch, num_warps, num_stages):

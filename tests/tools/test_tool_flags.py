@@ -91,6 +91,8 @@ REFUSALS = [
     ("study_hopper_kernel", ["--against", "no/such/old.py"], "--against: 'no/such/old.py' is not a file"),
     ("study_hopper_kernel", ["--rounds", "0"], "--rounds: expected an integer >= 1, got '0'"),
     ("study_hopper_kernel", ["--ablations"], "unrecognized arguments: --ablations"),
+    ("study_hopper_kernel", ["--against", "tools"], "--against: 'tools' is not a file"),
+    ("study_hopper_kernel", ["--rep-ms", "abc"], "--rep-ms: expected a number > 0, got 'abc'"),
     ("tune_flash_jvp", ["--rep-ms", "0"], "--rep-ms: expected a number > 0, got '0'"),
     ("tune_flash_jvp", ["--configs", "64,64,4,3,1", "64,64,four,3"],
      "--configs: expected BLOCK_M,BLOCK_N,warps,stages[,TMA] (4 integers >= 1, then optionally 0 or 1), "
