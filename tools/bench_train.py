@@ -24,8 +24,8 @@ that is not counted (MFU, not hardware utilisation).
 
 First-iteration time: the JSON line also holds the first student and first critic iteration's
 seconds (from the trainer's log) and the wall time from launching the trainer to its first logged
-iteration. ``--cache-dir DIR`` points the trainer's Triton and TorchInductor caches
-(``TRITON_CACHE_DIR``, ``TORCHINDUCTOR_CACHE_DIR``) into DIR; ``--fresh-cache`` empties DIR first:
+iteration. ``--cache-dir DIR`` points the trainer's Triton, TorchInductor and FlashAttention-4 caches
+(``TRITON_CACHE_DIR``, ``TORCHINDUCTOR_CACHE_DIR``, ``FLASH_ATTENTION_CUTE_DSL_CACHE_DIR``) into DIR; ``--fresh-cache`` empties DIR first:
 
     python tools/bench_train.py --work /tmp/bench --cache-dir /tmp/cache --fresh-cache   # cold
     python tools/bench_train.py --work /tmp/bench --cache-dir /tmp/cache                 # warm: a second run
@@ -100,7 +100,8 @@ def cache_environment(cache, fresh=False):
     if cache is not None:
         if fresh:
             shutil.rmtree(cache, ignore_errors=True)
-        env.update(TRITON_CACHE_DIR=str(Path(cache) / "triton"), TORCHINDUCTOR_CACHE_DIR=str(Path(cache) / "inductor"))
+        env.update(TRITON_CACHE_DIR=str(Path(cache) / "triton"), TORCHINDUCTOR_CACHE_DIR=str(Path(cache) / "inductor"),
+                   FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=str(Path(cache) / "flash_attention_4"))
     return env
 
 

@@ -83,7 +83,8 @@ def _communication(name):
 # so attention comes before the matrix products. Matched on lower-case kernel names.
 KERNEL_CLASSES = (
     ("attention_jvp", "attention forward + JVP (ours)", ("flash_jvp",)),
-    ("attention", "attention (cuDNN, flash; forward and backward)", ("fmha", "sdpa", "flash", "cudnn")),
+    ("attention", "attention (cuDNN, FlashAttention-4, flash; forward and backward)",
+     ("fmha", "sdpa", "flash", "cudnn")),
     ("matmul", "matrix products (cuBLAS, CUTLASS)", ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "sm90_", "sm80_")),
     ("compiled", "torch.compile's fused pointwise and norms (Triton)", ("triton_",)),
     ("optimizer_kernels", "multi-tensor kernels (optimizer, grad norm)", ("multi_tensor", "fused_adam",

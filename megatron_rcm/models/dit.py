@@ -66,10 +66,11 @@ def _rope_table(grid, head_dim, thetas, padded_len, start, length, device, dtype
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-# Every fused SDPA backend's op (their outputs are what the attention backward reads besides
-# q, k, v). The math backend decomposes above the dispatcher into matmuls and a softmax, which
-# a selective-checkpoint policy sees one by one: with it, attention is recomputed as before.
-_ATTENTION_OPS = frozenset((torch.ops.aten._scaled_dot_product_flash_attention.default,
+# Every fused attention op: SDPA's backends and FlashAttention-4 (their outputs are what the attention
+# backward reads besides q, k, v). The math backend decomposes above the dispatcher into matmuls and
+# a softmax, which a selective-checkpoint policy sees one by one: with it, attention is recomputed as before.
+_ATTENTION_OPS = frozenset((torch.ops.megatron_rcm.fa4_forward.default,
+                            torch.ops.aten._scaled_dot_product_flash_attention.default,
                             torch.ops.aten._scaled_dot_product_efficient_attention.default,
                             torch.ops.aten._scaled_dot_product_cudnn_attention.default,
                             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default))

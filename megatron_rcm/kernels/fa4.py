@@ -1,0 +1,106 @@
+"""FlashAttention-4 (the ``flash-attn-4`` package's CuTe-DSL kernels) for plain attention on Hopper.
+
+Optional, like Transformer Engine and Apex: when the package imports, ``kernels.attention`` sends the
+plain calls it can serve here instead of to SDPA (cuDNN on Hopper): forward and backward, 16-bit,
+head dim 64 or 128, no key mask, at least ``MIN_KEYS`` keys, on an sm_90 GPU. On an H200 at the Wan
+self-attention shape its forward is 1.21x and its forward + backward 1.14x faster than cuDNN's, with
+the same errors against float64 (docs/benchmarks.md). Text keys stay on cuDNN, whose forward is
+faster there. ``MEGATRON_RCM_FA4=0`` turns it off.
+
+The two kernels are registered as torch ops (``torch.ops.megatron_rcm.fa4_forward``, ``fa4_backward``)
+so that the dispatcher sees them: selective recompute keeps the forward's outputs
+(``models.dit._ATTENTION_OPS``), and torch.compile traces through them. The package's own
+``flash_attn_func`` is an autograd.Function whose kernels the dispatcher never sees. The backward
+calls the package's ``_flash_attn_bwd`` as that function does; ``PINNED_VERSION`` is the version
+whose private interface this module was written and checked against.
+"""
+import functools
+import os
+from typing import Optional, Tuple
+
+import torch
+
+PINNED_VERSION = "4.0.0b36"
+# Shorter keys (text) stay on cuDNN: at 512 and 226 keys its forward is 1.17-1.33x faster than this one's
+MIN_KEYS = 1024
+SERVED_HEAD_DIMS = (64, 128)
+SERVED_DTYPES = (torch.bfloat16, torch.float16)
+ENV = "MEGATRON_RCM_FA4"
+
+
+@functools.lru_cache(maxsize=1)
+def _interface():
+    """The package's interface module, or None where it does not import (not installed, no CUDA)."""
+    # its compiled kernels persist on disk, keyed by the package's sources and versions: a second run
+    # does not compile them again (read once, at import)
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    try:
+        from flash_attn.cute import interface
+    except ImportError:
+        return None
+    return interface
+
+
+def available() -> bool:
+    """Whether the package imports and ``MEGATRON_RCM_FA4`` does not turn it off."""
+    return os.environ.get(ENV, "1") != "0" and _interface() is not None
+
+
+def serves(q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> bool:
+    """Whether a plain call with these [B, H, S, D] inputs runs here."""
+    return (key_padding_mask is None and q.is_cuda and q.dtype in SERVED_DTYPES
+            and q.shape[-1] in SERVED_HEAD_DIMS and k.shape[-2] >= MIN_KEYS
+            and torch.cuda.get_device_capability(q.device)[0] == 9 and available())
+
+
+@torch.library.custom_op("megatron_rcm::fa4_forward", mutates_args=())
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[B, S, H, D] inputs -> (out [B, S, H, D] in q's memory order, lse [B, H, S] float32, natural log).
+
+    The models' q is a view of [S, B, H, D] storage: an output in that order reaches the output
+    projection as a dense [S, B, H * D] matrix. In the package's own [B, S, H, D] order it would not,
+    and with B > 1 (the guided teacher) cuBLAS multiplied it as S products of B rows (16 ms a call)."""
+    out, lse, *_ = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True,
+                                                out=torch.empty_like(q))
+    return out, lse
+
+
+@_forward.register_fake
+def _(q, k, v, scale):
+    return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("megatron_rcm::fa4_backward", mutates_args=())
+def _backward(d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+              lse: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = _interface()._flash_attn_bwd(q, k, v, out, d_out, lse, scale, False, 0.0)
+    return dq, dk, dv
+
+
+@_backward.register_fake
+def _(d_out, q, k, v, out, lse, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+
+
+def _grads(ctx, d_out, _d_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _backward(d_out, q, k, v, out, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+_forward.register_autograd(_grads, setup_context=_setup_context)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: Optional[float]) -> torch.Tensor:
+    """softmax(scale q k^T) v of [B, H, S, D] tensors (strided views welcome: only the head dim must be
+    contiguous), in q's memory order."""
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    out, _lse = _forward(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale)
+    return out.transpose(1, 2)
