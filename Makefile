@@ -18,7 +18,7 @@ $(STAMP): setup.py
 
 # Triton kernels run on CPU tensors through the interpreter (no GPU needed).
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra --durations=15 tests  # the slowest 15 close the log
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadscope tests  # the slowest 15 close the log
 
 demo: $(STAMP)
 	$(PY) examples/demo_moving_digits.py $(DEMO_FLAGS)

@@ -22,6 +22,10 @@ setup(
         "hf": ["diffusers>=0.33", "accelerate", "transformers", "safetensors", "sentencepiece", "tqdm"],
         "data": ["webdataset", "imageio", "imageio-ffmpeg"],
         "train": ["tensorboard"],
-        "dev": ["pytest", "pytest-timeout", "scikit-learn"],  # scikit-learn: the test that checks the shipped digits file
+        # FlashAttention-4 for plain attention on Hopper (megatron_rcm.kernels.fa4); CUDA 13 machines add
+        # nvidia-cutlass-dsl[cu13]==4.8.1
+        "fa4": ["flash-attn-4==4.0.0b36"],
+        # scikit-learn: the test that checks the shipped digits file; pytest-xdist: make test runs two workers
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "scikit-learn"],
     },
 )

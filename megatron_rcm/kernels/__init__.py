@@ -1,4 +1,5 @@
-"""Triton kernels: attention forward + JVP (this face), and the GELU backward (``kernels.gelu``)."""
+"""Triton kernels: attention forward + JVP (this face), and the GELU backward (``kernels.gelu``); plain
+attention on FlashAttention-4 where it is installed (``kernels.fa4``)."""
 
 from .attention import attention
 from .flash_jvp import AttentionJVPOutput, flash_attention_jvp

@@ -15,7 +15,9 @@ calls the package's ``_flash_attn_bwd`` as that function does; ``PINNED_VERSION`
 whose private interface this module was written and checked against.
 """
 import functools
+import importlib.metadata
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -30,13 +32,24 @@ ENV = "MEGATRON_RCM_FA4"
 
 @functools.lru_cache(maxsize=1)
 def _interface():
-    """The package's interface module, or None where it does not import (not installed, no CUDA)."""
+    """The package's interface module; None where it is not installed, is another version than
+    ``PINNED_VERSION``, or does not import (each of the last two says so once)."""
+    try:
+        installed = importlib.metadata.version("flash-attn-4")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if installed != PINNED_VERSION:
+        warnings.warn(f"flash-attn-4 {installed} is installed, but megatron_rcm calls the interface of "
+                      f"{PINNED_VERSION} only: attention runs on SDPA (pip install flash-attn-4=={PINNED_VERSION})")
+        return None
     # its compiled kernels persist on disk, keyed by the package's sources and versions: a second run
     # does not compile them again (read once, at import)
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     try:
         from flash_attn.cute import interface
-    except ImportError:
+    except Exception as error:  # noqa: BLE001 - a broken install falls back, and says why
+        warnings.warn(f"flash-attn-4 does not import ({type(error).__name__}: {error}): attention runs on SDPA "
+                      f"(set {ENV}=0 to skip it)")
         return None
     return interface
 

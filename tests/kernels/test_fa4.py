@@ -1,0 +1,50 @@
+"""kernels.fa4's choice of FlashAttention-4 on any machine: which installs it uses, and what it serves
+(the kernels themselves: test_fa4_gpu.py)."""
+import sys
+
+import pytest
+import torch
+
+from megatron_rcm.kernels import attention, fa4
+
+
+@pytest.fixture
+def fresh_interface():
+    fa4._interface.cache_clear()
+    yield
+    fa4._interface.cache_clear()
+
+
+def _install_metadata(path, version):
+    """A flash-attn-4 distribution's metadata (no code) on sys.path."""
+    info = path / f"flash_attn_4-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: flash-attn-4\nVersion: {version}\n")
+    sys.path.insert(0, str(path))
+
+
+def test_another_version_is_not_used_and_says_which_to_install(tmp_path, monkeypatch, fresh_interface):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    _install_metadata(tmp_path, "4.0.0b1")
+    with pytest.warns(UserWarning, match=r"flash-attn-4 4\.0\.0b1 is installed.*flash-attn-4==4\.0\.0b36"):
+        assert not fa4.available()
+
+
+def test_the_pinned_version_that_does_not_import_falls_back_and_says_why(tmp_path, monkeypatch, fresh_interface):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    _install_metadata(tmp_path, fa4.PINNED_VERSION)
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # what an import of a broken install raises: ImportError
+    with pytest.warns(UserWarning, match="flash-attn-4 does not import"):
+        assert not fa4.available()
+
+
+def test_cpu_tensors_stay_on_sdpa():
+    q = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 2048, 64, dtype=torch.bfloat16)
+    assert not fa4.serves(q, k, None)
+    assert torch.equal(attention(q, k, k), torch.nn.functional.scaled_dot_product_attention(q, k, k))
+
+
+def test_its_forward_is_an_op_that_selective_recompute_keeps():
+    from megatron_rcm.models.dit import _ATTENTION_OPS
+    assert torch.ops.megatron_rcm.fa4_forward.default in _ATTENTION_OPS
