@@ -11,6 +11,7 @@ import pytest
 @pytest.mark.parametrize("command,expected", [
     (["tools/tune_flash_jvp.py", "--cpu-smoke"], "| triton | triton 32x16 w4 s2 tma |"),
     (["tools/bench_attention.py", "--cpu-smoke"], "out_t rel. error"),
+    (["tools/bench_plain_attention.py", "--cpu-smoke"], "| tiny | models | "),
     (["tools/bench_elementwise.py", "--cpu-smoke"], "| bias_gelu | backward | "),
     (["tools/bench_wan.py", "--cpu-smoke"], "jvp_bf16_vs_fp32"),
     (["tools/bench_cosmos.py", "--smoke", "--profile"], "Profile, diffusers forward"),

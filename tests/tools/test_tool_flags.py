@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
 TOOLS = ("tools/bench_attention.py", "tools/bench_convert_memory.py", "tools/bench_elementwise.py",
+         "tools/bench_plain_attention.py",
          "tools/compare_runs.py", "tools/bench_encoders.py", "tools/bench_generate.py", "tools/bench_train.py",
          "tools/bench_wan.py",
          "tools/profile_train.py", "tools/study_hopper_kernel.py", "tools/tune_flash_jvp.py", "tools/validate_plan.py",
@@ -28,6 +29,9 @@ REFUSALS = [
     ("bench_attention", ["--shapes", "wan1.3b,wan3"], "unknown shapes ['wan3']"),
     ("bench_attention", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
     ("bench_attention", ["--shape", "wan1.3b"], "unrecognized arguments: --shape"),  # no abbreviations
+    ("bench_plain_attention", ["--shapes", "wan1.3b,wan14b"], "unknown shapes ['wan14b']"),
+    ("bench_plain_attention", ["--rounds", "0"], "--rounds: expected an integer >= 1, got '0'"),
+    ("bench_plain_attention", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
     ("bench_convert_memory", ["--layers", "0"], "--layers: expected an integer >= 1, got '0'"),
     ("bench_convert_memory", ["--ffn", "-4096"], "--ffn: expected an integer >= 1, got '-4096'"),
     ("bench_convert_memory", ["--dim", "1k"], "--dim: expected an integer >= 1, got '1k'"),
