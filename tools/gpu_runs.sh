@@ -44,6 +44,8 @@
 #                                  # (e.g. `git archive BASE | tar -x -C DIR`): bench_train.py --iters 10 with the
 #                                  # planner's one-GPU keep-attention pick, base and this tree in turn, AB_RUNS times
 #                                  # each (default 2; about 100 s a run, the first cold); then compare_runs.py
+#   bash tools/gpu_runs.sh plain   # on GPU 0 (a few minutes; not yet run): FlashAttention-4's GPU tests, then
+#                                  # tools/bench_plain_attention.py (flash-attn-4 must import: docs/kernels.md)
 #   bash tools/gpu_runs.sh study   # on GPU 0 (about 2 minutes): tools/study_hopper_kernel.py, the Hopper attention
 #                                  # kernel beside copies with one piece of its key loop taken out, with each build's
 #                                  # SASS order (STUDY_AGAINST=FILE: its A/B against that version of
@@ -61,8 +63,8 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|study|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|study|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
+case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|plain|study|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
+  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|plain|study|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
 if [ "$1" = ab ]; then  # checked before the install, so that a wrong AB_BASE ends at once
   AB_BASE=$(cd "${AB_BASE:-/nonexistent}" 2>/dev/null && [ -f tools/bench_train.py ] && pwd) \
     || { echo "ab: set AB_BASE to the folder of a checkout of the base tree (with tools/bench_train.py)" >&2; exit 2; }
@@ -80,6 +82,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   while [ ! -e /tmp/site.done ]; do sleep 2; done
   export PYTHONPATH=$PWD:/tmp/site
 fi
+# flash-attn-4's CUTLASS DSL, installed with --target: the .pth file that adds its packages is not read there
+[ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && export PYTHONPATH=$PYTHONPATH:/tmp/site/nvidia_cutlass_dsl/dsl_packages
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor TRITON_CACHE_DIR=/tmp/triton
 nvidia-smi -L > "$OUT/gpus.txt"
@@ -254,6 +258,14 @@ ab)
   done
   echo "planner: $flags"
   python3 tools/compare_runs.py base="$OUT/ab_base.log" new="$OUT/ab_new.log"
+  ;;
+plain)
+  export CUDA_VISIBLE_DEVICES=0
+  python3 -c "from megatron_rcm.kernels import fa4; assert fa4.available(), 'flash-attn-4 does not import'" || exit 2
+  timeout 200 python3 -m pytest -q -m gpu tests/kernels/test_fa4_gpu.py > "$OUT/fa4_tests.log" 2>&1
+  tail -1 "$OUT/fa4_tests.log"
+  timeout 300 python3 tools/bench_plain_attention.py --json "$OUT/plain_attention.json" > "$OUT/plain_attention.log" 2>&1
+  grep "^|" "$OUT/plain_attention.log" || tail -5 "$OUT/plain_attention.log"
   ;;
 study)
   against=()
