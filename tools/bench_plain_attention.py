@@ -55,7 +55,8 @@ def make_inputs(batch, heads, seqlen_q, seqlen_k, head_dim, dtype, device, seed=
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def rnd(seqlen):
-        return torch.randn(seqlen, batch, heads, head_dim, generator=gen, device=device, dtype=dtype).permute(1, 2, 0, 3)
+        storage = torch.randn(seqlen, batch, heads, head_dim, generator=gen, device=device, dtype=dtype)
+        return storage.permute(1, 2, 0, 3)
 
     return rnd(seqlen_q), rnd(seqlen_k), rnd(seqlen_k), rnd(seqlen_q)
 
@@ -145,7 +146,8 @@ def build_parser():
     parser.add_argument("--shapes", type=names_of(SHAPES, "shapes"), default=",".join(SHAPES),
                         help=f"comma-separated subset of {list(SHAPES)} (default: all)")
     parser.add_argument("--rounds", type=cli.positive_int, default=5, help="timing rounds (default: 5)")
-    parser.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON (default: print only)")
+    parser.add_argument("--json", metavar="PATH", type=output_file,
+                        help="write the results as JSON (default: print only)")
     parser.add_argument("--cpu-smoke", action="store_true", help="the error check at a tiny shape on CPU, no timing")
     return parser
 
