@@ -60,9 +60,12 @@ def available() -> bool:
 
 
 def serves(q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> bool:
-    """Whether a plain call with these [B, H, S, D] inputs runs here."""
+    """Whether a plain call with these [B, H, S, D] inputs runs here. Not under
+    ``torch.use_deterministic_algorithms`` (``--deterministic-mode``): the package's backward adds into
+    dq with atomics, and its kernels bypass torch's check, so SDPA (which honours it) runs instead."""
     return (key_padding_mask is None and q.is_cuda and q.dtype in SERVED_DTYPES
             and q.shape[-1] in SERVED_HEAD_DIMS and k.shape[-2] >= MIN_KEYS
+            and not torch.are_deterministic_algorithms_enabled()
             and torch.cuda.get_device_capability(q.device)[0] == 9 and available())
 
 

@@ -74,6 +74,16 @@ def test_turned_off_by_the_environment(monkeypatch):
     assert not fa4.serves(q, k, None)
 
 
+def test_deterministic_mode_stays_on_sdpa():
+    q, k, _, _, _, _ = random_inputs(1, 2, 300, 2048, 128, torch.bfloat16, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not fa4.serves(q, k, None)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert fa4.serves(q, k, None)
+
+
 class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
