@@ -136,6 +136,7 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
     import torch
 
     from megatron_rcm.diffusion.few_step import MAX_STEPS
+    from megatron_rcm.kernels import fa4
     from megatron_rcm.models.wan import wan_config
     from megatron_rcm.planning import Workload
     from megatron_rcm.planning.calibrate import measured_matmul_tflops
@@ -162,6 +163,9 @@ def run(work, preset="wan2.1-t2v-1.3b", num_layers=None, frames=81, height=480, 
     result = {"preset": preset, "layers": model.num_layers, "frames": frames, "gpus": nproc, "tp": tp, "cp": cp,
               "dp": dp, "sequence_parallel": sequence_parallel, "recompute": recompute, "extra": list(extra),
               "device": torch.cuda.get_device_name() if cuda else "cpu", "tokens_per_sample": tokens,
+              # what the trainer's plain attention ran on (the same environment: kernels.fa4)
+              "plain_attention": ("flash-attn-4" if cuda and fa4.available()
+                                  and torch.cuda.get_device_capability()[0] == 9 else "sdpa"),
               "matmul_tflops_per_gpu": rate if cuda else None,
               "matmul_rate": ("given" if matmul_tflops else "timed after the run") if cuda else None,
               "cache": None if cache is None else ("cold" if fresh_cache else "reused"),

@@ -224,6 +224,11 @@ def main(defaults=WAN_DEFAULTS, description=__doc__):
                   f"{flash_jvp.flash_jvp_hopper.CONFIGS}, for calls without a key mask of more than "
                   f"{flash_jvp.PINNED_MAX_KEYS} keys; the Triton kernel at {flash_jvp.PINNED_CONFIGS} "
                   f"per (key tangents, at most 256 keys) up to that", flush=True)
+        from megatron_rcm.kernels import fa4
+
+        probe = torch.empty(1, 1, fa4.MIN_KEYS, cfg.head_dim, dtype=x.dtype, device=x.device)
+        print(f"plain attention: {'FlashAttention-4' if fa4.serves(probe, probe, None) else 'SDPA'} for "
+              f"{fa4.MIN_KEYS} keys or more, SDPA for fewer", flush=True)
         # what autotuning picked for calls the Triton kernel served, per (head dim, mask, size class, dtypes) key
         for key, config in flash_jvp._flash_jvp_tuned.cache.items():
             print(f"attention JVP kernel, tuned for {key}: {config}", flush=True)
