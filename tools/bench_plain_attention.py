@@ -153,10 +153,16 @@ def build_parser():
 
 
 def main():
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
     import torch
 
     from megatron_rcm.kernels import fa4
+
+    try:
+        fa4.enabled_by_environment()
+    except ValueError as error:
+        parser.error(str(error))
 
     if args.cpu_smoke:
         found = errors("cpu", {"tiny": (1, 2, 37, 53, 32)})
@@ -171,6 +177,7 @@ def main():
     found = errors("cuda", ERROR_SHAPES)
     rows = []
     for name in args.shapes.split(","):
+        print(f"timing {name} {SHAPES[name]} ...", flush=True)
         rows += time_shape(name, args.rounds)
         torch.cuda.empty_cache()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -54,9 +54,19 @@ def _interface():
     return interface
 
 
+def enabled_by_environment() -> bool:
+    """``MEGATRON_RCM_FA4``: unset or 1 (use the package where it serves), 0 (never); a ValueError
+    otherwise, so that ``off`` or ``false`` does not silently leave it on."""
+    value = os.environ.get(ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV} must be 0 (plain attention on SDPA) or 1 (FlashAttention-4 where it serves), "
+                         f"got {value!r}")
+    return value == "1"
+
+
 def available() -> bool:
     """Whether the package imports and ``MEGATRON_RCM_FA4`` does not turn it off."""
-    return os.environ.get(ENV, "1") != "0" and _interface() is not None
+    return enabled_by_environment() and _interface() is not None
 
 
 def serves(q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> bool:

@@ -157,6 +157,16 @@ def _check_jvp_kernel_runs(config):
                           "interpreter; set TRITON_INTERPRET=1 in the environment (or use a GPU)")
 
 
+def _check_attention_environment():
+    """A wrong MEGATRON_RCM_FA4 ends the run before it starts, not in the first attention call."""
+    from megatron_rcm.kernels import fa4
+
+    try:
+        fa4.enabled_by_environment()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def _config(args) -> TrainingConfig:
     """The flat namespace as the nested config: each field takes the flag of its name."""
     def build(cls):
@@ -286,6 +296,7 @@ def validate(args, world_size=None) -> TrainingConfig:
     if args.bf16 and not torch.cuda.is_available():
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     _check_jvp_kernel_runs(config)
+    _check_attention_environment()
     if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:
         raise ConfigError("--lr-warmup-iters, --clip-grad, --num-workers and --max-skipped-batches must be >= 0")
     from ..models import model_config

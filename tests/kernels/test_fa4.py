@@ -1,6 +1,9 @@
 """kernels.fa4's choice of FlashAttention-4 on any machine: which installs it uses, and what it serves
 (the kernels themselves: test_fa4_gpu.py)."""
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +51,14 @@ def test_cpu_tensors_stay_on_sdpa():
 def test_its_forward_is_an_op_that_selective_recompute_keeps():
     from megatron_rcm.models.dit import _ATTENTION_OPS
     assert torch.ops.megatron_rcm.fa4_forward.default in _ATTENTION_OPS
+
+
+def test_the_benchmark_refuses_a_wrong_switch_in_one_line():
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_plain_attention.py"
+    run = subprocess.run([sys.executable, str(tool), "--cpu-smoke"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, MEGATRON_RCM_FA4="off"))
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "bench_plain_attention: error: MEGATRON_RCM_FA4 must be 0 (plain attention on SDPA) or 1 "
+        "(FlashAttention-4 where it serves), got 'off' (see --help)"]
+    assert run.stdout == ""

@@ -95,3 +95,13 @@ def test_a_cpu_run_without_the_triton_interpreter_is_refused_before_training(req
     load_config([*required, "--dcm-step", "0.05"], world_size=1)  # the discrete tangent runs no JVP kernel
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     load_config(required, world_size=1)
+
+
+@pytest.mark.parametrize("value", ["off", "false", "2", ""])
+def test_a_wrong_flash_attention_4_switch_is_refused_before_training(required, monkeypatch, value):
+    monkeypatch.setenv("MEGATRON_RCM_FA4", value)
+    with pytest.raises(ConfigError, match=f"MEGATRON_RCM_FA4 must be 0 .* or 1 .*, got {value!r}"):
+        load_config(required, world_size=1)
+    for good in ("0", "1"):
+        monkeypatch.setenv("MEGATRON_RCM_FA4", good)
+        load_config(required, world_size=1)
