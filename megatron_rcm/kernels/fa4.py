@@ -17,6 +17,7 @@ whose private interface this module was written and checked against.
 import functools
 import importlib.metadata
 import os
+import threading
 import warnings
 from typing import Optional, Tuple
 
@@ -28,6 +29,8 @@ MIN_KEYS = 1024
 SERVED_HEAD_DIMS = (64, 128)
 SERVED_DTYPES = (torch.bfloat16, torch.float16)
 ENV = "MEGATRON_RCM_FA4"
+# the thread of warm_up, once started; the ops wait for it, so that a kernel never compiles twice
+_warm_up_thread: Optional[threading.Thread] = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,6 +82,55 @@ def serves(q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Te
             and torch.cuda.get_device_capability(q.device)[0] == 9 and available())
 
 
+def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional[threading.Thread]:
+    """Import the package and compile its forward and backward for ``dtype`` and ``head_dim`` on a
+    thread, and return it; None where attention of that kind would not run here.
+
+    A cold start pays both once (about 6-7 s to import on an H200 machine, then the compiles) inside
+    the first iteration. The package compiles one kernel per configuration, not per shape, so a call
+    at ``MIN_KEYS`` tokens compiles what the model's calls use. A trainer calls this as soon as it
+    knows the model's head dim, and the thread runs while it builds the rest of its networks; the
+    first attention call waits for the thread if it has not finished."""
+    global _warm_up_thread
+    if not (device.type == "cuda" and dtype in SERVED_DTYPES and head_dim in SERVED_HEAD_DIMS
+            and not torch.are_deterministic_algorithms_enabled()
+            and torch.cuda.get_device_capability(device)[0] == 9 and enabled_by_environment()):
+        return None
+    _warm_up_thread = threading.Thread(target=_compile_once, args=(dtype, head_dim, device), name="fa4-warm-up",
+                                       daemon=True)
+    _warm_up_thread.start()
+    return _warm_up_thread
+
+
+def _compile_once(dtype, head_dim, device):
+    if _interface() is None:  # it said why
+        return
+    try:
+        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+            q, k, v, d_out = torch.randn(4, 1, MIN_KEYS, 1, head_dim, device=device, dtype=dtype).unbind(0)
+            out, lse = _run_forward(q, k, v, head_dim ** -0.5)
+            _run_backward(d_out, q, k, v, out, lse, head_dim ** -0.5)
+            torch.cuda.current_stream().synchronize()
+    except Exception as error:  # noqa: BLE001 - the first real call compiles instead, and says what fails
+        warnings.warn(f"FlashAttention-4's warm-up failed ({type(error).__name__}: {error}): "
+                      "its kernels compile at their first use")
+
+
+def _wait_for_warm_up():
+    if _warm_up_thread is not None:
+        _warm_up_thread.join()
+
+
+def _run_forward(q, k, v, scale):
+    out, lse, *_ = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True,
+                                                out=torch.empty_like(q))
+    return out, lse
+
+
+def _run_backward(d_out, q, k, v, out, lse, scale):
+    return _interface()._flash_attn_bwd(q, k, v, out, d_out, lse, scale, False, 0.0)
+
+
 @torch.library.custom_op("megatron_rcm::fa4_forward", mutates_args=())
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """[B, S, H, D] inputs -> (out [B, S, H, D] in q's memory order, lse [B, H, S] float32, natural log).
@@ -86,9 +138,8 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) ->
     The models' q is a view of [S, B, H, D] storage: an output in that order reaches the output
     projection as a dense [S, B, H * D] matrix. In the package's own [B, S, H, D] order it would not,
     and with B > 1 (the guided teacher) cuBLAS multiplied it as S products of B rows (16 ms a call)."""
-    out, lse, *_ = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True,
-                                                out=torch.empty_like(q))
-    return out, lse
+    _wait_for_warm_up()
+    return _run_forward(q, k, v, scale)
 
 
 @_forward.register_fake
@@ -99,7 +150,8 @@ def _(q, k, v, scale):
 @torch.library.custom_op("megatron_rcm::fa4_backward", mutates_args=())
 def _backward(d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = _interface()._flash_attn_bwd(q, k, v, out, d_out, lse, scale, False, 0.0)
+    _wait_for_warm_up()
+    dq, dk, dv = _run_backward(d_out, q, k, v, out, lse, scale)
     return dq, dk, dv
 
 

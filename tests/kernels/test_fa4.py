@@ -62,3 +62,7 @@ def test_the_benchmark_refuses_a_wrong_switch_in_one_line():
         "bench_plain_attention: error: MEGATRON_RCM_FA4 must be 0 (plain attention on SDPA) or 1 "
         "(FlashAttention-4 where it serves), got 'off' (see --help)"]
     assert run.stdout == ""
+
+
+def test_no_warm_up_where_it_would_not_serve():
+    assert fa4.warm_up(torch.bfloat16, 128, torch.device("cpu")) is None
