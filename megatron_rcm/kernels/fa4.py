@@ -17,8 +17,12 @@ whose private interface this module was written and checked against.
 import functools
 import importlib.metadata
 import os
+import subprocess
+import sys
+import tempfile
 import threading
 import warnings
+from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
@@ -29,25 +33,35 @@ MIN_KEYS = 1024
 SERVED_HEAD_DIMS = (64, 128)
 SERVED_DTYPES = (torch.bfloat16, torch.float16)
 ENV = "MEGATRON_RCM_FA4"
-# the thread of warm_up, once started; the ops wait for it, so that a kernel never compiles twice
-_warm_up_thread: Optional[threading.Thread] = None
+CACHE_ENV = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
+# the child process of warm_up, until the first op waits for it (so that no kernel compiles twice)
+_warm_up_process: Optional[subprocess.Popen] = None
+_WARM_UP_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _pinned_version_installed() -> bool:
+    """Whether flash-attn-4 is installed at ``PINNED_VERSION`` (another version says so, once)."""
+    try:
+        installed = importlib.metadata.version("flash-attn-4")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if installed != PINNED_VERSION:
+        warnings.warn(f"flash-attn-4 {installed} is installed, but megatron_rcm calls the interface of "
+                      f"{PINNED_VERSION} only: attention runs on SDPA (pip install flash-attn-4=={PINNED_VERSION})")
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
 def _interface():
-    """The package's interface module; None where it is not installed, is another version than
-    ``PINNED_VERSION``, or does not import (each of the last two says so once)."""
-    try:
-        installed = importlib.metadata.version("flash-attn-4")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    if installed != PINNED_VERSION:
-        warnings.warn(f"flash-attn-4 {installed} is installed, but megatron_rcm calls the interface of "
-                      f"{PINNED_VERSION} only: attention runs on SDPA (pip install flash-attn-4=={PINNED_VERSION})")
+    """The package's interface module; None where ``_pinned_version_installed`` is not, or where it
+    does not import (which says why, once)."""
+    if not _pinned_version_installed():
         return None
     # its compiled kernels persist on disk, keyed by the package's sources and versions: a second run
     # does not compile them again (read once, at import)
-    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    os.environ.setdefault(CACHE_ENV, "1")
     try:
         from flash_attn.cute import interface
     except Exception as error:  # noqa: BLE001 - a broken install falls back, and says why
@@ -67,8 +81,10 @@ def enabled_by_environment() -> bool:
     return value == "1"
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the package imports and ``MEGATRON_RCM_FA4`` does not turn it off."""
+    """Whether the package imports and ``MEGATRON_RCM_FA4`` does not turn it off (under torch.compile,
+    as it was when the graph was traced: dynamo cannot trace the package lookup)."""
     return enabled_by_environment() and _interface() is not None
 
 
@@ -82,43 +98,52 @@ def serves(q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Te
             and torch.cuda.get_device_capability(q.device)[0] == 9 and available())
 
 
-def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional[threading.Thread]:
-    """Import the package and compile its forward and backward for ``dtype`` and ``head_dim`` on a
-    thread, and return it; None where attention of that kind would not run here.
+def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional[subprocess.Popen]:
+    """Compile the package's forward and backward for ``dtype`` and ``head_dim`` into its disk cache,
+    in a child process, and return the process; None where attention of that kind would not run here
+    or the disk cache is turned off.
 
-    A cold start pays both once (about 6-7 s to import on an H200 machine, then the compiles) inside
-    the first iteration. The package compiles one kernel per configuration, not per shape, so a call
-    at ``MIN_KEYS`` tokens compiles what the model's calls use. A trainer calls this as soon as it
-    knows the model's head dim, and the thread runs while it builds the rest of its networks; the
-    first attention call waits for the thread if it has not finished."""
-    global _warm_up_thread
+    A cold start otherwise compiles them in the first iteration. The compile is Python work that
+    holds the GIL, so in a thread of the trainer it only slows the network build down. The child
+    compiles on another core while the trainer builds its networks; the first attention call waits
+    for it, then loads the kernels from disk. The package compiles one kernel per configuration, not
+    per shape: a call at ``MIN_KEYS`` tokens compiles what the model's calls use."""
+    global _warm_up_process
     if not (device.type == "cuda" and dtype in SERVED_DTYPES and head_dim in SERVED_HEAD_DIMS
             and not torch.are_deterministic_algorithms_enabled()
-            and torch.cuda.get_device_capability(device)[0] == 9 and enabled_by_environment()):
+            and torch.cuda.get_device_capability(device)[0] == 9 and enabled_by_environment()
+            and os.environ.setdefault(CACHE_ENV, "1") == "1" and _pinned_version_installed()):
         return None
-    _warm_up_thread = threading.Thread(target=_compile_once, args=(dtype, head_dim, device), name="fa4-warm-up",
-                                       daemon=True)
-    _warm_up_thread.start()
-    return _warm_up_thread
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    code = f"import torch; from megatron_rcm.kernels import fa4; fa4._compile_once({dtype}, {head_dim}, {index})"
+    root = str(Path(__file__).resolve().parents[2])  # where this megatron_rcm is, however it was found
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    log = tempfile.TemporaryFile()
+    _warm_up_process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    _warm_up_process.log = log
+    return _warm_up_process
 
 
-def _compile_once(dtype, head_dim, device):
-    if _interface() is None:  # it said why
-        return
-    try:
-        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
-            q, k, v, d_out = torch.randn(4, 1, MIN_KEYS, 1, head_dim, device=device, dtype=dtype).unbind(0)
-            out, lse = _run_forward(q, k, v, head_dim ** -0.5)
-            _run_backward(d_out, q, k, v, out, lse, head_dim ** -0.5)
-            torch.cuda.current_stream().synchronize()
-    except Exception as error:  # noqa: BLE001 - the first real call compiles instead, and says what fails
-        warnings.warn(f"FlashAttention-4's warm-up failed ({type(error).__name__}: {error}): "
-                      "its kernels compile at their first use")
+def _compile_once(dtype, head_dim, index):
+    if _interface() is None:
+        raise SystemExit("flash-attn-4 does not import")
+    with torch.cuda.device(index):
+        q, k, v, d_out = torch.randn(4, 1, MIN_KEYS, 1, head_dim, device="cuda", dtype=dtype).unbind(0)
+        out, lse = _run_forward(q, k, v, head_dim ** -0.5)
+        _run_backward(d_out, q, k, v, out, lse, head_dim ** -0.5)
+        torch.cuda.synchronize()
 
 
 def _wait_for_warm_up():
-    if _warm_up_thread is not None:
-        _warm_up_thread.join()
+    global _warm_up_process
+    with _WARM_UP_LOCK:  # the backward may first run on autograd's thread
+        process, _warm_up_process = _warm_up_process, None
+        if process is None or process.wait() == 0:
+            return
+        process.log.seek(0)
+        last = (process.log.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        warnings.warn(f"FlashAttention-4's warm-up process failed (exit {process.returncode}: {last}): "
+                      "its kernels compile at their first use")
 
 
 def _run_forward(q, k, v, scale):

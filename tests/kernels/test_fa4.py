@@ -13,9 +13,11 @@ from megatron_rcm.kernels import attention, fa4
 
 @pytest.fixture
 def fresh_interface():
-    fa4._interface.cache_clear()
+    for lookup in (fa4._pinned_version_installed, fa4._interface):
+        lookup.cache_clear()
     yield
-    fa4._interface.cache_clear()
+    for lookup in (fa4._pinned_version_installed, fa4._interface):
+        lookup.cache_clear()
 
 
 def _install_metadata(path, version):
@@ -66,3 +68,8 @@ def test_the_benchmark_refuses_a_wrong_switch_in_one_line():
 
 def test_no_warm_up_where_it_would_not_serve():
     assert fa4.warm_up(torch.bfloat16, 128, torch.device("cpu")) is None
+
+
+def test_torch_compile_does_not_trace_the_package_lookup():
+    compiled = torch.compile(lambda x: x + fa4.available(), fullgraph=True)
+    assert torch.equal(compiled(torch.ones(2)), torch.ones(2) + fa4.available())
