@@ -15,6 +15,7 @@ calls the package's ``_flash_attn_bwd`` as that function does; ``PINNED_VERSION`
 whose private interface this module was written and checked against.
 """
 import functools
+import getpass
 import importlib.metadata
 import os
 import subprocess
@@ -104,15 +105,19 @@ def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional
     or the disk cache is turned off.
 
     A cold start otherwise compiles them in the first iteration. The compile is Python work that
-    holds the GIL, so in a thread of the trainer it only slows the network build down. The child
-    compiles on another core while the trainer builds its networks; the first attention call waits
-    for it, then loads the kernels from disk. The package compiles one kernel per configuration, not
-    per shape: a call at ``MIN_KEYS`` tokens compiles what the model's calls use."""
+    holds the GIL: on a thread of the trainer it slowed the network build by more than it saved. The
+    child compiles on another core while the trainer builds its networks; the first attention call
+    waits for it, then loads the kernels from disk. The package compiles one kernel per configuration,
+    not per shape: a call at ``MIN_KEYS`` tokens compiles what the model's calls use. Once the child
+    has filled the cache it leaves a stamp there (``_stamp``), and later runs start no child, which
+    would only import the package a second time (docs/benchmarks.md has both costs). Where the stamp
+    is there and the entries are not, the first call compiles them, as without a warm-up."""
     global _warm_up_process
     if not (device.type == "cuda" and dtype in SERVED_DTYPES and head_dim in SERVED_HEAD_DIMS
             and not torch.are_deterministic_algorithms_enabled()
             and torch.cuda.get_device_capability(device)[0] == 9 and enabled_by_environment()
-            and os.environ.setdefault(CACHE_ENV, "1") == "1" and _pinned_version_installed()):
+            and os.environ.setdefault(CACHE_ENV, "1") == "1" and _pinned_version_installed()
+            and not _stamp(dtype, head_dim, device).exists()):
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     code = f"import torch; from megatron_rcm.kernels import fa4; fa4._compile_once({dtype}, {head_dim}, {index})"
@@ -124,6 +129,22 @@ def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional
     return _warm_up_process
 
 
+def _stamp(dtype, head_dim, device) -> Path:
+    """The file that says the package's disk cache holds this configuration's kernels. Its name has
+    what the package's own cache keys depend on and can be read without importing it (that import is
+    the cost spared); where they change, the stamp is missing and a child compiles again."""
+    root = os.environ.get("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR") or (
+        Path(tempfile.gettempdir()) / getpass.getuser() / "flash_attention_cute_dsl_cache")  # the package's default
+    try:
+        cutlass = importlib.metadata.version("nvidia-cutlass-dsl")
+    except importlib.metadata.PackageNotFoundError:  # then the package will not import, and says so
+        cutlass = "missing"
+    versions = [PINNED_VERSION, cutlass, torch.__version__]
+    major, minor = torch.cuda.get_device_capability(device)
+    name = f"megatron_rcm_warm_up_{'_'.join(versions)}_{dtype}_{head_dim}_sm{major}{minor}"
+    return Path(root) / name.replace("+", "_")
+
+
 def _compile_once(dtype, head_dim, index):
     if _interface() is None:
         raise SystemExit("flash-attn-4 does not import")
@@ -132,6 +153,7 @@ def _compile_once(dtype, head_dim, index):
         out, lse = _run_forward(q, k, v, head_dim ** -0.5)
         _run_backward(d_out, q, k, v, out, lse, head_dim ** -0.5)
         torch.cuda.synchronize()
+    _stamp(dtype, head_dim, torch.device("cuda", index)).touch()
 
 
 def _wait_for_warm_up():

@@ -73,3 +73,12 @@ def test_no_warm_up_where_it_would_not_serve():
 def test_torch_compile_does_not_trace_the_package_lookup():
     compiled = torch.compile(lambda x: x + fa4.available(), fullgraph=True)
     assert torch.equal(compiled(torch.ones(2)), torch.ones(2) + fa4.available())
+
+
+def test_the_warm_up_stamp_names_what_the_cached_kernels_depend_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(tmp_path))
+    stamp = fa4._stamp(torch.bfloat16, 128, torch.device("cuda", 0))
+    assert stamp.parent == tmp_path and fa4.PINNED_VERSION in stamp.name and "sm90" in stamp.name
+    others = {fa4._stamp(torch.float16, 128, None), fa4._stamp(torch.bfloat16, 64, None)}
+    assert stamp not in others and len(others) == 2

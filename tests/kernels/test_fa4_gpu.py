@@ -153,3 +153,5 @@ def test_after_the_warm_up_the_models_calls_compile_nothing(tmp_path, monkeypatc
     _forward_and_grads(attention, q, k, v, d_out)
     assert not compiled
     assert all(cache.cache for cache in caches)  # what it ran, loaded from the child's entries
+    # and the stamp it left says so to the next run, which starts no child
+    assert fa4.warm_up(torch.bfloat16, 128, torch.device("cuda")) is None
