@@ -20,9 +20,9 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
 from .. import load_model
-from ..kernels import fa4
 from ..diffusion.denoiser import TrigFlowDenoiser
 from ..diffusion.guidance import ClassifierFreeGuidance
+from ..kernels import fa4
 from .config import TrainingConfig
 from .ema import ShardedPowerEMA
 from .offload import HostResident
@@ -86,7 +86,7 @@ def load_negative_embedding(path, text_dim, dtype, device):
 def build_networks(config: TrainingConfig, device):
     """Teacher, student, fake score (inside an initialised parallel context) and the student EMA."""
     teacher = _load(config, device).requires_grad_(False).eval()
-    # FlashAttention-4, where it serves, imports and compiles while the student and fake score load
+    # FlashAttention-4's kernels, where it serves, compile in a child process while the student and fake score load
     fa4.warm_up(teacher.config.params_dtype, teacher.config.kv_channels, device)
     negative = None
     if config.negative_prompt_embedding:
