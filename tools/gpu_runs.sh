@@ -44,8 +44,12 @@
 #                                  # (e.g. `git archive BASE | tar -x -C DIR`): bench_train.py --iters 10 with the
 #                                  # planner's one-GPU keep-attention pick, base and this tree in turn, AB_RUNS times
 #                                  # each (default 2; about 100 s a run, the first cold); then compare_runs.py
-#   bash tools/gpu_runs.sh plain   # on GPU 0 (a few minutes; not yet run): FlashAttention-4's GPU tests, then
+#   bash tools/gpu_runs.sh plain   # on GPU 0 (about 3 minutes): FlashAttention-4's GPU tests, then
 #                                  # tools/bench_plain_attention.py (flash-attn-4 must import: docs/kernels.md)
+#   bash tools/gpu_runs.sh coldstart # on GPU 0 (about 7 minutes; not yet run as a phase): bench_train.py's first
+#                                    # iteration with the planner's pick: SDPA on empty caches, then FlashAttention-4
+#                                    # on empty caches (its warm-up child compiles and leaves its stamp) and twice
+#                                    # on the caches it left (no child); run it first on a fresh machine
 #   bash tools/gpu_runs.sh study   # on GPU 0 (about 2 minutes): tools/study_hopper_kernel.py, the Hopper attention
 #                                  # kernel beside copies with one piece of its key loop taken out, with each build's
 #                                  # SASS order (STUDY_AGAINST=FILE: its A/B against that version of
@@ -63,8 +67,9 @@
 # Machines without megatron-core/diffusers/webdataset/braceexpand: put their wheels in .whl/ (see
 # docs/training.md); they are installed into /tmp/site first.
 set -u
-case "${1:-}" in tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|plain|study|digits-calib|digits-a|digits-b|profile|profile-plan) ;;
-  *) echo "usage: bash tools/gpu_runs.sh tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|plain|study|digits-calib|digits-a|digits-b|profile|profile-plan" >&2; exit 2 ;; esac
+PHASES="tests|training|wan|cosmos|train|kernel|generate|generate2|generate-cosmos|plan|offload|keepattn|ab|plain|coldstart"
+PHASES="$PHASES|study|digits-calib|digits-a|digits-b|profile|profile-plan"
+[[ "${1:-}" =~ ^($PHASES)$ ]] || { echo "usage: bash tools/gpu_runs.sh $PHASES" >&2; exit 2; }
 if [ "$1" = ab ]; then  # checked before the install, so that a wrong AB_BASE ends at once
   AB_BASE=$(cd "${AB_BASE:-/nonexistent}" 2>/dev/null && [ -f tools/bench_train.py ] && pwd) \
     || { echo "ab: set AB_BASE to the folder of a checkout of the base tree (with tools/bench_train.py)" >&2; exit 2; }
@@ -266,6 +271,23 @@ plain)
   tail -1 "$OUT/fa4_tests.log"
   timeout 300 python3 tools/bench_plain_attention.py --json "$OUT/plain_attention.json" > "$OUT/plain_attention.log" 2>&1
   grep "^|" "$OUT/plain_attention.log" || tail -5 "$OUT/plain_attention.log"
+  ;;
+coldstart)
+  export CUDA_VISIBLE_DEVICES=0
+  python3 tools/bench_train.py --prepare-only --work /tmp/bench > "$OUT/coldstart_prepare.log" 2>&1
+  flags=$(keepattn_pick coldstart)
+  B="python3 tools/bench_train.py --work /tmp/bench --iters 4"
+  MEGATRON_RCM_FA4=0 timeout 170 $B --cache-dir /tmp/coldstart_sdpa --fresh-cache -- $flags > "$OUT/sdpa_cold.log" 2>&1
+  for run in cold warm warm2; do
+    timeout 170 $B --cache-dir /tmp/coldstart_fa4 $([ $run = cold ] && echo --fresh-cache) -- $flags \
+      > "$OUT/fa4_$run.log" 2>&1
+  done
+  echo "planner: $flags"
+  for run in sdpa_cold fa4_cold fa4_warm fa4_warm2; do
+    tail -1 "$OUT/$run.log" | python3 -c "import json, sys; r = json.load(sys.stdin); print('$run', r['plain_attention'],
+      'first student iteration %.1f s, from process start %.1f s' % (r['first_student_seconds'],
+      r['seconds_to_first_iteration']))" 2>/dev/null || { echo "$run failed:"; tail -3 "$OUT/$run.log"; }
+  done
   ;;
 study)
   against=()
