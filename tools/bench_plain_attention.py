@@ -18,6 +18,7 @@ import time
 
 from bench_flags import names_of, output_file  # tools/ is this script's directory
 from megatron_rcm import cli
+from megatron_rcm.atomic_output import atomic_write_bytes
 
 # name: (B, H, Sq, Sk, D); the Wan-1.3B self-attention and its two cross-attention shapes
 SHAPES = {
@@ -183,8 +184,8 @@ def main():
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(markdown(found, rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), errors=found, rows=rows), f, indent=2)
+        atomic_write_bytes(args.json, json.dumps(dict(device=torch.cuda.get_device_name(), errors=found, rows=rows),
+                                                 indent=2).encode())
 
 
 if __name__ == "__main__":

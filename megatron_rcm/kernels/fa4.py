@@ -2,10 +2,10 @@
 
 Optional, like Transformer Engine and Apex: when the package imports, ``kernels.attention`` sends the
 plain calls it can serve here instead of to SDPA (cuDNN on Hopper): forward and backward, 16-bit,
-head dim 64 or 128, no key mask, at least ``MIN_KEYS`` keys, on an sm_90 GPU. On an H200 at the Wan
-self-attention shape its forward is 1.21x and its forward + backward 1.14x faster than cuDNN's, with
-the same errors against float64 (docs/benchmarks.md). Text keys stay on cuDNN, whose forward is
-faster there. ``MEGATRON_RCM_FA4=0`` turns it off.
+head dim 64 or 128, no key mask, at least ``MIN_KEYS`` keys, on an sm_90 GPU. At the Wan
+self-attention shape it is faster than cuDNN forward and backward, with the same errors against
+float64 (docs/benchmarks.md). Text keys stay on cuDNN, whose forward is faster there.
+``MEGATRON_RCM_FA4=0`` turns it off.
 
 The two kernels are registered as torch ops (``torch.ops.megatron_rcm.fa4_forward``, ``fa4_backward``)
 so that the dispatcher sees them: selective recompute keeps the forward's outputs
@@ -60,9 +60,7 @@ def _interface():
     does not import (which says why, once)."""
     if not _pinned_version_installed():
         return None
-    # its compiled kernels persist on disk, keyed by the package's sources and versions: a second run
-    # does not compile them again (read once, at import)
-    os.environ.setdefault(CACHE_ENV, "1")
+    _disk_cache_on()  # read once, at the package's import
     try:
         from flash_attn.cute import interface
     except Exception as error:  # noqa: BLE001 - a broken install falls back, and says why
@@ -70,6 +68,12 @@ def _interface():
                       f"(set {ENV}=0 to skip it)")
         return None
     return interface
+
+
+def _disk_cache_on() -> bool:
+    """Turns the package's disk cache on unless the user turned it off: its compiled kernels persist,
+    keyed by the package's sources and versions, so a second run does not compile them again."""
+    return os.environ.setdefault(CACHE_ENV, "1") == "1"
 
 
 def enabled_by_environment() -> bool:
@@ -116,7 +120,7 @@ def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional
     if not (device.type == "cuda" and dtype in SERVED_DTYPES and head_dim in SERVED_HEAD_DIMS
             and not torch.are_deterministic_algorithms_enabled()
             and torch.cuda.get_device_capability(device)[0] == 9 and enabled_by_environment()
-            and os.environ.setdefault(CACHE_ENV, "1") == "1" and _pinned_version_installed()
+            and _disk_cache_on() and _pinned_version_installed()
             and not _stamp(dtype, head_dim, device).exists()):
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -76,3 +76,13 @@ def test_gpu_runs_ab_refuses_a_wrong_base_at_once(base, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "ab: set AB_BASE to the folder of a checkout of the base tree (with tools/bench_train.py)"]
     assert not (tmp_path / "logs").exists()
+
+
+def test_gpu_runs_refuses_an_unknown_phase_at_once(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "logs"))
+    result = subprocess.run(["bash", "tools/gpu_runs.sh", "cold-start"], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("usage: bash tools/gpu_runs.sh tests|") and "|coldstart|" in line
+    assert not (tmp_path / "logs").exists()

@@ -31,6 +31,8 @@ REFUSALS = [
     ("bench_attention", ["--shape", "wan1.3b"], "unrecognized arguments: --shape"),  # no abbreviations
     ("bench_plain_attention", ["--shapes", "wan1.3b,wan14b"], "unknown shapes ['wan14b']"),
     ("bench_plain_attention", ["--rounds", "0"], "--rounds: expected an integer >= 1, got '0'"),
+    ("bench_plain_attention", ["--rounds", "x"], "--rounds: expected an integer >= 1, got 'x'"),
+    ("bench_plain_attention", ["--bogus"], "unrecognized arguments: --bogus"),
     ("bench_plain_attention", ["--json", NO_FOLDER], "the folder 'no/such/folder' of"),
     ("bench_convert_memory", ["--layers", "0"], "--layers: expected an integer >= 1, got '0'"),
     ("bench_convert_memory", ["--ffn", "-4096"], "--ffn: expected an integer >= 1, got '-4096'"),
