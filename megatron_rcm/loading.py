@@ -1,4 +1,5 @@
-"""``load_model(path)``: build the right model from a checkpoint folder, on one process or a TP/CP group."""
+"""``load_model(path)``: build the right model from a checkpoint folder, on one process or a TP/CP group;
+``load_config(path)``: its config alone."""
 
 import json
 import os
@@ -18,12 +19,13 @@ def _world_sizes():
             parallel_state.get_context_parallel_world_size())
 
 
-def _folder_format(path):
+def _diffusers_config(path):
+    """The config.json of a diffusers transformer folder (or of a pipeline folder's transformer/), or None."""
     for candidate in (os.path.join(path, "transformer", "config.json"), os.path.join(path, "config.json")):
         if os.path.isfile(candidate):
             try:
                 with open(candidate) as f:
-                    return json.load(f).get("_class_name")
+                    return json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{candidate} is not valid JSON ({e})") from e
     return None
@@ -63,29 +65,50 @@ def recorded_sampler(path) -> dict:
     return dict(dist_checkpointing.load_common_state_dict(path).get(SAMPLER_KEY) or {})
 
 
-def _load_distributed(path, prefix, config_overrides):
-    from megatron.core import dist_checkpointing
+def _resolved(path):
+    """``path``, or the latest checkpoint of the save folder it names; (that path, whether it is a
+    Megatron distributed checkpoint)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    path = latest_checkpoint_path(path)
+    return path, os.path.isfile(os.path.join(path, "metadata.json"))
 
-    from .models import family_of_model_class
 
-    if not parallel_state.model_parallel_is_initialized():
-        raise ValueError(f"{path} is a Megatron distributed checkpoint: load it inside "
-                         "megatron_rcm.parallel.parallel_context()")
-    records = dist_checkpointing.load_common_state_dict(str(path)).get(MODELS_KEY) or {}
-    if prefix is None and len(records) == 1:
-        (prefix,) = records
-    if prefix not in records:
-        raise ValueError(f"{path}: recorded models {sorted(records)}; pass one of them as model_prefix "
-                         f"(got {prefix!r})")
+def _read_config(path, distributed, prefix, config_overrides):
+    """(family, model config, model prefix) of the resolved checkpoint ``path``, from its config
+    alone: a distributed checkpoint's common state, a diffusers folder's config.json."""
+    from .models import family_of_diffusers, family_of_model_class
+
+    if distributed:
+        from megatron.core import dist_checkpointing
+
+        records = dist_checkpointing.load_common_state_dict(str(path)).get(MODELS_KEY) or {}
+        if prefix is None and len(records) == 1:
+            (prefix,) = records
+        if prefix not in records:
+            raise ValueError(f"{path}: recorded models {sorted(records)}; pass one of them as model_prefix "
+                             f"(got {prefix!r})")
+        family = family_of_model_class(records[prefix]["class"])
+        build, architecture = family.config_class.from_architecture, records[prefix]["config"]
+    else:
+        architecture = _diffusers_config(path)
+        if architecture is None:
+            raise ValueError(f"{path} is neither a Megatron distributed checkpoint (metadata.json) nor a diffusers "
+                             "transformer folder (config.json)")
+        family = family_of_diffusers(architecture.get("_class_name"))
+        build = family.config_from_diffusers
     tp, cp = _world_sizes()
-    family = family_of_model_class(records[prefix]["class"])
-    config = family.config_class.from_architecture(records[prefix]["config"], tensor_model_parallel_size=tp,
-                                                   context_parallel_size=cp, **config_overrides)
-    model = family.model_class(config)
-    sharded = model.sharded_state_dict(prefix=prefix)
-    state = dist_checkpointing.load(sharded, str(path))
-    model.load_state_dict({key[len(prefix):]: state[key] for key in sharded})
-    return model
+    try:
+        config = build(architecture, tensor_model_parallel_size=tp, context_parallel_size=cp, **config_overrides)
+    except TypeError as e:
+        raise ValueError(f"unknown config override ({e})") from e
+    return family, config, prefix
+
+
+def load_config(path, model_prefix=None, **config_overrides):
+    """The model config ``load_model`` with these arguments builds its model from, read without the
+    weights (a trainer reads it to prepare kernels before its models load)."""
+    return _read_config(*_resolved(path), model_prefix, config_overrides)[1]
 
 
 def load_model(path, model_prefix=None, **config_overrides):
@@ -99,26 +122,22 @@ def load_model(path, model_prefix=None, **config_overrides):
     models recorded in a distributed checkpoint. ``config_overrides`` go to the family's config
     (``params_dtype``, ``sequence_parallel``, ``cp_comm_type``, recompute settings, ...).
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    path = latest_checkpoint_path(path)
-    if os.path.isfile(os.path.join(path, "metadata.json")):
-        return _load_distributed(path, model_prefix, config_overrides)
-    class_name = _folder_format(path)
-    if class_name is None:
-        raise ValueError(f"{path} is neither a Megatron distributed checkpoint (metadata.json) nor a diffusers "
-                         "transformer folder (config.json)")
-    from .models import family_of_diffusers
+    path, distributed = _resolved(path)
+    if distributed and not parallel_state.model_parallel_is_initialized():
+        raise ValueError(f"{path} is a Megatron distributed checkpoint: load it inside "
+                         "megatron_rcm.parallel.parallel_context()")
+    family, config, prefix = _read_config(path, distributed, model_prefix, config_overrides)
+    if distributed:
+        from megatron.core import dist_checkpointing
+
+        model = family.model_class(config)
+        sharded = model.sharded_state_dict(prefix=prefix)
+        state = dist_checkpointing.load(sharded, str(path))
+        model.load_state_dict({key[len(prefix):]: state[key] for key in sharded})
+        return model
     from .models.weight_map import load_diffusers_weights
 
-    family = family_of_diffusers(class_name)
-    cfg, state = _read_weights(path)
-    tp, cp = _world_sizes()
-    try:
-        config = family.config_from_diffusers(cfg, tensor_model_parallel_size=tp, context_parallel_size=cp,
-                                              **config_overrides)
-    except TypeError as e:
-        raise ValueError(f"unknown config override ({e})") from e
+    _cfg, state = _read_weights(path)
     try:
         return load_diffusers_weights(family.model_class(config), state)
     except KeyError as e:

@@ -104,24 +104,27 @@ def serves(q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Te
 
 
 def warm_up(dtype: torch.dtype, head_dim: int, device: torch.device) -> Optional[subprocess.Popen]:
-    """Compile the package's forward and backward for ``dtype`` and ``head_dim`` into its disk cache,
-    in a child process, and return the process; None where attention of that kind would not run here
-    or the disk cache is turned off.
+    """Prepare the package for attention of ``dtype`` and ``head_dim`` on ``device`` while a trainer
+    loads its models: import it on a thread, and unless the stamp (``_stamp``) says its disk cache
+    already holds them, compile its forward and backward into that cache in a child process, which is
+    returned. None where attention of that kind would not run here, the disk cache is turned off, or
+    no child is needed.
 
-    A cold start otherwise compiles them in the first iteration. The compile is Python work that
-    holds the GIL: on a thread of the trainer it slowed the network build by more than it saved. The
-    child compiles on another core while the trainer builds its networks; the first attention call
-    waits for it, then loads the kernels from disk. The package compiles one kernel per configuration,
-    not per shape: a call at ``MIN_KEYS`` tokens compiles what the model's calls use. Once the child
-    has filled the cache it leaves a stamp there (``_stamp``), and later runs start no child, which
-    would only import the package a second time (docs/benchmarks.md has both costs). Where the stamp
-    is there and the entries are not, the first call compiles them, as without a warm-up."""
+    Both take seconds that the first iteration would otherwise spend (docs/benchmarks.md). The import
+    is mostly Python work, and so is the compile, which holds the GIL far longer: on a thread of the
+    trainer it slowed the models' loading by more than it saved, so it runs in a child, on another
+    core, and the first attention call waits for the child, then loads the kernels from disk. The
+    package compiles one kernel per configuration, not per shape: a call at ``MIN_KEYS`` tokens
+    compiles what the model's calls use. Where the stamp is there and the entries are not, the first
+    call compiles them, as without a warm-up."""
     global _warm_up_process
     if not (device.type == "cuda" and dtype in SERVED_DTYPES and head_dim in SERVED_HEAD_DIMS
             and not torch.are_deterministic_algorithms_enabled()
             and torch.cuda.get_device_capability(device)[0] == 9 and enabled_by_environment()
-            and _disk_cache_on() and _pinned_version_installed()
-            and not _stamp(dtype, head_dim, device).exists()):
+            and _disk_cache_on() and _pinned_version_installed()):
+        return None
+    threading.Thread(target=_interface, name="flash-attn-4 import", daemon=True).start()
+    if _stamp(dtype, head_dim, device).exists():
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     code = f"import torch; from megatron_rcm.kernels import fa4; fa4._compile_once({dtype}, {head_dim}, {index})"

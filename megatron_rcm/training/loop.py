@@ -11,14 +11,13 @@ from torch.utils.data import DataLoader
 
 from ..data.latent_shards import LatentShardDataset
 from ..data.sampler import ResumableDistributedSampler
-from ..models import elementwise
 from ..parallel import current_device, parallel_context
 from .batch_checks import NonFiniteBatches, all_finite, check_shapes
 from .checkpointing import TRACKER, CheckpointManager, CheckpointNotFoundError, checkpoint_name
 from .config import DataConfig, TrainingConfig
 from .determinism import enable_deterministic_mode
 from .logger import MetricsLogger, memory_metrics, reduce_diagnostics
-from .networks import build_networks
+from .networks import build_networks, start_warm_ups
 from .noise import NoisePrefetcher
 from .signals import preemption_handler, stop_loader_workers
 from .state import Progress, export_ema, load_state, recipe_of, sharded_state
@@ -92,7 +91,7 @@ def train(config: TrainingConfig, after_iteration=None):
     preemption = preemption_handler()  # before the data workers and checkpoint helpers start
     with parallel_context(config.parallel, seed=config.seed):
         device = current_device()
-        elementwise.start_compile_workers(device)
+        start_warm_ups(config, device)
         dataset = LatentShardDataset(data.data_path)
         networks = build_networks(config, device)
         progress = _resume(config, networks)

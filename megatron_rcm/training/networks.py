@@ -19,10 +19,11 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-from .. import load_model
+from ..loading import load_config, load_model
 from ..diffusion.denoiser import TrigFlowDenoiser
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..kernels import fa4
+from ..models import elementwise
 from .config import TrainingConfig
 from .ema import ShardedPowerEMA
 from .offload import HostResident
@@ -83,11 +84,18 @@ def load_negative_embedding(path, text_dim, dtype, device):
     return embedding.to(device=device, dtype=dtype)
 
 
+def start_warm_ups(config: TrainingConfig, device):
+    """Start what prepares kernels in the background, for a trainer to call before it builds its
+    networks: TorchInductor's compile workers, and FlashAttention-4's import and compile for the
+    teacher's dtype and head dim (``kernels.fa4.warm_up``, where it serves)."""
+    elementwise.start_compile_workers(device)
+    teacher = load_config(config.teacher, **model_overrides(config))
+    fa4.warm_up(teacher.params_dtype, teacher.kv_channels, device)
+
+
 def build_networks(config: TrainingConfig, device):
     """Teacher, student, fake score (inside an initialised parallel context) and the student EMA."""
     teacher = _load(config, device).requires_grad_(False).eval()
-    # FlashAttention-4's kernels, where it serves, compile in a child process while the student and fake score load
-    fa4.warm_up(teacher.config.params_dtype, teacher.config.kv_channels, device)
     negative = None
     if config.negative_prompt_embedding:
         negative = load_negative_embedding(config.negative_prompt_embedding, teacher.config.text_dim,
