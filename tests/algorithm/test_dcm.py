@@ -93,12 +93,15 @@ def test_dcm_loss_uses_the_finite_difference_and_points_a_wrong_student_towards_
         F_teacher = problem.teacher.predict(x_t, t, problem.text).F
         F_now, tangent = discrete_tangent(problem.student, x_t, t, problem.text, F_teacher, 0.05)
         g = scm_tangent(x_t, t, F_now, tangent, F_teacher, 1.0)
-    assert diagnostics["scm/tangent_norm"].item() == pytest.approx(g.flatten(1).norm(dim=1).mean().item(), rel=1e-12)
+    norms = g.flatten(1).norm(dim=1)
+    assert diagnostics["scm/tangent_norm"].item() == pytest.approx(norms.mean().item(), rel=1e-12)
+    # its value: sum over the sample of (g / (||g|| + 0.1))^2, mean over the batch
+    assert loss.item() == pytest.approx(((norms / (norms + 0.1)) ** 2).mean().item(), rel=1e-12)
     assert (grad * error).sum() / (grad.norm() * error.norm()) > 0.9
     # and it is not the JVP's: the two tangents differ by O(h)
     _, jvp_diagnostics, jvp_grad = _scm_grad(problem, x0, eps, t, 0.0)
     assert jvp_diagnostics["scm/tangent_norm"] != diagnostics["scm/tangent_norm"]
-    assert (grad * jvp_grad).sum() / (grad.norm() * jvp_grad.norm()) > 0.99
+    assert (grad * jvp_grad).sum() / (grad.norm() * jvp_grad.norm()) > 0.99 and not torch.equal(grad, jvp_grad)
 
 
 def test_config_validates_the_step():

@@ -38,7 +38,9 @@ def test_round_trips_are_bit_exact_and_diffusers_loads_the_result(tmp_path):
     assert all(torch.equal(original[k], returned[k]) for k in original)
     again = tmp_path / "native_again"
     convert_diffusers_to_native(back, again, progress=False)
-    assert all(torch.equal(native_tensors[k], v) for k, v in _tensors(again).items())
+    native_again = _tensors(again)
+    assert native_again.keys() == native_tensors.keys()
+    assert all(torch.equal(native_tensors[k], v) for k, v in native_again.items())
 
     loaded = WanTransformer3DModel.from_pretrained(back).double()
     x = torch.randn(1, 4, 2, 4, 4, dtype=torch.float64)
@@ -61,6 +63,7 @@ def test_native_pt_export_with_prefix_and_bf16_cast(tmp_path):
     out = tmp_path / "from_pt"
     convert_native_to_diffusers(export / "student.pt", out, dtype=torch.bfloat16, progress=False)
     converted, original = _tensors(out), _tensors(folder)
+    assert converted.keys() == original.keys()
     assert all(v.dtype == torch.bfloat16 and torch.equal(v, original[k].bfloat16()) for k, v in converted.items())
 
 

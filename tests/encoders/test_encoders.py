@@ -8,6 +8,7 @@ import torch
 
 from megatron_rcm.encoders import (PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae,
                                    pipeline_kind, vae_geometry)
+from megatron_rcm.testing import norm_relative_error
 from tests.cosmos_pipeline import load_pipeline, pipeline_decode, tiny_cosmos_pipeline
 from tests.wan_pipeline import tiny_wan_pipeline
 
@@ -71,7 +72,8 @@ def test_vae_bfloat16_is_close_to_float32(folder):
     video = _video(1, 5, 16, seed=4)
     latents = load_vae(folder, dtype=torch.bfloat16).encode(video)
     assert latents.dtype == torch.bfloat16
-    torch.testing.assert_close(latents.float(), load_vae(folder).encode(video), rtol=0.05, atol=0.05)
+    # a few bf16 roundings (2**-9 relative each) through the encoder: 3.4e-3 to 5.3e-3 on three seeds
+    assert norm_relative_error(latents.float(), load_vae(folder).encode(video)) < 1e-2
 
 
 PROMPTS = ["a red fox runs across a snowy field at dawn",

@@ -3,7 +3,8 @@
 ``check_layout`` runs on every rank (``run_distributed``): it builds the family's model in the
 layout, and compares the forward, the JVP, the input gradient and every parameter gradient after
 Megatron's reductions (``finalize_model_grads``' rule: the TP sum of sequence-parallel parameters
-and of q/k layernorm weights, then the sum over the CP group) with the oracle's.
+and of q/k layernorm weights, then the sum over the CP group) with the oracle's, and the gradient
+norm megatron's optimizers take.
 """
 
 import functools
@@ -11,6 +12,7 @@ import importlib
 
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed
@@ -57,6 +59,19 @@ def _reduced_grads(model, sp, cp):
     return grads
 
 
+def _grad_norm_error(model, grads, expected_grads):
+    """Relative error of the gradient norm as megatron's optimizers take it (each parameter counted on
+    the TP ranks that ``param_is_not_tensor_parallel_duplicate`` names, summed over the TP group)
+    against the oracle's: a TP-split parameter that megatron takes for a replicated one is counted
+    on one rank only."""
+    params = dict(model.named_parameters())
+    squares = sum(g.double().pow(2).sum() for name, g in grads.items()
+                  if param_is_not_tensor_parallel_duplicate(params[name]))
+    dist.all_reduce(squares, group=parallel_state.get_tensor_model_parallel_group())
+    want = sum(g.double().pow(2).sum() for g in expected_grads.values()).sqrt()
+    return (abs(squares.sqrt() - want) / want).item()
+
+
 def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expected):
     """Errors of one layout against the oracle (asserted below ``TOL``); returns how many were checked."""
     oracle = family_oracle(family)
@@ -81,6 +96,7 @@ def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expec
                                                     parallel_state.get_tensor_model_parallel_rank())
         assert want.keys() == grads.keys()
         errors.update({name: relative_error(grads[name], g) for name, g in want.items()})
+        errors["grad_norm"] = _grad_norm_error(model, grads, expected["grads"])
         bad = {k: v for k, v in errors.items() if not v < TOL}
         assert not bad, bad
         return len(errors)

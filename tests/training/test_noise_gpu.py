@@ -1,5 +1,5 @@
 """The noise prefetch on a GPU: page-locked draws copied without waiting, equal to ``draw_noise``,
-drawn on a thread that uses the rank's GPU (not GPU 0 by default)."""
+drawn on a thread that uses the rank's GPU (not GPU 0 by default; that part needs two GPUs)."""
 
 import threading
 
@@ -39,4 +39,6 @@ def test_prefetched_draws_on_the_gpu_equal_draw_noise_and_use_the_ranks_gpu(monk
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     finally:
         prefetcher.close()
-    assert seen and all(d == device.index and pinned for d, pinned in seen[:2]), seen
+    assert seen and all(pinned for _, pinned in seen[:2]), seen
+    if device.index > 0:  # with one GPU, the rank's GPU and the default one are the same
+        assert all(d == device.index for d, _ in seen[:2]), seen

@@ -18,12 +18,11 @@ from megatron_rcm.testing import norm_relative_error
 from megatron_rcm.training.checkpointing import TRACKER, CheckpointManager, checkpoint_name
 from megatron_rcm.training.signals import PREEMPTED_EXIT_STATUS
 
-from .tiny_setup import ROOT, SCRIPT, make_inputs, read_jsonl, torchrun, torchrun_env
+from .tiny_setup import ROOT, SCRIPT, assert_close, compared, make_inputs, read_jsonl, torchrun, torchrun_env
 
 ITERS = 6
-LOSSES = ("loss/student", "loss/scm", "loss/dmd", "loss/fake_score")
 # float32 through a different reduction order (TP splits, CP partial sums) for six iterations
-LAYOUT_RTOL = 1e-5
+LAYOUT_RTOL = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +34,6 @@ def _run(inputs, folder, nproc, *extra):
     log = folder / "log.jsonl"
     torchrun(nproc, [*inputs, "--save", str(folder / "ckpt"), "--save-interval", "3", "--log-jsonl", str(log), *extra])
     return read_jsonl(log)
-
-
-def _losses(records):
-    return [{k: r[k] for k in LOSSES if k in r} for r in records]
-
-
-def _assert_close(records, reference, rtol):
-    assert [r["iteration"] for r in records] == [r["iteration"] for r in reference]
-    for got, want in zip(_losses(records), _losses(reference)):
-        assert got.keys() == want.keys()
-        for k in got:
-            assert math.isclose(got[k], want[k], rel_tol=rtol, abs_tol=0.0), (k, got[k], want[k])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +53,7 @@ def test_single_process_run_logs_every_iteration(reference):
         for key in ("seconds", "tokens_per_second", "memory/host_rss_gib", f"{r['network']}/lr",
                     f"{r['network']}/grad_norm"):
             assert math.isfinite(r[key]) and r[key] >= 0, key
-        assert all(math.isfinite(v) for v in _losses([r])[0].values())
+        assert all(math.isfinite(v) for v in compared([r])[0].values())
         assert r[f"{r['network']}/skipped_nonfinite_loss"] == r[f"{r['network']}/skipped_nonfinite_grad"] == 0
     assert records[1]["fake_score/lr"] == 0.0 and records[3]["fake_score/lr"] > 0  # linear warm-up from 0
     assert CheckpointManager(folder / "ckpt").iterations() == [3, 6]
@@ -76,14 +63,14 @@ def test_single_process_run_logs_every_iteration(reference):
 @pytest.mark.parametrize("layout", [["--tensor-model-parallel-size", "2"], ["--context-parallel-size", "2"]],
                          ids=["tp2", "cp2"])
 def test_model_parallel_runs_equal_the_single_process_run(inputs, reference, tmp_path, layout):
-    _assert_close(_run(inputs, tmp_path, 2, *layout), reference[1], LAYOUT_RTOL)
+    assert_close(_run(inputs, tmp_path, 2, *layout), reference[1], LAYOUT_RTOL)
 
 
 def test_data_parallel_run_equals_one_process_with_the_same_global_batch(inputs, reference, tmp_path):
     dp2 = _run(inputs, tmp_path / "dp2", 2)
     single = _run(inputs, tmp_path / "single", 1, "--micro-batch-size", "2")
     assert dp2[0]["loss/student"] != pytest.approx(reference[1][0]["loss/student"])  # a batch of 2, not 1
-    _assert_close(dp2, single, LAYOUT_RTOL)
+    assert_close(dp2, single, LAYOUT_RTOL)
 
 
 def _checkpoint_at(source, iteration, target):
@@ -114,7 +101,7 @@ def test_resume_at_the_same_layout_is_exact(inputs, reference, tmp_path):
     # on CPU these flags change no number: the offloads copy between host tensors
     resumed = _run(inputs, tmp_path, 1, "--deterministic-mode", "--offload-ema", "--offload-teacher")
     assert [r["iteration"] for r in resumed] == [4, 5, 6]
-    assert _losses(resumed) == _losses(straight[3:])
+    assert compared(resumed) == compared(straight[3:])
     ema, straight_ema = _final_ema(tmp_path), _final_ema(folder)
     assert ema.keys() == straight_ema.keys() and all(torch.equal(ema[k], straight_ema[k]) for k in ema)
 
@@ -122,10 +109,10 @@ def test_resume_at_the_same_layout_is_exact(inputs, reference, tmp_path):
 def test_resume_at_another_tensor_parallel_size(inputs, reference, tmp_path):
     _, straight = reference
     first = _run(inputs, tmp_path / "tp2", 2, "--tensor-model-parallel-size", "2", "--train-iters", "3")
-    _assert_close(first, straight[:3], LAYOUT_RTOL)
+    assert_close(first, straight[:3], LAYOUT_RTOL)
     _checkpoint_at(tmp_path / "tp2" / "ckpt", 3, tmp_path / "tp1" / "ckpt")
     resumed = _run(inputs, tmp_path / "tp1", 1)
-    _assert_close(resumed, straight[3:], LAYOUT_RTOL)
+    assert_close(resumed, straight[3:], LAYOUT_RTOL)
 
 
 def test_resume_at_another_data_parallel_size(inputs, tmp_path):
@@ -134,7 +121,7 @@ def test_resume_at_another_data_parallel_size(inputs, tmp_path):
     straight = _run(inputs, tmp_path / "tp2dp2", 4, "--tensor-model-parallel-size", "2", "--micro-batch-size", "2")
     _checkpoint_at(tmp_path / "tp2dp2" / "ckpt", 3, tmp_path / "dp4" / "ckpt")
     resumed = _run(inputs, tmp_path / "dp4", 4, "--micro-batch-size", "1")
-    _assert_close(resumed, straight[3:], LAYOUT_RTOL)
+    assert_close(resumed, straight[3:], LAYOUT_RTOL)
     # the EMA, sharded over 2 ranks when saved and over 4 after the resume, ends where the straight run's does
     ema, straight_ema = _final_ema(tmp_path / "dp4"), _final_ema(tmp_path / "tp2dp2")
     assert ema.keys() == straight_ema.keys()

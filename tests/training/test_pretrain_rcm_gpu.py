@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from .test_pretrain_rcm import ITERS, _assert_close, _checkpoint_at, _losses
+from .test_pretrain_rcm import ITERS, _checkpoint_at
 from .test_pretrain_rcm import _run as _run_quietly
-from .tiny_setup import make_inputs
+from .tiny_setup import assert_close, compared, make_inputs
 
 GPUS = 4 if torch.cuda.device_count() >= 4 else 2
 pytestmark = [pytest.mark.gpu,
@@ -38,7 +38,7 @@ def _run(inputs, folder, nproc, *extra):
     """_run, printing each run's losses as it ends (pytest -s): a call cut off by its time limit
     still shows the runs it finished."""
     records = _run_quietly(inputs, folder, nproc, *extra)
-    print(f"\n{folder.name} ({' '.join(extra)}): {_losses(records)}", flush=True)
+    print(f"\n{folder.name} ({' '.join(extra)}): {compared(records)}", flush=True)
     return records
 
 
@@ -51,26 +51,26 @@ def test_distributed_optimizer_resumes_exactly_and_at_another_layout(inputs, tmp
     first, other = (layout + DETERMINISTIC for layout in LAYOUTS)
     straight = _run(inputs, tmp_path / "straight", GPUS, *first)
     assert [r["iteration"] for r in straight] == list(range(1, ITERS + 1))
-    assert all(math.isfinite(v) for r in _losses(straight) for v in r.values())
+    assert all(math.isfinite(v) for r in compared(straight) for v in r.values())
 
     _checkpoint_at(tmp_path / "straight" / "ckpt", 3, tmp_path / "same" / "ckpt")
-    same = _losses(_run(inputs, tmp_path / "same", GPUS, *first))
+    same = compared(_run(inputs, tmp_path / "same", GPUS, *first))
     _checkpoint_at(tmp_path / "straight" / "ckpt", 3, tmp_path / "other" / "ckpt")
     resumed_other = _run(inputs, tmp_path / "other", GPUS, *other)
-    if same != _losses(straight[3:]):
+    if same != compared(straight[3:]):
         # tell a resume that loses state from a run that does not repeat itself
-        again = _losses(_run(inputs, tmp_path / "again", GPUS, *first))
-        pytest.fail(f"resumed {same}\n!= straight {_losses(straight[3:])};\na second straight run "
-                    f"{'repeats' if again == _losses(straight) else 'differs: ' + repr(again)}")
-    _assert_close(resumed_other, straight[3:], GPU_LAYOUT_RTOL)
+        again = compared(_run(inputs, tmp_path / "again", GPUS, *first))
+        pytest.fail(f"resumed {same}\n!= straight {compared(straight[3:])};\na second straight run "
+                    f"{'repeats' if again == compared(straight) else 'differs: ' + repr(again)}")
+    assert_close(resumed_other, straight[3:], GPU_LAYOUT_RTOL)
 
 
 def test_bf16_with_fp32_master_weights_trains_and_resumes(inputs, tmp_path):
     # finite and resumable, not exact: the bf16 attention kernels need no deterministic mode here
     bf16 = [*LAYOUTS[0], "--bf16", "--no-deterministic-mode"]
     records = _run(inputs, tmp_path, GPUS, *bf16, "--train-iters", "3")
-    assert all(math.isfinite(v) for r in _losses(records) for v in r.values())
+    assert all(math.isfinite(v) for r in compared(records) for v in r.values())
     # the log is appended to: a resumed run continues it at iteration 4, a restarted one at 1
     resumed = _run(inputs, tmp_path, GPUS, *bf16)
     assert [r["iteration"] for r in resumed] == list(range(1, ITERS + 1))
-    assert all(math.isfinite(v) for r in _losses(resumed[3:]) for v in r.values())
+    assert all(math.isfinite(v) for r in compared(resumed[3:]) for v in r.values())

@@ -1,7 +1,8 @@
-"""A tiny random diffusers teacher, synthetic shards and a negative-prompt embedding, and a
-torchrun launcher for examples/pretrain_rcm.py."""
+"""A tiny random diffusers teacher, synthetic shards and a negative-prompt embedding, a
+torchrun launcher for examples/pretrain_rcm.py, and what two runs' logs are compared on."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,3 +69,22 @@ def torchrun(nproc, flags, timeout=240):
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+LOSSES = ("loss/student", "loss/scm", "loss/dmd", "loss/fake_score")
+
+
+def compared(records):
+    """What two runs that should train alike are compared on, per logged iteration: the losses, and
+    the updated network's gradient norm. The losses alone would not see a gradient scaled by a
+    constant (a CP or DP factor missed): Adam's update does not change with it."""
+    return [{k: r[k] for k in (*LOSSES, f"{r['network']}/grad_norm") if k in r} for r in records]
+
+
+def assert_close(records, reference, rtol):
+    """``compared(records)`` within ``rtol`` of the reference's, at the same iterations."""
+    assert [r["iteration"] for r in records] == [r["iteration"] for r in reference]
+    for got, want in zip(compared(records), compared(reference)):
+        assert got.keys() == want.keys()
+        for k in got:
+            assert math.isclose(got[k], want[k], rel_tol=rtol, abs_tol=0.0), (k, got[k], want[k])

@@ -14,6 +14,7 @@ over Megatron's data+context group.
 
 import torch
 import torch.nn.functional as nn_functional
+from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
     reduce_from_tensor_model_parallel_region,
@@ -71,6 +72,8 @@ class HeadsRMSNorm(torch.nn.Module):
         super().__init__()
         self.config = config
         self.weight = torch.nn.Parameter(torch.ones(local_dim, device=param_device(config), dtype=config.params_dtype))
+        # this rank's channels of the weight: megatron's gradient norm then counts every rank's slice
+        set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=0, stride=1)
 
     def forward(self, y, bias, tangent, rope=(None, None)):
         config = self.config
