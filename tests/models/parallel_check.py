@@ -1,10 +1,10 @@
 """One model-family-independent check on gloo: a TP / SP / CP layout equals the float64 diffusers oracle.
 
 ``check_layout`` runs on every rank (``run_distributed``): it builds the family's model in the
-layout, and compares the forward, the JVP, the input gradient and every parameter gradient after
-Megatron's reductions (``finalize_model_grads``' rule: the TP sum of sequence-parallel parameters
-and of q/k layernorm weights, then the sum over the CP group) with the oracle's, and the gradient
-norm megatron's optimizers take.
+layout inside megatron's DDP, and compares the forward, the JVP, the input gradient, every parameter
+gradient after megatron's own reductions (DDP's over the CP group, ``finalize_model_grads``' TP sum
+of sequence-parallel parameters and q/k layernorm weights) and the gradient norm megatron's
+optimizers take with the oracle's.
 """
 
 import functools
@@ -12,6 +12,7 @@ import importlib
 
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from megatron_rcm.parallel import ParallelConfig, parallel_context
@@ -45,18 +46,14 @@ def check_parallel_equals_serial(family, preset, latent, tp, cp, sp, mode, recom
     assert all(n > 40 for n in checked)
 
 
-def _reduced_grads(model, sp, cp):
-    qk_norms = model.config.qk_layernorm
-    grads = {}
-    for name, p in model.named_parameters():
-        g = p.grad.clone()
-        if (sp and getattr(p, "sequence_parallel", False)) or (qk_norms and ("q_layernorm" in name or
-                                                                             "k_layernorm" in name)):
-            dist.all_reduce(g, group=parallel_state.get_tensor_model_parallel_group())
-        if cp > 1:
-            dist.all_reduce(g, group=parallel_state.get_context_parallel_group())
-        grads[name] = g
-    return grads
+def _reduced_grads(ddp, model, cp):
+    """Every parameter's gradient as the trainer's optimizer takes it: megatron's DDP averages over
+    the data- and context-parallel ranks, and ``finalize_model_grads`` sums the sequence-parallel and
+    q/k norm weights over TP. The CP ranks hold partial sums of one loss's gradient, so the trainer
+    scales its loss by the CP size (``training.step``); the gradients are scaled here instead, so
+    that the input's gradient stays the loss's own."""
+    finalize_model_grads([ddp])
+    return {name: p.main_grad * cp for name, p in model.named_parameters()}
 
 
 def _grad_norm_error(model, grads, expected_grads):
@@ -85,13 +82,14 @@ def check_layout(family, preset, tp, cp, sp, mode, recompute, state, data, expec
                              recompute_keep_attention=recompute == "keep attention")
         cfg = oracle.config(preset, **overrides)
         model = oracle.our_model(cfg, state)
+        ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
         x = data["x"].clone().requires_grad_()
         out = model(x, data["t"], data["text"])
         (out * data["w"]).sum().backward()
         out_p, out_t = model.jvp(data["x"], data["t"], data["text"], data["x_t"], data["t_t"])
         errors = dict(out=relative_error(out, expected["out"]), jvp_primal=relative_error(out_p, expected["out"]),
                       jvp=relative_error(out_t, expected["out_t"]), x_grad=relative_error(x.grad, expected["x_grad"]))
-        grads = _reduced_grads(model, sp, cp)
+        grads = _reduced_grads(ddp, model, cp)
         want = weights.convert_diffusers_state_dict(expected["grads"], cfg,
                                                     parallel_state.get_tensor_model_parallel_rank())
         assert want.keys() == grads.keys()

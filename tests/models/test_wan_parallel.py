@@ -1,7 +1,7 @@
 """TP / SP / CP (all-to-all and ring) on gloo equal the float64 diffusers oracle, as the serial model does.
 
 Each case checks the forward, the JVP, the input gradient and every parameter gradient after
-Megatron's reductions (TP all-reduce of sequence-parallel parameters, sum over the CP group).
+Megatron's reductions (megatron's DDP and finalize_model_grads), and the gradient norm megatron's optimizers take.
 Token counts that do not divide the shard count exercise the padding path.
 """
 
