@@ -12,6 +12,7 @@ An error that is not listed is a bug: its traceback shows.
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -20,8 +21,9 @@ import warnings
 
 from .atomic_output import interrupted, note_interrupt, raised_while_interrupted
 
-__all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "interrupt_on_signals",
-           "non_negative_int", "one_line_errors", "positive_float", "positive_int", "raised_while_interrupted"]
+__all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "finite_float", "interrupt_on_signals",
+           "non_negative_float", "non_negative_int", "one_line_errors", "positive_float", "positive_int",
+           "raised_while_interrupted"]
 
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -63,15 +65,29 @@ def non_negative_int(text):
     return _integer_at_least(text, 0)
 
 
-def positive_float(text):
-    """argparse type: a finite number > 0 (rates, scales, time limits)."""
+def _float_where(text, holds, wanted):
     try:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if value is None or not math.isfinite(value) or not holds(value):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (rates, scales, time limits)."""
+    return _float_where(text, lambda v: v > 0, "a number > 0")
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0 (weights and thresholds where 0 means off)."""
+    return _float_where(text, lambda v: v >= 0, "a number >= 0")
+
+
+def finite_float(text):
+    """argparse type: any finite number (not nan or inf, which float() accepts)."""
+    return _float_where(text, lambda v: True, "a finite number")
 
 
 def add_debug_flag(parser):
