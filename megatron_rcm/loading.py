@@ -1,5 +1,5 @@
 """``load_model(path)``: build the right model from a checkpoint folder, on one process or a TP/CP group;
-``load_config(path)``: its config alone."""
+``load_model_config(path)``: its config alone."""
 
 import json
 import os
@@ -105,7 +105,7 @@ def _read_config(path, distributed, prefix, config_overrides):
     return family, config, prefix
 
 
-def load_config(path, model_prefix=None, **config_overrides):
+def load_model_config(path, model_prefix=None, **config_overrides):
     """The model config ``load_model`` with these arguments builds its model from, read without the
     weights (a trainer reads it to prepare kernels before its models load)."""
     return _read_config(*_resolved(path), model_prefix, config_overrides)[1]

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ..checks import check_number
 from ..diffusion.few_step import DEFAULT_MID_TIMES, MAX_STEPS, few_step_times
 from ..diffusion.time import HALF_PI
 
@@ -68,12 +69,17 @@ class RCMConfig:
         if self.student_update_freq < 1 or self.tangent_warmup < 0:
             raise ValueError("student_update_freq must be >= 1 and tangent_warmup >= 0")
         for name in ("dmd_reference_numel", "dcm_step"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
-        if self.dmd_guidance_scale is not None and self.dmd_guidance_scale < 1:
-            raise ValueError(f"dmd_guidance_scale must be >= 1 (1: no guidance), got {self.dmd_guidance_scale}")
-        if self.scm_weight < 0 or self.dmd_weight < 0 or self.scm_weight + self.dmd_weight == 0:
-            raise ValueError("loss weights must be >= 0 and not both 0")
+            check_number(name, getattr(self, name), at_least=0, note=" (0: off)")
+        if self.dmd_guidance_scale is not None:
+            check_number("dmd_guidance_scale", self.dmd_guidance_scale, at_least=1, note=" (1: no guidance)")
+        check_number("guidance_scale", self.guidance_scale)
+        check_number("p_mean", self.p_mean)
+        check_number("p_std", self.p_std, above=0)
+        check_number("dmd_shift", self.dmd_shift, above=0)
+        for name in ("scm_weight", "dmd_weight"):
+            check_number(name, getattr(self, name), at_least=0, note=" (0: that term off)")
+        if self.scm_weight + self.dmd_weight == 0:
+            raise ValueError("loss weights must not both be 0")
         if not 1 <= self.max_rollout_steps <= MAX_STEPS:
             raise ValueError(f"max_rollout_steps must lie in 1..{MAX_STEPS}, got {self.max_rollout_steps}")
         if len(self.mid_times) < self.max_rollout_steps - 1:

@@ -19,11 +19,12 @@ import torch
 import yaml
 
 from .. import cli
+from ..loading import load_model_config
 from ..losses.config import RCMConfig
 from ..parallel import ParallelConfig, ParallelSizeError, launch_env
 from .config import (CheckpointConfig, DataConfig, LoggingConfig, NetworksConfig, OptimizationConfig,
                      TrainingConfig)
-from .input_checks import check_negative_embedding, check_save_folder, check_yaml_values, read_teacher_config
+from .input_checks import check_negative_embedding, check_output_path, check_yaml_values, read_teacher_config
 
 
 class ConfigError(ValueError):
@@ -247,10 +248,17 @@ def _check_files(args):
         teacher = read_teacher_config(args.teacher)
         if args.negative_prompt_embedding:
             check_negative_embedding(args.negative_prompt_embedding, teacher and teacher.get("text_dim"))
-        if args.save:
-            check_save_folder(args.save)
+        for flag, path, folder in (("--save", args.save, True), ("--log-jsonl", args.log_jsonl, False),
+                                   ("--tensorboard-dir", args.tensorboard_dir, True)):
+            if path:
+                check_output_path(flag, path, folder)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if teacher is None:  # not a diffusers folder: the config of what load_model reads, before any rank starts
+        try:
+            load_model_config(args.teacher)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"--teacher {args.teacher}: {e}") from e
 
 
 def validate(args, world_size=None) -> TrainingConfig:
@@ -297,8 +305,8 @@ def validate(args, world_size=None) -> TrainingConfig:
         raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
     _check_jvp_kernel_runs(config)
     _check_attention_environment()
-    if args.lr_warmup_iters < 0 or args.clip_grad < 0 or args.num_workers < 0 or args.max_skipped_batches < 0:
-        raise ConfigError("--lr-warmup-iters, --clip-grad, --num-workers and --max-skipped-batches must be >= 0")
+    if args.num_workers < 0 or args.max_skipped_batches < 0:
+        raise ConfigError("--num-workers and --max-skipped-batches must be >= 0")
     from ..models import model_config
 
     try:

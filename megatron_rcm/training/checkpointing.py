@@ -4,7 +4,10 @@ a save folder laid out as ``megatron_rcm.save_folder`` describes.
 Every rank writes into ``.iter_XXXXXXX.tmp``; only after all ranks finished does rank 0 rename
 it, then replace the tracker file (write + ``os.replace``), then delete the oldest checkpoints
 beyond ``keep_last``. A crash at any point leaves the previous checkpoint and a tracker that
-names a complete checkpoint.
+names a complete checkpoint. Saving an iteration that is already saved (a signal right after a
+save) first renames the old copy to ``.iter_XXXXXXX.old`` and deletes it only once the new one is
+in place; a crash between the two renames leaves that copy, which the next manager of the folder
+renames back.
 """
 
 import os
@@ -27,12 +30,19 @@ def _is_rank0():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _set_aside_name(final: Path) -> Path:
+    return final.parent / f".{final.name}.old"
+
+
 class CheckpointManager:
     def __init__(self, save_dir, keep_last: int = 3):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.save_dir = Path(save_dir)
         self.keep_last = keep_last
+        if _is_rank0():
+            self._restore_set_aside()
+        _barrier()
 
     def save(self, iteration: int, sharded_state_dict: dict) -> Path:
         """Collective: every rank passes its sharded state dict (plain values are saved once, by rank 0)."""
@@ -46,16 +56,31 @@ class CheckpointManager:
         dist_checkpointing.save(sharded_state_dict, str(tmp))
         _barrier()
         if _is_rank0():
+            set_aside = _set_aside_name(final)
             if final.exists():  # saving the same iteration again (e.g. a signal right after a save)
-                shutil.rmtree(final)
+                shutil.rmtree(set_aside, ignore_errors=True)
+                os.rename(final, set_aside)
             os.rename(tmp, final)
             tracker_tmp = self.save_dir / f".{TRACKER}.tmp"
             tracker_tmp.write_text(str(iteration))
             os.replace(tracker_tmp, self.save_dir / TRACKER)
+            shutil.rmtree(set_aside, ignore_errors=True)
             for old in self.iterations()[:-self.keep_last]:
                 shutil.rmtree(self.save_dir / checkpoint_name(old))
         _barrier()
         return final
+
+    def _restore_set_aside(self):
+        """Put back a checkpoint a crashed save had set aside before its new copy was in place; drop
+        one whose new copy is."""
+        if not self.save_dir.is_dir():
+            return
+        for set_aside in self.save_dir.glob(".iter_*.old"):
+            final = self.save_dir / set_aside.name[1:-len(".old")]
+            if final.exists():
+                shutil.rmtree(set_aside)
+            else:
+                os.rename(set_aside, final)
 
     def iterations(self):
         """Iterations of the complete checkpoints on disk, oldest first."""

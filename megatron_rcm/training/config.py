@@ -7,6 +7,7 @@ a YAML file and the flags fill the same fields. Defaults live here and in ``RCMC
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..checks import check_number
 from ..diffusion.few_step import DEFAULT_SIGMA_MAX
 from ..losses.config import RCMConfig
 from ..parallel import ParallelConfig
@@ -83,6 +84,14 @@ class OptimizationConfig:
     clip_grad: float = 0.0
     """Gradient-norm clipping threshold; 0 turns clipping off."""
 
+    def __post_init__(self):
+        for name in ("lr", "fake_score_lr", "weight_decay", "clip_grad"):
+            check_number(name, getattr(self, name), at_least=0)
+        check_number("lr_warmup_iters", self.lr_warmup_iters, at_least=0)
+        for name in ("adam_beta1", "adam_beta2"):
+            check_number(name, getattr(self, name), at_least=0, below=1)
+        check_number("adam_eps", self.adam_eps, above=0)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -122,6 +131,9 @@ class CheckpointConfig:
     keep_last: int = 3
     """Complete checkpoints kept; older ones are deleted after a save."""
 
+    def __post_init__(self):
+        check_number("keep_last", self.keep_last, at_least=1)
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
@@ -135,6 +147,9 @@ class LoggingConfig:
 
     tensorboard_dir: Optional[str] = None
     """TensorBoard event folder (rank 0)."""
+
+    def __post_init__(self):
+        check_number("log_interval", self.log_interval, at_least=1)
 
 
 @dataclass(frozen=True)
@@ -186,3 +201,7 @@ class TrainingConfig:
 
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metrics."""
+
+    def __post_init__(self):
+        check_number("ema_std", self.ema_std, above=0, below=12 ** -0.5, note=" (the power EMA's range)")
+        check_number("sigma_max", self.sigma_max, above=0)

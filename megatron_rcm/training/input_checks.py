@@ -71,6 +71,16 @@ def check_negative_embedding(path, text_dim):
                          f"got {tuple(shape) if not isinstance(shape, str) else shape}")
 
 
-def check_save_folder(path):
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--save {path} exists and is not a folder; name a folder for the checkpoints")
+def check_output_path(flag: str, path: str, folder: bool):
+    """``path`` (a folder where ``folder``, else a file) can be written by this run: a mistake found
+    here costs nothing, one found at the first save or log line costs the iterations before it."""
+    kind = "folder" if folder else "file"
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise ValueError(f"{flag} {path} exists and is not a {kind}; name a {kind}")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) and existing != os.path.abspath(path):
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing if os.path.isdir(existing) else os.path.dirname(existing), os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {existing}; choose a {kind} you can write")

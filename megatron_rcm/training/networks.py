@@ -19,7 +19,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-from ..loading import load_config, load_model
+from ..loading import load_model, load_model_config
 from ..diffusion.denoiser import TrigFlowDenoiser
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..kernels import fa4
@@ -89,7 +89,7 @@ def start_warm_ups(config: TrainingConfig, device):
     networks: TorchInductor's compile workers, and FlashAttention-4's import and compile for the
     teacher's dtype and head dim (``kernels.fa4.warm_up``, where it serves)."""
     elementwise.start_compile_workers(device)
-    teacher = load_config(config.teacher, **model_overrides(config))
+    teacher = load_model_config(config.teacher, **model_overrides(config))
     fa4.warm_up(teacher.params_dtype, teacher.kv_channels, device)
 
 

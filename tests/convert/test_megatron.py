@@ -16,7 +16,7 @@ from megatron_rcm.convert.tensor_files import CheckpointFileError
 from megatron_rcm.convert.verify import verify_conversion
 from megatron_rcm.convert.wan_native import ConfigMismatchError
 from megatron_rcm.atomic_output import OutputExistsError
-from megatron_rcm.loading import MODELS_KEY, checkpoint_models, load_config
+from megatron_rcm.loading import MODELS_KEY, checkpoint_models, load_model_config
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed
 
@@ -119,21 +119,21 @@ def test_load_model_matches_diffusers_in_float64_single_and_tp2(tmp_path):
     assert original.keys() == exported.keys() and all(torch.equal(original[k], exported[k]) for k in original)
 
 
-def test_load_config_is_the_config_load_model_builds_without_reading_weights(tmp_path):
+def test_load_model_config_is_the_config_load_model_builds_without_reading_weights(tmp_path):
     _, folder = random_diffusers(tmp_path)
     megatron = tmp_path / "megatron"
     convert_checkpoint("diffusers", "megatron", folder, megatron, tensor_parallel_size=2, progress=False)
     with parallel_context():
         for path in (folder, megatron):
-            config = load_config(str(path), params_dtype=torch.float64)
+            config = load_model_config(str(path), params_dtype=torch.float64)
             built = load_model(str(path), params_dtype=torch.float64).config
             assert config.architecture() == built.architecture()
             assert (config.params_dtype, config.kv_channels) == (built.params_dtype, built.kv_channels)
             with pytest.raises(ValueError, match="unknown config override"):
-                load_config(str(path), no_such_field=1)
+                load_model_config(str(path), no_such_field=1)
     weights = folder / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    assert load_config(str(folder)).architecture() == config.architecture()
+    assert load_model_config(str(folder)).architecture() == config.architecture()
     with pytest.raises(ValueError, match="damaged or truncated"):
         load_model(str(folder))
 

@@ -103,6 +103,15 @@ PRETRAIN = _entries(
     ("recompute-count-not-an-integer", f"{_TRAIN} --recompute-num-layers two", "invalid int"),
     ("dcm-step-negative", f"{_TRAIN} --dcm-step -0.1", "dcm_step must be >= 0"),
     ("dcm-step-not-a-number", f"{_TRAIN} --dcm-step abc", "invalid float"),
+    ("guidance-scale-nan", f"{_TRAIN} --guidance-scale nan", "guidance_scale must be a finite number"),
+    ("lr-negative", f"{_TRAIN} --lr -1", "lr must be >= 0"),
+    ("adam-beta-of-one-or-more", f"{_TRAIN} --adam-beta2 1.5", "adam_beta2 must be >= 0 and < 1"),
+    ("ema-std-zero", f"{_TRAIN} --ema-std 0", "ema_std must be > 0"),
+    ("keep-last-zero", f"{_TRAIN} --keep-last 0", "keep_last must be >= 1"),
+    ("log-interval-zero", f"{_TRAIN} --log-interval 0", "log_interval must be >= 1"),
+    ("save-under-a-file", f"{_TRAIN} --save {{existing_file}}/run", "is a file, not a folder"),
+    ("log-jsonl-is-a-folder", f"{_TRAIN} --log-jsonl {{empty}}", "exists and is not a file"),
+    ("teacher-empty-folder", _TRAIN.replace("{teacher}", "{empty}"), "neither a Megatron distributed checkpoint"),
 )
 
 # (id, expect) of the load_model cases; tests/reliability/load_model_cases.py builds the calls

@@ -58,10 +58,14 @@ def _save_then_crash(path, tp):
 
 
 def _load_and_run(path, x):
+    return _load_and_run_at(path, x, 3)
+
+
+def _load_and_run_at(path, x, latest):
     with parallel_context(ParallelConfig()):
         net = _Net(1)
         manager = CheckpointManager(path)
-        assert manager.latest_iteration() == 3
+        assert manager.latest_iteration() == latest
         state = manager.load({**net.sharded_state_dict(prefix="net."), "iteration": None})
         net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
         with torch.no_grad():
@@ -84,3 +88,45 @@ def test_missing_checkpoint_is_reported(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="names iteration 7, but iter_0000007 is missing"):
         manager.latest_iteration()
 
+
+
+def _resave_then_crash_between_renames(path):
+    """Iteration 2 saved, then saved again (a signal right after a save) with a crash after the old
+    copy was set aside and before the new one was renamed in; returns the first save's output."""
+    from megatron_rcm.training import checkpointing
+
+    with parallel_context(ParallelConfig()):
+        net = _Net(1)
+        x = torch.randn(3, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        manager = CheckpointManager(path)
+        manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})
+        with torch.no_grad():
+            first = net(x)
+            for p in net.parameters():
+                p.add_(0.5)
+        manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})  # replaces it: nothing left over
+        assert sorted(os.listdir(path)) == ["iter_0000002", TRACKER]
+        original = os.rename
+
+        def rename(source, target):
+            if str(source).endswith(".iter_0000002.tmp"):  # the new copy's rename
+                raise KeyboardInterrupt("killed")
+            original(source, target)
+
+        checkpointing.os.rename = rename
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})
+        finally:
+            checkpointing.os.rename = original
+        with torch.no_grad():
+            return x, first, net(x)
+
+
+def test_a_crash_while_an_iteration_is_saved_again_keeps_its_last_copy(tmp_path):
+    x, first, second = run_distributed(_resave_then_crash_between_renames, world_size=1, args=(tmp_path,))[0]
+    assert sorted(os.listdir(tmp_path)) == [".iter_0000002.old", ".iter_0000002.tmp", TRACKER]
+    assert not torch.allclose(first, second)
+    iteration, out = run_distributed(_load_and_run_at, world_size=1, args=(tmp_path, x, 2))[0]
+    assert iteration == 2
+    torch.testing.assert_close(out, second, rtol=0, atol=0)  # the second save's weights, set aside and put back

@@ -11,14 +11,16 @@ from megatron_rcm.training.arguments import ConfigError, _parser, load_config
 from megatron_rcm.training.config import TrainingConfig
 from megatron_rcm.training.state import _check_recipe, recipe_of
 
+from .tiny_setup import make_inputs
 
-@pytest.fixture
-def required(tmp_path):
-    (tmp_path / "teacher").mkdir()  # no config.json: load_model checks the format when it builds
-    (tmp_path / "data").mkdir()
-    torch.save(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), tmp_path / "negative.pt")
-    return ["--teacher", str(tmp_path / "teacher"), "--data-path", str(tmp_path / "data"), "--train-iters", "7",
-            "--negative-prompt-embedding", str(tmp_path / "negative.pt")]
+
+@pytest.fixture(scope="module")
+def required(tmp_path_factory):
+    """The required flags, with a tiny teacher and no --config (the defaults are under test)."""
+    flags = make_inputs(tmp_path_factory.mktemp("inputs"))
+    flags = dict(zip(flags[::2], flags[1::2]))
+    return ["--teacher", flags["--teacher"], "--data-path", flags["--data-path"], "--train-iters", "7",
+            "--negative-prompt-embedding", flags["--negative-prompt-embedding"]]
 
 
 def _sections(config):
@@ -55,7 +57,11 @@ def test_flags_and_fields_correspond_one_to_one():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--scm-weight", "0", "--dmd-weight", "0"], "loss weights must be >= 0 and not both 0"),
+    (["--scm-weight", "0", "--dmd-weight", "0"], "loss weights must not both be 0"),
+    (["--mid-times", "nan", "1.2", "1.1"], "mid_times must fall strictly"),
+    (["--p-std", "0"], "p_std must be > 0, got 0"),
+    (["--ema-std", "0.5"], "ema_std must be > 0 and < 0.288675"),
+    (["--adam-beta1", "1"], "adam_beta1 must be >= 0 and < 1, got 1"),
     (["--mid-times", "1.5"], "mid_times needs 3 times"),
     (["--mid-times", "0.3", "0.86", "1.23"], r"mid_times must fall strictly .* got \(0.3, 0.86, 1.23\)"),
     (["--mid-times", "1.6", "1.4", "1.0"], "mid_times must fall strictly"),
@@ -67,6 +73,21 @@ def test_flags_and_fields_correspond_one_to_one():
 def test_recipe_errors_are_config_errors(required, flags, message):
     with pytest.raises(ConfigError, match=message):
         load_config([*required, *flags], world_size=1)
+
+
+def _float_settings():
+    config = TrainingConfig()
+    return [f.name for section in [config, *_sections(config).values()] for f in dataclasses.fields(section)
+            if isinstance(getattr(section, f.name), float) or f.name == "dmd_guidance_scale"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_number_setting_refuses_nan_and_infinity(required, value):
+    """Comparisons with nan are all False: a range check alone would let it through, to train on NaN."""
+    assert len(_float_settings()) >= 15
+    for name in _float_settings():
+        with pytest.raises(ConfigError, match=f"^{name} must be"):
+            load_config([*required, f"--{name.replace('_', '-')}={value}"], world_size=1)
 
 
 def test_resume_accepts_the_same_recipe_and_one_saved_before_a_field_existed(required):
