@@ -1,10 +1,13 @@
 """The docs belong to the repository: every relative link in README.md and docs/*.md resolves, every
-source file a doc names exists, and no file cites a document the repository does not have."""
+source file a doc names exists, every flag a doc's command passes to one of its scripts is one
+that script takes, and no file cites a document the repository does not have."""
 
 import ast
 import io
 import os
 import re
+import subprocess
+import sys
 import tokenize
 from pathlib import Path
 
@@ -17,6 +20,10 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".sbatch", ".txt", ".cfg"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 CODE_PATH = re.compile(r"`([\w./-]+\.(?:py|md|yaml|sbatch))`")
 DOCUMENT = re.compile(r"[\w./-]*[\w-]\.md\b")
+CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+# a script of the repository and what follows it on its line (or its continued lines)
+COMMAND = re.compile(r"\b((?:tools|examples)/[\w/]+\.py)((?:[^`\n\\]|\\\n)*)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
 def _repo_files():
@@ -90,3 +97,38 @@ def test_the_checks_find_what_they_look_for():
     assert not _exists_as_suffix("rcm-math.md")
     assert DOCUMENT.findall("see rcm-math.md section 4 and [x](docs/math.md)") == ["rcm-math.md", "docs/math.md"]
     assert list(LINK.findall("[a](math.md#x) [b](https://example.com)")) == ["math.md#x", "https://example.com"]
+
+
+def _documented_flags():
+    """{script: {flag: docs}} of the commands in README.md and docs/*.md (their code, not prose),
+    without benchmarks.md, whose commands are a record of past runs. Flags after a lone ``--`` go
+    to another program (``bench_train.py -- FLAGS`` passes them to the trainer)."""
+    found = {}
+    for doc in DOCS:
+        if doc.name == "benchmarks.md":
+            continue
+        for code in CODE.findall(doc.read_text()):
+            for script, rest in COMMAND.findall(code):
+                for flag in FLAG.findall(rest.split(" -- ")[0]):
+                    found.setdefault(script, {}).setdefault(flag, set()).add(doc.name)
+    return found
+
+
+DOCUMENTED_FLAGS = _documented_flags()
+
+
+@pytest.mark.parametrize("script", sorted(DOCUMENTED_FLAGS))
+def test_documented_commands_pass_flags_their_script_takes(script):
+    run = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    unknown = {flag: sorted(docs) for flag, docs in DOCUMENTED_FLAGS[script].items()
+               if flag not in FLAG.findall(run.stdout)}
+    assert not unknown, f"{script} takes no {unknown}"
+
+
+def test_the_command_check_reads_commands():
+    assert len(DOCUMENTED_FLAGS) >= 8 and "--teacher" in DOCUMENTED_FLAGS["examples/pretrain_rcm.py"]
+    code = "```\npython tools/plan.py --gpus 8 \\\n    --tp 2 -- --not-its-own\n```\nand tools/plan.py --prose"
+    assert [(s, FLAG.findall(r.split(" -- ")[0])) for c in CODE.findall(code) for s, r in COMMAND.findall(c)] == [
+        ("tools/plan.py", ["--gpus", "--tp"])]
