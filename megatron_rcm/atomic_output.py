@@ -24,8 +24,12 @@ def interrupted() -> bool:
     return _interrupted
 
 
-class OutputExistsError(FileExistsError):
-    """The output path exists and replacing it was not asked for."""
+class OutputPathError(OSError):
+    """The output cannot be written where it was asked for (messages start with the path)."""
+
+
+class OutputExistsError(OutputPathError, FileExistsError):
+    """The output path exists and replacing it was not asked for, or it is not a folder."""
 
 
 @contextlib.contextmanager
@@ -34,15 +38,16 @@ def atomic_output_dir(path, overwrite=False):
 
     On error the temporary folder is removed and ``path`` is untouched. With ``overwrite`` an
     existing ``path`` is replaced only after the new folder is complete (moved aside, renamed in,
-    then deleted), so at every moment one complete version exists on disk.
+    then deleted), so at every moment one complete version exists on disk. A ``path`` that is not
+    a folder is refused even so: a file where a folder output belongs is most likely a mistake.
+    Raises ``OutputPathError`` before anything is written where ``path`` cannot be written.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; choose another output path or remove it first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{socket.gethostname()}-{os.getpid()}-",
-                                dir=path.parent))
+    # os.path's tests say False where a parent may not be searched: making the folder then says why
+    if os.path.exists(path) and (not overwrite or not os.path.isdir(path)):
+        kind = "" if os.path.isdir(path) else " and is not a folder"
+        raise OutputExistsError(f"{path} exists{kind}; choose another output path or remove it first")
+    tmp = _make_temporary(path)
     try:
         os.chmod(tmp, new_dir_mode())
         yield tmp
@@ -60,6 +65,28 @@ def atomic_output_dir(path, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _make_temporary(path):
+    """An empty temporary sibling folder of ``path`` (parents created), or ``OutputPathError``
+    naming what is in the way (a folder without write permission, a file, a full disk)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_temporaries(path)
+        return Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{socket.gethostname()}-{os.getpid()}-",
+                                     dir=path.parent))
+    except OSError as e:
+        raise OutputPathError(f"{path} cannot be written: {_obstacle(path, e)}") from e
+
+
+def _obstacle(path, error):
+    """The nearest existing ancestor of ``path`` (the one that refused) and why."""
+    ancestor = path.parent
+    while not os.path.exists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        return f"{ancestor} is not a folder"
+    return f"{error.strerror or error} ({ancestor})"
 
 
 def _temporary_prefix(path):

@@ -38,16 +38,26 @@ def complete_iterations(save_dir):
 
 
 def latest_iteration(save_dir):
-    """The tracker's iteration, or None when nothing was saved yet; raises if it names no complete checkpoint."""
+    """The tracker's iteration, or None when nothing was saved yet; ``CheckpointNotFoundError`` if it
+    names no complete checkpoint (or holds no number)."""
     tracker = Path(save_dir) / TRACKER
     if not tracker.exists():
         return None
-    iteration = int(tracker.read_text().strip())
+    iteration = _tracked_iteration(tracker)
     if not is_complete(Path(save_dir) / checkpoint_name(iteration)):
         raise CheckpointNotFoundError(
             f"{tracker} names iteration {iteration}, but {checkpoint_name(iteration)} is missing or incomplete"
         )
     return iteration
+
+
+def _tracked_iteration(tracker):
+    try:
+        return int(tracker.read_text().strip())
+    except ValueError:  # not a number, or not text at all
+        complete = complete_iterations(tracker.parent) or "none"
+        raise CheckpointNotFoundError(f"{tracker} holds no iteration number; write in it the iteration of a complete "
+                                      f"checkpoint (complete: {complete})") from None
 
 
 def latest_checkpoint_path(path) -> str:

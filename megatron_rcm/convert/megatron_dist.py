@@ -36,7 +36,7 @@ from ..atomic_output import atomic_output_dir, raised_while_interrupted
 from ..loading import MODELS_KEY, checkpoint_models
 from ..models import family_of_diffusers_config, family_of_model_class
 from ..save_folder import latest_checkpoint_path
-from .tensor_files import CheckpointFileError, TensorInfo
+from .tensor_files import CheckpointFileError, TensorInfo, load_torch_file, unreadable
 from .wan_native import ConfigMismatchError, DiffusersTensors, cast_to
 
 MODEL_PREFIX = "model."
@@ -154,14 +154,24 @@ def _reason(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[-1]
 
 
+def _checkpointing_config(path):
+    """megatron's ``metadata.json`` of the checkpoint folder ``path``, or None where there is none."""
+    if path.is_file():
+        raise CheckpointFileError(f"{path} is a file: a Megatron checkpoint is the folder holding metadata.json "
+                                  f"({path.parent})")
+    try:
+        return maybe_load_config(str(path))
+    except OSError as e:
+        raise unreadable(path / "metadata.json", e) from e
+    except (ValueError, TypeError) as e:  # malformed JSON, or fields megatron does not know
+        raise CheckpointFileError(f"{path / 'metadata.json'} is not a valid megatron checkpoint config ({e})") from e
+
+
 def _records(path):
     path = Path(path)
-    if maybe_load_config(str(path)) is None:
+    if _checkpointing_config(path) is None:
         raise CheckpointFileError(f"{path}: not a Megatron distributed checkpoint (no metadata.json)")
-    try:
-        common = torch.load(path / "common.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for missing or damaged files
-        raise CheckpointFileError(f"{path}: unreadable common.pt ({e})") from e
+    common = load_torch_file(path / "common.pt")
     records = common.get(MODELS_KEY) if isinstance(common, dict) else None
     if not records:
         raise CheckpointFileError(f"{path}: no model config recorded ({MODELS_KEY} in common.pt); "

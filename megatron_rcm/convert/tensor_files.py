@@ -28,6 +28,24 @@ class CheckpointFileError(ValueError):
     """A checkpoint file or folder that cannot be read as it is."""
 
 
+def unreadable(path, error: OSError) -> CheckpointFileError:
+    """The error to raise for a checkpoint file the OS does not let us read (missing, no permission)."""
+    return CheckpointFileError(f"{path}: cannot be read ({error.strerror or error})")
+
+
+def read_json(path):
+    """The JSON object in the file ``path``; a ``CheckpointFileError`` naming it if it is not one."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise unreadable(path, e) from e
+    except ValueError as e:  # malformed JSON, or bytes that are not text
+        raise CheckpointFileError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise CheckpointFileError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
 def load_torch_file(path, mmap=False):
     """``torch.load`` with ``weights_only=True``, errors as one-line ``CheckpointFileError``s: a
     file that needs more than tensors and plain containers to unpickle is refused, never run."""
@@ -43,8 +61,11 @@ def load_torch_file(path, mmap=False):
         if mmap and "mmap can only be used" in str(e):  # the pre-zip torch.save format
             return load_torch_file(path, mmap=False)
         raise CheckpointFileError(f"{path}: not a readable torch state dict ({str(e).splitlines()[0]})") from e
-    except Exception as e:  # torch raises several types for damaged archives
-        raise CheckpointFileError(f"{path}: not a readable torch state dict ({e})") from e
+    except OSError as e:
+        raise unreadable(path, e) from e
+    except Exception as e:  # torch raises several types for damaged archives, some with a bare number as message
+        raise CheckpointFileError(f"{path}: not a readable torch state dict (damaged, or not written by torch.save: "
+                                  f"{type(e).__name__} {e})") from e
 
 
 @dataclass(frozen=True)
@@ -70,9 +91,7 @@ class TensorReader:
             indexes = sorted(path.glob("*.safetensors.index.json"))
             singles = sorted(path.glob("*.safetensors"))
             if indexes:
-                index = json.loads(indexes[0].read_text())
-                for key, name in index["weight_map"].items():
-                    self._files[key] = path / name
+                self._index_shards(indexes[0])
             elif len(singles) == 1:
                 self._index_file(singles[0])
             else:
@@ -89,6 +108,13 @@ class TensorReader:
         else:
             raise CheckpointFileError(f"{path}: unsupported checkpoint type (expected .safetensors, .pt, .pth or a folder)")
 
+    def _index_shards(self, index_file):
+        weight_map = read_json(index_file).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointFileError(f"{index_file}: no weight_map object (tensor name -> safetensors file)")
+        for key, name in weight_map.items():
+            self._files[key] = self.path / name
+
     def _index_file(self, file):
         for key in self._open(file).keys():
             self._files[key] = file
@@ -97,6 +123,11 @@ class TensorReader:
         if file not in self._handles:
             if not file.exists():
                 raise CheckpointFileError(f"{file}: missing (named by the index in {file.parent})")
+            try:
+                with open(file, "rb"):  # safetensors reports a file without read permission as missing
+                    pass
+            except OSError as e:
+                raise unreadable(file, e) from e
             try:
                 self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
             except Exception as e:

@@ -23,7 +23,9 @@ def _diffusers_model(tensors, layers):
     family = family_of_diffusers_config(tensors.config)
     cfg = dict(tensors.config, num_layers=layers or tensors.config["num_layers"])
     with float64_exact():
-        model = getattr(diffusers, family.diffusers_class).from_config(cfg).to(DTYPE)
+        model = getattr(diffusers, family.diffusers_class).from_config(cfg)
+        # torch's Module.to: diffusers' own warns that some modules should stay float32, all are float64 here
+        model = torch.nn.Module.to(model, DTYPE)
     state = {key: tensors.get(key).to(DTYPE) for key in model.state_dict()}
     model.load_state_dict(state, strict=True)
     return lambda x, t, text: family.diffusers_forward(model, x, t, text)

@@ -41,6 +41,7 @@ _GLOBAL_ROWS = [
     ("head.modulation", "scale_shift_table"),
 ]
 
+_SHOWN_KEYS = 8  # an error lists this many of the unknown keys
 _BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
 _NATIVE_TO_DIFFUSERS_BLOCK = dict(_BLOCK_ROWS)
 _DIFFUSERS_TO_NATIVE_BLOCK = {d: n for n, d in _BLOCK_ROWS}
@@ -50,6 +51,9 @@ _DIFFUSERS_TO_NATIVE = {d: n for n, d in _GLOBAL_ROWS}
 
 class UnknownKeyError(KeyError):
     """Keys that no mapping row covers."""
+
+    def __str__(self):  # the message, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 def _rename(key, global_rows, block_rows):
@@ -70,7 +74,8 @@ def _rename_all(keys, global_rows, block_rows, source):
         else:
             out[key] = new
     if unknown:
-        raise UnknownKeyError(f"{len(unknown)} {source} key(s) match no Wan2.1 T2V parameter: {sorted(unknown)}")
+        shown = sorted(unknown)[:_SHOWN_KEYS] + (["..."] if len(unknown) > _SHOWN_KEYS else [])
+        raise UnknownKeyError(f"{len(unknown)} {source} key(s) match no Wan2.1 T2V parameter: {', '.join(shown)}")
     return out
 
 
@@ -82,3 +87,8 @@ def native_to_diffusers(keys):
 def diffusers_to_native(keys):
     """{diffusers key: native key} for ``keys``; raises UnknownKeyError listing keys it cannot map."""
     return _rename_all(keys, _DIFFUSERS_TO_NATIVE, _DIFFUSERS_TO_NATIVE_BLOCK, "diffusers")
+
+
+def are_diffusers_names(keys):
+    """Whether ``keys`` are all diffusers names of Wan2.1 T2V parameters."""
+    return bool(keys) and all(_rename(k, _DIFFUSERS_TO_NATIVE, _DIFFUSERS_TO_NATIVE_BLOCK) for k in keys)

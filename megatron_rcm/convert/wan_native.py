@@ -19,7 +19,7 @@ from ..atomic_output import atomic_output_dir
 from ..models import family_of_diffusers_config
 from ..models.weight_map import source_shapes
 from . import wan_keys
-from .tensor_files import CheckpointFileError, TensorInfo, TensorReader, write_safetensors_shards
+from .tensor_files import CheckpointFileError, TensorInfo, TensorReader, read_json, write_safetensors_shards
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 _STRIPPABLE_PREFIXES = ("_orig_mod.", "module.", "net.", "model.")
@@ -110,13 +110,24 @@ def read_native(path):
     reader = TensorReader(path)
     prefix = _strip_prefix(reader.keys())
     names = {k[len(prefix):]: k for k in reader.keys()}
-    source = {d: names[n] for n, d in wan_keys.native_to_diffusers(names).items()}
+    source = {d: names[n] for n, d in _native_names(names, path).items()}
     config_file = (path if path.is_dir() else path.parent) / "config.json"
     if config_file.exists():
-        config = json.loads(config_file.read_text())
+        config = read_json(config_file)
     else:
         config = infer_native_config(names, reader)
     return reader, source, config
+
+
+def _native_names(names, path):
+    """``wan_keys.native_to_diffusers(names)``; a checkpoint in diffusers names is told to say so."""
+    try:
+        return wan_keys.native_to_diffusers(names)
+    except wan_keys.UnknownKeyError:
+        if not wan_keys.are_diffusers_names(names):
+            raise
+    raise CheckpointFileError(f"{path} holds diffusers parameter names, not Wan's native ones: it looks like a "
+                              "diffusers checkpoint; pass --from diffusers with its folder")
 
 
 def infer_native_config(names, reader, head_dim=128):
@@ -152,7 +163,11 @@ class DiffusersTensors:
 def native_tensors(path) -> DiffusersTensors:
     """A Wan native checkpoint file or folder under diffusers names, keys and shapes checked."""
     reader, source, native_cfg = read_native(path)
-    cfg = native_config_to_diffusers(native_cfg)
+    try:
+        cfg = native_config_to_diffusers(native_cfg)
+    except KeyError as e:
+        raise CheckpointFileError(f"{path}: Wan's native config.json has no {e} (it needs dim, num_heads, in_dim, "
+                                  "out_dim, freq_dim, ffn_dim, num_layers, eps)") from None
     infos = {d: reader.info(k) for d, k in source.items()}
     check_keys_and_shapes(infos, expected_diffusers_shapes(cfg), str(path))
     return DiffusersTensors(cfg, infos, lambda key: reader.get(source[key]))
@@ -161,12 +176,12 @@ def native_tensors(path) -> DiffusersTensors:
 def diffusers_tensors(path) -> DiffusersTensors:
     """A diffusers model folder, keys and shapes checked."""
     path = Path(path)
+    if path.is_file():
+        raise CheckpointFileError(f"{path} is a file: a diffusers model is the folder holding config.json and the "
+                                  f"weights ({path.parent})")
     if not (path / "config.json").exists():
         raise CheckpointFileError(f"{path}: not a diffusers model folder (no config.json)")
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointFileError(f"{path / 'config.json'} is not valid JSON ({e})") from e
+    cfg = read_json(path / "config.json")
     reader = TensorReader(path)
     infos = {k: reader.info(k) for k in reader.keys()}
     check_keys_and_shapes(infos, expected_diffusers_shapes(cfg), str(path))
