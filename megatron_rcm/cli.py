@@ -33,6 +33,8 @@ INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 warnings.filterwarnings("ignore", message="full scope is deprecated")
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+# megatron-core's checkpoint loader calls a torch API that torch deprecates, at every load
+warnings.filterwarnings("ignore", message="`load_state_dict` is deprecated", category=FutureWarning)
 
 
 class ArgumentParser(argparse.ArgumentParser):
