@@ -110,7 +110,15 @@ def main():
                    help="delete WORK/ckpt first (the demo resumes from it otherwise, and refuses a run with other settings)")
     args = p.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file, no permission
+        p.error(f"--work {work} cannot be made a folder ({e})")
+    with cli.one_line_errors("demo", (OSError,)):  # writing into it later: a full disk, say
+        _demo(args, work)
+
+
+def _demo(args, work):
     if args.fresh:
         shutil.rmtree(work / "ckpt", ignore_errors=True)
     student = train(work, args.iters, args.nproc)

@@ -34,13 +34,13 @@ from megatron_rcm import cli
 from megatron_rcm.diffusion import DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, flow_matching_schedule
 from megatron_rcm.encoders import (PipelineFolderError, check_pipeline_folder, load_text_encoder, load_vae,
                                    pipeline_kind)
-from megatron_rcm.atomic_output import OutputExistsError, atomic_output_dir
-from megatron_rcm.generation import (FPS, GenerationError, SamplingConfig, VideoSize, draw_noise, sample,
+from megatron_rcm.atomic_output import OutputExistsError, OutputPathError, atomic_output_dir
+from megatron_rcm.generation import (FPS, GenerationError, SamplingConfig, VideoSize, draw_noise, sample, seed_int,
                                      video_frames, video_name, write_mp4, write_png)
 from megatron_rcm.parallel import ParallelConfig, ParallelSizeError, current_device, parallel_context
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-USER_ERRORS = (GenerationError, PipelineFolderError, OutputExistsError, ParallelSizeError)
+USER_ERRORS = (GenerationError, PipelineFolderError, ParallelSizeError, OSError)  # OSError: a file system said no
 
 
 def parse_args(argv=None):
@@ -58,21 +58,24 @@ def parse_args(argv=None):
     g.add_argument("--save-latents", action="store_true", help="also write the final latents as NAME.pt")
     g = parser.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=4, help="student steps, 1..4 (default: 4)")
-    g.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default: 0)")
+    g.add_argument("--seed", type=seed_int, default=0, help="prompt i uses seed + i (default: 0)")
     g.add_argument("--height", type=int, help="pixels (default: the pipeline's, 480 for Wan2.1, 768 for Cosmos)")
     g.add_argument("--width", type=int, help="pixels (default: the pipeline's, 832 for Wan2.1, 1360 for Cosmos)")
     g.add_argument("--num-frames", type=int, help="frames (default: 81 for Wan2.1; an image pipeline takes 1 only)")
-    g.add_argument("--sigma-max", type=float, help="student: first step at arctan(this) (default: what the "
-                   f"checkpoint records, else {DEFAULT_SIGMA_MAX})")
-    g.add_argument("--mid-times", type=float, nargs="+", help="student: TrigFlow times of the later steps "
-                   f"(default: what the checkpoint records, else {' '.join(map(str, DEFAULT_MID_TIMES))})")
-    g.add_argument("--teacher-steps", type=int, default=0, help="teacher mode: this many multi-step sampler steps (default: 0, student mode)")
-    g.add_argument("--guidance-scale", type=float, help="teacher mode: CFG scale (default: the pipeline's, 5 for "
-                   "Wan2.1, 7 for Cosmos)")
+    g.add_argument("--sigma-max", type=cli.positive_float, help="student: first step at arctan(this) (default: "
+                   f"what the checkpoint records, else {DEFAULT_SIGMA_MAX})")
+    g.add_argument("--mid-times", type=cli.positive_float, nargs="+", help="student: TrigFlow times of the later "
+                   f"steps (default: what the checkpoint records, else {' '.join(map(str, DEFAULT_MID_TIMES))})")
+    g.add_argument("--teacher-steps", type=cli.non_negative_int, default=0,
+                   help="teacher mode: this many multi-step sampler steps (default: 0, student mode)")
+    g.add_argument("--guidance-scale", type=cli.positive_float, help="teacher mode: CFG scale (default: the "
+                   "pipeline's, 5 for Wan2.1, 7 for Cosmos)")
     g.add_argument("--negative-prompt", help="teacher mode: the unconditional branch's prompt (default: the "
                    "pipeline's, \"\" for Wan2.1, its DEFAULT_NEGATIVE_PROMPT for Cosmos)")
-    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="teacher mode sampler (default: unipc)")
-    g.add_argument("--shift", type=float, default=3.0, help="teacher mode: RF time shift (default: 3, Wan2.1's at 480p)")
+    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc",
+                   help="teacher mode sampler (default: unipc)")
+    g.add_argument("--shift", type=cli.positive_float, default=3.0,
+                   help="teacher mode: RF time shift (default: 3, Wan2.1's at 480p)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="transformer and text encoder (default: bfloat16 on "
                    "CUDA, float32 on CPU)")
@@ -127,9 +130,9 @@ def read_prompts(args) -> list:
         prompts = [args.prompt]
     else:
         try:
-            prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines()]
-        except OSError as e:
-            raise GenerationError(f"--prompts {args.prompts}: {e.strerror}") from None
+            prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise GenerationError(f"--prompts {args.prompts} cannot be read ({e})") from None
     prompts = [p for p in prompts if p]
     if not prompts:
         raise GenerationError("no prompt given: --prompt is empty or --prompts has only blank lines")
@@ -185,14 +188,17 @@ def sidecar(args, kind, config, size, prompt, index, latent_shape, layout):
 
 
 def _write(folder, name, latents, vae, device, args, kind, record):
-    if args.save_latents:
-        torch.save(latents.cpu(), folder / f"{name}.pt")
     frames = video_frames(vae.decode(latents.to(device)))
-    if kind.image:
-        write_png(folder / f"{name}.png", frames[0])
-    else:
-        write_mp4(folder / f"{name}.mp4", frames)
-    (folder / f"{name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    try:
+        if args.save_latents:
+            torch.save(latents.cpu(), folder / f"{name}.pt")
+        if kind.image:
+            write_png(folder / f"{name}.png", frames[0])
+        else:
+            write_mp4(folder / f"{name}.mp4", frames)
+        (folder / f"{name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    except OSError as e:  # a full disk, a quota
+        raise OSError(f"--output {args.output}: writing {name} failed ({e})") from None
 
 
 def generate(args, kind, folder):
@@ -253,15 +259,23 @@ def run(args):
             count = generate(args, kind, _shared_folder(None))
             dist.barrier()
             return count
-        with atomic_output_dir(output, overwrite=args.force) as folder:
-            count = generate(args, kind, _shared_folder(folder))
-            dist.barrier()
+        try:
+            with atomic_output_dir(output, overwrite=args.force) as folder:
+                count = generate(args, kind, _shared_folder(folder))
+                dist.barrier()
+        except OutputPathError as e:  # only atomic_output_dir raises it; its message starts with the path
+            raise OutputPathError(f"--output {e}") from None
         print(f"wrote {count} {'image' if kind.image else 'video'}(s) to {output}")
         return count
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli.interrupt_on_signals()  # Ctrl-C or a kill removes the temporary output, whatever catches the interrupt
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bars
     with cli.one_line_errors("generate", USER_ERRORS, args.debug):
         run(args)
     return 0

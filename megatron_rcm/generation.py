@@ -7,6 +7,7 @@ Noise order (what makes a result reproducible, also by an exported diffusers pip
 eq. 6.1), in step order. The teacher samplers are deterministic and take only the initial draw.
 """
 
+import argparse
 import re
 from dataclasses import dataclass
 from typing import Callable, Tuple
@@ -14,14 +15,16 @@ from typing import Callable, Tuple
 import numpy as np
 import torch
 
+from .cli import non_negative_int
 from .diffusion import (DEFAULT_MID_TIMES, DEFAULT_SIGMA_MAX, MAX_STEPS, ClassifierFreeGuidance, TrigFlowDenoiser,
                         consistency_rollout, few_step_times, sample_rf_euler, sample_rf_unipc, sigma_to_trigflow)
 
-__all__ = ["FPS", "GenerationError", "SamplerNetwork", "SamplingConfig", "VideoSize", "draw_noise", "sample",
-           "video_frames", "video_name", "write_mp4", "write_png"]
+__all__ = ["FPS", "MAX_SEED", "GenerationError", "SamplerNetwork", "SamplingConfig", "VideoSize", "draw_noise",
+           "sample", "seed_int", "video_frames", "video_name", "write_mp4", "write_png"]
 
 FPS = 16  # Wan2.1's frame rate
 TEACHER_SAMPLERS = {"unipc": sample_rf_unipc, "euler": sample_rf_euler}
+MAX_SEED = 2**63 - 1  # --seed + a prompt's number stays below 2**64, the most manual_seed takes
 
 
 class GenerationError(ValueError):
@@ -113,6 +116,14 @@ class VideoSize:
         """[1, C, T, h, w] of one video."""
         return (1, channels, (self.num_frames - 1) // temporal_stride + 1, self.height // spatial_stride,
                 self.width // spatial_stride)
+
+
+def seed_int(text) -> int:
+    """argparse type of a --seed: an integer 0..MAX_SEED."""
+    value = non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer <= {MAX_SEED} (2**63 - 1), got {text!r}")
+    return value
 
 
 def draw_noise(shape, count: int, seed: int) -> list:

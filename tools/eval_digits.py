@@ -21,7 +21,6 @@ mean ± std over seeds [min, max]; ``--json`` also writes every per-seed number.
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -93,6 +92,16 @@ def sampler_rows(args, classifier, reference):
     return rows
 
 
+def _check_model(parser, path):
+    """A --model that holds no model is refused before the reference videos are classified."""
+    from megatron_rcm.loading import load_model_config
+
+    try:
+        load_model_config(path)
+    except (OSError, ValueError) as e:
+        parser.error(f"--model: {e}")
+
+
 def main():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="what megatron_rcm.load_model reads: a diffusers folder or a Megatron checkpoint "
@@ -102,10 +111,11 @@ def main():
                    help="euler: a teacher with guidance; few-step: a distilled student (default: %(default)s)")
     p.add_argument("--steps", type=cli.positive_int, nargs="+", default=[50],
                    help="step counts, one table row each; 1 to 4 for few-step (default: %(default)s)")
-    p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the euler sampler (1: none; default: "
-                                                          "%(default)s)")
-    p.add_argument("--shift", type=float, default=1.0, help="RF time shift of the euler sampler (default: %(default)s)")
-    p.add_argument("--mid-times", type=float, nargs=3, metavar="T",
+    p.add_argument("--cfg", type=cli.positive_float, default=2.5,
+                   help="guidance scale of the euler sampler (1: none; default: %(default)s)")
+    p.add_argument("--shift", type=cli.positive_float, default=1.0,
+                   help="RF time shift of the euler sampler (default: %(default)s)")
+    p.add_argument("--mid-times", type=cli.positive_float, nargs=3, metavar="T",
                    help="few-step sampler: TrigFlow times after the first step (default: those the student's "
                         "training recorded with its export, else 1.5 1.4 1.0)")
     p.add_argument("--baselines", action="store_true", help="also evaluate real, shuffled-prompt and noise videos")
@@ -122,8 +132,8 @@ def main():
     args = p.parse_args()
     if args.model is None and not args.baselines:
         p.error("give --model and/or --baselines")
-    if args.model is not None and not Path(args.model).exists():
-        p.error(f"--model {args.model} does not exist")
+    if args.model is not None:
+        _check_model(p, args.model)
     if args.per_prompt < 2:
         p.error(f"--per-prompt must be >= 2 (diversity compares the videos of one prompt), not {args.per_prompt}")
     if args.sampler == "few-step" and max(args.steps) > MAX_STEPS:

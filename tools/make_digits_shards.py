@@ -36,7 +36,12 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
     _check(parser, args)
-    negative = write_training_data(args.out, args.num_samples, args.samples_per_shard, seed=args.seed)
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # no permission, a file above it
+        parser.error(f"--out {args.out} cannot be made a folder ({e})")
+    with cli.one_line_errors("make_digits_shards", (OSError,)):  # a full disk
+        negative = write_training_data(args.out, args.num_samples, args.samples_per_shard, seed=args.seed)
     print(f"wrote {args.num_samples} samples to {args.out} and {negative}")
 
 

@@ -38,29 +38,34 @@ def _parser():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=sorted(PRESETS), help="Wan preset (required)")
     p.add_argument("--gpus", type=int, required=True, help="GPUs of the cluster (all used for one run)")
-    p.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU in GiB (e.g. 139 for an H200)")
-    p.add_argument("--height", type=int, default=480, help="video height in pixels (default: 480)")
-    p.add_argument("--width", type=int, default=832, help="video width in pixels (default: 832)")
-    p.add_argument("--frames", type=int, default=81, help="video frames (default: 81)")
-    p.add_argument("--micro-batch-size", type=int, default=1, help="samples per data-parallel rank (default: 1)")
-    p.add_argument("--nodes", type=int, default=None, help="nodes the GPUs are spread over (default: 8 GPUs a node)")
-    p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
-    p.add_argument("--student-update-freq", type=int, default=5,
+    p.add_argument("--gpu-memory-gib", type=cli.positive_float, required=True,
+                   help="memory of one GPU in GiB (e.g. 139 for an H200)")
+    p.add_argument("--height", type=cli.positive_int, default=480, help="video height in pixels (default: 480)")
+    p.add_argument("--width", type=cli.positive_int, default=832, help="video width in pixels (default: 832)")
+    p.add_argument("--frames", type=cli.positive_int, default=81, help="video frames (default: 81)")
+    p.add_argument("--micro-batch-size", type=cli.positive_int, default=1,
+                   help="samples per data-parallel rank (default: 1)")
+    p.add_argument("--nodes", type=cli.positive_int, default=None,
+                   help="nodes the GPUs are spread over (default: 8 GPUs a node)")
+    p.add_argument("--num-layers", type=cli.positive_int, default=None, help="override the preset's layer count")
+    p.add_argument("--student-update-freq", type=cli.positive_int, default=5,
                    help="one student iteration every N, critic iterations between (default: 5)")
-    p.add_argument("--tp", type=int, default=None, help="fix the tensor-parallel size")
-    p.add_argument("--cp", type=int, default=None, help="fix the context-parallel size")
+    p.add_argument("--tp", type=cli.positive_int, default=None, help="fix the tensor-parallel size")
+    p.add_argument("--cp", type=cli.positive_int, default=None, help="fix the context-parallel size")
     p.add_argument("--cp-mode", choices=["a2a", "p2p"], default=None,
                    help="fix the context-parallel communication: all-to-all or ring (default: both scored)")
-    p.add_argument("--global-batch-size", type=int, default=None, help="fix DP = global batch / micro batch")
+    p.add_argument("--global-batch-size", type=cli.positive_int, default=None,
+                   help="fix DP = global batch / micro batch")
     p.add_argument("--keep-attention", action="store_true",
                    help="also score recompute that keeps the attention outputs (--recompute-keep-attention; "
                         "its time and memory model is not yet checked on a GPU); default off")
-    p.add_argument("--top", type=int, default=10, help="layouts printed (default: 10; all with --json)")
+    p.add_argument("--top", type=cli.positive_int, default=10, help="layouts printed (default: 10; all with --json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--profile", type=Path, help="profile JSON (written by --calibrate); default: H200 figures")
     p.add_argument("--calibrate", action="store_true",
                    help="measure a few layers of this width on the local GPU(s) first, write --profile")
-    p.add_argument("--calibration-layers", type=int, default=2, help="blocks --calibrate times (default: 2)")
+    p.add_argument("--calibration-layers", type=cli.positive_int, default=2,
+                   help="blocks --calibrate times (default: 2)")
     cli.add_debug_flag(p)
     return p
 
@@ -68,7 +73,7 @@ def _parser():
 def _cluster(args):
     per_node = 8
     if args.nodes is not None:
-        if args.nodes < 1 or args.gpus % args.nodes:
+        if args.gpus % args.nodes:
             raise PlanError(f"--gpus {args.gpus} must be a multiple of --nodes {args.nodes}")
         per_node = args.gpus // args.nodes
     return Cluster(args.gpus, args.gpu_memory_gib, gpus_per_node=per_node)

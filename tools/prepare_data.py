@@ -19,7 +19,9 @@ The negative-prompt embedding alone (without TEXT: the family's default negative
 Data modes also write OUTPUT/negative_prompt.pt (for --negative-prompt-embedding), OUTPUT/skipped.jsonl
 (every item left out or truncated, with the reason) and OUTPUT/prepare.json (the settings). Under
 torchrun or srun each data-parallel rank prepares its own shards (teacher mode: TP/CP groups with
---tensor-model-parallel-size / --context-parallel-size). Re-running a command resumes it.
+--tensor-model-parallel-size / --context-parallel-size). Re-running a command resumes it; a non-empty
+--output that this tool did not write (no prepare.json) is refused, as is replacing a .pt that holds no
+embedding.
 Exit status: 0 when every item became a sample, 3 when some were skipped (--strict: 1 at the first),
 1 on bad input (one line on stderr; --debug shows the traceback).
 """
@@ -37,6 +39,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def parse_args(argv=None):
     from megatron_rcm import cli
+    from megatron_rcm.generation import seed_int
 
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True, help="diffusers WanPipeline or Cosmos2TextToImagePipeline folder "
@@ -60,11 +63,12 @@ def parse_args(argv=None):
     teacher = p.add_argument_group("teacher samples (--prompts)")
     teacher.add_argument("--teacher", help="teacher: diffusers transformer or pipeline folder, or Megatron checkpoint")
     teacher.add_argument("--steps", type=int, default=50)
-    teacher.add_argument("--guidance-scale", type=float, help="CFG scale (default: the pipeline's, 5 for Wan2.1, "
-                         "7 for Cosmos)")
+    teacher.add_argument("--guidance-scale", type=cli.positive_float, help="CFG scale (default: the pipeline's, 5 "
+                         "for Wan2.1, 7 for Cosmos)")
     teacher.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
-    teacher.add_argument("--shift", type=float, default=3.0, help="RF time shift (Wan2.1: 3 at 480p, 5 at 720p)")
-    teacher.add_argument("--seed", type=int, default=0, help="sample i draws its noise with seed + i")
+    teacher.add_argument("--shift", type=cli.positive_float, default=3.0,
+                         help="RF time shift (Wan2.1: 3 at 480p, 5 at 720p)")
+    teacher.add_argument("--seed", type=seed_int, default=0, help="sample i draws its noise with seed + i")
     teacher.add_argument("--tensor-model-parallel-size", type=int, default=1)
     teacher.add_argument("--context-parallel-size", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -158,15 +162,30 @@ def _plan(args, items, is_rank0):
     message = [None, None]
     if is_rank0:
         try:
-            Path(args.output).mkdir(parents=True, exist_ok=True)
             check_settings(args.output, _settings(args, items))
             message[0] = pending_shards(args.output, len(items), args.samples_per_shard)
-        except (PrepareError, OSError) as e:
+        except PrepareError as e:
             message[1] = str(e)
+        except OSError as e:
+            message[1] = _unwritable(args, e)
     dist.broadcast_object_list(message, src=0)
     if message[1] is not None:
         raise PrepareError(message[1])
     return message[0]
+
+
+def _unwritable(args, error):
+    return f"--output {args.output} cannot be written ({error})"
+
+
+def _load_teacher(args, load, **kwargs):
+    """``load(args.teacher, **kwargs)`` (the model, or its config); what holds no model names --teacher."""
+    from megatron_rcm.data.prepare import PrepareError
+
+    try:
+        return load(args.teacher, **kwargs)
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"--teacher: {e}") from None
 
 
 def _teacher_samples(args, text_encoder, negative, device):
@@ -175,7 +194,7 @@ def _teacher_samples(args, text_encoder, negative, device):
     from megatron_rcm.encoders import vae_geometry
     from megatron_rcm.generation import SamplingConfig, VideoSize
 
-    model = load_model(args.teacher, params_dtype=DTYPES[args.dtype]).to(device).eval()
+    model = _load_teacher(args, load_model, params_dtype=DTYPES[args.dtype]).to(device).eval()
     channels, spatial_stride, temporal_stride = vae_geometry(args.pipeline)
     if model.config.in_channels != channels or model.config.text_dim != text_encoder.text_dim:
         raise PrepareError(f"--teacher takes {model.config.in_channels} latent channels and text dim "
@@ -253,11 +272,32 @@ def _report(args, items, done_before):
     return EXIT_SKIPPED if summary["skipped"] else 0
 
 
+def _check_negative_output(path):
+    """The negative-prompt mode replaces only what it writes (a re-run rewrites it): a file holding one
+    tensor [L, D]. Anything else at --output (a checkpoint, other data) is refused before any work."""
+    from megatron_rcm.data.prepare import PrepareError
+
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch.load fails in many ways on what it did not write (pickle, zip, I/O errors)
+        tensor = None
+    if not (isinstance(tensor, torch.Tensor) and tensor.dim() == 2):
+        raise PrepareError(f"--output {path} exists and is not a negative-prompt embedding (one tensor [L, D]); "
+                           "pass a new --output or remove it")
+
+
 def _negative_only(args):
+    from megatron_rcm.data.prepare import PrepareError
     from megatron_rcm.encoders import load_text_encoder
 
     text_encoder = load_text_encoder(args.pipeline, dtype=DTYPES[args.dtype])
-    _save_tensor(args.output, text_encoder.encode([args.negative_prompt])[0])
+    try:
+        _save_tensor(args.output, text_encoder.encode([args.negative_prompt])[0])
+    except OSError as e:
+        raise PrepareError(_unwritable(args, e)) from None
     print(f"wrote the negative-prompt embedding [{text_encoder.max_length}, {text_encoder.text_dim}] to {args.output}")
     return 0
 
@@ -277,6 +317,12 @@ def run(args):
         items = _items(args)
         # the teacher's patch size is checked once it is loaded
         _check_size(args, (1, 1, 1) if args.prompts else _pipeline_patch_size(args.pipeline))
+        if args.prompts:  # before the output folder records the settings
+            from megatron_rcm.loading import load_model_config
+
+            _load_teacher(args, load_model_config)
+    else:
+        _check_negative_output(args.output)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars: stderr is for errors

@@ -148,8 +148,12 @@ def items_digest(items) -> str:
 
 
 def check_settings(output, settings: dict) -> None:
-    """Record ``settings`` in a new output folder, or check that an existing one was prepared with them."""
-    path = Path(output) / SETTINGS_FILE
+    """Record ``settings`` in a new (or empty) output folder, or check that an existing one was prepared
+    with them. Any other folder is refused: shards would mix with its files (a training run's, say)."""
+    output = Path(output)
+    path = output / SETTINGS_FILE
+    if output.exists() and not output.is_dir():
+        raise PrepareError(f"--output {output} is a file; shards are written into a folder")
     if path.is_file():
         previous = json.loads(path.read_text())
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
@@ -159,8 +163,9 @@ def check_settings(output, settings: dict) -> None:
                     f"other settings ({first}: {previous.get(first)!r}, now {settings.get(first)!r})")
             raise PrepareError(f"{output} holds data prepared from {what}; pass a new --output, "
                                "or the same inputs and settings to resume")
-    elif Path(output).is_dir() and any(p.name.endswith(".tar") for p in Path(output).iterdir()):
-        raise PrepareError(f"{output} holds shards that this tool did not record; pass a new --output")
+    elif output.is_dir() and any(output.iterdir()):
+        raise PrepareError(f"{output} holds files this tool did not write (it has no {SETTINGS_FILE}); pass a new "
+                           "or empty --output")
     else:
         atomic_write_bytes(path, json.dumps(settings, indent=1, sort_keys=True).encode())
 

@@ -171,15 +171,89 @@ def test_output_prepared_with_other_settings_or_by_another_tool(pipeline, tmp_pa
     captioned_video(folder, "a.mp4", random_frames(9, 32, 32, seed=3), "a red fox")
     argv = ["--pipeline", str(pipeline), "--videos", str(folder), "--output", str(tmp_path / "o")]
     assert _main([*argv, *SIZE], capsys)[0] == 0
+    assert _main([*argv, *SIZE], capsys)[0] == 0  # its own folder: resumed, nothing left to do
     code, _, err = _main([*argv, "--height", "32", "--width", "16", "--num-frames", "9"], capsys)
     assert code == 1 and "holds data prepared from other settings (height: 16, now 32)" in err
     captioned_video(folder, "b.mp4", random_frames(9, 16, 16, seed=4), "a second clip")
     code, _, err = _main([*argv, *SIZE], capsys)
     assert code == 1 and "holds data prepared from other videos, captions or prompts; pass a new --output" in err
-    (tmp_path / "foreign").mkdir()
-    (tmp_path / "foreign" / "data-0.tar").write_bytes(b"")
-    code, _, err = _main([*argv[:-1], str(tmp_path / "foreign"), *SIZE], capsys)
-    assert code == 1 and "holds shards that this tool did not record" in err
+
+
+@pytest.mark.parametrize("files, folders", [(["data-0.tar"], []), (["train.jsonl"], ["iter_0000001"])],
+                         ids=["shards", "training-run"])
+def test_a_folder_this_tool_did_not_write_is_left_alone(pipeline, tmp_path, capsys, files, folders):
+    output = tmp_path / "foreign"
+    output.mkdir()
+    for name in folders:
+        (output / name).mkdir()
+    for name in files:
+        (output / name).write_bytes(b"kept")
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    code, _, err = _main(["--pipeline", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "--teacher",
+                          str(pipeline), "--output", str(output), *SIZE], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{output} holds files this tool did not write (it has no prepare.json); pass a new or empty --output" in err
+    assert sorted(p.name for p in output.iterdir()) == sorted(files + folders)
+
+
+def test_an_output_that_cannot_be_a_folder_names_the_flag(pipeline, tmp_path, capsys):
+    (tmp_path / "file").write_text("kept")
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    argv = ["--pipeline", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "--teacher", str(pipeline), *SIZE]
+    for output, message in ((tmp_path / "file", f"--output {tmp_path / 'file'} is a file; shards are written into "
+                                                 "a folder"),
+                            (tmp_path / "file" / "o", f"--output {tmp_path / 'file' / 'o'} cannot be written (")):
+        code, _, err = _main([*argv, "--output", str(output)], capsys)
+        assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert (tmp_path / "file").read_text() == "kept" and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("teacher", ["empty", "file"])
+def test_a_teacher_that_holds_no_model_stops_before_any_output(pipeline, tmp_path, capsys, teacher):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("not a model")
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    code, _, err = _main(["--pipeline", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "--teacher",
+                          str(tmp_path / teacher), "--output", str(tmp_path / "o"), *SIZE], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"prepare_data: error: --teacher: {tmp_path / teacher} is neither a Megatron")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--guidance-scale", "nan", "a number > 0"),
+    ("--guidance-scale", "inf", "a number > 0"),
+    ("--shift", "0", "a number > 0"),
+    ("--shift", "-1", "a number > 0"),
+    ("--seed", "99999999999999999999", "an integer <= 9223372036854775807 (2**63 - 1)"),
+])
+def test_a_value_no_sampler_takes_is_refused_by_the_parser(pipeline, tmp_path, capsys, flag, value, expected):
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    code, _, err = _main(["--pipeline", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "--teacher",
+                          str(pipeline), "--output", str(tmp_path / "o"), *SIZE, flag, value], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"argument {flag}: expected {expected}, got '{value}' (see --help)" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_negative_prompt_alone_replaces_only_its_own_file(pipeline, tmp_path, capsys):
+    import torch
+
+    output = tmp_path / "negative.pt"
+    argv = ["--pipeline", str(pipeline), "--negative-prompt", "blurry", "--output", str(output)]
+    output.write_bytes(b"not a tensor")
+    for make in (lambda: None, lambda: torch.save({"model": torch.zeros(2, 2)}, output)):  # a checkpoint-like dict
+        make()
+        before = output.read_bytes()
+        code, _, err = _main(argv, capsys)
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"--output {output} exists and is not a negative-prompt embedding (one tensor [L, D])" in err
+        assert output.read_bytes() == before
+    output.unlink()
+    assert _main(argv, capsys)[0] == 0
+    first = torch.load(output, weights_only=True)
+    assert _main([*argv[:-3], "static", "--output", str(output)], capsys)[0] == 0  # a re-run rewrites its own file
+    assert first.dim() == 2 and not torch.equal(torch.load(output, weights_only=True), first)
 
 
 def test_parallel_sizes_that_do_not_fit(pipeline, tmp_path, capsys):

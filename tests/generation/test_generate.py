@@ -3,6 +3,10 @@ samplers called directly with the documented noise, and the error catalogue."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -16,7 +20,7 @@ from tests.wan_pipeline import tiny_wan_pipeline
 # the mp4 writer is the "data" extra's (CI installs it; the GPU machines lack it and run no CPU test)
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="install the 'data' extra to write mp4s")
 
-from .common import LATENT_SHAPE, SIZE, embed, generate, generate_one, saved_latents
+from .common import LATENT_SHAPE, ROOT, SIZE, embed, generate, generate_one, saved_latents
 
 PROMPT = "a red fox runs across a snowy field at dawn"
 
@@ -63,9 +67,13 @@ def test_student_writes_mp4_sidecar_and_the_sampler_latents(pipeline, tmp_path):
     torch.testing.assert_close(latents, expected, rtol=0, atol=0)
 
 
-def test_teacher_mode_is_the_guided_unipc_sampler(pipeline, tmp_path):
+def test_teacher_mode_is_the_guided_unipc_sampler(pipeline, tmp_path, capsys):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()  # as in a fresh process: --no-progress must turn it off
     _run(pipeline, tmp_path / "out", "--teacher-steps", "3", "--guidance-scale", "2.5", "--negative-prompt",
          "blurry, static", "--shift", "2", "--seed", "3")
+    assert capsys.readouterr().err == ""  # no "Loading weights" bar either
 
     def teacher(model, text):
         negative = embed(pipeline, ["blurry, static"])[0]
@@ -95,6 +103,9 @@ ERRORS = {
     "pipeline without tokenizer": (["--pipeline", "{no_tokenizer}"], "has no tokenizer/ folder"),
     "existing output": (["--output", "{tmp}"], "exists; choose another folder or pass --force"),
     "empty prompts file": (["--prompts", "{empty}"], "no prompt given"),
+    "binary prompts file": (["--prompts", "{binary}"], "--prompts {binary} cannot be read ('utf-8' codec can't"),
+    "output in a file": (["--output", "{file}/out"], "--output {file}/out cannot be written: {file} is not a folder"),
+    "output is a file": (["--output", "{file}", "--force"], "--output {file} exists and is not a folder"),
 }
 
 
@@ -102,7 +113,10 @@ ERRORS = {
 def test_bad_input_is_one_line_and_exit_1(name, pipeline, tmp_path, capsys):
     extra, message = ERRORS[name]
     (tmp_path / "empty.txt").write_text("\n \n")
-    values = dict(pipeline=pipeline, tmp=tmp_path, empty=tmp_path / "empty.txt",
+    (tmp_path / "binary.txt").write_bytes(b"a fox\n\xff\xfe\x00\x81 runs\n")
+    (tmp_path / "file").write_text("kept")
+    values = dict(pipeline=pipeline, tmp=tmp_path, empty=tmp_path / "empty.txt", binary=tmp_path / "binary.txt",
+                  file=tmp_path / "file",
                   no_tokenizer=_without_tokenizer(pipeline, tmp_path) if "tokenizer" in name else None)
     argv = ["--pipeline", pipeline, "--checkpoint", pipeline / "transformer", "--output", tmp_path / "out", *SIZE]
     extra = [e.format(**values) for e in extra]
@@ -111,9 +125,47 @@ def test_bad_input_is_one_line_and_exit_1(name, pipeline, tmp_path, capsys):
     capsys.readouterr()
     assert generate(*argv, *extra) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("generate: error: ") and message in err[-1], err
+    assert err[-1].startswith("generate: error: ") and message.format(**values) in err[-1], err
     assert not any("Traceback" in line for line in err)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*.tmp-*"))
+    assert (tmp_path / "file").read_text() == "kept"
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--guidance-scale", "nan", "a number > 0"),
+    ("--guidance-scale", "inf", "a number > 0"),
+    ("--shift", "0", "a number > 0"),
+    ("--shift", "-1", "a number > 0"),
+    ("--sigma-max", "inf", "a number > 0"),
+    ("--mid-times", "nan", "a number > 0"),
+    ("--teacher-steps", "-2", "an integer >= 0"),
+    ("--seed", "99999999999999999999", "an integer <= 9223372036854775807 (2**63 - 1)"),
+    ("--seed", "-1", "an integer >= 0"),
+])
+def test_a_value_no_sampler_takes_is_refused_by_the_parser(pipeline, tmp_path, capsys, flag, value, expected):
+    argv = ["--pipeline", pipeline, "--checkpoint", pipeline / "transformer", "--prompt", PROMPT, *SIZE,
+            "--output", tmp_path / "out", "--teacher-steps", "2", flag, value]
+    assert generate(*argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"argument {flag}: expected {expected}, got '{value}' (see --help)" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_leaves_no_output_and_says_so(pipeline, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "generate.py"), "--pipeline", str(pipeline),
+                             "--checkpoint", str(pipeline / "transformer"), "--prompt", PROMPT, *SIZE,
+                             "--teacher-steps", "100000", "--output", str(tmp_path / "out"), "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob(".out.tmp-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(1)  # into the loading or sampling
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["generate: error: interrupted"], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_debug_shows_the_traceback(pipeline, tmp_path, capsys):

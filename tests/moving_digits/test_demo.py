@@ -58,3 +58,12 @@ def test_wrong_sizes_end_in_one_line_before_anything_is_written(tmp_path):
         assert run.returncode == 2 and run.stderr.strip().splitlines() == [
             f"demo: error: {message} (see --help)"], run.stderr
         assert not (tmp_path / "work").exists()
+
+
+def test_a_work_folder_that_cannot_be_made_ends_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("kept")
+    for work in (tmp_path / "file", tmp_path / "file" / "work"):
+        run = _demo(work)
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert run.stderr.startswith(f"demo: error: --work {work} cannot be made a folder (")
+    assert (tmp_path / "file").read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["file"]

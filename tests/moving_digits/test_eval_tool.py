@@ -110,3 +110,14 @@ def test_a_run_trained_as_another_samples_its_export_at_its_own_later_times(tmp_
         rows[name] = {row["name"].rsplit(" ", 1)[-1]: row["fd"][0] for row in report["rows"]}
     assert rows["near"]["1"] == rows["far"]["1"] and rows["near"]["2"] == rows["far"]["2"]
     assert rows["near"]["4"] != rows["far"]["4"]
+
+
+def test_a_model_path_that_holds_no_model_is_refused_before_any_work(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("not a model")
+    for model in ("empty", "file"):
+        bad = subprocess.run([sys.executable, "tools/eval_digits.py", "--model", str(tmp_path / model)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+            f"eval_digits: error: --model: {tmp_path / model} is neither a Megatron distributed checkpoint "
+            "(metadata.json) nor a diffusers transformer folder (config.json) (see --help)"], bad.stderr

@@ -114,6 +114,7 @@ WRONG = [
     (SHARDS + ["--num-samples", "0"], "argument --num-samples: expected an integer >= 1"),
     (SHARDS + ["--samples-per-shard", "1e3"], "argument --samples-per-shard: expected an integer >= 1, got '1e3'"),
     (["make_digits_shards", "--out", "{file}"], "--out {file} is a file"),
+    (["make_digits_shards", "--out", "{file}/shards"], "--out {file}/shards cannot be made a folder ([Errno 20]"),
     (SHARDS + ["--num", "8"], "unrecognized arguments: --num 8"),
     (BALANCE + ["--batches", "0"], "argument --batches: expected an integer >= 1"),
     (BALANCE + ["--threads", "two"], "argument --threads: expected an integer >= 1, got 'two'"),

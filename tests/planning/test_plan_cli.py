@@ -68,6 +68,20 @@ def test_impossible_requests_are_refused_in_one_line(capsys, flags, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag, value", [
+    ("--num-layers", "0"), ("--num-layers", "-1"), ("--student-update-freq", "0"), ("--student-update-freq", "-1"),
+    ("--cp", "0"), ("--tp", "0"), ("--global-batch-size", "0"), ("--top", "-1"), ("--height", "0"), ("--nodes", "0"),
+    ("--gpu-memory-gib", "nan"), ("--gpu-memory-gib", "inf"), ("--gpu-memory-gib", "0"), ("--calibration-layers", "0"),
+])
+def test_a_value_that_means_nothing_is_refused_by_the_parser(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        plan.main(BASE + ["--gpus", "8", "--gpu-memory-gib", "80", flag, value])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    expected = "a number > 0" if flag == "--gpu-memory-gib" else "an integer >= 1"
+    assert line.endswith(f": error: argument {flag}: expected {expected}, got '{value}' (see --help)")  # prog: argv[0]
+
+
 def test_a_saved_profile_plans_like_the_one_it_holds(tmp_path, capsys):
     slower = replace(DEFAULT_PROFILE, matmul_tflops=DEFAULT_PROFILE.matmul_tflops / 2)
     save_profile(slower, tmp_path / "slow.json")
