@@ -41,6 +41,11 @@ class _RunsCode:
         return (print, ("UNSAFE-UNPICKLE",))
 
 
+def _random_bytes(count):
+    """Bytes no format reads, the same every run (the messages that quote them are in the docs)."""
+    return torch.randint(0, 256, (count,), dtype=torch.uint8, generator=torch.Generator().manual_seed(count)).numpy().tobytes()
+
+
 def _diffusers_copy(teacher, folder, edit=None, config=None):
     shutil.copytree(teacher, folder)
     if config is not None:
@@ -77,7 +82,7 @@ def _write_inputs(root):
     p["truncated"] = _diffusers_copy(teacher, root / "truncated")
     (p["truncated"] / "diffusion_pytorch_model.safetensors").write_bytes(weights[: len(weights) // 2])
     p["random_bytes"] = _diffusers_copy(teacher, root / "random_bytes")
-    (p["random_bytes"] / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(4096))
+    (p["random_bytes"] / "diffusion_pytorch_model.safetensors").write_bytes(_random_bytes(4096))
     p["malformed_json"] = _diffusers_copy(teacher, root / "malformed_json", config='{"_class_name": "WanTransfor')
     config = json.loads((teacher / "config.json").read_text())
     p["other_class"] = _diffusers_copy(teacher, root / "other_class",
@@ -89,14 +94,14 @@ def _write_inputs(root):
     p["pickle_pt"] = root / "pickle.pt"
     p["pickle_pt"].write_bytes(pickle.dumps({"patch_embedding.weight": _RunsCode()}, protocol=2))
     p["random_pth"] = root / "random.pth"
-    p["random_pth"].write_bytes(os.urandom(4096))
+    p["random_pth"].write_bytes(_random_bytes(4096))
     p["megatron"] = _megatron_checkpoint(teacher, root / "megatron")
     p["bad_tracker"] = root / "bad_tracker"
     p["bad_tracker"].mkdir()
     (p["bad_tracker"] / "latest_checkpointed_iteration.txt").write_text("7")
     p["random_shard_dir"] = root / "random_shards"
     p["random_shard_dir"].mkdir()
-    (p["random_shard_dir"] / "shard-000000.tar").write_bytes(os.urandom(10240))
+    (p["random_shard_dir"] / "shard-000000.tar").write_bytes(_random_bytes(10240))
     p["truncated_shard_dir"] = root / "truncated_shards"
     p["truncated_shard_dir"].mkdir()
     shard = sorted(Path(p["data"]).glob("*.tar"))[0]
@@ -153,10 +158,17 @@ def outcomes(bad_inputs, tmp_path_factory):
     return results
 
 
+def _assert_documented(name, case, status, message, root):
+    """docs/reliability.md's row of this entry shows what it answered (the inputs folder as …)."""
+    row = f"| `{name}` | `{case}` | {status} | {message.replace(str(root), '…')} |"
+    assert row in (ROOT / "docs" / "reliability.md").read_text(), f"docs/reliability.md: the row should read\n{row}"
+
+
 @pytest.mark.parametrize("name,entry", [(name, entry) for name, entries in ENTRIES.items() for entry in entries],
                          ids=lambda value: value if isinstance(value, str) else value.id)
-def test_tool_refuses(outcomes, name, entry):
-    """One line on stderr, naming the tool and what to change; a failing status; the tree untouched."""
+def test_tool_refuses(outcomes, bad_inputs, name, entry):
+    """One line on stderr, naming the tool and what to change; a failing status; the tree untouched;
+    the line as the docs show it."""
     got = outcomes[name][entry.id]
     lines = [line for line in got["stderr"].splitlines() if line.strip()]
     detail = f"{name} {entry.id}: status {got['status']}, stderr:\n{got['stderr'][-3000:]}"
@@ -166,6 +178,7 @@ def test_tool_refuses(outcomes, name, entry):
     assert entry.expect.lower() in lines[0].lower(), detail
     assert "UNSAFE-UNPICKLE" not in got["stderr"]
     assert outcomes[name]["_tree_changes"] == [], outcomes[name]["_tree_changes"]
+    _assert_documented(name, entry.id, got["status"], lines[0], bad_inputs[0])
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +193,15 @@ def load_model_outcomes(bad_inputs, tmp_path_factory):
 
 
 @pytest.mark.parametrize("case, expect", LOAD_MODEL, ids=[c for c, _ in LOAD_MODEL])
-def test_load_model_refuses(load_model_outcomes, case, expect):
-    """A ValueError or OSError (what a caller catches for bad input) with a one-line message."""
+def test_load_model_refuses(load_model_outcomes, bad_inputs, case, expect):
+    """A ValueError or OSError (what a caller catches for bad input) with a one-line message, as the
+    docs show it."""
     results, changes = load_model_outcomes
     got = results[case]
     assert got["error"] and ("ValueError" in got["error"] or "OSError" in got["error"]), got
     assert "\n" not in got["message"] and expect.lower() in got["message"].lower(), got
     assert changes == []
+    _assert_documented("load_model", case, got["error"][0], got["message"], bad_inputs[0])
 
 
 def test_docs_list_every_entry():
