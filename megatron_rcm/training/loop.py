@@ -20,7 +20,7 @@ from .logger import MetricsLogger, memory_metrics, reduce_diagnostics
 from .networks import build_networks, start_warm_ups
 from .noise import NoisePrefetcher
 from .signals import preemption_handler, stop_loader_workers
-from .state import Progress, export_ema, load_state, recipe_of, sharded_state
+from .state import Progress, check_training_checkpoint, export_ema, load_state, recipe_of, sharded_state
 from .step import fake_score_step, student_step
 
 
@@ -56,6 +56,7 @@ def _resume(config: TrainingConfig, networks):
     load_dir = config.checkpoint.load or config.checkpoint.save
     if load_dir and CheckpointManager(load_dir).latest_iteration() is not None:
         manager = CheckpointManager(load_dir)
+        check_training_checkpoint(manager)
         try:
             return load_state(manager, networks, config)
         except (Exception, CheckpointException) as e:  # many types for a damaged file; DCP's is a BaseException

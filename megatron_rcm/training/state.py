@@ -28,7 +28,7 @@ from ..loading import SAMPLER_KEY, checkpoint_models
 from ..losses.config import RCMConfig
 from ..models import weight_map
 from ..parallel import set_random_seed
-from ..save_folder import EMA_EXPORT, checkpoint_name
+from ..save_folder import EMA_EXPORT, CheckpointNotFoundError, checkpoint_name
 from .checkpointing import CheckpointManager
 from .config import TrainingConfig
 from .optimizer import ensure_adam_state, load_optimizer_state
@@ -115,6 +115,15 @@ def _check_recipe(saved, current):
     if changed:
         raise ValueError("the checkpoint was trained with other settings (saved, now): "
                          + ", ".join(f"{k}={a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+def check_training_checkpoint(manager):
+    """``CheckpointNotFoundError`` unless the manager's latest checkpoint holds a training state: a
+    model export (``SAVE/ema_student``) holds the weights alone."""
+    path = manager.save_dir / checkpoint_name(manager.latest_iteration())
+    if "recipe" not in dist_checkpointing.load_common_state_dict(str(path)):
+        raise CheckpointNotFoundError(f"{path} is a model export, not a training checkpoint: resume from the run's "
+                                      f"save folder (the one that holds {EMA_EXPORT}/)")
 
 
 def load_state(manager, networks, config: TrainingConfig):

@@ -217,3 +217,10 @@ def test_ema_export_loads_and_converts_to_diffusers(reference, tmp_path):
     # the export folder's tracker names the checkpoint to convert
     convert_checkpoint("megatron", "diffusers", export.parent, tmp_path / "diffusers", progress=False)
     assert sum(p.numel() for p in WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").parameters()) > 0
+
+
+def test_resuming_from_a_model_export_says_which_folder_to_pass(inputs, reference, tmp_path):
+    export = reference[0] / "ckpt" / "ema_student"
+    with pytest.raises(AssertionError, match="is a model export, not a training checkpoint: resume from the run's"):
+        _run(inputs, tmp_path, 1, "--load", str(export))
+    assert not (tmp_path / "ckpt").exists()

@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from .test_pretrain_rcm import ITERS, _losses
-from .test_pretrain_rcm import _run
-from .tiny_setup import make_inputs
+from .test_pretrain_rcm import ITERS, _run
+from .tiny_setup import compared, make_inputs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
 
@@ -20,9 +19,9 @@ def test_scm_only_saves_and_resumes(tmp_path):
     scm_only = ["--dmd-weight", "0", "--deterministic-mode"]
     first = _run(inputs, tmp_path / "run", 1, *scm_only, "--train-iters", "3")
     assert [r["iteration"] for r in first] == [1, 2, 3]
-    assert all("loss/fake_score" not in r for r in _losses(first))
+    assert all("loss/fake_score" not in r for r in compared(first))
     resumed = _run(inputs, tmp_path / "run", 1, *scm_only)
     assert [r["iteration"] for r in resumed] == list(range(1, ITERS + 1))
-    assert all(math.isfinite(v) for r in _losses(resumed) for v in r.values())
+    assert all(math.isfinite(v) for r in compared(resumed) for v in r.values())
     straight = _run(inputs, tmp_path / "straight", 1, *scm_only)
-    assert _losses(resumed[3:]) == _losses(straight[3:])
+    assert compared(resumed[3:]) == compared(straight[3:])
