@@ -79,11 +79,17 @@ def _make_temporary(path):
         raise OutputPathError(f"{path} cannot be written: {_obstacle(path, e)}") from e
 
 
+def nearest_existing(path) -> Path:
+    """``path`` itself, or its nearest ancestor that exists (the one that decides whether it can be made)."""
+    path = Path(path)
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _obstacle(path, error):
     """The nearest existing ancestor of ``path`` (the one that refused) and why."""
-    ancestor = path.parent
-    while not os.path.exists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path.parent)
     if not os.path.isdir(ancestor):
         return f"{ancestor} is not a folder"
     return f"{error.strerror or error} ({ancestor})"

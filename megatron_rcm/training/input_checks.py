@@ -5,6 +5,9 @@ raises ``ValueError`` with one line that says what to change (``arguments`` repo
 import argparse
 import json
 import os
+from pathlib import Path
+
+from ..atomic_output import nearest_existing
 
 
 def _kind(action):
@@ -77,10 +80,8 @@ def check_output_path(flag: str, path: str, folder: bool):
     kind = "folder" if folder else "file"
     if os.path.exists(path) and os.path.isdir(path) != folder:
         raise ValueError(f"{flag} {path} exists and is not a {kind}; name a {kind}")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) and existing != os.path.abspath(path):
+    existing = nearest_existing(path)
+    if not existing.is_dir() and existing != Path(path):
         raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing if os.path.isdir(existing) else os.path.dirname(existing), os.W_OK | os.X_OK):
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: no permission to write in {existing}; choose a {kind} you can write")

@@ -9,6 +9,7 @@ from megatron_rcm.parallel import parallel_context
 from megatron_rcm.testing import run_distributed
 from megatron_rcm.training.arguments import ConfigError, parse_args, validate
 from megatron_rcm.training.config import OptimizationConfig
+from megatron_rcm.training.input_checks import check_output_path
 from megatron_rcm.training.optimizer import build_optimizer, optimizer_step
 
 from .tiny_setup import make_inputs
@@ -92,3 +93,17 @@ def test_cpu_optimizer_skips_a_nonfinite_gradient_and_clips():
         _nonfinite_gradient_is_skipped, world_size=1)[0]
     assert not skipped and nan_norm != nan_norm and not changed_after_nan
     assert updated and changed and norm > 0.5 and clipped == pytest.approx(0.5, rel=1e-5)
+
+
+def test_output_paths_are_checked_relative_or_absolute_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("x")
+    check_output_path("--save", "new/a/b", folder=True)  # made at the first save
+    check_output_path("--log-jsonl", "f", folder=False)  # appended to
+    for flag, path, folder, message in (("--save", "f/run", True, "--save f/run: f is a file, not a folder"),
+                                        ("--save", "f", True, "--save f exists and is not a folder"),
+                                        ("--log-jsonl", ".", False, "--log-jsonl . exists and is not a file"),
+                                        ("--save", f"{tmp_path}/f/x/y", True, f"{tmp_path}/f is a file")):
+        with pytest.raises(ValueError, match=message):
+            check_output_path(flag, path, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # nothing made
