@@ -1,4 +1,5 @@
-"""The docs belong to the repository: every relative link in README.md and docs/*.md resolves, every
+"""The docs belong to the repository: every relative link in README.md and docs/*.md resolves (its
+heading too), every
 source file a doc names exists, every flag a doc's command passes to one of its scripts is one
 that script takes, and no file cites a document the repository does not have."""
 
@@ -56,6 +57,26 @@ def _relative_links(doc):
 def test_relative_links_resolve(doc):
     missing = [t for t in _relative_links(doc) if not (doc.parent / t).exists()]
     assert not missing, f"{doc.name} links to {missing}"
+
+
+def _anchors(doc):
+    """The anchors GitHub gives a document's headings: lower case, punctuation dropped, spaces as
+    hyphens (code blocks hold no headings)."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_anchors_resolve(doc):
+    missing = []
+    for target in LINK.findall(doc.read_text()):
+        path, _, anchor = target.partition("#")
+        if anchor and not re.match(r"[a-z]+:", target):
+            linked = doc.parent / path if path else doc
+            if linked.suffix == ".md" and anchor not in _anchors(linked):
+                missing.append(target)
+    assert not missing, f"{doc.name} links to headings that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
