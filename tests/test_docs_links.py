@@ -1,7 +1,6 @@
 """The docs belong to the repository: every relative link in README.md and docs/*.md resolves (its
-heading too), every
-source file a doc names exists, every flag a doc's command passes to one of its scripts is one
-that script takes, and no file cites a document the repository does not have."""
+heading too), every source file a doc names exists, every flag a doc's command passes to one of its
+scripts is one that script takes, and no file cites a document the repository does not have."""
 
 import ast
 import io
