@@ -26,11 +26,22 @@ class SequenceLayout:
     """Video tokens: ``valid_len`` real tokens padded to ``padded_len``, split over ``shards`` ranks."""
 
     valid_len: int
+    """Real video tokens of one sample."""
+
     padded_len: int
+    """``valid_len`` rounded up to a multiple of the shard count; the padding is masked as keys."""
+
     cp_group: object
+    """The context-parallel process group (None without CP)."""
+
     cp_size: int
+    """Context-parallel ranks the tokens are split over."""
+
     cp_rank: int
+    """This rank's place in ``cp_group``: which slice of the tokens it holds."""
+
     cp_mode: str
+    """How attention sees the other ranks' tokens: one of ``CP_MODES``."""
 
     @classmethod
     def build(cls, valid_len, shards, cp_group, cp_size, cp_rank, cp_mode):

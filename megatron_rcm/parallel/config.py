@@ -16,9 +16,17 @@ class ParallelConfig:
     """
 
     tensor_model_parallel_size: int = 1
+    """Ranks that split each linear layer's weights (Megatron's TP); they hold the same tokens."""
+
     context_parallel_size: int = 1
+    """Ranks that split one sample's tokens, exchanging keys and values in attention (CP)."""
+
     pipeline_model_parallel_size: int = 1
+    """Pipeline stages. The models here have none (each rank builds every block), so the entry points
+    keep it at 1; megatron-core's initialisation takes it with the other sizes."""
+
     sequence_parallel: bool = False
+    """Split the activations outside attention and the linears over the TP ranks as well (needs TP > 1)."""
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "context_parallel_size", "pipeline_model_parallel_size"):

@@ -32,20 +32,42 @@ from .optimizer import build_optimizer, build_scheduler
 
 @dataclass
 class Trainable:
+    """One network that trains, with what updates it."""
+
     module: torch.nn.Module
+    """The model itself (its parameters are the ones saved and converted)."""
+
     ddp: DistributedDataParallel
+    """megatron-core's wrapper of ``module`` that owns the gradient buffers and reduces them."""
+
     optimizer: object
+    """megatron-core's optimizer over ``ddp``'s parameters (distributed or not)."""
+
     scheduler: object
+    """megatron-core's learning-rate scheduler of ``optimizer``."""
+
     denoiser: TrigFlowDenoiser
+    """``ddp`` seen as a TrigFlow x0 predictor: what the losses call."""
 
 
 @dataclass
 class Networks:
-    teacher: TrigFlowDenoiser  # guided at rcm.guidance_scale
+    """Everything an rCM iteration runs."""
+
+    teacher: TrigFlowDenoiser
+    """The frozen teacher, guided at ``rcm.guidance_scale``: the sCM target."""
+
     student: Trainable
+    """The few-step generator being distilled."""
+
     fake_score: Trainable
+    """The critic that learns the student's distribution for the DMD term."""
+
     ema: ShardedPowerEMA
-    dmd_teacher: TrigFlowDenoiser  # the same teacher guided at rcm.dmd_guidance (the same object if equal)
+    """Power EMA of the student's weights, sharded like the distributed optimizer's states."""
+
+    dmd_teacher: TrigFlowDenoiser
+    """The same teacher guided at ``rcm.dmd_guidance`` (the same object when the two scales are equal)."""
 
 
 def model_overrides(config: TrainingConfig):

@@ -38,10 +38,19 @@ OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 @dataclass
 class Progress:
-    iteration: int = 0  # iterations completed
+    """How far a run has come; saved in each checkpoint and the base of the exact resume."""
+
+    iteration: int = 0
+    """Iterations completed, student and critic alike (skipped batches included)."""
+
     student_updates: int = 0
+    """Optimizer steps of the student (the EMA's step count too)."""
+
     critic_updates: int = 0
+    """Optimizer steps of the fake score."""
+
     consumed_samples: int = 0
+    """Samples the data loader has handed out over all data-parallel ranks: where it resumes."""
 
 
 def layout():
