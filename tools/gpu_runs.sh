@@ -53,7 +53,8 @@
 #   bash tools/gpu_runs.sh study   # on GPU 0 (about 2 minutes): tools/study_hopper_kernel.py, the Hopper attention
 #                                  # kernel beside copies with one piece of its key loop taken out, with each build's
 #                                  # SASS order (STUDY_AGAINST=FILE: its A/B against that version of
-#                                  # flash_jvp_hopper.py instead)
+#                                  # flash_jvp_hopper.py instead; STUDY_CONFIGS="64,64,1 64,64,1,0,1": this
+#                                  # kernel at those pipeline shapes against each other instead)
 #   bash tools/gpu_runs.sh digits-calib  # the digits runs' speed on GPU 0, to size phases A and B: one rCM run of
 #                                        # 100 student updates alone, then the 12 ablations side by side
 #   bash tools/gpu_runs.sh digits-a  # tools/digits_study.py phase A on GPU 0: the ablations on the val split (tiny
@@ -292,6 +293,8 @@ coldstart)
 study)
   against=()
   [ -n "${STUDY_AGAINST:-}" ] && against=(--against "$STUDY_AGAINST")
+  # shellcheck disable=SC2206  # the shapes are words
+  [ -n "${STUDY_CONFIGS:-}" ] && against=(--configs $STUDY_CONFIGS)
   CUDA_VISIBLE_DEVICES=0 timeout 500 python3 tools/study_hopper_kernel.py "${against[@]}" \
     > "$OUT/study_hopper_kernel.log" 2>&1
   grep -v "^|" "$OUT/study_hopper_kernel.log" | tail -20

@@ -11,6 +11,10 @@ each compiled as a module of its own. Their outputs are wrong; their times say w
 ``git show BASE:megatron_rcm/kernels/flash_jvp_hopper.py > old.py``) at self-attention, at 1100 keys
 and at 1100 constant keys, with each one's errors against float64 on three slices of query rows.
 
+``--configs C ...``: this tree's kernel at several pipeline shapes (``flash_jvp_hopper.HopperConfig``
+as BLOCK_M,BLOCK_N,stages[,early rescale[,last block after the loop]], 0 or 1 each), timed against
+each other at the same shapes and with the same error check as ``--against``.
+
 Each compiled kernel's line gives its registers and the order of its SASS as run lengths: score
 GEMMs (S), value GEMMs (V), waits for wgmma groups (Dn: until n groups remain), exp2 (E) and CTA
 barriers (B). In the key loop, ``V12 D3 ... D0 E34`` means ptxas waits for the value GEMMs before the
@@ -21,7 +25,8 @@ as on an H200, while Triton 3.9 serialises every wgmma of this kernel.
 
     python tools/study_hopper_kernel.py [--rounds 5] [--rep-ms 300]
     python tools/study_hopper_kernel.py --against old.py [--rounds 7]
-    python tools/study_hopper_kernel.py --sass      # no GPU: GEMM counts and SASS order only
+    python tools/study_hopper_kernel.py --configs 64,64,1 64,64,1,0,1
+    python tools/study_hopper_kernel.py --sass [--configs ...]   # no GPU: GEMM counts and SASS order only
 """
 import importlib.util
 import math
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from bench_flags import input_file  # tools/ is this script's directory
 from megatron_rcm import cli
+from tune_flash_jvp import _hopper_candidates, _launch_config
 
 KERNEL = Path(__file__).resolve().parents[1] / "megatron_rcm" / "kernels" / "flash_jvp_hopper.py"
 # lines of flash_jvp_hopper.py that the ablations change
@@ -112,12 +118,13 @@ def _report(name, module, kernel_gemms):
     return gemm_instructions(kernel.asm["sass"])
 
 
-def compiled_sass(module):
-    """The SASS of module's kernel at its self-attention pipeline shape, compiled for sm_90a on any
-    machine (megatron_rcm.kernels.static_build)."""
+def compiled_sass(module, config=None):
+    """The SASS of module's kernel at ``config`` (None: its self-attention pipeline shape), compiled for
+    sm_90a on any machine (megatron_rcm.kernels.static_build)."""
     from megatron_rcm.kernels.static_build import hopper_kernel
 
-    return hopper_kernel(module.CONFIGS[(True, False)], jit_function=module._flash_jvp_hopper_kernel).asm["sass"]
+    config = config or module.CONFIGS[(True, False)]
+    return hopper_kernel(config, jit_function=module._flash_jvp_hopper_kernel).asm["sass"]
 
 
 def _timed(runs, rounds, rep_ms):
@@ -132,8 +139,10 @@ def _timed(runs, rounds, rep_ms):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def study(modules, shapes, args, check_errors):
-    """Times every module's kernel at each shape next to SDPA flash; prints one table row per module."""
+def study(kernels, shapes, args, check_errors):
+    """Times each kernel, {name: (module, pipeline shape)}, at each shape next to SDPA flash; prints
+    one table row per kernel. A shape of None is the first module's ``CONFIGS`` entry for the call.
+    With one module, the SASS report is left out (it shows the first compiled specialisation)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention
@@ -142,17 +151,18 @@ def study(modules, shapes, args, check_errors):
     from megatron_rcm.kernels import flash_jvp
 
     flash_jvp._install_descriptor_allocator()
-    first = next(iter(modules))
+    first = next(iter(kernels))
+    report = len({id(module) for module, _ in kernels.values()}) > 1
     print(f"| shape | kernel | median ms | x flash fwd | x {first} |\n|---|---|---|---|---|")
     for shape in shapes:
         case = tune.Case(*SHAPES[shape])
         inputs = tune._inputs(case, torch.device("cuda"))
         q, k, v, q_t, k_t, v_t = inputs
         outputs = flash_jvp._empty_outputs(q, k)
-        config = modules[first].CONFIGS[(case.kv_tangent, False)]
+        default = kernels[first][0].CONFIGS[(case.kv_tangent, False)]
         scale = 1 / math.sqrt(case.head_dim)
-        runs = {name: (lambda m=m: m.launch(q, k, v, q_t, k_t, v_t, scale, outputs, config))
-                for name, m in modules.items()}
+        runs = {name: (lambda m=m, c=c or default: m.launch(q, k, v, q_t, k_t, v_t, scale, outputs, c))
+                for name, (m, c) in kernels.items()}
         rows = tune._checked_rows(case.seqlen_q) if check_errors else None
         reference = tune._reference(inputs, rows) if check_errors else None
         kernel_gemms = None
@@ -162,8 +172,8 @@ def study(modules, shapes, args, check_errors):
             if check_errors:
                 errors = " / ".join(f"{e:.2e}" for e in tune._errors(outputs, reference, rows))
                 print(f"  {shape}, {name}: out / out_t / lse / lse_t error against float64 {errors}")
-            if shape == shapes[0]:
-                gemms = _report(name, modules[name], kernel_gemms)
+            if report and shape == shapes[0]:
+                gemms = _report(name, kernels[name][0], kernel_gemms)
                 kernel_gemms = gemms if kernel_gemms is None else kernel_gemms
 
         def flash():
@@ -177,11 +187,21 @@ def study(modules, shapes, args, check_errors):
                   f"{ms[first] / ms[name]:.3f} |", flush=True)
 
 
+def _config_name(config):
+    return (f"{config.block_m}x{config.block_n} s{config.stages}" + (" early" if config.early_rescale else "")
+            + (" peel" if config.peel_last else ""))
+
+
 def build_parser():
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--against", type=input_file, metavar="FILE",
                    help="time this tree's kernel against FILE, another version of flash_jvp_hopper.py, instead "
                         "of the ablations (default: the ablations)")
+    p.add_argument("--configs", nargs="+", metavar="C",
+                   type=_launch_config(("BLOCK_M", "BLOCK_N", "stages"), ("EARLY", "PEEL")),
+                   help="time this tree's kernel at these pipeline shapes, BLOCK_M,BLOCK_N,stages[,early "
+                        "rescale[,last block after the loop]] (0 or 1 each), instead of the ablations (default: "
+                        "the ablations)")
     p.add_argument("--sass", action="store_true",
                    help="no GPU: compile the kernel and each ablation for sm_90a here and print their GEMM "
                         "instruction counts and SASS order only")
@@ -194,12 +214,19 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
+    if args.against and args.configs:
+        raise SystemExit("give --against or --configs, not both")
     source = KERNEL.read_text()
     with tempfile.TemporaryDirectory() as folder:
         modules = {"kernel": _module("kernel", source, folder)}
         modules.update((name, _module(name, ablated_source(source, name), folder)) for name in ABLATIONS)
         for name, (what, _) in ABLATIONS.items():
             print(f"{name}: without {what}")
+        configs = _hopper_candidates(args.configs) if args.configs else None
+        if args.sass and configs:
+            for config in configs:
+                print(f"  {config}: {_describe(compiled_sass(modules['kernel'], config), None)}", flush=True)
+            return
         if args.sass:
             kernel_gemms = None
             for name, module in modules.items():
@@ -212,11 +239,14 @@ def main():
         if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
             raise SystemExit("this study needs an sm_90 GPU (H100/H200): the Hopper kernel runs nowhere else "
                              "(--sass compiles without one)")
-        if args.against is None:
-            study(modules, ["self"], args, check_errors=False)
+        if configs:
+            study({_config_name(c): (modules["kernel"], c) for c in configs}, list(SHAPES), args, check_errors=True)
+        elif args.against:
+            other = _module("other", Path(args.against).read_text(), folder)
+            study({"other": (other, None), "this tree": (modules["kernel"], None)}, list(SHAPES), args,
+                  check_errors=True)
         else:
-            study({"other": _module("other", Path(args.against).read_text(), folder), "this tree": modules["kernel"]},
-                  list(SHAPES), args, check_errors=True)
+            study({name: (module, None) for name, module in modules.items()}, ["self"], args, check_errors=False)
 
 
 if __name__ == "__main__":

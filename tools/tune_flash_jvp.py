@@ -75,16 +75,18 @@ CASES = {
 SMOKE_CASES = {"smoke": Case(1, 2, 150, 45, 32, True), "smoke-const": Case(1, 2, 150, 45, 32, False)}
 
 
-def _launch_config(fields, flag):
-    """argparse type: ``fields`` comma-separated integers >= 1, then optionally ``flag`` as 0 or 1;
-    the text back as given (``_triton_candidates`` and ``_hopper_candidates`` read it)."""
+def _launch_config(fields, flags):
+    """argparse type: ``fields`` comma-separated integers >= 1, then optionally the first of ``flags``,
+    or the first ones, each as 0 or 1; the text back as given (``_triton_candidates`` and
+    ``_hopper_candidates`` read it)."""
     def parse(text):
         parts = text.split(",")
-        numbers, switch = parts[:len(fields)], parts[len(fields):]
+        numbers, switches = parts[:len(fields)], parts[len(fields):]
         if (len(numbers) < len(fields) or not all(n.isdigit() and int(n) >= 1 for n in numbers)
-                or switch not in ([], ["0"], ["1"])):
-            raise argparse.ArgumentTypeError(f"expected {','.join(fields)}[,{flag}] ({len(fields)} integers >= 1, "
-                                             f"then optionally 0 or 1), got {text!r}")
+                or len(switches) > len(flags) or not all(s in ("0", "1") for s in switches)):
+            optional = "".join(f"[,{flag}" for flag in flags) + "]" * len(flags)
+            raise argparse.ArgumentTypeError(f"expected {','.join(fields)}{optional} ({len(fields)} integers >= 1, "
+                                             f"then 0 or 1 for each optional flag), got {text!r}")
         return text
     return parse
 
@@ -93,11 +95,12 @@ def build_parser():
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=names_of(CASES, "cases"), default=",".join(CASES),
                    help=f"comma-separated subset of {list(CASES)} (default: all; --cpu-smoke runs its own)")
-    p.add_argument("--configs", nargs="*", type=_launch_config(("BLOCK_M", "BLOCK_N", "warps", "stages"), "TMA"),
+    p.add_argument("--configs", nargs="*", type=_launch_config(("BLOCK_M", "BLOCK_N", "warps", "stages"), ("TMA",)),
                    help="Triton kernel: BLOCK_M,BLOCK_N,warps,stages[,1 = tensor descriptors] (default: "
                         "TRITON_CANDIDATES, two tiny ones with --cpu-smoke; the flag alone: skip the kernel)")
-    p.add_argument("--hopper-configs", nargs="*", type=_launch_config(("BLOCK_M", "BLOCK_N", "stages"), "EARLY"),
-                   help="Hopper kernel, timed on sm_90 only: BLOCK_M,BLOCK_N,stages[,1 = early rescale] (default: "
+    p.add_argument("--hopper-configs", nargs="*", type=_launch_config(("BLOCK_M", "BLOCK_N", "stages"), ("EARLY", "PEEL")),
+                   help="Hopper kernel, timed on sm_90 only: BLOCK_M,BLOCK_N,stages[,1 = early rescale[,1 = last key "
+                        "block after the loop]] (default: "
                         "flash_jvp_hopper.CANDIDATES; the flag alone: skip the kernel)")
     p.add_argument("--rep-ms", type=cli.positive_float, default=100,
                    help="milliseconds of timing per candidate, after 25 ms of warm-up (triton.testing.do_bench's "
@@ -176,7 +179,8 @@ def _triton_name(config):
 
 
 def _hopper_name(config):
-    return f"hopper {config.block_m}x{config.block_n} s{config.stages}" + (" early" if config.early_rescale else "")
+    return (f"hopper {config.block_m}x{config.block_n} s{config.stages}" + (" early" if config.early_rescale else "")
+            + (" peel" if config.peel_last else ""))
 
 
 def sweep_case(name, case, args, device):

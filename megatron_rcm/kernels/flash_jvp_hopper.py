@@ -53,6 +53,9 @@ class HopperConfig(NamedTuple):
     # rescale the accumulators of block j - 1 while the tensor cores compute block j's scores,
     # rather than after block j - 1's value GEMMs (off the path on which the tensor cores wait)
     early_rescale: bool = False
+    # run the last key block, the only one that can be partial, after the key loop, so that the loop
+    # has no mask branch (taking the branch out made the kernel 5% faster, docs/benchmarks.md)
+    peel_last: bool = False
 
     @property
     def num_warps(self):
@@ -84,10 +87,12 @@ CONFIGS = {
 }
 # The pipeline shapes the sweep times: the default; one warpgroup per CTA in shared memory that lets
 # two CTAs share an SM (96 KiB: 64 x 64 with one stage, or with two stages without key tangents;
-# 64 x 32 with two stages); other stage counts; and each with the early rescale.
-CANDIDATES = [c._replace(early_rescale=early) for early in (False, True) for c in (
-    DEFAULT_CONFIG, HopperConfig(128, 64, 1), HopperConfig(128, 32, 3), HopperConfig(128, 64, 3),
-    HopperConfig(64, 64, 1), HopperConfig(64, 64, 2), HopperConfig(64, 32, 2))]
+# 64 x 32 with two stages); other stage counts; and each with the early rescale, or with the last
+# key block after the loop.
+_SHAPES = (DEFAULT_CONFIG, HopperConfig(128, 64, 1), HopperConfig(128, 32, 3), HopperConfig(128, 64, 3),
+           HopperConfig(64, 64, 1), HopperConfig(64, 64, 2), HopperConfig(64, 32, 2))
+CANDIDATES = [*_SHAPES, *(c._replace(early_rescale=True) for c in _SHAPES),
+              *(c._replace(peel_last=True) for c in _SHAPES)]
 _SHARED_MEMORY_BYTES = 227 * 1024
 
 
@@ -147,12 +152,14 @@ def _issue_values(p, p_ds, v_smem, vt_smem, acc, acc_t, KV_TANGENT: gl.constexpr
 
 
 @gluon.jit
-def _softmax(s, ds, m_i, l_i, r_i, start_n, seqlen_k, qk_scale, softmax_scale):
-    """Online-softmax step for one key block: (m, l, r, P, P * dS, alpha); m in log2 units."""
+def _softmax(s, ds, m_i, l_i, r_i, start_n, seqlen_k, qk_scale, softmax_scale, MAY_BE_PARTIAL: gl.constexpr):
+    """Online-softmax step for one key block: (m, l, r, P, P * dS, alpha); m in log2 units.
+    MAY_BE_PARTIAL: the block may be the last, partial one, which must be masked."""
     BLOCK_N: gl.constexpr = s.shape[1]
-    if start_n + BLOCK_N > seqlen_k:  # the last, partial block: TMA filled its missing keys with zeros
-        cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
-        s = gl.where((cols < seqlen_k)[None, :], s, float("-inf"))
+    if MAY_BE_PARTIAL:
+        if start_n + BLOCK_N > seqlen_k:  # the last, partial block: TMA filled its missing keys with zeros
+            cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
+            s = gl.where((cols < seqlen_k)[None, :], s, float("-inf"))
     # The scores stay unscaled: the scale is positive, so the scaled row maximum is max(s) * scale,
     # and exp2's argument is one FMA per score (scaling every score first costs 2-3% of the call).
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
@@ -171,6 +178,48 @@ def _rescaled(acc, acc_t, alpha, rows_o: gl.constexpr):
 
 
 @gluon.jit
+def _key_block(j, n_blocks, q_bufs, k_bufs, kt_bufs, v_bufs, vt_bufs, k_ready, v_ready, k_desc, kt_desc, v_desc,
+               vt_desc, zero, m_i, l_i, r_i, p, p_ds, alpha, acc, acc_t, seqlen_k, qk_scale, softmax_scale,
+               rows_o: gl.constexpr, p_layout: gl.constexpr, STAGES: gl.constexpr, KV_TANGENT: gl.constexpr,
+               EARLY_RESCALE: gl.constexpr, MAY_BE_PARTIAL: gl.constexpr):
+    """Key block j >= 1: its score GEMMs beside block j - 1's value GEMMs, then its softmax; returns
+    the running (m, l, r), block j's P and P * dS, its alpha and the accumulators."""
+    dtype: gl.constexpr = k_bufs.dtype
+    BLOCK_N: gl.constexpr = k_bufs.shape[1]
+    VALUE_GROUPS: gl.constexpr = 3 if KV_TANGENT else 2
+    # 0, but not a constant: for shared-memory operands at a constant place the compiler hoists
+    # the descriptors of every wgmma out of the loop, and they spill (Triton 3.6: 36 bytes at
+    # the default shape, 500 with one stage; none this way)
+    loop_zero = j // n_blocks
+    if STAGES == 1:
+        stage = loop_zero
+        prev = loop_zero
+    else:
+        stage = j % STAGES
+        prev = (j - 1) % STAGES
+    _wait_stage(k_ready, j, STAGES)
+    s, ds = _issue_scores(q_bufs.index(loop_zero), q_bufs.index(loop_zero + 1), k_bufs.index(stage),
+                          kt_bufs.index(stage), zero, KV_TANGENT)
+    if EARLY_RESCALE:  # block j - 1's alpha (block 0's is 0, and so are the accumulators)
+        acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
+    _wait_stage(v_ready, j - 1, STAGES)
+    acc, acc_t = _issue_values(p, p_ds, v_bufs.index(prev), vt_bufs.index(prev), acc, acc_t, KV_TANGENT)
+    s, ds = warpgroup_mma_wait(VALUE_GROUPS, deps=[s, ds])
+    _cta_barrier()
+    _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
+    m_i, l_i, r_i, p_next, p_ds_next, alpha = _softmax(s, ds, m_i, l_i, r_i, j * BLOCK_N, seqlen_k, qk_scale,
+                                                       softmax_scale, MAY_BE_PARTIAL)
+    acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
+    _cta_barrier()
+    _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, j - 1 + STAGES, n_blocks, STAGES, KV_TANGENT)
+    if not EARLY_RESCALE:
+        acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
+    p = gl.convert_layout(p_next.to(dtype), p_layout)
+    p_ds = gl.convert_layout(p_ds_next.to(dtype), p_layout)
+    return m_i, l_i, r_i, p, p_ds, alpha, acc, acc_t
+
+
+@gluon.jit
 def _flash_jvp_hopper_kernel(
     Q, K, V, QT, KT, VT, Out, OutT, Lse, LseT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -179,7 +228,7 @@ def _flash_jvp_hopper_kernel(
     stride_ob, stride_oh, stride_om,
     num_heads, seqlen_q, seqlen_k, softmax_scale, qk_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    KV_TANGENT: gl.constexpr, EARLY_RESCALE: gl.constexpr,
+    KV_TANGENT: gl.constexpr, EARLY_RESCALE: gl.constexpr, PEEL_LAST: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     NUM_WARPS: gl.constexpr = gl.num_warps()
@@ -189,7 +238,6 @@ def _flash_jvp_hopper_kernel(
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    VALUE_GROUPS: gl.constexpr = 3 if KV_TANGENT else 2
 
     start_m = gl.program_id(0)
     pid_bh = gl.program_id(1)
@@ -203,7 +251,7 @@ def _flash_jvp_hopper_kernel(
     kt_desc = _descriptor(KT + off_b * stride_ktb + off_h * stride_kth, seqlen_k, stride_ktn, BLOCK_N, HEAD_DIM)
     vt_desc = _descriptor(VT + off_b * stride_vtb + off_h * stride_vth, seqlen_k, stride_vtn, BLOCK_N, HEAD_DIM)
 
-    # Q and dQ in one buffer, which the key loop indexes with a runtime 0 (see there)
+    # Q and dQ in one buffer, which the key loop indexes with a runtime 0 (see _key_block)
     q_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_M, HEAD_DIM], q_desc.layout)
     q_smem = q_bufs.index(0)
     qt_smem = q_bufs.index(1)
@@ -249,40 +297,23 @@ def _flash_jvp_hopper_kernel(
     s, ds = warpgroup_mma_wait(0, deps=[s, ds])
     _cta_barrier()
     _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, STAGES, n_blocks, STAGES, KV_TANGENT)
-    m_i, l_i, r_i, p, p_ds, alpha = _softmax(s, ds, m_i, l_i, r_i, 0, seqlen_k, qk_scale, softmax_scale)
+    m_i, l_i, r_i, p, p_ds, alpha = _softmax(s, ds, m_i, l_i, r_i, 0, seqlen_k, qk_scale, softmax_scale, True)
     p = gl.convert_layout(p.to(dtype), p_layout)
     p_ds = gl.convert_layout(p_ds.to(dtype), p_layout)
 
-    for j in range(1, n_blocks):
-        # 0, but not a constant: for shared-memory operands at a constant place the compiler hoists
-        # the descriptors of every wgmma out of the loop, and they spill (Triton 3.6: 36 bytes at
-        # the default shape, 500 with one stage; none this way)
-        loop_zero = j // n_blocks
-        if STAGES == 1:
-            stage = loop_zero
-            prev = loop_zero
-        else:
-            stage = j % STAGES
-            prev = (j - 1) % STAGES
-        _wait_stage(k_ready, j, STAGES)
-        s, ds = _issue_scores(q_bufs.index(loop_zero), q_bufs.index(loop_zero + 1), k_bufs.index(stage),
-                              kt_bufs.index(stage), zero, KV_TANGENT)
-        if EARLY_RESCALE:  # block j - 1's alpha (block 0's is 0, and so are the accumulators)
-            acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
-        _wait_stage(v_ready, j - 1, STAGES)
-        acc, acc_t = _issue_values(p, p_ds, v_bufs.index(prev), vt_bufs.index(prev), acc, acc_t, KV_TANGENT)
-        s, ds = warpgroup_mma_wait(VALUE_GROUPS, deps=[s, ds])
-        _cta_barrier()
-        _load_tiles(k_desc, kt_desc, k_bufs, kt_bufs, k_ready, j + STAGES, n_blocks, STAGES, KV_TANGENT)
-        m_i, l_i, r_i, p_next, p_ds_next, alpha = _softmax(s, ds, m_i, l_i, r_i, j * BLOCK_N, seqlen_k, qk_scale,
-                                                           softmax_scale)
-        acc, acc_t, p, p_ds = warpgroup_mma_wait(0, deps=[acc, acc_t, p, p_ds])
-        _cta_barrier()
-        _load_tiles(v_desc, vt_desc, v_bufs, vt_bufs, v_ready, j - 1 + STAGES, n_blocks, STAGES, KV_TANGENT)
-        if not EARLY_RESCALE:
-            acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
-        p = gl.convert_layout(p_next.to(dtype), p_layout)
-        p_ds = gl.convert_layout(p_ds_next.to(dtype), p_layout)
+    # the key loop; with peel_last the last block follows it, so that the loop needs no mask branch
+    loop_end = n_blocks - 1 if PEEL_LAST else n_blocks
+    for j in range(1, loop_end):
+        m_i, l_i, r_i, p, p_ds, alpha, acc, acc_t = _key_block(
+            j, n_blocks, q_bufs, k_bufs, kt_bufs, v_bufs, vt_bufs, k_ready, v_ready, k_desc, kt_desc, v_desc,
+            vt_desc, zero, m_i, l_i, r_i, p, p_ds, alpha, acc, acc_t, seqlen_k, qk_scale, softmax_scale, rows_o,
+            p_layout, STAGES, KV_TANGENT, EARLY_RESCALE, not PEEL_LAST)
+    if PEEL_LAST:
+        if n_blocks > 1:
+            m_i, l_i, r_i, p, p_ds, alpha, acc, acc_t = _key_block(
+                n_blocks - 1, n_blocks, q_bufs, k_bufs, kt_bufs, v_bufs, vt_bufs, k_ready, v_ready, k_desc, kt_desc,
+                v_desc, vt_desc, zero, m_i, l_i, r_i, p, p_ds, alpha, acc, acc_t, seqlen_k, qk_scale, softmax_scale,
+                rows_o, p_layout, STAGES, KV_TANGENT, EARLY_RESCALE, True)
 
     if EARLY_RESCALE:
         acc, acc_t = _rescaled(acc, acc_t, alpha, rows_o)
@@ -337,5 +368,6 @@ def launch(q, k, v, q_t, k_t, v_t, softmax_scale: float, outputs, config: Hopper
             *q_t.stride()[:3], *k_t.stride()[:3], *v_t.stride()[:3], *out.stride()[:3],
             heads, seqlen_q, k.shape[2], softmax_scale, softmax_scale * _LOG2_E,
             HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-            KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale, num_warps=config.num_warps)
+            KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale, PEEL_LAST=config.peel_last,
+            num_warps=config.num_warps)
     return outputs

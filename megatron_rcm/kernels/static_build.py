@@ -70,7 +70,7 @@ def hopper_kernel(config, head_dim=128, dtype="bf16", kv_tangent=True, jit_funct
     from .flash_jvp_hopper import _flash_jvp_hopper_kernel
 
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-                      KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale)
+                      KV_TANGENT=kv_tangent, EARLY_RESCALE=config.early_rescale, PEEL_LAST=config.peel_last)
     return _compile(GluonASTSource, jit_function or _flash_jvp_hopper_kernel, constexprs, dtype, 90, config.num_warps,
                     None)
 
@@ -148,14 +148,14 @@ def _hopper_table(args):
 
     print(f"Gluon attention JVP kernel for sm_90a, head dim {args.head_dim}, {args.dtype}, "
           f"{'constant keys and values, ' if args.constant_kv else ''}Triton {triton.__version__}\n")
-    print("| BLOCK_M | BLOCK_N | stages | early rescale | in CONFIGS | registers | spill bytes | shared memory KiB "
-          "| ptxas warnings |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| BLOCK_M | BLOCK_N | stages | early rescale | last block after the loop | in CONFIGS | registers "
+          "| spill bytes | shared memory KiB | ptxas warnings |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for config in CANDIDATES:
         if not fits(config, args.head_dim, not args.constant_kv):
             continue
         r = hopper_build_report(config, args.head_dim, args.dtype, kv_tangent=not args.constant_kv)
-        print(f"| {config.block_m} | {config.block_n} | {config.stages} | {config.early_rescale} | "
+        print(f"| {config.block_m} | {config.block_n} | {config.stages} | {config.early_rescale} | {config.peel_last} | "
               f"{config in CONFIGS.values()} | {r.registers} | {r.spill_bytes} | {r.shared_memory_bytes / 1024:.1f} | "
               f"{'; '.join(r.warnings) or '-'} |")
 

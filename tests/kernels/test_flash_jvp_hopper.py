@@ -69,6 +69,15 @@ def test_every_candidate_with_constant_keys(config, seqlen_k):
     _check_against_reference_and_triton(inputs, False, 2e-2, config)
 
 
+@pytest.mark.parametrize("seqlen_k", [40, 64, 100, 128, 1100])
+@pytest.mark.parametrize("config", [c for c in _fitting_candidates(True) if c.peel_last], ids=str)
+def test_candidates_with_the_last_block_after_the_loop_at_one_two_and_many_key_blocks(config, seqlen_k):
+    """peel_last runs no loop iteration at one or two key blocks, and masks only the block after the
+    loop: one partial block, one whole block, two blocks (partial or whole last), many."""
+    inputs = sbhd_views(random_inputs(2, 2, 150, seqlen_k, 128, torch.bfloat16, device="cuda"))
+    _check_against_reference_and_triton(inputs, True, 2e-2, config)
+
+
 @pytest.mark.parametrize("seqlen_k", [PINNED_MAX_KEYS + 190, 1100])
 def test_flash_attention_jvp_calls_it_on_hopper_and_not_with_a_mask(seqlen_k):
     """At CONFIGS' pipeline shape for the call: short keys (but more than those the Triton kernel

@@ -82,8 +82,8 @@ def test_each_triton_candidate_matches_the_reference_in_float64(config):
 def test_the_report_names_the_pick_and_the_config_in_use(monkeypatch, capsys, tmp_path):
     """main's summary and JSON, from rows as sweep_case returns them (no GPU: the rows are made up)."""
     def made_up(name, case, args, device):
-        rows = [_row("sdpa forward", None, 0.3, None), _row("hopper", [128, 64, 2, False], 1.0, [1e-3] * 4, True),
-                _row("hopper", [64, 64, 2, False], 0.8, [1e-3] * 4)]
+        rows = [_row("sdpa forward", None, 0.3, None), _row("hopper", [128, 64, 2, False, False], 1.0, [1e-3] * 4, True),
+                _row("hopper", [64, 64, 2, False, False], 0.8, [1e-3] * 4)]
         for r in rows:
             r.update(case=name, x_flash=r["ms"] / 0.3, x_cudnn=None, tflops=1.0)
         return rows
@@ -97,7 +97,8 @@ def test_the_report_names_the_pick_and_the_config_in_use(monkeypatch, capsys, tm
                                       "--json", str(tmp_path / "sweep.json")])
     sweep.main()
     out = capsys.readouterr().out
-    assert "(False, True): HopperConfig(64, 64, 2, False),  # 1.000; now HopperConfig(128, 64, 2, False): 1.250" in out
+    assert ("(False, True): HopperConfig(64, 64, 2, False, False),  # 1.000; now HopperConfig(128, 64, 2, False, "
+            "False): 1.250") in out
     import json
     picks = json.loads((tmp_path / "sweep.json").read_text())["hopper_configs"]
-    assert picks == [dict(kv_tangent=False, short_keys=True, config=[64, 64, 2, False], worst_ratio=1.0)]
+    assert picks == [dict(kv_tangent=False, short_keys=True, config=[64, 64, 2, False, False], worst_ratio=1.0)]

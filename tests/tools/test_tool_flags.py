@@ -99,10 +99,13 @@ REFUSALS = [
     ("study_hopper_kernel", ["--ablations"], "unrecognized arguments: --ablations"),
     ("study_hopper_kernel", ["--against", "tools"], "--against: 'tools' is not a file"),
     ("study_hopper_kernel", ["--rep-ms", "abc"], "--rep-ms: expected a number > 0, got 'abc'"),
+    ("study_hopper_kernel", ["--configs", "64,64,1,0,1,1"],
+     "--configs: expected BLOCK_M,BLOCK_N,stages[,EARLY[,PEEL]] (3 integers >= 1, then 0 or 1 for each optional "
+     "flag), got '64,64,1,0,1,1'"),
     ("tune_flash_jvp", ["--rep-ms", "0"], "--rep-ms: expected a number > 0, got '0'"),
     ("tune_flash_jvp", ["--configs", "64,64,4,3,1", "64,64,four,3"],
-     "--configs: expected BLOCK_M,BLOCK_N,warps,stages[,TMA] (4 integers >= 1, then optionally 0 or 1), "
-     "got '64,64,four,3'"),
+     "--configs: expected BLOCK_M,BLOCK_N,warps,stages[,TMA] (4 integers >= 1, then 0 or 1 for each optional "
+     "flag), got '64,64,four,3'"),
     ("tune_flash_jvp", ["--hopper-configs", "64,64,2,2"], "--hopper-configs: expected BLOCK_M,BLOCK_N,stages"),
     ("tune_flash_jvp", ["--cpu-smoke", "--bogus"], "unrecognized arguments: --bogus"),
     ("validate_plan", ["--iters", "-4"], "--iters: expected an integer >= 1, got '-4'"),
