@@ -31,9 +31,16 @@ class ConfigError(ValueError):
     """A configuration that cannot run, found before anything is built."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a flag's default unless its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def _parser():
     p = cli.ArgumentParser(description="rCM distillation of a teacher DiT (any model family) on Megatron-core",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
     p.add_argument("--config", help="YAML file of defaults; command-line flags override it")
     cli.add_debug_flag(p)
     flag = argparse.BooleanOptionalAction
@@ -46,13 +53,14 @@ def _parser():
     g.add_argument("--cp-comm-type", choices=["a2a", "p2p"],
                    help="context parallelism: all-to-all (a2a) or ring (p2p)")
     g.add_argument("--recompute-granularity", choices=["full", "none"],
-                   help="full: recompute every block of student and fake score in the backward")
+                   help="full: recompute the blocks of student and fake score in the backward (which ones: "
+                        "--recompute-method); none or unset (the default): keep every activation")
     g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
     g.add_argument("--recompute-keep-attention", action=flag,
                    help="with --recompute-granularity full: the recomputed blocks keep their attention outputs "
                         "and recompute only linears, norms and elementwise work in the backward (more memory, "
-                        "no attention forward in the backward; not with --cp-comm-type p2p); default off")
+                        "no attention forward in the backward; not with --cp-comm-type p2p)")
     g.add_argument("--fake-score-recompute-num-layers", type=int)
     g.add_argument("--offload-ema", action=flag, help="keep the EMA slice in host memory between student updates")
     g.add_argument("--offload-teacher", action=flag, help="keep the teacher in host memory between its calls")
@@ -138,8 +146,21 @@ def _field_help(classes):
         for field, doc in zip(body, body[1:]):
             if (isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr)
                     and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
-                helps[field.target.id] = " ".join(doc.value.value.split()).replace("%", "%%")
+                helps[field.target.id] = _as_flag_help(" ".join(doc.value.value.split()).replace("%", "%%"))
     return helps
+
+
+def _as_flag_help(doc):
+    """A field's docstring in the style of the other flags' help: lower case first (not in a name such
+    as "RF", "L_DMD" or "TrigFlow") and no closing full stop."""
+    if _capitalised(doc.split()[0]):
+        doc = doc[0].lower() + doc[1:]
+    return doc[:-1] if doc.endswith(".") else doc
+
+
+def _capitalised(word):
+    """An ordinary word at the start of a sentence, not a name written with capitals inside."""
+    return len(word) > 1 and word[0].isupper() and word[1:].islower()
 
 
 def _defaults():
