@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -139,8 +140,21 @@ def _demo(args, work):
     for name, m in metrics.items():
         print(f"| {name} | {m['digit_acc']:.3f} | {m['direction_acc']:.3f} | {m['fd']:.1f} | {m['diversity']:.1f} |")
     print(f"wrote {work / 'side_by_side.gif'} and {work / 'metrics.json'}")
-    print("sample and score the distilled student again (more seeds, other step counts):\n"
-          f"  python tools/eval_digits.py --model {student} --sampler few-step --steps 1 2 4")
+    print(f"sample and score the distilled student again (more seeds, other step counts):\n  {eval_command(student)}")
+
+
+def eval_command(student) -> str:
+    """The tools/eval_digits.py command for ``student`` (an ema_student export), as it is typed here:
+    with this interpreter (``make demo`` runs .venv's, which a plain ``python`` may not be) and paths
+    relative to the working folder where they lie below it."""
+    model = Path(student).parent  # the export folder: its latest iteration, the one just written
+    return (f"{_typed(sys.executable)} {_typed(ROOT / 'tools' / 'eval_digits.py')} --model {_typed(model)} "
+            "--sampler few-step --steps 1 2 4")
+
+
+def _typed(path) -> str:
+    path, here = os.path.abspath(path), os.getcwd()  # abspath, not resolve: a venv's python is a symlink
+    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def generate(args, kind, folder):
     vae = load_vae(args.pipeline, dtype=DTYPES[args.vae_dtype], device="cpu", tiling=not args.no_vae_tiling)
     size.check(vae.spatial_stride, vae.temporal_stride)
     model = load_transformer(args, kind, dtype, device)
-    size.check(vae.spatial_stride, vae.temporal_stride, model.config.patch_size)
+    size.check(vae.spatial_stride, vae.temporal_stride, model.config.patch_size, model.config.max_patches())
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
     mine = list(range(dp_rank, len(prompts), dp))

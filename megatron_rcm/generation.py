@@ -100,8 +100,9 @@ class VideoSize:
     width: int
     """Pixels; a multiple of the VAE's spatial stride x the transformer's patch size."""
 
-    def check(self, spatial_stride: int, temporal_stride: int, patch_size=(1, 1, 1)):
-        """Raise GenerationError unless latents of this size exist and patchify."""
+    def check(self, spatial_stride: int, temporal_stride: int, patch_size=(1, 1, 1), max_patches=None):
+        """Raise GenerationError unless latents of this size exist and patchify, and, given the
+        model's ``max_patches`` (frames, height, width: its RoPE table), fit the model."""
         for name, value, patch in (("--height", self.height, patch_size[1]), ("--width", self.width, patch_size[2])):
             multiple = spatial_stride * patch
             if value < multiple or value % multiple:
@@ -111,6 +112,18 @@ class VideoSize:
         if self.num_frames < 1 or (self.num_frames - 1) % temporal_stride or latent_frames % patch_size[0]:
             raise GenerationError(f"--num-frames {self.num_frames} must be 1 + a multiple of the VAE's temporal "
                                   f"stride {temporal_stride} (e.g. 81)")
+        if max_patches is not None:
+            self._check_fits(spatial_stride, temporal_stride, patch_size, max_patches)
+
+    def _check_fits(self, spatial_stride, temporal_stride, patch_size, max_patches):
+        # the model itself would refuse such latents only when first called, after the slow loading
+        largest = (1 + (max_patches[0] * patch_size[0] - 1) * temporal_stride,
+                   max_patches[1] * patch_size[1] * spatial_stride, max_patches[2] * patch_size[2] * spatial_stride)
+        sizes = (self.num_frames, self.height, self.width)
+        for name, value, most, patches in zip(("--num-frames", "--height", "--width"), sizes, largest, max_patches):
+            if value > most:
+                raise GenerationError(f"{name} {value} is more than the model takes: at most {most} "
+                                      f"(its RoPE table covers {patches} patches along that axis)")
 
     def latent_shape(self, channels: int, spatial_stride: int, temporal_stride: int) -> tuple:
         """[1, C, T, h, w] of one video."""

@@ -58,7 +58,7 @@ def _parser():
                    help="fix DP = global batch / micro batch")
     p.add_argument("--keep-attention", action="store_true",
                    help="also score recompute that keeps the attention outputs (--recompute-keep-attention; "
-                        "its time and memory model is not yet checked on a GPU); default off")
+                        "its predictions checked against one H200 run: docs/planning.md); default off")
     p.add_argument("--top", type=cli.positive_int, default=10, help="layouts printed (default: 10; all with --json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--profile", type=Path, help="profile JSON (written by --calibrate); default: H200 figures")
@@ -110,6 +110,14 @@ def _table(rows):
     return "\n".join(lines)
 
 
+def _other_batch(args, row):
+    """Where no cluster fits at the fixed --global-batch-size, the one named has a larger batch: say so."""
+    batch = row["dp"] * args.micro_batch_size
+    if args.global_batch_size and batch != args.global_batch_size:
+        return f", at global batch {batch}: none fits at --global-batch-size {args.global_batch_size}"
+    return ""
+
+
 def run(args):
     workload = Workload(args.model, args.height, args.width, args.frames, args.micro_batch_size,
                         num_layers=args.num_layers, student_update_freq=args.student_update_freq)
@@ -139,7 +147,8 @@ def run(args):
           f"per GPU, {usable_gib(cluster):.1f} GiB are usable")
     if smallest:
         print(f"smallest cluster of {args.gpu_memory_gib:g} GiB GPUs that fits: {smallest['gpus']} GPUs, "
-              f"TP {smallest['tp']} x CP {smallest['cp']} x DP {smallest['dp']} ({smallest['peak_memory_gib']} GiB)")
+              f"TP {smallest['tp']} x CP {smallest['cp']} x DP {smallest['dp']} ({smallest['peak_memory_gib']} GiB"
+              f"{_other_batch(args, smallest)})")
     else:
         print(f"no cluster of {args.gpu_memory_gib:g} GiB GPUs up to 4096 GPUs fits")
     return 1

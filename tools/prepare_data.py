@@ -54,23 +54,28 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int)
     p.add_argument("--num-frames", type=int, help="frames from the start of each video: 1 + 4k (81 for Wan2.1; "
                    "an image pipeline takes 1, its default)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="encoders' and teacher's dtype")
-    p.add_argument("--samples-per-shard", type=int, default=64)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="encoders' and teacher's dtype (default: float32)")
+    p.add_argument("--samples-per-shard", type=int, default=64, help="samples per tar shard (default: 64)")
     p.add_argument("--vae-tiling", action="store_true", help="encode in spatial tiles (less memory at 720p)")
     p.add_argument("--negative-prompt", nargs="?", help="negative prompt to embed (default and without TEXT: the "
                    "family's: Wan2.1's own, or Cosmos2TextToImagePipeline's DEFAULT_NEGATIVE_PROMPT)")
     p.add_argument("--strict", action="store_true", help="stop with an error at the first item that is skipped")
     teacher = p.add_argument_group("teacher samples (--prompts)")
     teacher.add_argument("--teacher", help="teacher: diffusers transformer or pipeline folder, or Megatron checkpoint")
-    teacher.add_argument("--steps", type=int, default=50)
+    teacher.add_argument("--steps", type=int, default=50, help="sampler steps per sample (default: 50)")
     teacher.add_argument("--guidance-scale", type=cli.positive_float, help="CFG scale (default: the pipeline's, 5 "
                          "for Wan2.1, 7 for Cosmos)")
-    teacher.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
+    teacher.add_argument("--sampler", choices=("unipc", "euler"), default="unipc",
+                         help="the teacher's multi-step sampler (default: unipc)")
     teacher.add_argument("--shift", type=cli.positive_float, default=3.0,
-                         help="RF time shift (Wan2.1: 3 at 480p, 5 at 720p)")
-    teacher.add_argument("--seed", type=seed_int, default=0, help="sample i draws its noise with seed + i")
-    teacher.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    teacher.add_argument("--context-parallel-size", type=int, default=1)
+                         help="RF time shift (Wan2.1: 3 at 480p, 5 at 720p; default: 3)")
+    teacher.add_argument("--seed", type=seed_int, default=0,
+                         help="sample i draws its noise with seed + i (default: 0)")
+    teacher.add_argument("--tensor-model-parallel-size", type=int, default=1,
+                         help="ranks that split the teacher's weights (default: 1)")
+    teacher.add_argument("--context-parallel-size", type=int, default=1,
+                         help="ranks that split each sample's tokens (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_flag(p)
     return p.parse_args(argv)
@@ -116,13 +121,15 @@ def _items(args):
     return prepare.list_prompts(args.prompts)
 
 
-def _check_size(args, patch_size):
-    """Raises unless the pipeline's VAE gives latents of this video size that ``patch_size`` divides."""
+def _check_size(args, patch_size, max_patches=None):
+    """Raises unless the pipeline's VAE gives latents of this video size that ``patch_size`` divides
+    (and that fit a model of ``max_patches``)."""
     from megatron_rcm.encoders import vae_geometry
     from megatron_rcm.generation import VideoSize
 
     _, spatial_stride, temporal_stride = vae_geometry(args.pipeline)
-    VideoSize(args.num_frames, args.height, args.width).check(spatial_stride, temporal_stride, patch_size)
+    VideoSize(args.num_frames, args.height, args.width).check(spatial_stride, temporal_stride, patch_size,
+                                                              max_patches)
 
 
 def _pipeline_patch_size(pipeline):
@@ -200,7 +207,6 @@ def _teacher_samples(args, text_encoder, negative, device):
         raise PrepareError(f"--teacher takes {model.config.in_channels} latent channels and text dim "
                            f"{model.config.text_dim}; --pipeline's VAE gives {channels} and its text "
                            f"encoder {text_encoder.text_dim}")
-    _check_size(args, model.config.patch_size)
     config = SamplingConfig(teacher_steps=args.steps, guidance_scale=args.guidance_scale,
                             teacher_sampler=args.sampler, shift=args.shift)
     shape = VideoSize(args.num_frames, args.height, args.width).latent_shape(channels, spatial_stride,
@@ -315,12 +321,12 @@ def run(args):
     _check_flags(args, pipeline_kind(args.pipeline))
     if data_mode:  # the cheap checks first: a bad command fails before the heavy imports
         items = _items(args)
-        # the teacher's patch size is checked once it is loaded
         _check_size(args, (1, 1, 1) if args.prompts else _pipeline_patch_size(args.pipeline))
-        if args.prompts:  # before the output folder records the settings
+        if args.prompts:  # before the output folder records the settings: a teacher that takes this size
             from megatron_rcm.loading import load_model_config
 
-            _load_teacher(args, load_model_config)
+            teacher = _load_teacher(args, load_model_config)
+            _check_size(args, teacher.patch_size, teacher.max_patches())
     else:
         _check_negative_output(args.output)
     from transformers.utils import logging as transformers_logging

@@ -143,8 +143,8 @@ pipe = WanPipeline.from_pretrained("{name}", torch_dtype=torch.bfloat16).to("cud
 video = rcm_generate(pipe, "a red fox runs across a snowy field at dawn", steps=4, seed=0)
 ```
 
-With `output_type="latent"` the call returns the latents [1, C, T, h, w] that
-`python examples/generate.py --pipeline BASE --checkpoint STUDENT --prompt ... --steps N --seed S
---save-latents` writes (equal to float32 rounding in float32). Height and width must be
+With `output_type="latent"` the call returns the latents [C, T, h, w] of the one video whose
+[1, C, T, h, w] `python examples/generate.py --pipeline BASE --checkpoint STUDENT --prompt ... --steps N
+--seed S --save-latents` writes (equal to float32 rounding in float32). Height and width must be
 multiples of 16, the frame count 1 + a multiple of 4.
 """

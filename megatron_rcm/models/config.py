@@ -101,6 +101,10 @@ class DiTConfig(TransformerConfig):
     def head_dim(self):
         return self.kv_channels
 
+    def max_patches(self) -> tuple:
+        """The most patches along frames, height and width: the length of the family's RoPE table."""
+        raise NotImplementedError
+
     def architecture(self) -> dict:
         """The fields that define the weights and the math (not parallelism, dtype or recompute), JSON-ready."""
         return {name: list(v) if isinstance(v, tuple) else v
@@ -119,4 +123,4 @@ class DiTConfig(TransformerConfig):
         """A config from a preset name, with any field overridden."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown {cls.FAMILY} preset {name!r}; known: {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
+        return cls(**{"use_cpu_initialization": not torch.cuda.is_available(), **cls.PRESETS[name], **overrides})

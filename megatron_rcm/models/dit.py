@@ -18,8 +18,8 @@ parametrisation: ``megatron_rcm.diffusion.denoiser`` maps it to TrigFlow).
 
 A family subclasses ``VideoDiT`` and provides ``TIMESTEP_SCALE``, ``patch_embedding`` and ``blocks`` (modules),
 ``_condition`` (timestep and text -> the blocks' and the head's conditioning), ``_head`` (the
-last norm and projection), ``_rope_thetas`` and ``_max_patches``, and ``parameter_table`` (its
-weight map, see ``models.weight_map``).
+last norm and projection), ``_rope_thetas`` and ``parameter_table`` (its weight map, see
+``models.weight_map``); its config gives ``max_patches``.
 """
 
 import functools
@@ -135,7 +135,7 @@ class VideoDiT(MegatronModule):
             raise ValueError(f"encoder_hidden_states must be [{batch}, L, {config.text_dim}], got {tuple(text.shape)}")
         if text.shape[2] != config.text_dim:
             raise ValueError(f"encoder_hidden_states has text dim {text.shape[2]}, the model expects {config.text_dim}")
-        dims = zip(("frames", "height", "width"), x.shape[2:], config.patch_size, self._max_patches())
+        dims = zip(("frames", "height", "width"), x.shape[2:], config.patch_size, config.max_patches())
         for name, size, p, most in dims:
             if size % p:
                 raise ValueError(f"latent {name} {size} is not divisible by the patch size {p} ({config.patch_size})")

@@ -178,13 +178,21 @@ def cluster_sizes(gpus_per_node: int):
 def smallest_cluster(workload: Workload, cluster: Cluster, profile: Profile, constraints: Constraints = Constraints(),
                      keep_attention: bool = False):
     """The smallest searched GPU count (``cluster_sizes``) at which some layout fits, with its best
-    layout; None if none up to MAX_SEARCHED_GPUS does."""
+    layout; None if none up to MAX_SEARCHED_GPUS does. A fixed global batch is kept where some
+    cluster fits with it, else let go: data parallelism then grows with the cluster (the row's dp)."""
+    found = _smallest_cluster(workload, cluster, profile, constraints, keep_attention)
+    if found is None and constraints.global_batch_size:
+        free = Constraints(constraints.tp, constraints.cp, constraints.cp_mode)
+        found = _smallest_cluster(workload, cluster, profile, free, keep_attention)
+    return found
+
+
+def _smallest_cluster(workload, cluster, profile, constraints, keep_attention):
     for gpus in cluster_sizes(cluster.gpus_per_node):
         bigger = Cluster(gpus, cluster.gpu_memory_gib, cluster.gpus_per_node)
         try:
-            rows = plan(workload, bigger, profile, Constraints(constraints.tp, constraints.cp, constraints.cp_mode),
-                        keep_attention)
-        except PlanError:
+            rows = plan(workload, bigger, profile, constraints, keep_attention)
+        except PlanError:  # e.g. more GPUs than a fixed global batch can use
             continue
         if rows[0]["fits"]:
             return rows[0]

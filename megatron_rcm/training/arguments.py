@@ -323,7 +323,8 @@ def validate(args, world_size=None) -> TrainingConfig:
     if args.recompute_keep_attention and args.recompute_granularity != "full":
         raise ConfigError("--recompute-keep-attention needs --recompute-granularity full")
     if args.bf16 and not torch.cuda.is_available():
-        raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); run float32 on CPU")
+        raise ConfigError("--bf16 needs CUDA (bf16 params with fp32 master weights); on CPU pass --no-bf16 "
+                          "(float32; the Wan recipes set bf16)")
     _check_jvp_kernel_runs(config)
     _check_attention_environment()
     if args.num_workers < 0 or args.max_skipped_batches < 0:

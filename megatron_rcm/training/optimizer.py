@@ -133,7 +133,7 @@ def load_optimizer_state(optimizer, state_dict):
     parts = [state_dict] if len(inner) == 1 else [v for _, v in sorted(state_dict.items())]
     for opt, part in zip(inner, parts):
         if not isinstance(opt, DistributedOptimizer) or "param_state" not in part:
-            opt.load_state_dict(part)
+            opt.load_state_dict(_with_zero_step(part))
         else:
             part = dict(part)
             param_state, sharding_type = part.pop("param_state"), part.pop("param_state_sharding_type")
@@ -147,6 +147,17 @@ def load_optimizer_state(optimizer, state_dict):
         fuse_adam(opt.optimizer)
     if len(inner) > 1:
         optimizer._synchronize_steps()
+
+
+def _with_zero_step(state_dict):
+    """``state_dict`` with the common step that megatron's FP32Optimizer leaves out when it is 0
+    (it saves it only if truthy): an optimizer that had not stepped before the save (the fake score
+    during the tangent warm-up, or in an sCM-only run) came back with Adam state but no step,
+    which torch's Adam refuses (KeyError: 'step')."""
+    state = state_dict.get("state")
+    if isinstance(state, dict) and state and "common_step" not in state:
+        state["common_step"] = torch.zeros(())
+    return state_dict
 
 
 def unshare_steps(torch_optimizer):

@@ -77,7 +77,7 @@ PRETRAIN = _entries(
     ("global-batch-mismatch", f"{_TRAIN} --global-batch-size 3", "--global-batch-size 3"),
     ("seed-zero", f"{_TRAIN} --seed 0", "--seed"),
     ("negative-workers", f"{_TRAIN} --num-workers -1", "--num-workers"),
-    ("bf16-on-cpu", f"{_TRAIN} --bf16", "needs CUDA"),
+    ("bf16-on-cpu", f"{_TRAIN} --bf16", "on CPU pass --no-bf16"),
     ("guidance-without-negative", _TRAIN.replace("--negative-prompt-embedding {negative}", ""),
      "needs --negative-prompt-embedding"),
     ("save-interval-without-save", f"{_TRAIN} --save-interval 2", "needs --save"),

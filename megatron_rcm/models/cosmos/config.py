@@ -43,6 +43,9 @@ class CosmosConfig(DiTConfig):
             raise ValueError(f"head dim {self.head_dim} leaves a RoPE part of 2 channels or fewer "
                              "(its NTK exponent d / (d - 2) is undefined)")
 
+    def max_patches(self) -> tuple:
+        return (max(s // p for s, p in zip(self.max_size, self.patch_size)),) * 3
+
 
 def _predict2(heads, layers):
     hidden = heads * 128

@@ -66,10 +66,6 @@ class CosmosModel(VideoDiT):
                              f"got {tuple(padding_mask.shape)}")
         return padding_mask.to(x.dtype)[:, :, None].expand(b, 1, t, h, w)
 
-    def _max_patches(self):
-        config = self.config
-        return (max(s // p for s, p in zip(config.max_size, config.patch_size)),) * 3
-
     def _rope_thetas(self):
         hd = self.config.head_dim
         dims = (hd - 4 * (hd // 6), 2 * (hd // 6), 2 * (hd // 6))

@@ -26,6 +26,9 @@ class WanConfig(DiTConfig):
     rope_theta: float = 10000.0
     """RoPE base of every axis."""
 
+    def max_patches(self) -> tuple:
+        return (self.rope_max_seq_len,) * 3
+
 
 _WAN = dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2), text_dim=4096, freq_dim=256,
             layernorm_epsilon=1e-6, kv_channels=128)

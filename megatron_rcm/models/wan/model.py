@@ -36,9 +36,6 @@ class WanModel(VideoDiT):
     def parameter_table(self):
         return weight_map.wan_parameters(self.config)
 
-    def _max_patches(self):
-        return (self.config.rope_max_seq_len,) * 3
-
     def _rope_thetas(self):
         return (self.config.rope_theta,) * 3
 
