@@ -30,7 +30,7 @@ from megatron_rcm.convert.tensor_files import CheckpointFileError, unreadable
 from megatron_rcm.convert.wan_keys import UnknownKeyError
 from megatron_rcm.convert.wan_native import ConfigMismatchError
 from megatron_rcm.encoders import PipelineFolderError
-from megatron_rcm.atomic_output import OutputPathError
+from megatron_rcm.atomic_output import OutputExistsError, OutputPathError
 from megatron_rcm.loading import recorded_sampler
 from megatron_rcm.save_folder import CheckpointNotFoundError
 
@@ -86,6 +86,11 @@ def _path_errors(args):
     naming the path; any other OSError is a bug and keeps its traceback."""
     try:
         yield
+    except OutputExistsError as e:
+        if not os.path.isdir(args.output):  # a file: replacing it would be a mistake, and is refused
+            raise OutputPathError(f"--output {e}") from e
+        raise OutputExistsError(f"--output {args.output} exists; choose another output path, or pass --overwrite "
+                                "to replace it") from e
     except OutputPathError as e:  # its message starts with the path
         raise OutputPathError(f"--output {e}") from e
     except OSError as e:
