@@ -87,7 +87,7 @@ def _read_config(path, distributed, prefix, config_overrides):
             (prefix,) = records
         if prefix not in records:
             raise ValueError(f"{path}: recorded models {sorted(records)}; pass one of them as model_prefix "
-                             f"(got {prefix!r})")
+                             f"(--megatron-prefix in the tools; got {prefix!r})")
         family = family_of_model_class(records[prefix]["class"])
         build, architecture = family.config_class.from_architecture, records[prefix]["config"]
     else:

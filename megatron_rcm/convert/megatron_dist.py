@@ -189,7 +189,8 @@ def megatron_tensors(path, prefix=None) -> DiffusersTensors:
     records = _records(path)
     if prefix is None:
         if len(records) != 1:
-            raise CheckpointFileError(f"{path}: holds models {sorted(records)}; choose one with a prefix")
+            raise CheckpointFileError(f"{path}: holds models {sorted(records)}; choose one with --megatron-prefix "
+                                      "(prefix= in the API)")
         (prefix,) = records
     if prefix not in records:
         raise CheckpointFileError(f"{path}: no model with prefix {prefix!r} (recorded: {sorted(records)})")

@@ -185,6 +185,10 @@ def test_megatron_key_and_config_errors(tmp_path):
     with pytest.raises(CheckpointFileError, match="no model with prefix 'ema.'"):
         convert_checkpoint("megatron", "diffusers", megatron, tmp_path / "out", megatron_prefix="ema.",
                            progress=False)
+    two = {MODEL_PREFIX: common[MODELS_KEY][MODEL_PREFIX], "ema.": common[MODELS_KEY][MODEL_PREFIX]}
+    torch.save({MODELS_KEY: two}, megatron / "common.pt")
+    with pytest.raises(CheckpointFileError, match=r"models \['ema.', 'model.'\]; choose one with --megatron-prefix"):
+        convert_checkpoint("megatron", "diffusers", megatron, tmp_path / "out", progress=False)
     with pytest.raises(CheckpointFileError, match="not a Megatron distributed checkpoint"):
         convert_checkpoint("megatron", "diffusers", folder, tmp_path / "out", progress=False)
     with pytest.raises(ConversionRequestError, match="both diffusers"):
