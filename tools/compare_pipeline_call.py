@@ -69,7 +69,7 @@ def main(argv=None):
     if not sidecars:
         cli.fail("compare_pipeline_call", f"--videos {args.videos} holds no NAME.json with NAME.pt: pass an "
                  "examples/generate.py --save-latents output folder")
-    pipe = WanPipeline.from_pretrained(folder, torch_dtype=getattr(torch, args.dtype)).to(args.device)
+    pipe = WanPipeline.from_pretrained(folder, dtype=getattr(torch, args.dtype)).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     rcm_generate = card_call(folder)
     print("| video | steps | call | max abs difference | / max abs latent |\n|---|---|---|---|---|")

@@ -139,7 +139,7 @@ def rcm_generate(pipe, prompt, steps=4, seed=0, height=480, width=832, num_frame
                 guidance_scale=1.0, latents=latents, output_type=output_type).frames[0]
 
 
-pipe = WanPipeline.from_pretrained("{name}", torch_dtype=torch.bfloat16).to("cuda")
+pipe = WanPipeline.from_pretrained("{name}", dtype=torch.bfloat16).to("cuda")
 video = rcm_generate(pipe, "a red fox runs across a snowy field at dawn", steps=4, seed=0)
 ```
 

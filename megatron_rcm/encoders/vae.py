@@ -69,7 +69,7 @@ def load_vae(pipeline_dir, dtype=torch.float32, device="cpu", tiling=False) -> W
     from diffusers import AutoencoderKLWan
 
     folder = check_pipeline_folder(pipeline_dir, ["vae"])
-    vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device).eval()
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae", dtype=dtype).to(device).eval()
     if tiling:
         vae.enable_tiling()
         vae.enable_slicing()

@@ -1,6 +1,6 @@
 """The exported pipeline's model card, run as written: its ``rcm_generate`` with
-``output_type="latent"`` returns latents of the shape the card states (it said [1, C, T, h, w];
-the call returns ``.frames[0]``, one video's [C, T, h, w])."""
+``output_type="latent"`` returns latents of the shape the card states (``.frames[0]``, one video's
+[C, T, h, w])."""
 
 import re
 
@@ -24,7 +24,7 @@ def test_the_card_call_returns_the_latents_it_describes(tmp_path):
     card = (folder / "README.md").read_text()
     namespace = {}
     exec(re.search(r"```python\n(.*?)\npipe = ", card, re.S).group(1), namespace)  # the card's definitions
-    pipe = WanPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     latents = namespace["rcm_generate"](pipe, "a red fox", steps=2, height=32, width=48, num_frames=5,
                                         output_type="latent")
