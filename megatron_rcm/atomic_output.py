@@ -1,6 +1,8 @@
 """Atomic folder output: a crash mid-write never leaves a folder that looks complete."""
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import socket
@@ -9,6 +11,7 @@ from pathlib import Path
 
 
 _interrupted = False  # set by note_interrupt, read before a temporary output is renamed into place
+_replacing = False  # between the steps of _replace: an interrupt waits for them (interrupt)
 
 
 def note_interrupt():
@@ -24,6 +27,15 @@ def interrupted() -> bool:
     return _interrupted
 
 
+def interrupt():
+    """What a signal handler that stops the process does (``cli.interrupt_on_signals``): mark it
+    interrupted and raise KeyboardInterrupt, at once, or where an older output is being replaced,
+    once the new one is in place (raised between the steps, it would leave the old one aside)."""
+    note_interrupt()
+    if not _replacing:
+        raise KeyboardInterrupt
+
+
 class OutputPathError(OSError):
     """The output cannot be written where it was asked for (messages start with the path)."""
 
@@ -37,9 +49,9 @@ def atomic_output_dir(path, overwrite=False):
     """Yield a temporary sibling folder of ``path``; rename it to ``path`` when the block succeeds.
 
     On error the temporary folder is removed and ``path`` is untouched. With ``overwrite`` an
-    existing ``path`` is replaced only after the new folder is complete (moved aside, renamed in,
-    then deleted), so at every moment one complete version exists on disk. A ``path`` that is not
-    a folder is refused even so: a file where a folder output belongs is most likely a mistake.
+    existing ``path`` is replaced only after the new folder is complete (``_replace``), so that a
+    crash at any moment leaves one complete version at ``path``. A ``path`` that is not a folder is
+    refused even so: a file where a folder output belongs is most likely a mistake.
     Raises ``OutputPathError`` before anything is written where ``path`` cannot be written.
     """
     path = Path(path)
@@ -54,17 +66,63 @@ def atomic_output_dir(path, overwrite=False):
         _fsync_tree(tmp)
         if interrupted():  # the block may have swallowed the interrupt: still no final output
             raise KeyboardInterrupt
-        old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old)
+            _replace(tmp, path)
+        else:
+            os.rename(tmp, path)
+            _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace(tmp, path):
+    """Put the complete folder ``tmp`` where the older output ``path`` is, then delete the older one;
+    an interrupt (``interrupt``) waits until that is done. Where the file system swaps two names in
+    one step (Linux's renameat2 with RENAME_EXCHANGE) ``path`` always holds a complete output.
+    Elsewhere the old output is first renamed aside (``.NAME.old-HOST-PID``); if a kill comes before
+    the new one is in, the next write to ``path`` puts it back (``_clean_up_after_dead_writers``)."""
+    global _replacing
+    _replacing = True
+    try:
+        if _exchange(tmp, path):
+            _fsync_dir(path.parent)
+            shutil.rmtree(tmp)  # the old output now
+        else:
+            _rename_aside_and_in(tmp, path)
+    finally:
+        _replacing = False
+    if interrupted():
+        raise KeyboardInterrupt
+
+
+def _rename_aside_and_in(tmp, path):
+    old = path.with_name(f"{_set_aside_prefix(path)}{socket.gethostname()}-{os.getpid()}")
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    _fsync_dir(path.parent)
+    shutil.rmtree(old)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a, b) -> bool:
+    """Swap the names of the folders ``a`` and ``b`` in one step; False where the system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # not on this file system
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(b))
 
 
 def _make_temporary(path):
@@ -72,7 +130,7 @@ def _make_temporary(path):
     naming what is in the way (a folder without write permission, a file, a full disk)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_temporaries(path)
+        _clean_up_after_dead_writers(path)
         return Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{socket.gethostname()}-{os.getpid()}-",
                                      dir=path.parent))
     except OSError as e:
@@ -99,15 +157,30 @@ def _temporary_prefix(path):
     return f".{path.name}.tmp-"
 
 
-def _remove_abandoned_temporaries(path):
-    """Temporary siblings of ``path`` whose writer died without cleaning up (SIGKILL, a node that
-    went down): their names carry the writer's host and process id; on this host, a folder whose
-    process is gone is removed. Folders written from other hosts (shared file systems) are left."""
-    prefix = _temporary_prefix(path)
-    for folder in path.parent.glob(f"{prefix}*"):
-        host, pid, _ = (folder.name[len(prefix):].rsplit("-", 2) + ["", ""])[:3]
-        if host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):
+def _set_aside_prefix(path):
+    return f".{path.name}.old-"
+
+
+def _clean_up_after_dead_writers(path):
+    """What writers of ``path`` that died (SIGKILL, a node that went down) left beside it, found by
+    the host and process id in the names; on this host, where that process is gone: temporary
+    folders are removed, and an older output set aside by ``_replace`` goes back to ``path`` if the
+    new one never got there (else it is removed). Other hosts' folders (shared file systems) are left."""
+    for folder in path.parent.glob(f"{_temporary_prefix(path)}*"):
+        host, pid, _ = (folder.name[len(_temporary_prefix(path)):].rsplit("-", 2) + ["", ""])[:3]
+        if _dead_writer(host, pid):
             shutil.rmtree(folder, ignore_errors=True)
+    for folder in path.parent.glob(f"{_set_aside_prefix(path)}*"):
+        host, _, pid = folder.name[len(_set_aside_prefix(path)):].rpartition("-")
+        if _dead_writer(host, pid):
+            if os.path.lexists(path):
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                os.rename(folder, path)
+
+
+def _dead_writer(host, pid):
+    return host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid))
 
 
 def _process_exists(pid):

@@ -19,7 +19,7 @@ import sys
 import traceback
 import warnings
 
-from .atomic_output import interrupted, note_interrupt, raised_while_interrupted
+from .atomic_output import interrupt, interrupted, raised_while_interrupted
 
 __all__ = ["INTERRUPTED_EXIT_STATUS", "ArgumentParser", "add_debug_flag", "fail", "finite_float", "interrupt_on_signals",
            "non_negative_float", "non_negative_int", "one_line_errors", "positive_float", "positive_int",
@@ -105,15 +105,15 @@ def fail(prog, message, status=1, debug=False):
 
 
 def _interrupt(signum, frame):
-    note_interrupt()
-    raise KeyboardInterrupt
+    interrupt()
 
 
 def interrupt_on_signals():
     """SIGINT and SIGTERM raise KeyboardInterrupt and mark the process interrupted: cleanup code
     runs (temporary outputs are removed), ``one_line_errors`` reports ``interrupted``, and no
     temporary output is renamed into place afterwards even where a library caught the exception
-    (``atomic_output.note_interrupt``). Installed over a SIGINT the process inherited as ignored.
+    (``atomic_output.interrupt``, which also lets an output being replaced finish its last steps).
+    Installed over a SIGINT the process inherited as ignored.
     Not for the trainer, whose SIGTERM means "save and stop" (``training.signals``)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)

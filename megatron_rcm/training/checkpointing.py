@@ -7,7 +7,9 @@ beyond ``keep_last``. A crash at any point leaves the previous checkpoint and a 
 names a complete checkpoint. Saving an iteration that is already saved (a signal right after a
 save) first renames the old copy to ``.iter_XXXXXXX.old`` and deletes it only once the new one is
 in place; a crash between the two renames leaves that copy, which the next manager of the folder
-renames back.
+renames back. An old checkpoint is renamed to ``.iter_XXXXXXX.deleted`` before it is deleted, so
+that a crash mid-delete leaves hidden debris (the next manager removes it), never a partial
+checkpoint under a checkpoint's name.
 """
 
 import os
@@ -32,6 +34,12 @@ def _is_rank0():
 
 def _set_aside_name(final: Path) -> Path:
     return final.parent / f".{final.name}.old"
+
+
+def _delete(checkpoint: Path):
+    doomed = checkpoint.parent / f".{checkpoint.name}.deleted"
+    os.rename(checkpoint, doomed)
+    shutil.rmtree(doomed)
 
 
 class CheckpointManager:
@@ -66,15 +74,17 @@ class CheckpointManager:
             os.replace(tracker_tmp, self.save_dir / TRACKER)
             shutil.rmtree(set_aside, ignore_errors=True)
             for old in self.iterations()[:-self.keep_last]:
-                shutil.rmtree(self.save_dir / checkpoint_name(old))
+                _delete(self.save_dir / checkpoint_name(old))
         _barrier()
         return final
 
     def _restore_set_aside(self):
         """Put back a checkpoint a crashed save had set aside before its new copy was in place; drop
-        one whose new copy is."""
+        one whose new copy is, and what a crashed deletion left."""
         if not self.save_dir.is_dir():
             return
+        for doomed in self.save_dir.glob(".iter_*.deleted"):
+            shutil.rmtree(doomed)
         for set_aside in self.save_dir.glob(".iter_*.old"):
             final = self.save_dir / set_aside.name[1:-len(".old")]
             if final.exists():
