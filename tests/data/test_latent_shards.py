@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from megatron_rcm.data.latent_shards import LatentShardDataset, ShardFormatError
 from megatron_rcm.data.sampler import ResumableDistributedSampler
-from megatron_rcm.data.synthetic import write_synthetic_shards
+from megatron_rcm.data.synthetic import write_shards, write_synthetic_shards
 
 LATENT, TEXT = (2, 3, 4, 4), (5, 6)
 
@@ -58,8 +58,9 @@ def test_resume_and_data_parallel_size_change_keep_the_global_order(shards):
 
 def test_mismatched_resume_and_bad_shards_are_clear(shards, tmp_path):
     sampler = ResumableDistributedSampler(23, 1, 0, 1, seed=9)
-    with pytest.raises(ValueError, match="use the same shards and --seed"):
-        sampler.load_state_dict({"consumed_samples": 4, "seed": 8, "num_samples": 23})
+    for other in ({"seed": 8}, {"num_samples": 24}):  # either changes every epoch's permutation
+        with pytest.raises(ValueError, match="use the same shards and --seed"):
+            sampler.load_state_dict({"consumed_samples": 4, "seed": 9, "num_samples": 23, **other})
     with pytest.raises(ShardFormatError, match="no .tar shards"):
         LatentShardDataset(tmp_path)
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
@@ -68,3 +69,24 @@ def test_mismatched_resume_and_bad_shards_are_clear(shards, tmp_path):
         LatentShardDataset(tmp_path)
     with pytest.raises(ShardFormatError, match=r"latent has shape \(2, 3, 4, 4\), expected \(2, 3, 8, 8\)"):
         LatentShardDataset(shards, latent_shape=(2, 3, 8, 8))[0]
+    with pytest.raises(ShardFormatError, match=r"embed has shape \(5, 6\), expected \(5, 7\)"):
+        LatentShardDataset(shards, text_shape=(5, 7))[0]
+
+
+@pytest.mark.parametrize("bad, message", [("latent", r"latent has shape \(3, 4, 4\), expected \[C, T, H, W\]"),
+                                          ("embed", r"embed has shape \(5, 6, 1\), expected \[L, text_dim\]")])
+def test_a_sample_of_the_wrong_rank_is_refused_without_expected_shapes(tmp_path, bad, message):
+    g = torch.Generator().manual_seed(4)
+    latent = torch.randn(3, 4, 4, generator=g) if bad == "latent" else torch.randn(*LATENT, generator=g)
+    embed = torch.randn(5, 6, 1, generator=g) if bad == "embed" else torch.randn(*TEXT, generator=g)
+    write_shards(tmp_path, [("sample0", latent, embed, "a prompt")], samples_per_shard=1)
+    with pytest.raises(ShardFormatError, match=message):
+        LatentShardDataset(tmp_path)[0]
+
+
+def test_every_spelling_of_the_shards_reads_them_in_name_order(shards):
+    """A folder, a glob and brace notation: the same shards in name order, so that the data order
+    does not hang on the order in which a file system lists them."""
+    names = sorted(str(p) for p in shards.glob("*.tar"))
+    for spec in (shards, str(shards / "shard-*.tar"), str(shards / "shard-{000000..000004}.tar")):
+        assert LatentShardDataset(spec).urls == names, spec

@@ -87,14 +87,34 @@ def test_missing_checkpoint_is_reported(tmp_path):
     (tmp_path / TRACKER).write_text("7")
     with pytest.raises(CheckpointNotFoundError, match="names iteration 7, but iter_0000007 is missing"):
         manager.latest_iteration()
+    (tmp_path / "iter_0000007").mkdir()  # a folder without metadata.json, as a crashed copy leaves
+    with pytest.raises(CheckpointNotFoundError, match="iter_0000007 is not a complete checkpoint"):
+        manager.load({}, 7)
 
+
+
+def _save_killed_before_its_rename(manager, net, iteration):
+    """``manager.save`` of ``net`` at ``iteration``, killed as it renames its written copy into place."""
+    from megatron_rcm.training import checkpointing
+
+    original = os.rename
+
+    def rename(source, target):
+        if str(source).endswith(f".iter_{iteration:07d}.tmp"):
+            raise KeyboardInterrupt("killed")
+        original(source, target)
+
+    checkpointing.os.rename = rename
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            manager.save(iteration, {**net.sharded_state_dict(prefix="net."), "iteration": iteration})
+    finally:
+        checkpointing.os.rename = original
 
 
 def _resave_then_crash_between_renames(path):
     """Iteration 2 saved, then saved again (a signal right after a save) with a crash after the old
     copy was set aside and before the new one was renamed in; returns the first save's output."""
-    from megatron_rcm.training import checkpointing
-
     with parallel_context(ParallelConfig()):
         net = _Net(1)
         x = torch.randn(3, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -106,19 +126,7 @@ def _resave_then_crash_between_renames(path):
                 p.add_(0.5)
         manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})  # replaces it: nothing left over
         assert sorted(os.listdir(path)) == ["iter_0000002", TRACKER]
-        original = os.rename
-
-        def rename(source, target):
-            if str(source).endswith(".iter_0000002.tmp"):  # the new copy's rename
-                raise KeyboardInterrupt("killed")
-            original(source, target)
-
-        checkpointing.os.rename = rename
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})
-        finally:
-            checkpointing.os.rename = original
+        _save_killed_before_its_rename(manager, net, 2)
         with torch.no_grad():
             return x, first, net(x)
 
@@ -130,3 +138,46 @@ def test_a_crash_while_an_iteration_is_saved_again_keeps_its_last_copy(tmp_path)
     iteration, out = run_distributed(_load_and_run_at, world_size=1, args=(tmp_path, x, 2))[0]
     assert iteration == 2
     torch.testing.assert_close(out, second, rtol=0, atol=0)  # the second save's weights, set aside and put back
+
+
+def _crash_while_a_new_iteration_is_renamed_in(path):
+    """Iteration 1 saved, then iteration 2 written and killed before its folder was renamed into
+    place, then saved again (the resumed run reaching it). Returns the folder and the tracker after
+    the crash, the outputs of the two weights, and (iteration, output) of the latest checkpoint
+    loaded after the crash and after the second save."""
+    def latest(manager):
+        """(iteration, output) of the latest checkpoint loaded into a fresh network."""
+        fresh = _Net(1)
+        state = manager.load({**fresh.sharded_state_dict(prefix="net."), "iteration": None})
+        fresh.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+        with torch.no_grad():
+            return state["iteration"], fresh(x)
+
+    with parallel_context(ParallelConfig()):
+        net = _Net(1)
+        x = torch.randn(3, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        manager = CheckpointManager(path)
+        manager.save(1, {**net.sharded_state_dict(prefix="net."), "iteration": 1})
+        with torch.no_grad():
+            outputs = {1: net(x)}
+            for p in net.parameters():
+                p.add_(0.5)
+            outputs[2] = net(x)
+        _save_killed_before_its_rename(manager, net, 2)
+        after_crash = sorted(os.listdir(path)), (path / TRACKER).read_text()
+        loaded = [latest(CheckpointManager(path))]
+        manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})
+        loaded.append(latest(CheckpointManager(path)))
+        return after_crash, outputs, loaded
+
+
+def test_a_crash_before_a_new_checkpoint_is_in_place_leaves_the_tracker_on_the_previous_one(tmp_path):
+    """... and saving that iteration again replaces what the crash left."""
+    (listing, tracker), outputs, loaded = run_distributed(_crash_while_a_new_iteration_is_renamed_in, world_size=1,
+                                                          args=(tmp_path,))[0]
+    assert listing == [".iter_0000002.tmp", "iter_0000001", TRACKER] and tracker == "1"
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000001", "iter_0000002", TRACKER]
+    assert not torch.allclose(outputs[1], outputs[2])
+    assert [iteration for iteration, _ in loaded] == [1, 2]
+    for iteration, out in loaded:
+        torch.testing.assert_close(out, outputs[iteration], rtol=0, atol=0)

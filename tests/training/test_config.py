@@ -108,6 +108,16 @@ def test_resume_refuses_another_recipe(required):
         _check_recipe(older, current)
 
 
+def test_resume_refuses_another_seed_or_global_batch(required):
+    """The noise and the data order are functions of the seed and the global batch: a resume that
+    changed either would not continue the saved run's draws."""
+    saved = recipe_of(load_config(required, world_size=1))
+    for flags, message in ((["--seed", "5"], r"seed=1234 -> 5"),
+                           (["--micro-batch-size", "2", "--global-batch-size", "2"], r"global_batch_size=1 -> 2")):
+        with pytest.raises(ValueError, match=message):
+            _check_recipe(saved, recipe_of(load_config([*required, *flags], world_size=1)))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for CPU runs")
 def test_a_cpu_run_without_the_triton_interpreter_is_refused_before_training(required, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

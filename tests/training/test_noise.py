@@ -64,3 +64,23 @@ def test_the_prefetcher_returns_draw_noise_and_draws_the_next_iteration_on_its_t
     # ahead (whether the draws of 8 and 11 began before they were dropped depends on timing)
     assert [calls[(i, True)] for i in (5, 6, 7, 10)] == [2, 1, 1, 2]
     assert [calls[(i, False)] for i in (5, 6, 7, 10)] == [0, 1, 1, 0]
+
+
+def test_each_draw_is_its_own_with_its_distribution():
+    """Every field is a separate draw (noises uncorrelated with one another, no rollout noise
+    reused), t_scm follows p_G (eq. 3.5) and t_dmd p_D (eq. 4.5), over 2000 samples."""
+    rcm = RCMConfig(max_rollout_steps=4, p_mean=0.3, p_std=1.2, dmd_shift=4.0)
+    n = 2000
+    noise = draw_noise(5, 3, 0, n, (3,), rcm, "cpu", torch.float64)
+    fields = [noise.eps, *noise.rollout, noise.eps_dmd]
+    bound = 5 / (3 * n) ** 0.5  # five standard errors of a correlation or a mean of 3n standard normals
+    for i, a in enumerate(fields):
+        assert abs(a.mean()) < bound and abs(a.std() - 1) < bound
+        for b in fields[i + 1:]:
+            assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) < bound
+    log_sigma = torch.log(torch.tan(noise.t_scm))
+    assert abs(log_sigma.mean() - 0.3) < 5 * 1.2 / n**0.5 and abs(log_sigma.std() - 1.2) < 5 * 1.2 / (2 * n) ** 0.5
+    s = torch.sin(noise.t_dmd) / (torch.cos(noise.t_dmd) + torch.sin(noise.t_dmd))
+    u = (s / (4.0 - 3.0 * s)).sort().values  # the inverse of the shift: U[0, 1)
+    grid = torch.arange(1, n + 1, dtype=torch.float64) / n
+    assert (u - grid).abs().max() < 1.95 / n**0.5  # Kolmogorov-Smirnov at 0.1%

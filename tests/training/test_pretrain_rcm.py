@@ -102,6 +102,9 @@ def test_resume_at_the_same_layout_is_exact(inputs, reference, tmp_path):
     resumed = _run(inputs, tmp_path, 1, "--deterministic-mode", "--offload-ema", "--offload-teacher")
     assert [r["iteration"] for r in resumed] == [4, 5, 6]
     assert compared(resumed) == compared(straight[3:])
+    # and the learning-rate schedules continue (the losses alone would not see the fake score's
+    # schedule restart: its warm-up only shows in its last update's learning rate)
+    assert [r[f"{r['network']}/lr"] for r in resumed] == [r[f"{r['network']}/lr"] for r in straight[3:]]
     ema, straight_ema = _final_ema(tmp_path), _final_ema(folder)
     assert ema.keys() == straight_ema.keys() and all(torch.equal(ema[k], straight_ema[k]) for k in ema)
 

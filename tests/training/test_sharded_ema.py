@@ -77,3 +77,54 @@ def test_full_tensors_reload_at_another_data_parallel_size(dp2_offloaded):
     for rank, (again, shard) in zip(dp2_offloaded, run_distributed(_reload, world_size=2, args=(reloaded,))):
         assert torch.equal(shard, rank["shard"])
         assert all(torch.equal(again[k], full[k]) for k in full)
+
+
+def _power_average(thetas, gamma):
+    """The power EMA in closed form (EDM2): after updates 0..k it weighs theta_j by
+    ((j + 1)^p - j^p) / (k + 1)^p, p = gamma + 1 -- the recursion of eq. 5.1 unrolled."""
+    p, k = gamma + 1, len(thetas) - 1
+    return sum(((j + 1) ** p - j**p) / (k + 1) ** p * theta for j, theta in enumerate(thetas))
+
+
+def _updates(model, emas, count, generator):
+    """``count`` fresh random weights, each followed by every EMA's update; yields the float64 weights so far."""
+    thetas = []
+    for _ in range(count):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+        thetas.append({n: p.detach().double().clone() for n, p in model.named_parameters()})
+        for ema in emas:
+            ema.update(model)
+        yield thetas
+
+
+def test_every_update_gives_the_closed_form_power_average():
+    """The first update copies the weights it is given (not those at construction), later ones weigh
+    the history as the power profile does; sharded or not."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    emas = [PowerEMA(model, RELATIVE_STD), ShardedPowerEMA(model, RELATIVE_STD)]
+    for thetas in _updates(model, emas, 4, torch.Generator().manual_seed(1)):
+        for averages in (emas[0].shadow, emas[1].full_tensors()):
+            for name, average in averages.items():
+                expected = _power_average([theta[name] for theta in thetas], emas[0].gamma)
+                torch.testing.assert_close(average.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def _odd_sized(_):
+    """Seven parameters over two data-parallel ranks: slices of 4, the second one padded."""
+    with parallel_context(ParallelConfig()):
+        torch.manual_seed(0)  # the same weights on both ranks
+        model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Linear(1, 2))
+        ema = ShardedPowerEMA(model, RELATIVE_STD, parallel_state.get_data_parallel_group(with_context_parallel=True))
+        reference = PowerEMA(model, RELATIVE_STD)
+        for _ in _updates(model, [ema, reference], UPDATES, torch.Generator().manual_seed(1)):
+            pass
+        return ema.shard.numel(), ema.full_tensors(), reference.shadow
+
+
+def test_a_parameter_count_that_does_not_divide_by_the_ranks_loses_nothing():
+    for shard_numel, full, reference in run_distributed(_odd_sized, world_size=2, args=(None,)):
+        assert shard_numel == 4
+        assert full.keys() == reference.keys() and all(torch.equal(full[k], reference[k]) for k in full)

@@ -6,10 +6,13 @@ import weakref
 
 import torch
 
-from megatron_rcm.losses.rcm import student_loss, student_loss_terms
+from megatron_rcm.diffusion.denoiser import TrigFlowDenoiser
+from megatron_rcm.diffusion.guidance import ClassifierFreeGuidance
+from megatron_rcm.losses.rcm import Denoisers, student_loss, student_loss_terms
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.training.arguments import load_config
 from megatron_rcm.training.networks import build_networks
+from megatron_rcm.training import step
 from megatron_rcm.training.noise import draw_noise
 from megatron_rcm.training.step import _denoisers, _update, student_step
 
@@ -66,9 +69,9 @@ class RecordingDenoiser:
         return getattr(self.denoiser, name)
 
 
-def _setup(tmp_path):
+def _setup(tmp_path, *extra):
     # no warm-up: the first update's learning rate is not 0, so a taken step moves the weights
-    flags = ["--train-iters", "8", "--clip-grad", "0", "--lr-warmup-iters", "0"]
+    flags = ["--train-iters", "8", "--clip-grad", "0", "--lr-warmup-iters", "0", *extra]
     config = load_config(make_inputs(tmp_path) + flags, world_size=1)
     networks = build_networks(config, torch.device("cpu"))
     g = torch.Generator().manual_seed(11)
@@ -148,3 +151,61 @@ def test_a_non_finite_later_term_skips_the_step_and_leaves_nothing_for_the_next(
     for name, g in joint.items():
         _assert_same_sum(split[name], g, name)
 
+
+def _student_state(networks):
+    """What a taken student step changes: the weights, the EMA and its count, the schedule's step count."""
+    weights = {n: p.detach().clone() for n, p in networks.student.module.named_parameters()}
+    return weights, networks.ema.full_tensors(), networks.ema.num_updates, networks.student.scheduler.num_steps
+
+
+def _same_tensors(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_step_without_a_graph_or_with_a_non_finite_gradient_moves_nothing(tmp_path, monkeypatch):
+    """A loss without a graph (no finite sCM sample, DMD off) and a finite loss whose gradient is not
+    finite both skip the step: the weights, the EMA and the learning-rate schedule stay as they
+    were. A healthy loss then moves all of them."""
+    with parallel_context(ParallelConfig()):
+        torch.manual_seed(0)
+        config, networks, batch, noise = _setup(tmp_path)
+        weight = next(networks.student.module.parameters())
+
+        def step_on(loss):
+            monkeypatch.setattr(step, "student_loss_terms", lambda *args: iter([(loss(weight), {})]))
+            return student_step(networks, config.rcm, batch, noise, ITERATION, student_updates=1, clip_grad=0.0)[1]
+
+        before = _student_state(networks)
+        no_graph = step_on(lambda p: torch.zeros((), dtype=torch.float64))
+        nan_gradient = step_on(lambda p: (p - p.detach()).pow(2).sum().sqrt())  # 0, with gradient 0 / 0
+        skipped = _student_state(networks)
+        healthy = step_on(lambda p: p.double().pow(2).sum())
+        after = _student_state(networks)
+    assert no_graph["student/skipped_nonfinite_loss"] == 1
+    assert nan_gradient["student/skipped_nonfinite_loss"] == 0 and nan_gradient["student/skipped_nonfinite_grad"] == 1
+    assert _same_tensors(skipped[0], before[0]) and _same_tensors(skipped[1], before[1])
+    assert skipped[2:] == before[2:]
+    assert healthy["student/skipped_nonfinite_loss"] == healthy["student/skipped_nonfinite_grad"] == 0
+    assert not _same_tensors(after[0], before[0]) and not _same_tensors(after[1], before[1])
+    assert after[2:] == (before[2] + 1, before[3] + 1)
+
+
+def test_the_dmd_term_of_a_step_guides_the_teacher_at_the_dmd_scale(tmp_path):
+    """With --dmd-guidance-scale the step's DMD direction uses the teacher guided at that scale (eq. 4.2),
+    rebuilt here from the teacher module and the negative embedding; at the sCM scale it would differ."""
+    with parallel_context(ParallelConfig()):
+        torch.manual_seed(0)
+        config, networks, batch, noise = _setup(tmp_path, "--dmd-guidance-scale", "7.5")
+        guided = networks.teacher.net
+        assert config.rcm.guidance_scale != 7.5
+
+        def dmd_at(scale):
+            real_score = TrigFlowDenoiser(ClassifierFreeGuidance(guided.net, guided.negative_embedding, scale))
+            denoisers = Denoisers(networks.teacher, networks.student.denoiser, networks.fake_score.denoiser, real_score)
+            _, diagnostics = student_loss(denoisers, config.rcm, *batch, noise, ITERATION, student_updates=1)
+            return diagnostics["loss/dmd"]
+
+        expected, at_the_scm_scale = dmd_at(7.5), dmd_at(config.rcm.guidance_scale)
+        diagnostics, _ = student_step(networks, config.rcm, batch, noise, ITERATION, student_updates=1, clip_grad=0.0)
+    assert (expected - at_the_scm_scale).abs() > 1e-6 * expected.abs()
+    torch.testing.assert_close(diagnostics["loss/dmd"], expected, rtol=1e-12, atol=0)
