@@ -212,21 +212,37 @@ def build_parser():
     return p
 
 
-def main():
-    args = build_parser().parse_args()
+def _checked_configs(parser, args):
+    """--configs as pipeline shapes, each one that fits a CTA with key tangents (two of SHAPES have them)."""
     if args.against and args.configs:
-        raise SystemExit("give --against or --configs, not both")
+        parser.error("give --against or --configs, not both")
+    if not args.configs:
+        return None
+    from megatron_rcm.kernels.flash_jvp_hopper import fits
+
+    configs = _hopper_candidates(args.configs)
+    for text, config in zip(args.configs, configs):
+        if not fits(config, 128, kv_tangent=True):
+            parser.error(f"--configs {text}: needs {config.shared_memory_bytes(128, True) // 1024} KiB of shared "
+                         "memory at head dim 128 with key tangents; a CTA has 227 KiB")
+    return configs
+
+
+def main():
+    parser = build_parser()
+    args = parser.parse_args()
+    configs = _checked_configs(parser, args)
     source = KERNEL.read_text()
     with tempfile.TemporaryDirectory() as folder:
         modules = {"kernel": _module("kernel", source, folder)}
-        modules.update((name, _module(name, ablated_source(source, name), folder)) for name in ABLATIONS)
-        for name, (what, _) in ABLATIONS.items():
-            print(f"{name}: without {what}")
-        configs = _hopper_candidates(args.configs) if args.configs else None
         if args.sass and configs:
             for config in configs:
                 print(f"  {config}: {_describe(compiled_sass(modules['kernel'], config), None)}", flush=True)
             return
+        if not (configs or args.against):
+            modules.update((name, _module(name, ablated_source(source, name), folder)) for name in ABLATIONS)
+            for name, (what, _) in ABLATIONS.items():
+                print(f"{name}: without {what}")
         if args.sass:
             kernel_gemms = None
             for name, module in modules.items():
@@ -237,8 +253,8 @@ def main():
         import torch
 
         if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
-            raise SystemExit("this study needs an sm_90 GPU (H100/H200): the Hopper kernel runs nowhere else "
-                             "(--sass compiles without one)")
+            cli.fail(parser.prog, "this study needs an sm_90 GPU (H100/H200): the Hopper kernel runs nowhere else "
+                     "(--sass compiles without one)")
         if configs:
             study({_config_name(c): (modules["kernel"], c) for c in configs}, list(SHAPES), args, check_errors=True)
         elif args.against:

@@ -99,6 +99,9 @@ REFUSALS = [
     ("study_hopper_kernel", ["--ablations"], "unrecognized arguments: --ablations"),
     ("study_hopper_kernel", ["--against", "tools"], "--against: 'tools' is not a file"),
     ("study_hopper_kernel", ["--rep-ms", "abc"], "--rep-ms: expected a number > 0, got 'abc'"),
+    ("study_hopper_kernel", ["--against", "README.md", "--configs", "64,64,1"],
+     "give --against or --configs, not both"),
+    ("study_hopper_kernel", ["--configs", "64,64,1", "128,64,3"], "--configs 128,64,3: needs 256 KiB of shared memory"),
     ("study_hopper_kernel", ["--configs", "64,64,1,0,1,1"],
      "--configs: expected BLOCK_M,BLOCK_N,stages[,EARLY[,PEEL]] (3 integers >= 1, then 0 or 1 for each optional "
      "flag), got '64,64,1,0,1,1'"),
