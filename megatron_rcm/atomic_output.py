@@ -10,28 +10,23 @@ import tempfile
 from pathlib import Path
 
 
-_interrupted = False  # set by note_interrupt, read before a temporary output is renamed into place
+_interrupted = False  # set by interrupt, read before a temporary output is renamed into place
 _replacing = False  # between the steps of _replace: an interrupt waits for them (interrupt)
 
 
-def note_interrupt():
-    """Mark this process interrupted (``cli.interrupt_on_signals``' handler does, as a signal lands).
-    A library may catch the KeyboardInterrupt the signal raised and go on (code that wraps every
-    BaseException as an error to report later can); the final rename checks this mark instead."""
-    global _interrupted
-    _interrupted = True
-
-
 def interrupted() -> bool:
-    """Whether a signal marked this process interrupted (``note_interrupt``)."""
+    """Whether a signal marked this process interrupted (``interrupt``)."""
     return _interrupted
 
 
 def interrupt():
     """What a signal handler that stops the process does (``cli.interrupt_on_signals``): mark it
     interrupted and raise KeyboardInterrupt, at once, or where an older output is being replaced,
-    once the new one is in place (raised between the steps, it would leave the old one aside)."""
-    note_interrupt()
+    once the new one is in place (raised between the steps, it would leave the old one aside). A
+    library may catch the KeyboardInterrupt and go on (code that wraps every BaseException as an
+    error to report later can); the final rename checks the mark instead."""
+    global _interrupted
+    _interrupted = True
     if not _replacing:
         raise KeyboardInterrupt
 

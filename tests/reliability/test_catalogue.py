@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -213,9 +214,17 @@ def test_docs_list_every_entry():
 
 
 def test_every_trainer_flag_says_what_it_does_and_its_default():
+    """--help reads as one voice: the help of each flag (its own, or its config field's docstring)
+    starts in lower case unless it starts with a name, ends without a full stop, and gives the
+    default once, either in its own words or as argparse's "(default: ...)"."""
     from megatron_rcm.training.arguments import _parser
 
     parser = _parser()
     assert [a.dest for a in parser._actions if not a.help] == []
     text = parser.format_help()
     assert "(default: 1234)" in text and "(default: 3)" in text  # --seed, --max-skipped-batches
+    formatter = parser._get_formatter()
+    for action in parser._actions[1:]:  # after --help
+        shown = formatter._get_help_string(action)
+        assert not action.help.endswith(".") and not re.match(r"[A-Z][a-z-]+\s", action.help), action.option_strings
+        assert "default" in shown and shown.count("(default:") <= 1, (action.option_strings, shown)

@@ -1,6 +1,4 @@
-"""Config errors before any model is built; the non-finite gradient guard of the CPU optimizer; --help in one style."""
-
-import re
+"""Config errors before any model is built; the non-finite gradient guard of the CPU optimizer."""
 
 import pytest
 import torch
@@ -110,17 +108,3 @@ def test_output_paths_are_checked_relative_or_absolute_before_training(tmp_path,
             check_output_path(flag, path, folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # nothing made
 
-
-def test_every_flag_says_what_it_does_and_its_default_once():
-    """--help reads as one voice: the help of each flag (its own, or its config field's docstring)
-    starts in lower case unless it starts with a name, ends without a full stop, and gives the
-    default once, either in its own words or as argparse's "(default: ...)"."""
-    from megatron_rcm.training.arguments import _parser
-
-    parser = _parser()
-    formatter = parser._get_formatter()
-    for action in parser._actions[1:]:  # after --help
-        shown = formatter._get_help_string(action)
-        assert action.help and not action.help.endswith("."), action.option_strings
-        assert not re.match(r"[A-Z][a-z-]+\s", action.help), action.option_strings
-        assert "default" in shown and shown.count("(default:") <= 1, (action.option_strings, shown)
