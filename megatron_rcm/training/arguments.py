@@ -86,7 +86,8 @@ def _parser():
                         "workspace, NCCL_ALGO=Ring), at some speed")
 
     g = p.add_argument_group("rCM")
-    g.add_argument("--teacher", help="teacher checkpoint (diffusers folder, or what megatron_rcm.load_model reads)")
+    g.add_argument("--teacher", help="teacher checkpoint (diffusers folder, or what megatron_rcm.load_model reads); "
+                                     "required, from the flag or the YAML file (no default)")
     g.add_argument("--model", help="model preset the teacher must match (e.g. wan2.1-t2v-1.3b, cosmos-predict2-2b); "
                                    "the family always comes from the teacher checkpoint")
     g.add_argument("--negative-prompt-embedding", help=".pt tensor [L, text_dim] for the unconditional branch")
@@ -108,7 +109,8 @@ def _parser():
     g.add_argument("--ema-std", type=float, help="power-EMA relative std")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data-path", help="webdataset shards: a folder, a glob or 'shard-{000..009}.tar'")
+    g.add_argument("--data-path", help="webdataset shards: a folder, a glob or 'shard-{000..009}.tar'; required, "
+                                       "from the flag or the YAML file (no default)")
     g.add_argument("--num-workers", type=int)
     g.add_argument("--max-skipped-batches", type=int,
                    help="consecutive batches with NaN or inf skipped before the run stops with an error")

@@ -73,13 +73,13 @@ class OptimizationConfig:
     """Decoupled weight decay (not on biases and 1-D parameters)."""
 
     adam_beta1: float = 0.0
-    """Adam's first-moment decay."""
+    """First-moment decay of Adam (beta1)."""
 
     adam_beta2: float = 0.999
-    """Adam's second-moment decay."""
+    """Second-moment decay of Adam (beta2)."""
 
     adam_eps: float = 1e-8
-    """Adam's epsilon."""
+    """Epsilon in the denominator of Adam's update."""
 
     clip_grad: float = 0.0
     """Gradient-norm clipping threshold; 0 turns clipping off."""
@@ -167,7 +167,8 @@ class TrainingConfig:
     """.pt tensor [L, text_dim] for the unconditional branch of guidance."""
 
     train_iters: Optional[int] = None
-    """Iterations of the whole run (student and fake-score iterations together)."""
+    """Iterations of the whole run (student and fake-score iterations together); required, from the
+    flag or the YAML file (no default)."""
 
     seed: int = 1234
     """Seeds the data order, the per-sample noise and the ranks' RNGs."""

@@ -228,3 +228,5 @@ def test_every_trainer_flag_says_what_it_does_and_its_default():
         shown = formatter._get_help_string(action)
         assert not action.help.endswith(".") and not re.match(r"[A-Z][a-z-]+\s", action.help), action.option_strings
         assert "default" in shown and shown.count("(default:") <= 1, (action.option_strings, shown)
+    required = [a.option_strings[0] for a in parser._actions if "required" in (a.help or "")]
+    assert required == ["--train-iters", "--teacher", "--data-path"]  # validate() refuses a run without them
