@@ -54,7 +54,7 @@ class HopperConfig(NamedTuple):
     # rather than after block j - 1's value GEMMs (off the path on which the tensor cores wait)
     early_rescale: bool = False
     # run the last key block, the only one that can be partial, after the key loop, so that the loop
-    # has no mask branch (taking the branch out made the kernel 5% faster, docs/benchmarks.md)
+    # has no mask branch (a sweep candidate: slower at Wan's self-attention, docs/benchmarks.md)
     peel_last: bool = False
 
     @property
