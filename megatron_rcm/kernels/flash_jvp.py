@@ -254,8 +254,14 @@ def _shared_memory_estimate(block_m, block_n, head_dim, num_stages, element_size
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    fitting = fitting_configs(configs, kwargs["HEAD_DIM"], named_args["Q"].element_size())
-    if any(c.kwargs["USE_TMA"] for c in fitting) and not named_args["DESCRIPTORS_FIT"]:
+    return candidate_configs(configs, kwargs["HEAD_DIM"], named_args["Q"].element_size(), named_args["DESCRIPTORS_FIT"])
+
+
+def candidate_configs(configs, head_dim, element_size, descriptors_fit):
+    """The configs autotuning weighs for a call: those worth tuning (``fitting_configs``), less the
+    tensor-descriptor ones where descriptors cannot serve the call's tensors."""
+    fitting = fitting_configs(configs, head_dim, element_size)
+    if any(c.kwargs["USE_TMA"] for c in fitting) and not descriptors_fit:
         fitting = [c for c in fitting if not c.kwargs["USE_TMA"]] or [_WIDE_DTYPE_CONFIG]
     return fitting
 
@@ -378,15 +384,21 @@ class Route(NamedTuple):
     """The kernel that serves a call and its launch config."""
 
     kernel: str  # "hopper" or "triton"
-    config: object = None  # a flash_jvp_hopper.HopperConfig or a pinned triton.Config; None: autotuned
+    config: object = None  # a flash_jvp_hopper.HopperConfig or a fixed triton.Config; None: autotuned
 
 
-def route(capability, dtype, head_dim, seqlen_k, kv_tangent, masked, hopper_ready=True) -> Route:
+def route(capability, dtype, head_dim, seqlen_k, kv_tangent, masked, hopper_ready=True, deterministic=False,
+          descriptors_fit=True) -> Route:
     """Where a GPU call goes, from its properties: calls the Hopper kernel fits (sm_90, bf16 or fp16,
     head dim 64 or 128, no key mask; ``hopper_ready`` as ``_hopper_ready`` says) to it, or up to
     PINNED_MAX_KEYS keys to the Triton kernel at a pinned config; every other call to the Triton
-    kernel, autotuned."""
+    kernel, autotuned, or under ``deterministic`` (``torch.use_deterministic_algorithms``) at the first
+    config autotuning would weigh (``descriptors_fit``: tensor descriptors can serve the call)."""
     if not (hopper_ready and _hopper_fits(capability, dtype, head_dim, masked)):
+        if deterministic:
+            # autotuning's pick is timed, so two processes (or two Triton caches) can pick different
+            # block sizes, which sum the softmax in another order
+            return Route("triton", candidate_configs(_CONFIGS, head_dim, dtype.itemsize, descriptors_fit)[0])
         return Route("triton")
     if seqlen_k <= PINNED_MAX_KEYS:
         return Route("triton", PINNED_CONFIGS[(kv_tangent, seqlen_k <= 256)])
@@ -397,8 +409,10 @@ def _route(q, k, v, q_t, k_t, v_t, key_padding_mask) -> Route:
     """``route`` for the tensors of a call; CPU tensors run under the interpreter."""
     if q.device.type == "cpu":
         return Route("triton", _interpreter_config(q.shape[2], k.shape[2]))
+    deterministic = torch.are_deterministic_algorithms_enabled()
     return route(torch.cuda.get_device_capability(q.device), q.dtype, q.shape[-1], k.shape[2], k_t is not None,
-                 key_padding_mask is not None, _hopper_ready(q, k, v, q_t, k_t, v_t))
+                 key_padding_mask is not None, _hopper_ready(q, k, v, q_t, k_t, v_t), deterministic,
+                 deterministic and _tma_fits(*_present(k, k_t, v, v_t)))
 
 
 def _autotune_kwargs():

@@ -147,3 +147,23 @@ def test_autotuned_pick_with_descriptors_is_not_reused_for_misaligned_tensors(mo
     fits = _flash_jvp_tuned.keys.index("DESCRIPTORS_FIT")
     picks = [config for key, config in _flash_jvp_tuned.cache.items() if key[fits] == 0]
     assert picks and not any(config.kwargs["USE_TMA"] for config in picks)
+
+
+def test_deterministic_algorithms_skip_autotuning():
+    """Under torch.use_deterministic_algorithms a call the autotuner would take (here a key mask) runs at
+    the route's fixed config: the autotuner gains no entry, and the outputs equal that config's launch
+    bit for bit."""
+    from megatron_rcm.kernels.flash_jvp import _flash_jvp_tuned, _route, launch
+
+    q, k, v, q_t, k_t, v_t = random_inputs(2, 3, 300, 517, 128, torch.bfloat16, device="cuda")
+    mask = torch.rand(2, 517, device="cuda") > 0.3
+    before = dict(_flash_jvp_tuned.cache)
+    torch.use_deterministic_algorithms(True)
+    try:
+        config = _route(q, k, v, q_t, k_t, v_t, mask).config
+        got = flash_attention_jvp(q, k, v, q_t, k_t, v_t, softmax_scale=0.1, key_padding_mask=mask)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert config is not None and dict(_flash_jvp_tuned.cache) == before
+    want = launch(q, k, v, q_t, k_t, v_t, 0.1, mask, config)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -85,3 +85,32 @@ def test_calls_the_hopper_kernel_does_not_fit_stay_autotuned(capability, dtype, 
     (hopper_ready is False with MEGATRON_RCM_HOPPER_KERNEL=0 or misaligned tensors)."""
     for seqlen_k, kv_tangent in ((226, False), (512, True), (32760, True)):
         assert route(capability, dtype, head_dim, seqlen_k, kv_tangent, masked, hopper_ready) == Route("triton")
+
+
+@pytest.mark.parametrize("capability,dtype,head_dim,masked,hopper_ready", [
+    ((8, 0), BF16, 128, False, True), ((10, 0), torch.float16, 64, False, True), (HOPPER, BF16, 128, True, True),
+    (HOPPER, BF16, 128, False, False), (HOPPER, torch.float32, 128, False, True)],
+    ids=["sm_80", "sm_100", "masked", "hopper_kernel_off", "fp32"])
+def test_deterministic_calls_take_the_first_config_autotuning_would_weigh(capability, dtype, head_dim, masked,
+                                                                          hopper_ready):
+    """Under torch.use_deterministic_algorithms no call is autotuned: a timed pick can differ between
+    processes, and other block sizes sum the softmax in another order. The fixed config is one
+    that autotuning would weigh for the call, without descriptors where they cannot serve it."""
+    named = dict(Q=torch.empty(0, dtype=dtype))
+    for descriptors_fit in (True, False):
+        weighed = flash_jvp._prune_configs(flash_jvp._CONFIGS, dict(named, DESCRIPTORS_FIT=descriptors_fit),
+                                           HEAD_DIM=head_dim)
+        for seqlen_k, kv_tangent in ((226, False), (512, True), (32760, True)):
+            kernel, config = route(capability, dtype, head_dim, seqlen_k, kv_tangent, masked, hopper_ready,
+                                   deterministic=True, descriptors_fit=descriptors_fit)
+            assert kernel == "triton" and config is weighed[0]
+            assert descriptors_fit or not config.kwargs["USE_TMA"]
+    if dtype == BF16 and capability == HOPPER:  # where both kinds weigh: the sweep's fastest leads
+        assert route(capability, dtype, head_dim, 32760, True, masked, hopper_ready, deterministic=True).config \
+            is flash_jvp._CONFIGS[0]
+
+
+def test_deterministic_mode_changes_no_call_the_hopper_kernel_or_a_pinned_config_serves():
+    for seqlen_k, kv_tangent in ((226, False), (512, True), (513, False), (32760, True)):
+        assert route(HOPPER, BF16, 128, seqlen_k, kv_tangent, False, deterministic=True) \
+            == route(HOPPER, BF16, 128, seqlen_k, kv_tangent, False)
