@@ -58,10 +58,11 @@ def check_against_oracle(model, data, expected, convert_grads, tol):
         assert relative_error(grads[name], g) < tol, name
 
 
-def check_serial(family, preset, batch, latent, text_len, tol):
-    """One process: the family's model loaded from a random float64 diffusers model against it."""
+def check_serial(family, preset, batch, latent, text_len, tol, **overrides):
+    """One process: the family's model loaded from a random float64 diffusers model against it;
+    ``overrides`` change the preset's config fields."""
     oracle = family_oracle(family)
-    cfg = oracle.config(preset)
+    cfg = oracle.config(preset, **overrides)
     reference = oracle.diffusers_model(cfg, seed=1)
     data = oracle.inputs(cfg, batch, latent, text_len, seed=2)
     expected = oracle.oracle(reference, data)

@@ -24,6 +24,13 @@ def test_forward_jvp_and_gradients_match_diffusers(case):
     check_serial("cosmos", *CASES[case], TOL)
 
 
+def test_patch_of_three_axes_matches_diffusers():
+    """Patch (2, 2, 2), padding-mask channel included: with a patch size of 1 along an axis (the
+    presets'), a mix-up of that axis in the patch embedding's or proj_out's ("hwt") channel order
+    changes nothing, here it does."""
+    check_serial("cosmos", "cosmos-tiny-a", 1, (4, 4, 6), 3, TOL, patch_size=(2, 2, 2))
+
+
 def test_padding_mask_channel_matches_diffusers():
     """A non-zero mask [1, 1, H, W] at the latent size (diffusers' nearest resize is then the identity)."""
     cfg = config("cosmos-tiny-a")

@@ -28,3 +28,9 @@ CASES = [
 @pytest.mark.parametrize("tp,cp,sp,mode,recompute,latent", CASES, ids=[case_id(*c[:5], c[5] == ODD) for c in CASES])
 def test_parallel_equals_serial(tp, cp, sp, mode, recompute, latent):
     check_parallel_equals_serial("wan", PRESET, latent, tp, cp, sp, mode, recompute)
+
+
+def test_cross_attention_norm_under_sequence_parallelism():
+    """tiny-a has the affine cross-attention LayerNorm (norm2, as the released Wan2.1 models do), which
+    tiny-b lacks: under SP its weight and bias see this rank's tokens only and must be summed over TP."""
+    check_parallel_equals_serial("wan", "tiny-a", (1, 2, 10), 2, 1, True, "a2a", False)

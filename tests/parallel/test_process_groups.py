@@ -62,3 +62,7 @@ def test_bad_sizes_message_names_what_to_change():
     with pytest.raises(ParallelSizeError, match="sequence_parallel needs tensor_model_parallel_size > 1"):
         ParallelConfig(sequence_parallel=True)
     assert ParallelConfig(tensor_model_parallel_size=2, context_parallel_size=2).data_parallel_size(8) == 2
+    # pipeline stages take ranks too
+    assert ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2).data_parallel_size(8) == 2
+    with pytest.raises(ParallelSizeError, match="launch a multiple of 3"):
+        ParallelConfig(pipeline_model_parallel_size=3).data_parallel_size(4)

@@ -54,6 +54,54 @@ def test_data_parallel_ranks_share_the_seed():
     assert torch.equal(a, b)
 
 
+def _seeds(tp, cp, data_parallel_random_init):
+    """This rank's RNG draws after seeding with 77, and what Megatron-LM's convention says they are."""
+    import random
+
+    import numpy as np
+
+    with parallel_context(ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp), seed=77,
+                          data_parallel_random_init=data_parallel_random_init):
+        tp_rank, dp_rank = parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_data_parallel_rank()
+        states = get_cuda_rng_tracker().get_states()
+        got = dict(python=random.random(), numpy=np.random.rand(), torch=torch.rand(3),
+                   model_parallel=states["model-parallel-rng"], data_parallel=states["data-parallel-rng"])
+    # the default seed gains 10 per data-parallel rank only with data_parallel_random_init; the
+    # tracker's model-parallel state is seeded with seed + 2718 + the tensor-parallel rank
+    seed = 77 + (10 * dp_rank if data_parallel_random_init else 0)
+    state_of = lambda s: torch.Generator().manual_seed(s).get_state()
+    want = dict(python=random.Random(seed).random(), numpy=np.random.RandomState(seed).rand(),
+                torch=torch.rand(3, generator=torch.Generator().manual_seed(seed)),
+                model_parallel=state_of(seed + 2718 + tp_rank), data_parallel=state_of(seed))
+    return {k: bool(torch.equal(torch.as_tensor(got[k]), torch.as_tensor(want[k]))) for k in want}, got["torch"]
+
+
+@pytest.mark.parametrize("tp, cp, dp_init", [(2, 1, False), (1, 2, False), (1, 1, True)],
+                         ids=["tp2", "cp2", "dp2-random-init"])
+def test_per_rank_seeds_follow_megatron(tp, cp, dp_init):
+    """Every generator on each of 2 ranks is seeded as Megatron-LM's ``_set_random_seed`` does:
+    context-parallel ranks (one sample's tokens) share every seed but the tensor-parallel one, and
+    data-parallel ranks differ only with ``data_parallel_random_init``."""
+    (checks0, draw0), (checks1, draw1) = run_distributed(_seeds, world_size=2, args=(tp, cp, dp_init))
+    assert all(checks0.values()) and all(checks1.values()), (checks0, checks1)
+    assert torch.equal(draw0, draw1) != dp_init
+
+
+def test_parallel_context_tears_down_after_an_error():
+    """An exception inside the block leaves no process group, megatron group or CPU shim behind,
+    so that the next ``parallel_context`` in the process starts afresh."""
+    from megatron_rcm.parallel import destroy_parallel
+
+    try:
+        with pytest.raises(RuntimeError, match="inside the block"):
+            with parallel_context(ParallelConfig()):
+                raise RuntimeError("inside the block")
+        assert not dist.is_initialized() and not parallel_state.model_parallel_is_initialized()
+        assert not cpu_shim_active()
+    finally:
+        destroy_parallel()
+
+
 def test_launch_env_torchrun_and_slurm():
     env = launch_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
     assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (3, 8, 1, "n1", 1234)
