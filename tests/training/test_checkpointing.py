@@ -29,6 +29,18 @@ class _Net(MegatronModule):
         return self.down(self.up(x)[0])[0]
 
 
+def _state(net, iteration):
+    """What the tests save: the network's sharded state and the iteration (None: to be loaded)."""
+    return {**net.sharded_state_dict(prefix="net."), "iteration": iteration}
+
+
+def _load_latest_into(manager, net):
+    """Loads the manager's latest checkpoint into ``net``; returns its iteration."""
+    state = manager.load(_state(net, None))
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    return state["iteration"]
+
+
 def _save_then_crash(path, tp):
     with parallel_context(ParallelConfig(tensor_model_parallel_size=tp)):
         torch.manual_seed(100 + dist.get_rank())
@@ -42,7 +54,7 @@ def _save_then_crash(path, tp):
                 for p in net.parameters():
                     p.add_(0.1 * it)
             outputs[it] = net(x)
-            manager.save(it, {**net.sharded_state_dict(prefix="net."), "iteration": it})
+            manager.save(it, _state(net, it))
         assert manager.iterations() == [2, 3]
 
         def crash(*args, **kwargs):
@@ -66,10 +78,9 @@ def _load_and_run_at(path, x, latest):
         net = _Net(1)
         manager = CheckpointManager(path)
         assert manager.latest_iteration() == latest
-        state = manager.load({**net.sharded_state_dict(prefix="net."), "iteration": None})
-        net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+        iteration = _load_latest_into(manager, net)
         with torch.no_grad():
-            return state["iteration"], net(x)
+            return iteration, net(x)
 
 
 def test_save_at_tp2_load_at_tp1_and_survive_a_crash(tmp_path):
@@ -107,7 +118,7 @@ def _save_killed_before_its_rename(manager, net, iteration):
     checkpointing.os.rename = rename
     try:
         with pytest.raises(KeyboardInterrupt):
-            manager.save(iteration, {**net.sharded_state_dict(prefix="net."), "iteration": iteration})
+            manager.save(iteration, _state(net, iteration))
     finally:
         checkpointing.os.rename = original
 
@@ -119,12 +130,12 @@ def _resave_then_crash_between_renames(path):
         net = _Net(1)
         x = torch.randn(3, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         manager = CheckpointManager(path)
-        manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})
+        manager.save(2, _state(net, 2))
         with torch.no_grad():
             first = net(x)
             for p in net.parameters():
                 p.add_(0.5)
-        manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})  # replaces it: nothing left over
+        manager.save(2, _state(net, 2))  # replaces it: nothing left over
         assert sorted(os.listdir(path)) == ["iter_0000002", TRACKER]
         _save_killed_before_its_rename(manager, net, 2)
         with torch.no_grad():
@@ -148,16 +159,15 @@ def _crash_while_a_new_iteration_is_renamed_in(path):
     def latest(manager):
         """(iteration, output) of the latest checkpoint loaded into a fresh network."""
         fresh = _Net(1)
-        state = manager.load({**fresh.sharded_state_dict(prefix="net."), "iteration": None})
-        fresh.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+        iteration = _load_latest_into(manager, fresh)
         with torch.no_grad():
-            return state["iteration"], fresh(x)
+            return iteration, fresh(x)
 
     with parallel_context(ParallelConfig()):
         net = _Net(1)
         x = torch.randn(3, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         manager = CheckpointManager(path)
-        manager.save(1, {**net.sharded_state_dict(prefix="net."), "iteration": 1})
+        manager.save(1, _state(net, 1))
         with torch.no_grad():
             outputs = {1: net(x)}
             for p in net.parameters():
@@ -166,7 +176,7 @@ def _crash_while_a_new_iteration_is_renamed_in(path):
         _save_killed_before_its_rename(manager, net, 2)
         after_crash = sorted(os.listdir(path)), (path / TRACKER).read_text()
         loaded = [latest(CheckpointManager(path))]
-        manager.save(2, {**net.sharded_state_dict(prefix="net."), "iteration": 2})
+        manager.save(2, _state(net, 2))
         loaded.append(latest(CheckpointManager(path)))
         return after_crash, outputs, loaded
 
