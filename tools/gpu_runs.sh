@@ -24,6 +24,7 @@
 #   bash tools/gpu_runs.sh plan    # tools/validate_plan.py on GPU 0: planner vs measured training runs
 #                                  # (PLAN_CASES=a,b picks cases; PLAN_CALIBRATE=0 skips the calibrations)
 #   bash tools/gpu_runs.sh offload # pytest -m gpu tests/training/test_offload_gpu.py on GPU 0: offloads change no number
+#                                  # (OFFLOAD_CACHES=1: again on empty compile caches, and with inductor's caches off)
 #   bash tools/gpu_runs.sh keepattn # on GPU 0 (about 7 minutes): bench_train.py with full recompute, with it
 #                                   # keeping attention (--recompute-keep-attention), and the planner's pick with
 #                                   # --keep-attention (issue 23); last, its pytest -m gpu test
@@ -248,9 +249,21 @@ plan)
   grep -A12 "^| case" "$OUT/plan.log" || tail -20 "$OUT/plan.log"
   ;;
 offload)
-  CUDA_VISIBLE_DEVICES=0 timeout 400 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short \
-    tests/training/test_offload_gpu.py --basetemp /tmp/pt_offload > "$OUT/tests_offload.log" 2>&1
-  tail -3 "$OUT/tests_offload.log"
+  # OFFLOAD_CACHES=1: then twice more, on empty Triton and TorchInductor caches and with TorchInductor's
+  # caches off, to see whether what earlier phases left in the caches changes the resume's numbers
+  offload_test() {  # $1: log name; the rest: variables for the test's processes
+    local log=$1; shift
+    env CUDA_VISIBLE_DEVICES=0 "$@" timeout 400 python3 -m pytest -s -m gpu -p no:cacheprovider --tb=short \
+      tests/training/test_offload_gpu.py --basetemp "/tmp/pt_$log" > "$OUT/$log.log" 2>&1
+    echo "$log: $(tail -1 "$OUT/$log.log")"
+  }
+  offload_test tests_offload
+  if [ "${OFFLOAD_CACHES:-0}" = 1 ]; then
+    rm -rf /tmp/offload_empty
+    offload_test tests_offload_empty_caches TRITON_CACHE_DIR=/tmp/offload_empty/triton \
+      TORCHINDUCTOR_CACHE_DIR=/tmp/offload_empty/inductor
+    offload_test tests_offload_no_caches TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+  fi
   ;;
 ab)
   export CUDA_VISIBLE_DEVICES=0
