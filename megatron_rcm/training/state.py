@@ -41,7 +41,7 @@ class Progress:
     """How far a run has come; saved in each checkpoint and the base of the exact resume."""
 
     iteration: int = 0
-    """Iterations completed, student and critic alike (skipped batches included)."""
+    """Iterations trained, student and critic alike (a skipped non-finite batch is not one)."""
 
     student_updates: int = 0
     """Optimizer steps of the student (the EMA's step count too)."""

@@ -9,12 +9,14 @@ import sys
 
 import pytest
 import torch
+from megatron.core import dist_checkpointing
 
 from megatron_rcm.data import write_shards
+from megatron_rcm.data.latent_shards import ShardFormatError
 from megatron_rcm.models.wan import wan_config
 from megatron_rcm.parallel import ParallelConfig, parallel_context
 from megatron_rcm.testing import run_distributed
-from megatron_rcm.training.batch_checks import NonFiniteBatches, NonFiniteDataError, all_finite
+from megatron_rcm.training.batch_checks import NonFiniteBatches, NonFiniteDataError, all_finite, check_shapes
 
 from ..training.tiny_setup import LATENT, PRESET, ROOT, SCRIPT, TEXT_LEN, make_inputs, read_jsonl, torchrun_env
 
@@ -79,11 +81,16 @@ def _nan_data(folder, every, channels=None):
 def test_nan_batches_are_skipped_and_counted_then_all_nan_data_stops_the_run(inputs, tmp_path):
     flags = inputs
     some = _train([*flags, "--data-path", str(_nan_data(tmp_path / "some", every=3)), "--train-iters", "4",
-                   "--max-skipped-batches", "12", "--log-jsonl", str(tmp_path / "log.jsonl")])
+                   "--max-skipped-batches", "12", "--log-jsonl", str(tmp_path / "log.jsonl"), "--save",
+                   str(tmp_path / "save")])
     assert some.returncode == 0, some.stderr[-3000:]
     records = read_jsonl(tmp_path / "log.jsonl")
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
-    assert records[-1]["data/skipped_nonfinite_batches"] > 0
+    skipped = records[-1]["data/skipped_nonfinite_batches"]
+    assert skipped > 0
+    # a skipped batch was consumed: a resume must not read it again (global batch 1)
+    progress = dist_checkpointing.load_common_state_dict(str(tmp_path / "save" / "iter_0000004"))["progress"]
+    assert (progress["iteration"], progress["consumed_samples"]) == (4, 4 + skipped)
     every = _train([*flags, "--data-path", str(_nan_data(tmp_path / "all", every=1)), "--train-iters", "4"])
     assert "4 consecutive batches hold NaN or inf" in _one_line(every)
 
@@ -105,3 +112,19 @@ def test_a_batch_of_the_wrong_shape_stops_the_run_with_the_expected_shape(inputs
     wrong = _nan_data(tmp_path / "wrong", every=0, channels=wan_config(PRESET).in_channels + 1)
     result = _train([*inputs, "--data-path", str(wrong), "--train-iters", "2", "--num-workers", "2"])
     assert "the teacher takes latents [4, T, H, W]" in _one_line(result)
+
+
+def test_check_shapes_refuses_each_wrong_dimension():
+    """Every dimension the student needs is checked: channels, text width, and frames, height and
+    width a multiple of the patch (a batch that slips through fails deep inside the model instead)."""
+    def check(latent_shape, embed_shape):
+        check_shapes(torch.randn(latent_shape), torch.randn(embed_shape), in_channels=4, text_dim=24,
+                     patch_size=(1, 2, 2))
+
+    check((2, 4, 3, 6, 8), (2, 5, 24))
+    for latent_shape, embed_shape in (((2, 5, 3, 6, 8), (2, 5, 24)), ((2, 4, 3, 5, 8), (2, 5, 24)),
+                                      ((2, 4, 3, 6, 7), (2, 5, 24)), ((2, 4, 6, 8), (2, 5, 24)),
+                                      ((2, 4, 3, 6, 8), (2, 5, 16)), ((2, 4, 3, 6, 8), (5, 24))):
+        with pytest.raises(ShardFormatError, match=r"the teacher takes latents \[4, T, H, W\] with T, H, W multiples "
+                                                   r"of \(1, 2, 2\) and embeddings \[L, 24\]"):
+            check(latent_shape, embed_shape)

@@ -35,6 +35,29 @@ def test_unknown_yaml_key_is_an_error(flags, tmp_path):
         parse_args([*flags, "--config", str(bad)])
 
 
+def test_yaml_keys_may_be_spelt_with_dashes(flags, tmp_path):
+    """A YAML key is a flag's name with or without its dashes, as on the command line."""
+    dashed = tmp_path / "dashed.yaml"
+    dashed.write_text(yaml.safe_dump({"tensor-model-parallel-size": 2, "fake-score-lr": 0.25}))
+    args = parse_args([*flags, "--config", str(dashed)])
+    assert (args.tensor_model_parallel_size, args.fake_score_lr) == (2, 0.25)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"train_iters": True}, "train_iters must be an integer, got True"),  # YAML's true is a bool, not 1
+    ({"seed": 3.0}, "seed must be an integer, got 3.0"),
+    ({"lr": False}, "lr must be a number, got False"),
+    ({"mid_times": [1.5, "1.2", 1.1]}, r"mid_times must be a list of numbers, got \[1.5, '1.2', 1.1\]"),
+    ({"bf16": "no"}, "bf16 must be true or false, got 'no'"),
+])
+def test_yaml_values_of_another_type_are_refused(flags, tmp_path, values, message):
+    """argparse converts the command line's strings; a YAML value arrives typed by YAML and must be checked."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match=f": {message}$"):
+        parse_args([*flags, "--config", str(bad)])
+
+
 @pytest.mark.parametrize("extra, world, message", [
     (["--tensor-model-parallel-size", "3"], 2, "not divisible by tensor"),
     (["--global-batch-size", "3"], 2, "must equal micro batch 1 x data-parallel size 2"),
@@ -47,10 +70,21 @@ def test_unknown_yaml_key_is_an_error(flags, tmp_path):
     (["--student-update-freq", "0"], 1, "student_update_freq must be >= 1"),
     (["--seed", "0"], 1, "--seed must be a positive integer"),
     (["--dmd-guidance-scale", "0.5"], 1, "dmd_guidance_scale must be >= 1"),
+    (["--micro-batch-size", "0"], 1, "--micro-batch-size and --train-iters must be positive"),
+    (["--max-skipped-batches", "-1"], 1, "--num-workers and --max-skipped-batches must be >= 0"),
+    (["--adam-eps", "0"], 1, "adam_eps must be > 0, got 0"),
+    (["--lr-warmup-iters", "-1"], 1, "lr_warmup_iters must be >= 0, got -1"),
+    (["--keep-last", "0"], 1, "keep_last must be >= 1, got 0"),
+    (["--log-interval", "0"], 1, "log_interval must be >= 1, got 0"),
 ])
 def test_inconsistent_settings_are_reported_before_building(flags, extra, world, message):
     with pytest.raises(ConfigError, match=message):
         validate(parse_args([*flags, *extra]), world_size=world)
+
+
+def test_the_global_batch_defaults_to_micro_batch_times_data_parallel_size(flags):
+    args = parse_args([*flags, "--micro-batch-size", "3", "--tensor-model-parallel-size", "2"])
+    assert validate(args, world_size=8).data.global_batch_size == 3 * 4  # 8 ranks at TP 2: data-parallel size 4
 
 
 def test_missing_negative_embedding_with_guidance(flags):

@@ -8,7 +8,7 @@ import torch
 
 from megatron_rcm.losses.config import RCMConfig
 from megatron_rcm.training.arguments import ConfigError, _parser, load_config
-from megatron_rcm.training.config import TrainingConfig
+from megatron_rcm.training.config import OptimizationConfig, TrainingConfig
 from megatron_rcm.training.state import _check_recipe, recipe_of
 
 from .tiny_setup import make_inputs
@@ -34,6 +34,20 @@ def test_defaults_are_the_dataclasses(required):
         if name != "data":
             assert section == type(section)(), name
     assert config.data.global_batch_size == 1 and config.seed == TrainingConfig().seed
+
+
+def test_optimization_defaults_are_the_documented_recipe():
+    """docs/math.md section 5 (the 1.3B recipe): AdamW betas (0, 0.999), weight decay 0.01, eps 1e-8,
+    learning rates 2e-6 (student) and 4e-7 (fake score), a warm-up of 100 updates, no clipping."""
+    assert dataclasses.asdict(OptimizationConfig()) == dict(
+        lr=2e-6, fake_score_lr=4e-7, lr_warmup_iters=100, weight_decay=0.01, adam_beta1=0.0, adam_beta2=0.999,
+        adam_eps=1e-8, clip_grad=0.0)
+
+
+def test_a_bool_is_not_a_number_setting():
+    """``True == 1`` in Python: a bool given in code (YAML values are checked before) must not pass as 1."""
+    with pytest.raises(ValueError, match="^lr must be >= 0, got True$"):
+        OptimizationConfig(lr=True)
 
 
 def test_every_flag_fills_its_field(required):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from megatron.core import dist_checkpointing
 
 from megatron_rcm.parallel.runtime import free_port
 from megatron_rcm.testing import norm_relative_error
@@ -54,10 +55,15 @@ def test_single_process_run_logs_every_iteration(reference):
                     f"{r['network']}/grad_norm"):
             assert math.isfinite(r[key]) and r[key] >= 0, key
         assert all(math.isfinite(v) for v in compared([r])[0].values())
+        # a batch of one latent of 2 x 4 x 4 at patch (1, 2, 2): 8 tokens per iteration
+        assert r["tokens_per_second"] * r["seconds"] == pytest.approx(8, rel=1e-9)
         assert r[f"{r['network']}/skipped_nonfinite_loss"] == r[f"{r['network']}/skipped_nonfinite_grad"] == 0
     assert records[1]["fake_score/lr"] == 0.0 and records[3]["fake_score/lr"] > 0  # linear warm-up from 0
     assert CheckpointManager(folder / "ckpt").iterations() == [3, 6]
     assert (folder / "ckpt" / "ema_student" / checkpoint_name(ITERS) / "metadata.json").exists()
+    # the counters a resume continues from (the rollout length and the critic's count are functions of them)
+    progress = dist_checkpointing.load_common_state_dict(str(folder / "ckpt" / checkpoint_name(ITERS)))["progress"]
+    assert progress == dict(iteration=ITERS, student_updates=3, critic_updates=3, consumed_samples=ITERS)
 
 
 @pytest.mark.parametrize("layout", [["--tensor-model-parallel-size", "2"], ["--context-parallel-size", "2"]],

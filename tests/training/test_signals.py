@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch.distributed as dist
 
 from megatron_rcm.parallel import ParallelConfig, parallel_context
@@ -36,8 +37,8 @@ def test_a_signal_on_one_rank_stops_all():
                                                                    (False, True, signal.SIGTERM)]
 
 
-def _python(code, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, text=True,
+def _python(code, *args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -69,20 +70,43 @@ def test_helper_processes_survive_the_preemption_signals():
     assert out.split("\n")[0] == "manager answers [True, True, True] None"
 
 
+REBLOCK = """
+    import signal
+    from megatron_rcm.training.signals import preemption_handler
+
+    handler = preemption_handler()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handler.signals)  # as a library may leave the main thread
+    handler.should_stop()
+    print(handler.signals <= signal.pthread_sigmask(signal.SIG_BLOCK, []), handler.received)
+"""
+
+
+def test_each_step_boundary_blocks_the_signals_again():
+    """The helpers that a trainer starts after a library unblocked the signals (megatron-core's checkpoint
+    writer at its first save) must still inherit them blocked: ``should_stop`` blocks them again."""
+    proc = _python(REBLOCK)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out == "True None\n", err
+
+
 EXIT = f"""
-    import sys, time
+    import signal, sys, time
     from megatron_rcm.training.signals import preemption_handler
 
     handler = preemption_handler()
     import torch  # threads and the rest of a trainer's set-up, after the handler
+    if sys.argv[1] == "unblocked":  # as a library may leave the main thread (multiprocessing's resource tracker)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handler.signals)
     print("ready", flush=True)
     time.sleep(1)
     sys.exit({PREEMPTED_EXIT_STATUS})
 """
 
 
-def test_exit_status_75_survives_srun_terminating_the_task():
-    proc = _python(EXIT)
+@pytest.mark.parametrize("mask", ["blocked", "unblocked"])
+def test_exit_status_75_survives_srun_terminating_the_task(mask):
+    """Also where the main thread takes the signals at interpreter exit, when Python resets its handlers."""
+    proc = _python(EXIT, mask)
     assert proc.stdout.readline() == "ready\n"
     sent = 0
     while proc.poll() is None:

@@ -1,0 +1,31 @@
+"""``build_networks`` gives each network its own settings: the teacher frozen; student and fake score
+trainable copies of its weights at their own learning rates (tiny_cpu.yaml sets both alike, so the
+trainer runs cannot tell them apart); the sCM teacher guided at --guidance-scale and the DMD teacher
+at --dmd-guidance-scale, both with the negative-prompt embedding."""
+
+import torch
+
+from megatron_rcm.parallel import ParallelConfig, parallel_context
+from megatron_rcm.training.arguments import load_config
+from megatron_rcm.training.networks import build_networks
+
+from .tiny_setup import make_inputs
+
+
+def test_each_network_is_built_with_its_own_settings(tmp_path):
+    inputs = make_inputs(tmp_path)
+    flags = ["--train-iters", "8", "--lr", "3e-3", "--fake-score-lr", "5e-4", "--lr-warmup-iters", "0",
+             "--guidance-scale", "4", "--dmd-guidance-scale", "2"]
+    with parallel_context(ParallelConfig()):
+        networks = build_networks(load_config([*inputs, *flags], world_size=1), torch.device("cpu"))
+    scm_guided, dmd_guided = networks.teacher.net, networks.dmd_teacher.net
+    assert (scm_guided.scale, dmd_guided.scale) == (4.0, 2.0) and scm_guided.net is dmd_guided.net
+    negative = torch.load(inputs[inputs.index("--negative-prompt-embedding") + 1], weights_only=True)
+    assert torch.equal(scm_guided.negative_embedding, negative) and torch.equal(dmd_guided.negative_embedding, negative)
+    teacher = dict(scm_guided.net.named_parameters())
+    assert teacher and not any(p.requires_grad for p in teacher.values())
+    for net, lr in ((networks.student, 3e-3), (networks.fake_score, 5e-4)):
+        assert [group["lr"] for group in net.optimizer.param_groups] == [lr, lr]
+        trained = dict(net.module.named_parameters())
+        assert trained.keys() == teacher.keys() and all(p.requires_grad for p in trained.values())
+        assert all(torch.equal(p, teacher[n]) and p.data_ptr() != teacher[n].data_ptr() for n, p in trained.items())
