@@ -29,3 +29,20 @@ def test_each_network_is_built_with_its_own_settings(tmp_path):
         trained = dict(net.module.named_parameters())
         assert trained.keys() == teacher.keys() and all(p.requires_grad for p in trained.values())
         assert all(torch.equal(p, teacher[n]) and p.data_ptr() != teacher[n].data_ptr() for n, p in trained.items())
+
+
+def _ema_slices_at_cp2(inputs):
+    with parallel_context(ParallelConfig(context_parallel_size=2)):
+        networks = build_networks(load_config([*inputs, "--context-parallel-size", "2"], world_size=2),
+                                  torch.device("cpu"))
+        total = sum(p.numel() for p in networks.student.module.parameters())
+        return networks.ema.world, networks.ema.shard_numel, total
+
+
+def test_the_ema_is_sharded_over_the_context_parallel_ranks_too(tmp_path):
+    """Context-parallel ranks hold the same student parameters, so each keeps half of the EMA at CP 2
+    (the planner's memory and the 14B recipe count on it); a DP-only group would keep it whole on both."""
+    from megatron_rcm.testing import run_distributed
+
+    for world, shard, total in run_distributed(_ema_slices_at_cp2, world_size=2, args=(make_inputs(tmp_path),)):
+        assert world == 2 and shard == -(-total // 2)
