@@ -1,7 +1,8 @@
 """``build_networks`` gives each network its own settings: the teacher frozen; student and fake score
 trainable copies of its weights at their own learning rates (tiny_cpu.yaml sets both alike, so the
 trainer runs cannot tell them apart); the sCM teacher guided at --guidance-scale and the DMD teacher
-at --dmd-guidance-scale, both with the negative-prompt embedding."""
+at --dmd-guidance-scale, both with the negative-prompt embedding; the EMA sharded over the data- and
+context-parallel ranks."""
 
 import torch
 
