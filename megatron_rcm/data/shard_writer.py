@@ -29,12 +29,11 @@ def write_shard(path, samples) -> int:
     count = 0
     try:
         with os.fdopen(fd, "wb") as f:
-            sink = wds.TarWriter(f, mtime=0)
-            for key, latent, embed, prompt in samples:
-                sink.write({"__key__": key, "latent.pt": _tensor_bytes(latent), "embed.pt": _tensor_bytes(embed),
-                            "prompt.txt": prompt.encode()})
-                count += 1
-            sink.close()
+            with wds.TarWriter(f, mtime=0) as sink:  # closed before the file, also when a sample fails
+                for key, latent, embed, prompt in samples:
+                    sink.write({"__key__": key, "latent.pt": _tensor_bytes(latent),
+                                "embed.pt": _tensor_bytes(embed), "prompt.txt": prompt.encode()})
+                    count += 1
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, new_file_mode())

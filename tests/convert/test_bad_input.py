@@ -166,6 +166,12 @@ def test_tracker_problems_are_one_line(outcomes, tmp_path):
     (tmp_path / TRACKER).write_bytes(b"\xff\xfe")
     with pytest.raises(CheckpointNotFoundError, match="holds no iteration number.*complete: none"):
         latest_checkpoint_path(tmp_path)
+    for iteration, complete in ((10, True), (7, False), (2, True)):  # 7: a copy cut short, no metadata.json
+        (tmp_path / checkpoint_name(iteration)).mkdir()
+        if complete:
+            (tmp_path / checkpoint_name(iteration) / "metadata.json").write_text("{}")
+    with pytest.raises(CheckpointNotFoundError, match=r"holds no iteration number.*\(complete: \[2, 10\]\)$"):
+        latest_checkpoint_path(tmp_path)
 
 
 def test_verify_layers_beyond_the_model_is_refused_before_writing(outcomes):

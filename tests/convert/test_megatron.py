@@ -214,3 +214,19 @@ def test_interrupted_megatron_write_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint("diffusers", "megatron", folder, tmp_path / "out", progress=False)
     assert len(calls) == 20 and not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_a_checkpoint_of_two_models_loaded_without_a_prefix_names_both(tmp_path):
+    """A training save records the student and its EMA: without model_prefix the loader cannot choose
+    one, and says which prefixes it may take; with one it reads that model's config."""
+    _, folder = random_diffusers(tmp_path)
+    path = tmp_path / "two_models"
+    with parallel_context():
+        model = load_model(str(folder))
+        state = {**model.sharded_state_dict(prefix="student."), **model.sharded_state_dict(prefix="ema."),
+                 **checkpoint_models({"student.": model.config, "ema.": model.config})}
+        path.mkdir()
+        dist_checkpointing.save(state, str(path))
+        with pytest.raises(ValueError, match=r"recorded models \['ema.', 'student.'\]; pass one of them .*got None"):
+            load_model_config(str(path))
+        assert load_model_config(str(path), model_prefix="ema.").architecture() == model.config.architecture()

@@ -134,3 +134,28 @@ def test_negative_prompt_embedding_alone(pipeline, tmp_path, capsys):
             [WAN_NEGATIVE_PROMPT, "blurry, static"], do_classifier_free_guidance=False, max_sequence_length=512)
     torch.testing.assert_close(torch.load(tmp_path / "wan.pt"), expected[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(torch.load(tmp_path / "own.pt"), expected[1], rtol=0, atol=1e-6)
+
+
+def test_vae_tiling_flag_encodes_as_diffusers_tiled_vae(pipeline, tmp_path):
+    """--vae-tiling reaches the VAE: a frame wider than diffusers' 256-pixel tile is encoded as the
+    tiled AutoencoderKLWan encodes it, which differs from untiled encoding near the seams."""
+    from diffusers import AutoencoderKLWan
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(random_frames(1, 16, 272, seed=7)[0]).save(tmp_path / "images" / "wide.png")
+    (tmp_path / "images" / "wide.txt").write_text("a long train crosses a bridge")
+    out = tmp_path / "out"
+    assert prepare_tool().main(["--pipeline", str(pipeline), "--images", str(tmp_path / "images"), "--output",
+                                str(out), "--height", "16", "--width", "272", "--num-frames", "1", "--vae-tiling",
+                                "--no-progress"]) == 0
+    vae = AutoencoderKLWan.from_pretrained(pipeline / "vae").eval()
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float64).view(-1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float64).view(-1, 1, 1, 1)
+    image = read_video(tmp_path / "images" / "wide.png", 1, 16, 272).unsqueeze(0)
+    with torch.no_grad():
+        untiled = vae.encode(image).latent_dist.mode()[0].double()
+        vae.enable_tiling()
+        tiled = vae.encode(image).latent_dist.mode()[0].double()
+    latent = LatentShardDataset(out)[0]["latent"].double()
+    torch.testing.assert_close(latent, (tiled - mean) / std, rtol=0, atol=1e-6)
+    assert (latent - (untiled - mean) / std).abs().max() > 1e-3  # the seams are there

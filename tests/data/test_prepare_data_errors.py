@@ -44,7 +44,7 @@ def bad_videos(tmp_path_factory):
         "e_no_caption.gif": "no caption file beside the video (e_no_caption.txt)",
         "f_empty_caption.mov": "caption file is empty (f_empty_caption.txt)",
         "g_latin1.mp4": "caption file is not UTF-8 text (g_latin1.txt)",
-        "h_16bit.png": "uint16 pixels (only 8-bit images and videos are read)",
+        "h_16bit.png": "I;16 pixels (only 8-bit images and videos are read)",
     }
     return folder, reasons
 
@@ -242,7 +242,8 @@ def test_the_negative_prompt_alone_replaces_only_its_own_file(pipeline, tmp_path
     output = tmp_path / "negative.pt"
     argv = ["--pipeline", str(pipeline), "--negative-prompt", "blurry", "--output", str(output)]
     output.write_bytes(b"not a tensor")
-    for make in (lambda: None, lambda: torch.save({"model": torch.zeros(2, 2)}, output)):  # a checkpoint-like dict
+    for make in (lambda: None, lambda: torch.save({"model": torch.zeros(2, 2)}, output),  # a checkpoint-like dict
+                 lambda: torch.save(torch.randn(4, 3, 2, 2), output)):  # a tensor, but a latent, not [L, D]
         make()
         before = output.read_bytes()
         code, _, err = _main(argv, capsys)
@@ -276,3 +277,23 @@ def test_error_line_on_the_command_line(pipeline, tmp_path, capsys):
     misspelt = subprocess.run([*argv, "--num-frame", "9"], capture_output=True, text=True, timeout=120)
     assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1
     assert "unrecognized arguments: --num-frame 9 (see --help)" in misspelt.stderr
+
+
+def test_a_resume_with_other_teacher_settings_is_refused(pipeline, tmp_path, capsys):
+    """Teacher samples depend on every sampler flag: the folder records them, and a re-run that changes
+    one is refused by name instead of mixing two kinds of samples. The run also keeps --dtype bfloat16."""
+    import torch
+
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    argv = ["--pipeline", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "--teacher", str(pipeline),
+            "--output", str(tmp_path / "o"), *SIZE, "--dtype", "bfloat16"]
+    assert _main([*argv, "--steps", "1", "--seed", "5"], capsys)[0] == 0
+    assert LatentShardDataset(tmp_path / "o")[0]["embed"].dtype == torch.bfloat16
+    assert torch.load(tmp_path / "o" / "negative_prompt.pt").dtype == torch.bfloat16
+    for change, named in ((["--seed", "6"], "seed: 5, now 6"), (["--steps", "2"], "steps: 1, now 2"),
+                          (["--sampler", "euler"], "sampler: 'unipc', now 'euler'"),
+                          (["--shift", "4"], "shift: 3.0, now 4.0"),
+                          (["--guidance-scale", "4"], "guidance_scale: 5.0, now 4.0")):
+        flags = {"--steps": "1", "--seed": "5", **dict([change])}
+        code, _, err = _main([*argv, *[x for kv in flags.items() for x in kv]], capsys)
+        assert code == 1 and f"holds data prepared from other settings ({named})" in err, err

@@ -189,6 +189,19 @@ def test_pipeline_kinds(folder, cosmos, tmp_path):
         check_pipeline_folder(copy, ["transformer"])
 
 
+def test_wan_kind_defaults_are_the_pipelines(folder):
+    """The size and guidance tools use when a flag is left out are WanPipeline.__call__'s own defaults."""
+    import inspect
+
+    from diffusers import WanPipeline
+
+    wan = pipeline_kind(folder)
+    defaults = inspect.signature(WanPipeline.__call__).parameters
+    assert (wan.num_frames, wan.height, wan.width, wan.guidance_scale) == tuple(
+        defaults[k].default for k in ("num_frames", "height", "width", "guidance_scale"))
+    assert wan.pipeline_negative_prompt == "" and defaults["negative_prompt"].default is None
+
+
 def test_cosmos_text_encoder_matches_the_pipelines_encode_prompt(cosmos):
     encoder = load_text_encoder(cosmos)
     assert not encoder.clean_prompts and type(encoder.text_encoder).__name__ == "T5EncoderModel"
@@ -223,3 +236,21 @@ def test_cosmos_image_latents_decode_as_the_pipeline_decodes(cosmos):
     mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1)
     torch.testing.assert_close(latents, (mode - mean) * inv_std, rtol=0, atol=1e-6)
+
+
+def test_vae_tiling_codes_as_diffusers_tiled_vae(folder):
+    """``tiling=True`` is diffusers' own tiled coding (here a frame wider than its 256-pixel tile), which
+    differs from untiled coding near the seams: the flag reaches the VAE. Float64, as the decode test."""
+    image = torch.rand(2, 3, 1, 16, 264, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 2 - 1
+    tiled = load_vae(folder, dtype=torch.float64, tiling=True)
+    latents = tiled.encode(image)
+    vae = _diffusers_vae(folder).double()
+    vae.enable_tiling()
+    mean, std = _config_stats(vae)
+    with torch.no_grad():
+        mode = vae.encode(image).latent_dist.mode()
+        pixels = vae.decode(latents * std + mean).sample
+    torch.testing.assert_close(latents, (mode - mean) / std, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tiled.decode(latents), pixels, rtol=0, atol=1e-12)
+    untiled = load_vae(folder, dtype=torch.float64)
+    assert (latents - untiled.encode(image)).abs().max() > 1e-3  # the seams are there

@@ -31,6 +31,16 @@ def test_frechet_distance_is_zero_for_a_set_and_the_squared_shift_for_a_translat
     assert frechet_distance(a, a + shift) == pytest.approx(shift.square().sum().item(), rel=1e-7)
 
 
+def test_frechet_distance_with_fewer_videos_than_feature_dims_is_the_squared_shift():
+    """20 videos give 64-dim covariances of rank 19, whose eigenvalues come out slightly negative in
+    float64: the square roots must treat them as zero, not turn the distance into NaN."""
+    gen = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
+    a = torch.randn(20, 64, generator=gen, dtype=torch.float64)
+    shift = torch.randn(64, generator=gen, dtype=torch.float64)
+    # rel: the zero eigenvalues' rounding noise (~1e-16) enters through square roots; 7e-8 at worst on 300 seeds
+    assert frechet_distance(a, a + shift) == pytest.approx(shift.square().sum().item(), rel=1e-6)
+
+
 def test_diversity_is_the_mean_pairwise_distance_within_each_group():
     features = torch.tensor([[0.0], [1.0], [3.0], [5.0], [5.0]])
     groups = torch.tensor([0, 0, 0, 1, 1])
@@ -49,6 +59,30 @@ def test_prompt_accuracy_counts_digit_direction_and_both():
 @pytest.fixture(scope="module")
 def classifier():
     return load_classifier()
+
+
+def test_classifier_features_and_predictions_against_a_float64_reference(classifier):
+    """The space FD and diversity are measured in: the committed weights through four 3x3x3 convolutions
+    with GELU and a mean over time and space, recomputed in float64 with torch.nn.functional."""
+    import torch.nn.functional as nn_functional
+    from safetensors.torch import load_file
+
+    from megatron_rcm.evaluation.digits import DEFAULT_WEIGHTS
+
+    weights = {k: v.double() for k, v in load_file(str(DEFAULT_WEIGHTS)).items()}
+    videos = make_videos("test", 8, seed=int(torch.randint(1 << 30, ()))).videos
+    x = videos.double()
+    for i, stride in enumerate([1, (1, 2, 2), 2, 1]):
+        x = nn_functional.gelu(nn_functional.conv3d(x, weights[f"convs.{i}.weight"], weights[f"convs.{i}.bias"],
+                                                    stride=stride, padding=1))
+    expected = x.mean(dim=(2, 3, 4))
+    features, digit_pred, direction_pred = classify(classifier, videos)
+    torch.testing.assert_close(features.double(), expected, rtol=0, atol=1e-5)  # float32 convolutions
+    for pred, head in ((digit_pred, "digit_head"), (direction_pred, "direction_head")):
+        logits = expected @ weights[f"{head}.weight"].T + weights[f"{head}.bias"]
+        top2 = logits.topk(2).values
+        clear = top2[:, 0] - top2[:, 1] > 1e-3  # float32 may pick either of two tied logits
+        assert clear.sum() >= 6 and torch.equal(pred[clear], logits.argmax(1)[clear])
 
 
 def test_committed_classifier_on_real_held_out_videos(classifier):

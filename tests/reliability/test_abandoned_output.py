@@ -88,3 +88,29 @@ def test_the_next_write_puts_back_an_output_a_dead_writer_had_set_aside(tmp_path
         with atomic_output_dir(out, overwrite=True):  # a write to out puts it back first
             raise RuntimeError
     assert sorted(os.listdir(tmp_path)) == ["out"] and (out / "weights").read_text() == "new"
+
+
+def test_a_replacement_whose_new_output_cannot_be_renamed_in_puts_the_old_one_back(tmp_path, monkeypatch):
+    """Where names cannot be swapped in one step, the old output is renamed aside first: if the new one
+    then cannot take its name (an I/O error), the old one goes back, and the error is raised."""
+    from megatron_rcm import atomic_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "weights").write_text("old")
+    rename, renames = os.rename, []
+
+    def second_rename_fails(source, target):
+        renames.append(Path(target).name)
+        if len(renames) == 2:
+            raise OSError(5, "Input/output error (injected)")
+        rename(source, target)
+
+    monkeypatch.setattr(atomic_output, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(os, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="injected"):
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            (tmp / "weights").write_text("new")
+    monkeypatch.undo()
+    assert renames[0].startswith(".out.old-") and renames[1:] == ["out", "out"]
+    assert sorted(os.listdir(tmp_path)) == ["out"] and (out / "weights").read_text() == "old"
