@@ -130,10 +130,11 @@ def read_prompts(args) -> list:
         prompts = [args.prompt]
     else:
         try:
-            prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()]
+            # -sig: a byte-order mark (some editors write one) is not part of the first prompt
+            prompts = Path(args.prompts).read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise GenerationError(f"--prompts {args.prompts} cannot be read ({e})") from None
-    prompts = [p for p in prompts if p]
+    prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise GenerationError("no prompt given: --prompt is empty or --prompts has only blank lines")
     return prompts

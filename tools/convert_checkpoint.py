@@ -66,6 +66,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cli.interrupt_on_signals()  # Ctrl-C or a kill removes the temporary output, whatever catches the interrupt
     with cli.one_line_errors("convert_checkpoint", INPUT_ERRORS, args.debug), _path_errors(args):
+        if os.path.realpath(args.output) == os.path.realpath(args.input):  # --overwrite would replace the input
+            raise ConversionRequestError(f"--output {args.output} is the --input; write the conversion to another path")
         args.source = args.source or detect_format(args.input)
         if args.verify_layers:
             _check_verify_layers(args)

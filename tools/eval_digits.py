@@ -24,7 +24,9 @@ import time
 
 import torch
 
+from bench_flags import output_file  # tools/ is this script's directory
 from megatron_rcm import cli
+from megatron_rcm.atomic_output import atomic_write_bytes
 from megatron_rcm.data.moving_digits import make_videos, prompt_grid
 from megatron_rcm.diffusion.few_step import MAX_STEPS, few_step_times
 from megatron_rcm.diffusion.time import HALF_PI
@@ -128,7 +130,7 @@ def main():
     p.add_argument("--split", choices=("val", "test"), default="test",
                    help="the held-out images FD is measured on (default: %(default)s)")
     p.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads (default: %(default)s)")
-    p.add_argument("--json", help="also write every per-seed number here (default: none)")
+    p.add_argument("--json", type=output_file, help="also write every per-seed number here (default: none)")
     args = p.parse_args()
     if args.model is None and not args.baselines:
         p.error("give --model and/or --baselines")
@@ -152,8 +154,7 @@ def main():
         rows += sampler_rows(args, classifier, reference)
     print(table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+        atomic_write_bytes(args.json, json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str).encode())
 
 
 if __name__ == "__main__":

@@ -91,9 +91,14 @@ def _profile(args, workload):
         return profile
     if args.profile is None:
         return DEFAULT_PROFILE
+    if args.profile.is_dir():
+        raise PlanError(f"--profile {args.profile} is a folder; pass the JSON file --calibrate wrote")
     if not args.profile.is_file():
         raise PlanError(f"--profile {args.profile} does not exist; write it with --calibrate")
-    return load_profile(args.profile)
+    try:
+        return load_profile(args.profile)
+    except ValueError as e:  # not JSON, not an object, or keys of no profile
+        raise PlanError(f"--profile {args.profile} is not a profile --calibrate wrote ({e})") from None
 
 
 def _cell(row, column):

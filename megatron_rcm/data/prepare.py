@@ -103,7 +103,7 @@ def list_manifest(path) -> list:
     to the manifest's folder); blank lines are ignored."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not text
     except (OSError, UnicodeDecodeError) as e:
         raise PrepareError(f"--manifest {path} cannot be read ({e})") from None
     items = []
@@ -132,7 +132,7 @@ def list_prompts(path) -> list:
     """Items of a prompt file, one prompt per non-blank line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise PrepareError(f"--prompts {path} cannot be read ({e})") from None
     items = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
@@ -147,6 +147,17 @@ def items_digest(items) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _recorded_settings(path) -> dict:
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        previous = e
+    if not isinstance(previous, dict):
+        reason = previous if isinstance(previous, Exception) else "not a JSON object"
+        raise PrepareError(f"{path} is damaged ({reason}); pass a new --output")
+    return previous
+
+
 def check_settings(output, settings: dict) -> None:
     """Record ``settings`` in a new (or empty) output folder, or check that an existing one was prepared
     with them. Any other folder is refused: shards would mix with its files (a training run's, say)."""
@@ -155,7 +166,7 @@ def check_settings(output, settings: dict) -> None:
     if output.exists() and not output.is_dir():
         raise PrepareError(f"--output {output} is a file; shards are written into a folder")
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = _recorded_settings(path)
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if changed:
             first = changed[0]

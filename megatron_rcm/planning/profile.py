@@ -59,6 +59,8 @@ def load_profile(path) -> Profile:
     """A Profile from a JSON file written by ``save_profile``; unknown keys are an error."""
     with open(path) as f:
         values = json.load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a profile is a JSON object, got {type(values).__name__}")
     known = {f.name for f in fields(Profile)}
     unknown = sorted(set(values) - known)
     if unknown:
