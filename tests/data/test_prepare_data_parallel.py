@@ -67,9 +67,31 @@ def _run_tool(argv, world_size=1):
         torch.set_num_threads(threads)
 
 
+def _tool_rank_and_its_shards(argv):
+    """A rank's exit status and the shards it prepared (the real prepare_shard, its calls recorded)."""
+    from megatron_rcm.data import prepare
+
+    shards, real = [], prepare.prepare_shard
+
+    def recorded(output, shard, *args, **kwargs):
+        shards.append(shard)
+        return real(output, shard, *args, **kwargs)
+
+    prepare.prepare_shard = recorded
+    try:
+        return _tool_rank(argv), shards
+    finally:
+        prepare.prepare_shard = real
+
+
 def test_two_ranks_write_the_bytes_of_one(pipeline, videos, reference, tmp_path):
+    """Each rank prepares its own shards (two ranks that each prepared all of them would write the same
+    bytes too), and together they write what one process writes."""
     output = tmp_path / "out"
-    assert _run_tool(_argv(pipeline, videos, output), world_size=2) == [3, 0]  # rank 0 reports the skip
+    (status_0, shards_0), (status_1, shards_1) = run_distributed(
+        _tool_rank_and_its_shards, world_size=2, args=(_argv(pipeline, videos, output),), timeout=300)
+    assert (status_0, status_1) == (3, 0)  # rank 0 reports the skip
+    assert sorted(shards_0 + shards_1) == [0, 1, 2] and shards_0 and shards_1
     assert sorted(_files(reference)) == sorted([
         ".progress/shard-000000.json", ".progress/shard-000001.json", ".progress/shard-000002.json",
         "negative_prompt.pt", "prepare.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar",
