@@ -7,6 +7,7 @@ writes them with ``save_profile``; ``--profile FILE`` reads them back.
 """
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -50,6 +51,12 @@ class Profile:
     """Saved bytes per token and FFN channel (split over TP)."""
     backward_working_factor: float = 1.43
     """Peak working memory of one block's backward, in units of its saved activations."""
+
+    def __post_init__(self):
+        for field in fields(self)[1:]:  # every coefficient after ``device``
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"profile {field.name} must be a positive number, got {value!r}")
 
 
 DEFAULT_PROFILE = Profile()

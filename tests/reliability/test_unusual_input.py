@@ -204,3 +204,15 @@ def test_eval_digits_json_in_a_missing_folder_is_refused_before_the_evaluation(t
     assert result.returncode != 0 and not target.exists()
     line = _one_line(result.stderr, "eval_digits")
     assert "--json" in line and "| real videos" not in result.stdout, (line, result.stdout[-500:])
+
+
+@pytest.mark.parametrize("content, reason", [('{"matmul_tflops": "fast"}', "matmul_tflops must be a positive number"),
+                                             ('{"hbm_bandwidth_gbs": -5}', "hbm_bandwidth_gbs must be a positive"),
+                                             ("[785]", "a profile is a JSON object, got list")],
+                         ids=["text", "negative", "a-list"])
+def test_a_profile_with_values_no_calibration_writes_is_named(tmp_path, capsys, content, reason):
+    """A hand-edited profile: a text value crashed the planner, a negative one planned negative seconds."""
+    (tmp_path / "profile.json").write_text(content)
+    code, err = _plan(["--profile", tmp_path / "profile.json"], capsys)
+    line = _one_line(err, "plan")
+    assert code == 2 and "--profile" in line and reason in line, line
