@@ -151,10 +151,9 @@ def _recorded_settings(path) -> dict:
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        previous = e
+        raise PrepareError(f"{path} is damaged ({e}); pass a new --output") from None
     if not isinstance(previous, dict):
-        reason = previous if isinstance(previous, Exception) else "not a JSON object"
-        raise PrepareError(f"{path} is damaged ({reason}); pass a new --output")
+        raise PrepareError(f"{path} is damaged (not a JSON object); pass a new --output")
     return previous
 
 
